@@ -1,0 +1,179 @@
+//! Control messages. Requests carry a host-chosen `id` that ties them to their
+//! data streams and to the agent's answers.
+
+use serde::{Deserialize, Serialize};
+
+use crate::frame::FrameError;
+use crate::{MAGIC, PROTOCOL_VERSION};
+
+/// Data stream numbers (the `stream` byte of a data frame).
+pub mod stream {
+    /// Host → agent: the command's standard input.
+    pub const STDIN: u8 = 0;
+    /// Agent → host: the command's standard output.
+    pub const STDOUT: u8 = 1;
+    /// Agent → host: the command's standard error.
+    pub const STDERR: u8 = 2;
+    /// Host → agent: a tar archive to unpack.
+    pub const TAR: u8 = 3;
+}
+
+/// Host → agent.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum HostMsg {
+    Hello { magic: String, version: u32 },
+    /// Run a command; stdout/stderr stream back, then [`AgentMsg::Exited`].
+    Exec(ExecRequest),
+    /// Send a signal to a running command's process group.
+    Signal { id: u32, signal: i32 },
+    /// Unpack the tar that follows on stream [`stream::TAR`] of `id` into
+    /// `dest` (a path under the agent's scratch root). Answered by
+    /// [`AgentMsg::Done`] or [`AgentMsg::Failed`].
+    Unpack { id: u32, dest: String },
+    /// Sync filesystems and power the VM off.
+    Shutdown,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ExecRequest {
+    pub id: u32,
+    pub argv: Vec<String>,
+    /// `KEY=VALUE` entries; the command sees exactly these.
+    pub env: Vec<String>,
+    /// Working directory inside the root.
+    pub cwd: String,
+    pub uid: u32,
+    pub gid: u32,
+    /// Supplementary groups.
+    pub groups: Vec<u32>,
+    /// When false, stdin is /dev/null; when true the host sends stream STDIN.
+    pub stdin: bool,
+    /// Kill the command (SIGKILL to its process group) after this long.
+    pub timeout_ms: Option<u64>,
+    /// Directory under the scratch root to chroot into; `None` runs in the
+    /// agent's own initramfs root.
+    pub root: Option<String>,
+}
+
+/// Agent → host.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum AgentMsg {
+    Hello(AgentHello),
+    /// The command of request `id` started.
+    Started { id: u32, pid: i32 },
+    /// The command of request `id` ended; its output streams are closed before this.
+    Exited { id: u32, status: ExitStatus },
+    /// Request `id` completed.
+    Done { id: u32 },
+    /// Request `id` failed; the VM stays usable.
+    Failed { id: u32, message: String },
+    /// The agent hit an error it cannot recover from; the VM powers off next.
+    Fatal { message: String },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentHello {
+    pub magic: String,
+    pub version: u32,
+    pub agent_version: String,
+    /// `uname -r` of the guest kernel.
+    pub kernel: String,
+    /// `uname -m` of the guest.
+    pub arch: String,
+}
+
+/// How a command ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "how", rename_all = "snake_case")]
+pub enum ExitStatus {
+    Code { code: i32 },
+    Signal { signal: i32 },
+    /// Killed by the agent because `timeout_ms` passed.
+    TimedOut,
+}
+
+impl ExitStatus {
+    /// The exit code a shell would report: the code, or 128 + signal.
+    pub fn shell_code(self) -> i32 {
+        match self {
+            ExitStatus::Code { code } => code,
+            ExitStatus::Signal { signal } => 128 + signal,
+            ExitStatus::TimedOut => 124,
+        }
+    }
+}
+
+impl std::fmt::Display for ExitStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ExitStatus::Code { code } => write!(f, "exit code {code}"),
+            ExitStatus::Signal { signal } => write!(f, "killed by signal {signal}"),
+            ExitStatus::TimedOut => write!(f, "timed out"),
+        }
+    }
+}
+
+impl HostMsg {
+    pub fn hello() -> Self {
+        HostMsg::Hello { magic: MAGIC.to_string(), version: PROTOCOL_VERSION }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum HandshakeError {
+    #[error("the peer is not a kiln agent (got magic {0:?})")]
+    BadMagic(String),
+    #[error("protocol version mismatch: host speaks {host}, agent speaks {agent}; rebuild kiln and its agents together (scripts/build-agents.sh)")]
+    Version { host: u32, agent: u32 },
+    #[error("expected a hello, got {0}")]
+    Unexpected(String),
+    #[error(transparent)]
+    Frame(#[from] FrameError),
+}
+
+/// Checks the peer's magic and version from either side of the handshake.
+pub fn check_hello(magic: &str, version: u32) -> Result<(), HandshakeError> {
+    if magic != MAGIC {
+        return Err(HandshakeError::BadMagic(magic.to_string()));
+    }
+    if version != PROTOCOL_VERSION {
+        return Err(HandshakeError::Version { host: PROTOCOL_VERSION, agent: version });
+    }
+    Ok(())
+}
+
+/// Decodes a control payload.
+pub fn decode<T: serde::de::DeserializeOwned>(json: &[u8]) -> Result<T, FrameError> {
+    Ok(serde_json::from_slice(json)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hello_checks() {
+        assert!(check_hello(MAGIC, PROTOCOL_VERSION).is_ok());
+        assert!(matches!(check_hello("nope", PROTOCOL_VERSION), Err(HandshakeError::BadMagic(_))));
+        assert!(matches!(
+            check_hello(MAGIC, PROTOCOL_VERSION + 1),
+            Err(HandshakeError::Version { .. })
+        ));
+    }
+
+    #[test]
+    fn exit_status_shell_codes() {
+        assert_eq!(ExitStatus::Code { code: 42 }.shell_code(), 42);
+        assert_eq!(ExitStatus::Signal { signal: 9 }.shell_code(), 137);
+    }
+
+    #[test]
+    fn messages_are_tagged_json() {
+        let json = serde_json::to_string(&HostMsg::Signal { id: 3, signal: 15 }).unwrap();
+        assert_eq!(json, r#"{"type":"signal","id":3,"signal":15}"#);
+        let back: AgentMsg = decode(br#"{"type":"exited","id":1,"status":{"how":"code","code":0}}"#).unwrap();
+        assert!(matches!(back, AgentMsg::Exited { id: 1, status: ExitStatus::Code { code: 0 } }));
+    }
+}

@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# Install what kiln's build, tests and benchmarks need on a fresh Debian 12
+# (bookworm) x86_64 machine. Idempotent; run as root (kiln itself never needs root).
+#
+# The Debian mirror is read from the host's apt sources (or $KILN_DEBIAN_MIRROR):
+# no mirror host is written in this repository.
+set -euo pipefail
+
+log() { printf '==> %s\n' "$*" >&2; }
+
+sources=/etc/apt/sources.list.d/debian.sources
+backports=/etc/apt/sources.list.d/kiln-backports.sources
+
+# QEMU 10 comes from bookworm-backports (the image's qemu-utils already does, so
+# bookworm's own qemu-system packages fail on a dependency break).
+if ! grep -rqs 'bookworm-backports' /etc/apt/sources.list /etc/apt/sources.list.d/; then
+  uri="${KILN_DEBIAN_MIRROR:-}"
+  if [ -z "$uri" ]; then
+    uri=$(awk '/^URIs:/ {print $2; exit}' "$sources")
+  fi
+  keyring=$(awk '/^Signed-By:/ {print $2; exit}' "$sources")
+  log "adding bookworm-backports from $uri"
+  printf 'Types: deb\nURIs: %s\nSuites: bookworm-backports\nComponents: main\nSigned-By: %s\n' \
+    "$uri" "$keyring" > "$backports"
+fi
+
+need_apt=0
+for bin in qemu-system-aarch64 qemu-system-x86_64 aarch64-linux-gnu-gcc docker-registry \
+           skopeo umoci htpasswd oci-image-tool mke2fs zstd xz curl runc debootstrap; do
+  command -v "$bin" >/dev/null 2>&1 || need_apt=1
+done
+if [ "$need_apt" = 1 ]; then
+  log "installing Debian packages"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq -t bookworm-backports qemu-system-arm qemu-system-x86 >/dev/null
+  apt-get install -y -qq --no-install-recommends \
+    gcc-aarch64-linux-gnu libc6-dev-arm64-cross \
+    docker-registry skopeo umoci oci-image-tool apache2-utils runc \
+    e2fsprogs zstd xz-utils curl ca-certificates python3 debootstrap openssl >/dev/null
+fi
+
+# User-space vsock (kernel vhost-vsock is unavailable here, and on macOS/Windows).
+if ! command -v vhost-device-vsock >/dev/null 2>&1; then
+  log "building vhost-device-vsock (about 2.5 min)"
+  cargo install --locked --quiet vhost-device-vsock --version 0.3.0
+fi
+
+# A Rust toolchain that can build the aarch64 guest agent.
+"$(dirname "$0")/setup-cross-rust.sh"
+log "host set-up done"

@@ -1,0 +1,1 @@
+//! The build engine: executor, cache and snapshots (see issue "The build engine").

@@ -1,0 +1,51 @@
+//! Command-line interface: argument definitions and dispatch only. Each
+//! subcommand module turns its arguments into a call into the library.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+pub mod debug;
+pub mod image;
+pub mod kernel;
+pub mod vm;
+
+/// Build OCI images from Dockerfiles for any architecture, without binfmt_misc or root.
+#[derive(Debug, Parser)]
+#[command(name = "kiln", version, propagate_version = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run commands in a guest VM
+    #[command(subcommand)]
+    Vm(vm::VmCommand),
+    /// Manage guest kernels
+    #[command(subcommand)]
+    Kernel(kernel::KernelCommand),
+    #[command(flatten)]
+    Image(image::ImageCommand),
+    /// Developer tools (conformance runners, dumps)
+    #[command(subcommand, hide = true)]
+    Debug(debug::DebugCommand),
+}
+
+pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Vm(cmd) => vm::run(cmd),
+        Command::Kernel(cmd) => kernel::run(cmd),
+        Command::Image(cmd) => image::run(cmd),
+        Command::Debug(cmd) => debug::run(cmd),
+    }
+}
+
+/// Prints an error with its chain of causes, one per line, like `docker` does.
+pub fn report_error(err: &anyhow::Error) {
+    eprintln!("error: {err}");
+    for cause in err.chain().skip(1) {
+        eprintln!("  caused by: {cause}");
+    }
+}

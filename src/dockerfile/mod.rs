@@ -1,0 +1,1 @@
+//! The Dockerfile frontend: parser, shell-word expansion, stage graph, .dockerignore.

@@ -1,0 +1,1 @@
+//! OCI images: the image model, the content store, tags and layouts.

@@ -1,0 +1,1 @@
+//! Guest VMs: kernels, QEMU, the transport to the guest agent.
