@@ -1,0 +1,171 @@
+//! The request loop: thin handlers that decode a frame and call a `do_*`.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::sync::mpsc::SyncSender;
+use std::sync::{Arc, Mutex};
+
+use kiln_protocol::{
+    check_hello, decode, stream, AgentHello, AgentMsg, Frame, FrameError, FrameReader, FrameWriter, HostMsg,
+    AGENT_VERSION, MAGIC, PROTOCOL_VERSION,
+};
+
+use super::exec::{self, Running};
+use super::reaper::Reaper;
+use super::transport::Conn;
+use super::{log, unpack};
+
+/// The agent's sending half, shared by every thread that reports to the host.
+pub type Out = Arc<Mutex<FrameWriter<Box<dyn Write + Send>>>>;
+
+/// Sends a control message; a broken connection surfaces on the read side.
+pub fn send(out: &Out, msg: &AgentMsg) {
+    let _ = out.lock().unwrap().send(msg);
+}
+
+pub fn send_data(out: &Out, id: u32, stream: u8, bytes: &[u8]) -> bool {
+    out.lock().unwrap().send_data(id, stream, bytes).is_ok()
+}
+
+#[derive(Default)]
+struct State {
+    running: HashMap<u32, Running>,
+    /// Tar streams being unpacked, by request id.
+    unpacking: HashMap<u32, SyncSender<Vec<u8>>>,
+}
+
+pub fn serve(conn: Conn, reaper: Reaper) -> Result<(), String> {
+    let out: Out = Arc::new(Mutex::new(FrameWriter::new(conn.writer)));
+    let mut input = FrameReader::new(conn.reader);
+    out.lock()
+        .unwrap()
+        .send(&AgentMsg::Hello(hello()))
+        .map_err(|e| format!("sending hello: {e}"))?;
+    handshake(&mut input).map_err(|e| {
+        send(&out, &AgentMsg::Fatal { message: e.clone() });
+        e
+    })?;
+
+    let mut state = State::default();
+    loop {
+        let frame = match input.read_frame() {
+            Ok(frame) => frame,
+            Err(FrameError::Closed) => {
+                log("host disconnected; powering off");
+                state.kill_all();
+                return Ok(());
+            }
+            Err(e) => {
+                state.kill_all();
+                let message = format!("reading from host: {e}");
+                send(&out, &AgentMsg::Fatal { message: message.clone() });
+                return Err(message);
+            }
+        };
+        match frame {
+            Frame::Control(json) => match decode::<HostMsg>(&json) {
+                Ok(HostMsg::Shutdown) => {
+                    state.kill_all();
+                    return Ok(());
+                }
+                Ok(msg) => state.handle(msg, &out, &reaper),
+                Err(e) => {
+                    let message = format!("undecodable request from host: {e}");
+                    send(&out, &AgentMsg::Fatal { message: message.clone() });
+                    return Err(message);
+                }
+            },
+            Frame::Data { id, stream, bytes } => state.data(id, stream, bytes),
+        }
+    }
+}
+
+fn handshake<R: std::io::Read>(input: &mut FrameReader<R>) -> Result<(), String> {
+    match input.read_frame() {
+        Ok(Frame::Control(json)) => match decode::<HostMsg>(&json) {
+            Ok(HostMsg::Hello { magic, version }) => check_hello(&magic, version).map_err(|e| e.to_string()),
+            Ok(other) => Err(format!("expected hello from host, got {other:?}")),
+            Err(e) => Err(format!("garbage instead of the host's hello: {e}")),
+        },
+        Ok(Frame::Data { .. }) => Err("expected hello from host, got a data frame".into()),
+        Err(e) => Err(format!("waiting for the host's hello: {e}")),
+    }
+}
+
+fn hello() -> AgentHello {
+    let uts = nix::sys::utsname::uname().ok();
+    let field = |f: fn(&nix::sys::utsname::UtsName) -> &std::ffi::OsStr| {
+        uts.as_ref().map(|u| f(u).to_string_lossy().into_owned()).unwrap_or_default()
+    };
+    AgentHello {
+        magic: MAGIC.into(),
+        version: PROTOCOL_VERSION,
+        agent_version: AGENT_VERSION.into(),
+        kernel: field(|u| u.release()),
+        arch: field(|u| u.machine()),
+    }
+}
+
+impl State {
+    fn handle(&mut self, msg: HostMsg, out: &Out, reaper: &Reaper) {
+        self.running.retain(|_, r| !r.finished());
+        match msg {
+            HostMsg::Exec(req) => {
+                let id = req.id;
+                match exec::do_exec(req, out.clone(), reaper) {
+                    Ok(running) => {
+                        self.running.insert(id, running);
+                    }
+                    Err(message) => send(out, &AgentMsg::Failed { id, message }),
+                }
+            }
+            HostMsg::Signal { id, signal } => {
+                if let Some(running) = self.running.get(&id) {
+                    running.signal(signal);
+                }
+            }
+            HostMsg::Unpack { id, dest } => match unpack::do_unpack(id, &dest, out.clone()) {
+                Ok(tx) => {
+                    self.unpacking.insert(id, tx);
+                }
+                Err(message) => send(out, &AgentMsg::Failed { id, message }),
+            },
+            HostMsg::Hello { .. } => send(out, &AgentMsg::Failed { id: 0, message: "repeated hello".into() }),
+            HostMsg::Shutdown => unreachable!("handled by serve"),
+        }
+    }
+
+    fn data(&mut self, id: u32, kind: u8, bytes: Vec<u8>) {
+        let sink = match kind {
+            stream::STDIN => self.running.get_mut(&id).and_then(|r| r.stdin.as_ref()).cloned(),
+            stream::TAR => self.unpacking.get(&id).cloned(),
+            _ => None,
+        };
+        let closing = bytes.is_empty();
+        if let Some(tx) = sink {
+            // A dropped receiver means the consumer already failed and reported it.
+            if !closing {
+                let _ = tx.send(bytes);
+            }
+        }
+        if closing {
+            match kind {
+                stream::STDIN => {
+                    if let Some(r) = self.running.get_mut(&id) {
+                        r.stdin = None;
+                    }
+                }
+                stream::TAR => {
+                    self.unpacking.remove(&id);
+                }
+                _ => {}
+            }
+        }
+    }
+
+    fn kill_all(&mut self) {
+        for running in self.running.values() {
+            running.signal(libc::SIGKILL);
+        }
+    }
+}
