@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 pub mod debug;
 pub mod image;
 pub mod kernel;
+pub mod signals;
 pub mod vm;
 
 /// Build OCI images from Dockerfiles for any architecture, without binfmt_misc or root.

@@ -1,1 +1,318 @@
 //! Guest VMs: kernels, QEMU, the transport to the guest agent.
+//!
+//! [`Vm::boot`] starts QEMU with the guest kernel and an initramfs whose
+//! `/init` is kiln's agent, waits for the agent to connect and shake hands,
+//! and then runs requests ([`Vm::exec`], [`Vm::unpack`]). Dropping a `Vm`
+//! always stops QEMU and any helper process and removes its run directory.
+
+pub mod agents;
+pub mod arch;
+pub mod client;
+pub mod process;
+pub mod qemu;
+pub mod scratch;
+pub mod transport;
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use kiln_protocol::{ExecRequest, ExitStatus};
+
+use crate::platform::Platform;
+use arch::{Accel, GuestArch};
+use client::{AgentClient, ClientError};
+use qemu::{log_tail, QemuConfig, QemuProcess};
+use transport::{HostEnd, Transport, TransportChoice};
+
+/// Lines of guest console shown when something goes wrong.
+const CONSOLE_TAIL: usize = 25;
+
+#[derive(Debug, Clone)]
+pub struct VmConfig {
+    pub platform: Platform,
+    pub memory_mib: u64,
+    pub cpus: u32,
+    pub transport: TransportChoice,
+    pub boot_timeout: Duration,
+    /// QEMU user networking (NAT to the host's network).
+    pub network: bool,
+    /// Attach a fresh scratch disk (ext4, mounted at /scratch in the guest).
+    pub scratch: bool,
+    /// `-netdev user` host forwards, e.g. `hostfwd=tcp:127.0.0.1:8080-:80`.
+    pub netdev_extra: Vec<String>,
+}
+
+impl VmConfig {
+    pub fn new(platform: Platform) -> Self {
+        VmConfig {
+            platform,
+            memory_mib: 2048,
+            cpus: std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(2).min(4),
+            transport: TransportChoice::Auto,
+            boot_timeout: Duration::from_secs(90),
+            network: true,
+            scratch: true,
+            netdev_extra: Vec::new(),
+        }
+    }
+}
+
+/// The kernel and initramfs to boot.
+#[derive(Debug, Clone)]
+pub struct BootFiles {
+    pub kernel: PathBuf,
+    pub initramfs: PathBuf,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum VmError {
+    #[error(transparent)]
+    Arch(#[from] arch::UnsupportedPlatform),
+    #[error(transparent)]
+    Transport(#[from] transport::TransportError),
+    #[error(transparent)]
+    Qemu(#[from] qemu::QemuError),
+    #[error(transparent)]
+    Scratch(#[from] scratch::ScratchError),
+    #[error("creating the VM's run directory: {0}")]
+    RunDir(std::io::Error),
+    #[error("the guest did not come up within {timeout:?} ({accel} emulation of {platform}); last console lines:\n{console}")]
+    BootTimeout { timeout: Duration, accel: &'static str, platform: String, console: String },
+    #[error("the VM stopped unexpectedly: {qemu} {status}; last console lines:\n{console}")]
+    Died { qemu: String, status: String, console: String },
+    #[error("{error}; last console lines:\n{console}")]
+    Agent { error: ClientError, console: String },
+    #[error("the guest is {got}, not {want}: the kernel or agent is for the wrong architecture")]
+    WrongArch { got: String, want: String },
+    #[error("interrupted")]
+    Interrupted,
+}
+
+/// A running VM with a connected agent.
+pub struct Vm {
+    client: AgentClient,
+    qemu: QemuProcess,
+    _host_end: HostEnd,
+    run_dir: tempfile::TempDir,
+    pub transport: Transport,
+    pub accel: Accel,
+    /// From QEMU start to the agent's hello.
+    pub boot_time: Duration,
+    arch: &'static dyn GuestArch,
+}
+
+impl Vm {
+    pub fn boot(config: &VmConfig, files: &BootFiles, cancel: &AtomicBool) -> Result<Vm, VmError> {
+        let arch = arch::for_platform(&config.platform)?;
+        let accel = arch::best_accel(&config.platform);
+        let transport = transport::choose(config.transport)?;
+        remove_stale_run_dirs();
+        let run_dir = tempfile::Builder::new()
+            .prefix(&format!("{RUN_DIR_PREFIX}{}-", std::process::id()))
+            .tempdir()
+            .map_err(VmError::RunDir)?;
+        let scratch = if config.scratch {
+            let path = run_dir.path().join("scratch.img");
+            scratch::create(&path)?;
+            Some(path)
+        } else {
+            None
+        };
+        let host_end = HostEnd::setup(transport, run_dir.path(), config.memory_mib)?;
+        let console_log = run_dir.path().join("console.log");
+        let qemu_config = QemuConfig {
+            arch,
+            accel,
+            memory_mib: config.memory_mib,
+            cpus: config.cpus,
+            kernel: &files.kernel,
+            initramfs: &files.initramfs,
+            scratch: scratch.as_deref(),
+            console_log: &console_log,
+            transport,
+            transport_args: &host_end.qemu_args,
+            network: config.network,
+            netdev_extra: &config.netdev_extra,
+        };
+        let started = Instant::now();
+        let mut qemu = QemuProcess::spawn(&qemu_config, &run_dir.path().join("qemu.stderr"))?;
+        let deadline = started + config.boot_timeout;
+        let timeout_error = || VmError::BootTimeout {
+            timeout: config.boot_timeout,
+            accel: accel.name(),
+            platform: config.platform.to_string(),
+            console: log_tail(&console_log, CONSOLE_TAIL),
+        };
+        let mut watcher = Watcher::new(&mut qemu, run_dir.path(), cancel);
+        let conn = match host_end.accept(deadline, &mut || watcher.check()) {
+            Ok(Some(conn)) => conn,
+            Ok(None) => return Err(timeout_error()),
+            Err(msg) => return Err(watcher.error(ClientError::Aborted(msg), &console_log)),
+        };
+        let remaining = deadline.saturating_duration_since(Instant::now()).max(Duration::from_secs(1));
+        let client = match AgentClient::connect(conn.reader, conn.writer, remaining, &mut || watcher.check()) {
+            Ok(client) => client,
+            Err(ClientError::HelloTimeout(_)) => return Err(timeout_error()),
+            Err(error) => return Err(watcher.error(error, &console_log)),
+        };
+        let boot_time = started.elapsed();
+        let want = config.platform.uname_machine();
+        if client.hello().arch != want {
+            return Err(VmError::WrongArch { got: client.hello().arch.clone(), want: want.to_string() });
+        }
+        Ok(Vm { client, qemu, _host_end: host_end, run_dir, transport, accel, boot_time, arch })
+    }
+
+    pub fn agent_kernel(&self) -> &str {
+        &self.client.hello().kernel
+    }
+
+    pub fn arch_key(&self) -> &'static str {
+        self.arch.key()
+    }
+
+    /// The VM's private directory on the host (console log, sockets, scratch disk).
+    pub fn run_dir(&self) -> &Path {
+        self.run_dir.path()
+    }
+
+    pub fn qemu_pid(&self) -> u32 {
+        self.qemu.pid()
+    }
+
+    pub fn exec(
+        &mut self,
+        req: ExecRequest,
+        stdin: Option<Box<dyn Read + Send>>,
+        sink: &mut dyn FnMut(u8, &[u8]),
+        cancel: &AtomicBool,
+    ) -> Result<ExitStatus, VmError> {
+        let mut watcher = Watcher::new(&mut self.qemu, self.run_dir.path(), cancel);
+        let result = self.client.exec(req, stdin, sink, &mut || watcher.check());
+        result.map_err(|e| watcher.error(e, &self.run_dir.path().join("console.log")))
+    }
+
+    /// Streams a tar into the guest, unpacked as root under `dest` on the scratch disk.
+    pub fn unpack(&mut self, dest: &str, tar: &mut dyn Read, cancel: &AtomicBool) -> Result<(), VmError> {
+        let mut watcher = Watcher::new(&mut self.qemu, self.run_dir.path(), cancel);
+        let result = self.client.unpack(dest, tar, &mut || watcher.check());
+        result.map_err(|e| watcher.error(e, &self.run_dir.path().join("console.log")))
+    }
+
+    /// Powers the guest off cleanly (the agent syncs first) and waits for QEMU.
+    pub fn shutdown(mut self) {
+        let _ = self.client.shutdown();
+        self.qemu.stop(Duration::from_secs(10));
+    }
+}
+
+impl Drop for Vm {
+    fn drop(&mut self) {
+        if self.qemu.try_wait().is_none() {
+            let _ = self.client.shutdown();
+            self.qemu.stop(Duration::from_secs(5));
+        }
+    }
+}
+
+/// Why a wait on the guest was abandoned.
+enum Abort {
+    Interrupted,
+    QemuExited { qemu: String, status: String },
+}
+
+/// Watches QEMU and the cancel flag during a wait; remembers why it stopped.
+struct Watcher<'a> {
+    qemu: &'a mut QemuProcess,
+    stderr_path: PathBuf,
+    cancel: &'a AtomicBool,
+    abort: Option<Abort>,
+}
+
+impl<'a> Watcher<'a> {
+    fn new(qemu: &'a mut QemuProcess, run_dir: &Path, cancel: &'a AtomicBool) -> Self {
+        Watcher { qemu, stderr_path: run_dir.join("qemu.stderr"), cancel, abort: None }
+    }
+
+    fn check(&mut self) -> Result<(), String> {
+        if self.cancel.load(Ordering::SeqCst) {
+            self.abort = Some(Abort::Interrupted);
+            return Err("interrupted".into());
+        }
+        let Some(status) = self.qemu.try_wait() else { return Ok(()) };
+        let stderr = std::fs::read_to_string(&self.stderr_path).unwrap_or_default();
+        let stderr = stderr.trim();
+        let status = if stderr.is_empty() { format!("{status}") } else { format!("{status} ({stderr})") };
+        self.abort = Some(Abort::QemuExited { qemu: self.qemu.binary.clone(), status });
+        Err("qemu exited".into())
+    }
+
+    /// Turns a failed wait into the error the user should see.
+    fn error(mut self, error: ClientError, console: &Path) -> VmError {
+        if self.abort.is_none() && matches!(error, ClientError::Disconnected | ClientError::Send(_)) {
+            // A closed connection usually means QEMU died; give it a moment to be reaped.
+            for _ in 0..20 {
+                if self.qemu.try_wait().is_some() {
+                    let _ = self.check();
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+        match self.abort {
+            Some(Abort::Interrupted) => VmError::Interrupted,
+            Some(Abort::QemuExited { qemu, status }) => {
+                VmError::Died { qemu, status, console: log_tail(console, CONSOLE_TAIL) }
+            }
+            None => VmError::Agent { error, console: log_tail(console, CONSOLE_TAIL) },
+        }
+    }
+}
+
+const RUN_DIR_PREFIX: &str = "kiln-vm-";
+
+/// Removes run directories left by kiln processes that were killed (their
+/// QEMU died with them through the parent-death signal).
+fn remove_stale_run_dirs() {
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else { return };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(rest) = name.to_str().and_then(|n| n.strip_prefix(RUN_DIR_PREFIX)) else { continue };
+        let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<u32>().ok()) else { continue };
+        if !process_exists(pid) {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
+#[cfg(target_os = "linux")]
+fn process_exists(pid: u32) -> bool {
+    Path::new("/proc").join(pid.to_string()).exists()
+}
+
+#[cfg(not(target_os = "linux"))]
+fn process_exists(_pid: u32) -> bool {
+    true
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BootFilesError {
+    #[error(transparent)]
+    Arch(#[from] arch::UnsupportedPlatform),
+    #[error(transparent)]
+    Agent(#[from] agents::AgentError),
+    #[error("no kernel for {0}: set KILN_KERNEL and KILN_INITRAMFS (kernel fetching is not wired yet)")]
+    NoKernel(String),
+}
+
+/// Finds (fetching and caching as needed) the kernel and initramfs for a platform.
+pub fn boot_files(platform: &Platform, kernel: Option<&Path>) -> Result<BootFiles, BootFilesError> {
+    let arch = arch::for_platform(platform)?;
+    let _agent = agents::agent_binary(arch.key())?;
+    match (kernel, std::env::var_os("KILN_INITRAMFS")) {
+        (Some(kernel), Some(initramfs)) => Ok(BootFiles { kernel: kernel.to_path_buf(), initramfs: initramfs.into() }),
+        _ => Err(BootFilesError::NoKernel(platform.to_string())),
+    }
+}

@@ -1,0 +1,23 @@
+//! Ctrl-C and termination: set a flag the long-running work polls, so kiln
+//! stops the guest command, shuts the VM down and cleans up before exiting.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+
+static CANCEL: AtomicBool = AtomicBool::new(false);
+
+/// Installs the handlers and returns the flag they set.
+pub fn install() -> &'static AtomicBool {
+    #[cfg(unix)]
+    {
+        use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
+        extern "C" fn on_signal(_: libc::c_int) {
+            CANCEL.store(true, Ordering::SeqCst);
+        }
+        let action = SigAction::new(SigHandler::Handler(on_signal), SaFlags::SA_RESTART, SigSet::empty());
+        for sig in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP] {
+            // SAFETY: the handler only stores to an atomic.
+            let _ = unsafe { sigaction(sig, &action) };
+        }
+    }
+    &CANCEL
+}

@@ -1,0 +1,34 @@
+//! amd64 guests on QEMU's q35 machine.
+
+use super::{Accel, GuestArch};
+
+pub struct X86_64;
+
+impl GuestArch for X86_64 {
+    fn qemu_binary(&self) -> &'static str {
+        "qemu-system-x86_64"
+    }
+
+    fn machine_args(&self, accel: Accel) -> Vec<String> {
+        let mut args: Vec<String> = ["-M", "q35"].map(String::from).to_vec();
+        match accel {
+            // `-cpu host`/`max` abort under some KVM hosts (MSR 0x10a); the
+            // default model works everywhere.
+            Accel::Kvm | Accel::Hvf | Accel::Whpx => {
+                args.extend(["-accel".to_string(), accel.name().to_string()]);
+            }
+            Accel::Tcg => {
+                args.extend(["-cpu", "max", "-accel", "tcg,thread=multi"].map(String::from));
+            }
+        }
+        args
+    }
+
+    fn console(&self) -> &'static str {
+        "ttyS0"
+    }
+
+    fn key(&self) -> &'static str {
+        "amd64"
+    }
+}

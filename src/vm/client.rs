@@ -1,0 +1,348 @@
+//! The host's client for the guest agent protocol, over any byte stream.
+
+use std::io::{Read, Write};
+use std::sync::mpsc::{channel, Receiver, RecvTimeoutError, TryRecvError};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use kiln_protocol::{
+    check_hello, decode, stream, AgentHello, AgentMsg, ExecRequest, ExitStatus, Frame, FrameError, FrameReader,
+    FrameWriter, HandshakeError, HostMsg,
+};
+
+/// How often long waits check the watch (QEMU alive, Ctrl-C).
+const POLL: Duration = Duration::from_millis(50);
+const CHUNK: usize = kiln_protocol::frame::DATA_CHUNK;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("handshake with the guest agent failed: {0}")]
+    Handshake(#[from] HandshakeError),
+    #[error("protocol error from the guest agent: {0}")]
+    Protocol(FrameError),
+    #[error("the guest agent closed the connection")]
+    Disconnected,
+    #[error("the guest agent did not say hello within {0:?}")]
+    HelloTimeout(Duration),
+    #[error("the guest agent failed: {0}")]
+    AgentFatal(String),
+    #[error("{0}")]
+    RequestFailed(String),
+    #[error("unexpected message from the guest agent: {0}")]
+    Unexpected(String),
+    #[error("sending to the guest agent: {0}")]
+    Send(FrameError),
+    /// The watch callback stopped the wait (VM died, user interrupted).
+    #[error("{0}")]
+    Aborted(String),
+}
+
+/// Checked while waiting; an `Err` aborts the wait with that message.
+pub type Watch<'a> = &'a mut dyn FnMut() -> Result<(), String>;
+
+type SharedWriter = Arc<Mutex<FrameWriter<Box<dyn Write + Send>>>>;
+
+pub struct AgentClient {
+    writer: SharedWriter,
+    frames: Receiver<Result<Frame, FrameError>>,
+    next_id: u32,
+    hello: AgentHello,
+}
+
+impl AgentClient {
+    /// Waits for the agent's hello (it speaks first), checks it and answers.
+    pub fn connect(
+        reader: Box<dyn Read + Send>,
+        writer: Box<dyn Write + Send>,
+        timeout: Duration,
+        watch: Watch,
+    ) -> Result<AgentClient, ClientError> {
+        let (tx, frames) = channel();
+        std::thread::Builder::new()
+            .name("agent-reader".into())
+            .spawn(move || {
+                let mut reader = FrameReader::new(reader);
+                loop {
+                    let frame = reader.read_frame();
+                    let stop = frame.is_err();
+                    if tx.send(frame).is_err() || stop {
+                        break;
+                    }
+                }
+            })
+            .expect("spawning the agent reader thread");
+        let writer: SharedWriter = Arc::new(Mutex::new(FrameWriter::new(writer)));
+        let deadline = Instant::now() + timeout;
+        let hello = loop {
+            match frames.recv_timeout(POLL) {
+                Ok(Ok(Frame::Control(json))) => match decode::<AgentMsg>(&json) {
+                    Ok(AgentMsg::Hello(hello)) => break hello,
+                    Ok(other) => return Err(HandshakeError::Unexpected(format!("{other:?}")).into()),
+                    Err(e) => return Err(HandshakeError::Frame(e).into()),
+                },
+                Ok(Ok(Frame::Data { .. })) => return Err(HandshakeError::Unexpected("a data frame".into()).into()),
+                Ok(Err(FrameError::Closed)) => return Err(ClientError::Disconnected),
+                Ok(Err(e)) => return Err(HandshakeError::Frame(e).into()),
+                Err(RecvTimeoutError::Disconnected) => return Err(ClientError::Disconnected),
+                Err(RecvTimeoutError::Timeout) => {
+                    watch().map_err(ClientError::Aborted)?;
+                    if Instant::now() > deadline {
+                        return Err(ClientError::HelloTimeout(timeout));
+                    }
+                }
+            }
+        };
+        check_hello(&hello.magic, hello.version)?;
+        writer.lock().unwrap().send(&HostMsg::hello()).map_err(ClientError::Send)?;
+        Ok(AgentClient { writer, frames, next_id: 1, hello })
+    }
+
+    pub fn hello(&self) -> &AgentHello {
+        &self.hello
+    }
+
+    fn send(&self, msg: &HostMsg) -> Result<(), ClientError> {
+        self.writer.lock().unwrap().send(msg).map_err(ClientError::Send)
+    }
+
+    fn new_id(&mut self) -> u32 {
+        let id = self.next_id;
+        self.next_id += 1;
+        id
+    }
+
+    /// Runs a command. Output is handed to `sink(stream, bytes)` as it
+    /// arrives; `stdin`, when given, is streamed to the command from a thread.
+    pub fn exec(
+        &mut self,
+        mut req: ExecRequest,
+        stdin: Option<Box<dyn Read + Send>>,
+        sink: &mut dyn FnMut(u8, &[u8]),
+        watch: Watch,
+    ) -> Result<ExitStatus, ClientError> {
+        let id = self.new_id();
+        req.id = id;
+        req.stdin = stdin.is_some();
+        self.send(&HostMsg::Exec(req))?;
+        if let Some(mut input) = stdin {
+            let writer = self.writer.clone();
+            std::thread::spawn(move || {
+                let mut buf = vec![0u8; CHUNK];
+                loop {
+                    let n = match input.read(&mut buf) {
+                        Ok(n) => n,
+                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                        Err(_) => 0,
+                    };
+                    // n == 0 sends the empty frame that closes the command's stdin.
+                    if writer.lock().unwrap().send_data(id, stream::STDIN, &buf[..n]).is_err() || n == 0 {
+                        break;
+                    }
+                }
+            });
+        }
+        loop {
+            let frame = match self.next_frame(watch) {
+                Ok(frame) => frame,
+                Err(err) => {
+                    // Don't leave the command running behind an aborted wait.
+                    let _ = self.send(&HostMsg::Signal { id, signal: 9 });
+                    return Err(err);
+                }
+            };
+            match frame {
+                Frame::Data { id: fid, stream, bytes } if fid == id => {
+                    if !bytes.is_empty() {
+                        sink(stream, &bytes);
+                    }
+                }
+                Frame::Data { .. } => {}
+                Frame::Control(json) => match self.decode(&json)? {
+                    AgentMsg::Exited { id: fid, status } if fid == id => return Ok(status),
+                    AgentMsg::Failed { id: fid, message } if fid == id => {
+                        return Err(ClientError::RequestFailed(message))
+                    }
+                    _ => {}
+                },
+            }
+        }
+    }
+
+    /// Streams a tar archive to the agent, which unpacks it under `dest`
+    /// (relative to its scratch disk).
+    pub fn unpack(&mut self, dest: &str, tar: &mut dyn Read, watch: Watch) -> Result<(), ClientError> {
+        let id = self.new_id();
+        self.send(&HostMsg::Unpack { id, dest: dest.to_string() })?;
+        let mut buf = vec![0u8; CHUNK];
+        loop {
+            let n = match tar.read(&mut buf) {
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(ClientError::RequestFailed(format!("reading the archive to unpack: {e}"))),
+            };
+            self.writer.lock().unwrap().send_data(id, stream::TAR, &buf[..n]).map_err(ClientError::Send)?;
+            if n == 0 {
+                break;
+            }
+            // Stop streaming early if the agent already gave up.
+            match self.frames.try_recv() {
+                Ok(Ok(Frame::Control(json))) => {
+                    if let AgentMsg::Failed { id: fid, message } = self.decode(&json)? {
+                        if fid == id {
+                            return Err(ClientError::RequestFailed(message));
+                        }
+                    }
+                }
+                Ok(Ok(Frame::Data { .. })) | Err(TryRecvError::Empty) => {}
+                Ok(Err(e)) => return Err(frame_error(e)),
+                Err(TryRecvError::Disconnected) => return Err(ClientError::Disconnected),
+            }
+        }
+        loop {
+            if let Frame::Control(json) = self.next_frame(watch)? {
+                match self.decode(&json)? {
+                    AgentMsg::Done { id: fid } if fid == id => return Ok(()),
+                    AgentMsg::Failed { id: fid, message } if fid == id => {
+                        return Err(ClientError::RequestFailed(message))
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+
+    /// Asks the agent to sync and power off.
+    pub fn shutdown(&self) -> Result<(), ClientError> {
+        self.send(&HostMsg::Shutdown)
+    }
+
+    fn next_frame(&mut self, watch: Watch) -> Result<Frame, ClientError> {
+        loop {
+            match self.frames.recv_timeout(POLL) {
+                Ok(Ok(frame)) => return Ok(frame),
+                Ok(Err(e)) => return Err(frame_error(e)),
+                Err(RecvTimeoutError::Disconnected) => return Err(ClientError::Disconnected),
+                Err(RecvTimeoutError::Timeout) => watch().map_err(ClientError::Aborted)?,
+            }
+        }
+    }
+
+    fn decode(&self, json: &[u8]) -> Result<AgentMsg, ClientError> {
+        match decode::<AgentMsg>(json).map_err(ClientError::Protocol)? {
+            AgentMsg::Fatal { message } => Err(ClientError::AgentFatal(message)),
+            msg => Ok(msg),
+        }
+    }
+}
+
+fn frame_error(e: FrameError) -> ClientError {
+    match e {
+        FrameError::Closed => ClientError::Disconnected,
+        other => ClientError::Protocol(other),
+    }
+}
+
+#[cfg(all(test, unix))]
+mod tests {
+    //! The client against a scripted fake agent on a socket pair.
+    use super::*;
+    use kiln_protocol::{AGENT_VERSION, MAGIC, PROTOCOL_VERSION};
+    use std::os::unix::net::UnixStream;
+
+    fn agent_hello(version: u32) -> AgentMsg {
+        AgentMsg::Hello(AgentHello {
+            magic: MAGIC.into(),
+            version,
+            agent_version: AGENT_VERSION.into(),
+            kernel: "6.1.0-test".into(),
+            arch: "aarch64".into(),
+        })
+    }
+
+    fn pair() -> (AgentClientParts, UnixStream) {
+        let (host, agent) = UnixStream::pair().unwrap();
+        let reader = host.try_clone().unwrap();
+        ((Box::new(reader), Box::new(host)), agent)
+    }
+    type AgentClientParts = (Box<dyn Read + Send>, Box<dyn Write + Send>);
+
+    fn connect(parts: AgentClientParts) -> Result<AgentClient, ClientError> {
+        AgentClient::connect(parts.0, parts.1, Duration::from_secs(5), &mut || Ok(()))
+    }
+
+    #[test]
+    fn exec_streams_output_and_returns_status() {
+        let (parts, agent) = pair();
+        let fake = std::thread::spawn(move || {
+            let mut w = FrameWriter::new(agent.try_clone().unwrap());
+            let mut r = FrameReader::new(agent);
+            w.send(&agent_hello(PROTOCOL_VERSION)).unwrap();
+            assert!(matches!(r.read_frame().unwrap(), Frame::Control(_))); // host hello
+            let Frame::Control(json) = r.read_frame().unwrap() else { panic!() };
+            let HostMsg::Exec(req) = decode::<HostMsg>(&json).unwrap() else { panic!() };
+            assert_eq!(req.argv, ["echo", "hi"]);
+            w.send_data(req.id, stream::STDOUT, b"hi\n").unwrap();
+            w.send_data(req.id, stream::STDERR, b"warn\n").unwrap();
+            w.send(&AgentMsg::Exited { id: req.id, status: ExitStatus::Code { code: 42 } }).unwrap();
+        });
+        let mut client = connect(parts).unwrap();
+        assert_eq!(client.hello().arch, "aarch64");
+        let mut out = Vec::new();
+        let req = ExecRequest { argv: vec!["echo".into(), "hi".into()], ..Default::default() };
+        let status = client.exec(req, None, &mut |s, b| out.push((s, b.to_vec())), &mut || Ok(())).unwrap();
+        assert_eq!(status, ExitStatus::Code { code: 42 });
+        assert_eq!(out, vec![(stream::STDOUT, b"hi\n".to_vec()), (stream::STDERR, b"warn\n".to_vec())]);
+        fake.join().unwrap();
+    }
+
+    #[test]
+    fn version_mismatch_is_reported() {
+        let (parts, agent) = pair();
+        FrameWriter::new(agent.try_clone().unwrap()).send(&agent_hello(PROTOCOL_VERSION + 1)).unwrap();
+        let err = connect(parts).err().unwrap();
+        assert!(err.to_string().contains("version mismatch"), "{err}");
+    }
+
+    #[test]
+    fn garbage_is_a_protocol_error() {
+        let (parts, mut agent) = pair();
+        agent.write_all(b"Booting Linux on physical CPU 0x0\n").unwrap();
+        let err = connect(parts).err().unwrap();
+        assert!(err.to_string().contains("corrupt frame"), "{err}");
+    }
+
+    #[test]
+    fn corrupt_frame_mid_command_is_an_error() {
+        let (parts, agent) = pair();
+        let fake = std::thread::spawn(move || {
+            let mut w = FrameWriter::new(agent.try_clone().unwrap());
+            w.send(&agent_hello(PROTOCOL_VERSION)).unwrap();
+            let mut raw = agent;
+            raw.write_all(&[0xff, 0xff, 0xff, 0xff, 1]).unwrap();
+            raw
+        });
+        let mut client = connect(parts).unwrap();
+        let err = client
+            .exec(ExecRequest { argv: vec!["x".into()], ..Default::default() }, None, &mut |_, _| {}, &mut || Ok(()))
+            .unwrap_err();
+        assert!(matches!(err, ClientError::Protocol(FrameError::TooLarge(_))), "{err}");
+        drop(fake.join());
+    }
+
+    #[test]
+    fn watch_aborts_a_wait() {
+        let (parts, agent) = pair();
+        FrameWriter::new(agent.try_clone().unwrap()).send(&agent_hello(PROTOCOL_VERSION)).unwrap();
+        let mut client = connect(parts).unwrap();
+        let err = client
+            .exec(
+                ExecRequest { argv: vec!["sleep".into()], ..Default::default() },
+                None,
+                &mut |_, _| {},
+                &mut || Err("interrupted".into()),
+            )
+            .unwrap_err();
+        assert_eq!(err.to_string(), "interrupted");
+        drop(agent);
+    }
+}

@@ -1,0 +1,198 @@
+//! Building the QEMU command line and running the process.
+
+use std::io::{self, Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+
+use super::arch::{Accel, GuestArch};
+use super::transport::Transport;
+
+/// Everything that decides the QEMU command line.
+pub struct QemuConfig<'a> {
+    pub arch: &'a dyn GuestArch,
+    pub accel: Accel,
+    pub memory_mib: u64,
+    pub cpus: u32,
+    pub kernel: &'a Path,
+    pub initramfs: &'a Path,
+    pub scratch: Option<&'a Path>,
+    pub console_log: &'a Path,
+    pub transport: Transport,
+    pub transport_args: &'a [String],
+    pub network: bool,
+    /// Extra `-netdev user` options such as `hostfwd=tcp:127.0.0.1:8080-:80`.
+    pub netdev_extra: &'a [String],
+}
+
+impl QemuConfig<'_> {
+    pub fn args(&self) -> Vec<String> {
+        let mut args: Vec<String> = Vec::new();
+        let mut push = |a: &[&str]| args.extend(a.iter().map(|s| s.to_string()));
+        push(&["-nodefaults", "-no-user-config", "-display", "none", "-no-reboot"]);
+        let cmdline = format!(
+            "console={} panic=-1 quiet loglevel=4 kiln.transport={}",
+            self.arch.console(),
+            self.transport.cmdline_value()
+        );
+        let mut args = args;
+        args.extend(self.arch.machine_args(self.accel));
+        args.extend([
+            "-m".into(),
+            format!("{}M", self.memory_mib),
+            "-smp".into(),
+            self.cpus.to_string(),
+            "-serial".into(),
+            format!("file:{}", self.console_log.display()),
+            "-kernel".into(),
+            self.kernel.display().to_string(),
+            "-initrd".into(),
+            self.initramfs.display().to_string(),
+            "-append".into(),
+            cmdline,
+        ]);
+        if let Some(scratch) = self.scratch {
+            // The scratch disk is disposable: cache=unsafe makes the guest's
+            // fsyncs free, and the host reads it only after the guest syncs.
+            args.extend([
+                "-drive".into(),
+                format!("file={},if=none,id=scratch,format=raw,cache=unsafe,discard=unmap", scratch.display()),
+                "-device".into(),
+                "virtio-blk-pci,drive=scratch".into(),
+            ]);
+        }
+        if self.network {
+            let mut netdev = "user,id=net0".to_string();
+            for extra in self.netdev_extra {
+                netdev.push(',');
+                netdev.push_str(extra);
+            }
+            args.extend(["-netdev".into(), netdev, "-device".into(), "virtio-net-pci,netdev=net0".into()]);
+        }
+        args.extend(self.transport_args.iter().cloned());
+        args
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum QemuError {
+    #[error("{binary} not found: install QEMU ({hint})")]
+    NotFound { binary: String, hint: &'static str },
+    #[error("starting {binary}: {source}")]
+    Spawn { binary: String, source: io::Error },
+}
+
+pub struct QemuProcess {
+    child: Child,
+    pub binary: String,
+    pub console_log: PathBuf,
+}
+
+impl QemuProcess {
+    pub fn spawn(config: &QemuConfig, stderr_log: &Path) -> Result<QemuProcess, QemuError> {
+        let binary = config.arch.qemu_binary().to_string();
+        let stderr = std::fs::File::create(stderr_log)
+            .map_err(|source| QemuError::Spawn { binary: binary.clone(), source })?;
+        let mut cmd = Command::new(&binary);
+        cmd.args(config.args()).stdin(Stdio::null()).stdout(Stdio::null()).stderr(stderr);
+        super::process::die_with_parent(&mut cmd);
+        let child = cmd.spawn().map_err(|source| {
+            if source.kind() == io::ErrorKind::NotFound {
+                QemuError::NotFound {
+                    binary: binary.clone(),
+                    hint: "on Debian 12: scripts/setup-host.sh, or apt-get install -t bookworm-backports qemu-system-arm qemu-system-x86",
+                }
+            } else {
+                QemuError::Spawn { binary: binary.clone(), source }
+            }
+        })?;
+        Ok(QemuProcess { child, binary, console_log: config.console_log.to_path_buf() })
+    }
+
+    /// `Some(status)` once QEMU has exited.
+    pub fn try_wait(&mut self) -> Option<ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Waits up to `timeout` for a clean exit, then kills.
+    pub fn stop(&mut self, timeout: std::time::Duration) -> ExitStatus {
+        let deadline = std::time::Instant::now() + timeout;
+        while std::time::Instant::now() < deadline {
+            if let Some(status) = self.try_wait() {
+                return status;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        let _ = self.child.kill();
+        self.child.wait().unwrap_or_else(|_| self.try_wait().expect("killed child has a status"))
+    }
+}
+
+impl Drop for QemuProcess {
+    fn drop(&mut self) {
+        if self.try_wait().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// The last `lines` lines of a log file (the guest console), for error reports.
+pub fn log_tail(path: &Path, lines: usize) -> String {
+    let Ok(mut file) = std::fs::File::open(path) else {
+        return String::new();
+    };
+    let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+    let start = len.saturating_sub(16 * 1024);
+    let mut buf = Vec::new();
+    if file.seek(SeekFrom::Start(start)).is_err() || file.read_to_end(&mut buf).is_err() {
+        return String::new();
+    }
+    let text = String::from_utf8_lossy(&buf);
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::platform::Platform;
+
+    #[test]
+    fn arm64_command_line() {
+        let arch = crate::vm::arch::for_platform(&"linux/arm64".parse::<Platform>().unwrap()).unwrap();
+        let cfg = QemuConfig {
+            arch,
+            accel: Accel::Tcg,
+            memory_mib: 1024,
+            cpus: 2,
+            kernel: Path::new("/k"),
+            initramfs: Path::new("/i"),
+            scratch: Some(Path::new("/s.img")),
+            console_log: Path::new("/c.log"),
+            transport: Transport::Serial,
+            transport_args: &[],
+            network: true,
+            netdev_extra: &["hostfwd=tcp:127.0.0.1:8080-:80".to_string()],
+        };
+        let args = cfg.args().join(" ");
+        assert!(args.contains("-M virt -cpu max,pauth=off -accel tcg,thread=multi"), "{args}");
+        assert!(args.contains("console=ttyAMA0"), "{args}");
+        assert!(args.contains("kiln.transport=serial"), "{args}");
+        assert!(args.contains("cache=unsafe"), "{args}");
+        assert!(args.contains("user,id=net0,hostfwd=tcp:127.0.0.1:8080-:80"), "{args}");
+        assert!(args.contains("-no-reboot"), "{args}");
+    }
+
+    #[test]
+    fn tail_returns_last_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("console.log");
+        std::fs::write(&log, (1..=100).map(|i| format!("line {i}\n")).collect::<String>()).unwrap();
+        assert_eq!(log_tail(&log, 2), "line 99\nline 100");
+        assert_eq!(log_tail(&dir.path().join("missing"), 5), "");
+    }
+}

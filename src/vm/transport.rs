@@ -1,0 +1,298 @@
+//! The host side of the agent transport.
+//!
+//! In every mode the host listens first and the guest connects when its agent
+//! is ready, so there is no polling for readiness:
+//! * `serial`: a virtio-serial port whose chardev connects to our unix socket
+//!   (QEMU is the client). Works with any QEMU on any host OS.
+//! * `vsock` via `vhost-device-vsock` (user space, no privileges): the agent
+//!   connects to host CID 2, which the daemon forwards to `<uds>_<port>`.
+//! * `vsock` via the kernel (`/dev/vhost-vsock`): the agent connects to an
+//!   AF_VSOCK listener.
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::str::FromStr;
+use std::time::{Duration, Instant};
+
+use kiln_protocol::{SERIAL_PORT_NAME, VSOCK_PORT};
+
+/// What the user asked for with `--transport`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TransportChoice {
+    #[default]
+    Auto,
+    Vsock,
+    Serial,
+}
+
+impl FromStr for TransportChoice {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "auto" => Ok(Self::Auto),
+            "vsock" => Ok(Self::Vsock),
+            "serial" => Ok(Self::Serial),
+            other => Err(format!("unknown transport {other:?}: expected auto, vsock or serial")),
+        }
+    }
+}
+
+/// The transport actually used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    Serial,
+    /// vsock through a `vhost-device-vsock` process.
+    VsockUser,
+    /// vsock through the host kernel's vhost-vsock.
+    VsockKernel,
+}
+
+impl Transport {
+    /// The value of `kiln.transport=` on the guest kernel command line.
+    pub fn cmdline_value(self) -> &'static str {
+        match self {
+            Transport::Serial => "serial",
+            Transport::VsockUser | Transport::VsockKernel => "vsock",
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TransportError {
+    #[error("--transport vsock: this host offers no vsock (no usable /dev/vhost-vsock and no vhost-device-vsock on PATH; `cargo install vhost-device-vsock` provides it)")]
+    NoVsock,
+    #[error("starting vhost-device-vsock: {0}")]
+    Daemon(io::Error),
+    #[error("vhost-device-vsock did not create its socket {0} within 10 s")]
+    DaemonTimeout(String),
+    #[error("listening on {path}: {source}")]
+    Listen { path: String, source: io::Error },
+}
+
+const VHOST_USER_VSOCK: &str = "vhost-device-vsock";
+
+pub fn choose(choice: TransportChoice) -> Result<Transport, TransportError> {
+    let kernel = kernel_vsock_usable();
+    let user = || find_in_path(VHOST_USER_VSOCK).is_some();
+    match choice {
+        TransportChoice::Serial => Ok(Transport::Serial),
+        TransportChoice::Vsock | TransportChoice::Auto if kernel => Ok(Transport::VsockKernel),
+        TransportChoice::Vsock | TransportChoice::Auto if user() => Ok(Transport::VsockUser),
+        TransportChoice::Vsock => Err(TransportError::NoVsock),
+        TransportChoice::Auto => Ok(Transport::Serial),
+    }
+}
+
+#[cfg(target_os = "linux")]
+fn kernel_vsock_usable() -> bool {
+    std::fs::OpenOptions::new().read(true).write(true).open("/dev/vhost-vsock").is_ok()
+}
+
+#[cfg(not(target_os = "linux"))]
+fn kernel_vsock_usable() -> bool {
+    false
+}
+
+pub fn find_in_path(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path).map(|dir| dir.join(name)).find(|p| p.is_file())
+}
+
+/// A connection from the agent, split for a reader thread and a writer.
+pub struct Connection {
+    pub reader: Box<dyn io::Read + Send>,
+    pub writer: Box<dyn io::Write + Send>,
+}
+
+/// The host end, set up before QEMU starts.
+pub struct HostEnd {
+    pub transport: Transport,
+    /// Extra QEMU arguments for the device.
+    pub qemu_args: Vec<String>,
+    /// The helper daemon, if any; killed on drop.
+    daemon: Option<Child>,
+    listener: Listener,
+}
+
+enum Listener {
+    #[cfg(unix)]
+    Unix(std::os::unix::net::UnixListener),
+    #[cfg(target_os = "linux")]
+    Vsock(vsock::VsockListener),
+}
+
+/// The guest CID used with vsock; the VM is the only guest its daemon serves.
+const GUEST_CID: u32 = 3;
+
+impl HostEnd {
+    /// Prepares the host end inside `dir` (the VM's private run directory).
+    pub fn setup(transport: Transport, dir: &Path, memory_mib: u64) -> Result<HostEnd, TransportError> {
+        match transport {
+            Transport::Serial => {
+                let sock = dir.join("agent.sock");
+                let listener = listen_unix(&sock)?;
+                let qemu_args = vec![
+                    "-chardev".into(),
+                    format!("socket,id=agent,path={},server=off", sock.display()),
+                    "-device".into(),
+                    "virtio-serial-pci".into(),
+                    "-device".into(),
+                    format!("virtserialport,chardev=agent,name={SERIAL_PORT_NAME}"),
+                ];
+                Ok(HostEnd { transport, qemu_args, daemon: None, listener })
+            }
+            Transport::VsockUser => {
+                let vhost_sock = dir.join("vhost.sock");
+                let uds = dir.join("v.vsock");
+                // Listen before the guest can possibly connect.
+                let listener = listen_unix(&PathBuf::from(format!("{}_{VSOCK_PORT}", uds.display())))?;
+                let daemon = spawn_daemon(&vhost_sock, &uds)?;
+                let mut end = HostEnd { transport, qemu_args: Vec::new(), daemon: Some(daemon), listener };
+                end.wait_for_socket(&vhost_sock)?;
+                end.qemu_args = vec![
+                    // vhost-user needs guest RAM shared with the daemon.
+                    "-object".into(),
+                    format!("memory-backend-memfd,id=mem,size={memory_mib}M,share=on"),
+                    "-numa".into(),
+                    "node,memdev=mem".into(),
+                    "-chardev".into(),
+                    format!("socket,id=vsc,path={}", vhost_sock.display()),
+                    "-device".into(),
+                    "vhost-user-vsock-pci,chardev=vsc".into(),
+                ];
+                Ok(end)
+            }
+            Transport::VsockKernel => kernel_vsock_end(transport),
+        }
+    }
+
+    fn wait_for_socket(&mut self, path: &Path) -> Result<(), TransportError> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !path.exists() {
+            if let Some(daemon) = &mut self.daemon {
+                if let Ok(Some(status)) = daemon.try_wait() {
+                    return Err(TransportError::Daemon(io::Error::other(format!("exited early with {status}"))));
+                }
+            }
+            if Instant::now() > deadline {
+                return Err(TransportError::DaemonTimeout(path.display().to_string()));
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Ok(())
+    }
+
+    /// Waits for the guest's connection. `alive` is polled so a dead QEMU
+    /// ends the wait early; it returns an error description when dead.
+    pub fn accept(
+        &self,
+        deadline: Instant,
+        mut alive: impl FnMut() -> Result<(), String>,
+    ) -> Result<Option<Connection>, String> {
+        self.set_nonblocking(true).map_err(|e| e.to_string())?;
+        loop {
+            match self.try_accept() {
+                Ok(conn) => return Ok(Some(conn)),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(format!("accepting the agent connection: {e}")),
+            }
+            alive()?;
+            if Instant::now() >= deadline {
+                return Ok(None);
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    fn set_nonblocking(&self, on: bool) -> io::Result<()> {
+        match &self.listener {
+            #[cfg(unix)]
+            Listener::Unix(l) => l.set_nonblocking(on),
+            #[cfg(target_os = "linux")]
+            Listener::Vsock(l) => l.set_nonblocking(on),
+        }
+    }
+
+    fn try_accept(&self) -> io::Result<Connection> {
+        match &self.listener {
+            #[cfg(unix)]
+            Listener::Unix(l) => {
+                let (stream, _) = l.accept()?;
+                stream.set_nonblocking(false)?;
+                let reader = stream.try_clone()?;
+                Ok(Connection { reader: Box::new(reader), writer: Box::new(stream) })
+            }
+            #[cfg(target_os = "linux")]
+            Listener::Vsock(l) => {
+                let (stream, _) = l.accept()?;
+                stream.set_nonblocking(false)?;
+                let reader = stream.try_clone()?;
+                Ok(Connection { reader: Box::new(reader), writer: Box::new(stream) })
+            }
+        }
+    }
+}
+
+impl Drop for HostEnd {
+    fn drop(&mut self) {
+        if let Some(mut daemon) = self.daemon.take() {
+            let _ = daemon.kill();
+            let _ = daemon.wait();
+        }
+    }
+}
+
+#[cfg(unix)]
+fn listen_unix(path: &Path) -> Result<Listener, TransportError> {
+    std::os::unix::net::UnixListener::bind(path)
+        .map(Listener::Unix)
+        .map_err(|source| TransportError::Listen { path: path.display().to_string(), source })
+}
+
+#[cfg(not(unix))]
+fn listen_unix(path: &Path) -> Result<Listener, TransportError> {
+    Err(TransportError::Listen {
+        path: path.display().to_string(),
+        source: io::Error::new(io::ErrorKind::Unsupported, "unix sockets are not supported on this host yet"),
+    })
+}
+
+fn spawn_daemon(vhost_sock: &Path, uds: &Path) -> Result<Child, TransportError> {
+    let mut cmd = Command::new(VHOST_USER_VSOCK);
+    cmd.arg("--vm")
+        .arg(format!("guest-cid={GUEST_CID},socket={},uds-path={}", vhost_sock.display(), uds.display()))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    crate::vm::process::die_with_parent(&mut cmd);
+    cmd.spawn().map_err(TransportError::Daemon)
+}
+
+#[cfg(target_os = "linux")]
+fn kernel_vsock_end(transport: Transport) -> Result<HostEnd, TransportError> {
+    // A random CID and port keep concurrent VMs apart; the agent learns the
+    // port from the kernel command line.
+    let cid = 3 + (std::process::id() % 100_000);
+    let listener = vsock::VsockListener::bind(&vsock::VsockAddr::new(vsock::VMADDR_CID_ANY, VSOCK_PORT))
+        .map_err(|source| TransportError::Listen { path: format!("vsock port {VSOCK_PORT}"), source })?;
+    let qemu_args = vec!["-device".into(), format!("vhost-vsock-pci,guest-cid={cid}")];
+    Ok(HostEnd { transport, qemu_args, daemon: None, listener: Listener::Vsock(listener) })
+}
+
+#[cfg(not(target_os = "linux"))]
+fn kernel_vsock_end(_: Transport) -> Result<HostEnd, TransportError> {
+    Err(TransportError::NoVsock)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn serial_is_always_available() {
+        assert_eq!(choose(TransportChoice::Serial).unwrap(), Transport::Serial);
+        assert!(matches!(choose(TransportChoice::Auto), Ok(_)));
+        assert!("carrier-pigeon".parse::<TransportChoice>().is_err());
+    }
+}
