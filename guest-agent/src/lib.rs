@@ -41,5 +41,8 @@ pub const SERIAL_PORT_NAME: &str = "org.kiln.agent";
 /// Kernel command-line key telling the agent which transport the host set up.
 pub const CMDLINE_TRANSPORT: &str = "kiln.transport";
 
+/// Kernel command-line flag: power off right after boot (benchmark reference runs).
+pub const CMDLINE_POWEROFF: &str = "kiln.poweroff";
+
 /// The agent's own version, reported in the handshake.
 pub const AGENT_VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -37,6 +37,9 @@ pub struct VmOptions {
     /// Give up if the guest agent is not ready after this many seconds
     #[arg(long, default_value_t = 90)]
     pub boot_timeout: u64,
+    /// Accelerator (tcg, kvm, hvf, whpx); default: the fastest usable one
+    #[arg(long)]
+    pub accel: Option<String>,
     /// Boot this kernel image instead of the pinned Debian kernel
     #[arg(long, env = "KILN_KERNEL")]
     pub kernel: Option<PathBuf>,
@@ -51,6 +54,9 @@ impl VmOptions {
             config.cpus = cpus;
         }
         config.boot_timeout = Duration::from_secs(self.boot_timeout);
+        if let Some(accel) = &self.accel {
+            config.accel = Some(accel.parse().map_err(anyhow::Error::msg)?);
+        }
         Ok(config)
     }
 }

@@ -36,12 +36,16 @@ pub struct VmConfig {
     pub cpus: u32,
     pub transport: TransportChoice,
     pub boot_timeout: Duration,
+    /// Force an accelerator; `None` picks the fastest usable one.
+    pub accel: Option<Accel>,
     /// QEMU user networking (NAT to the host's network).
     pub network: bool,
     /// Attach a fresh scratch disk (ext4, mounted at /scratch in the guest).
     pub scratch: bool,
     /// `-netdev user` host forwards, e.g. `hostfwd=tcp:127.0.0.1:8080-:80`.
     pub netdev_extra: Vec<String>,
+    /// Appended to the guest kernel command line.
+    pub extra_cmdline: String,
 }
 
 impl VmConfig {
@@ -52,9 +56,11 @@ impl VmConfig {
             cpus: std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(2).min(4),
             transport: TransportChoice::Auto,
             boot_timeout: Duration::from_secs(90),
+            accel: None,
             network: true,
             scratch: true,
             netdev_extra: Vec::new(),
+            extra_cmdline: String::new(),
         }
     }
 }
@@ -106,7 +112,7 @@ pub struct Vm {
 impl Vm {
     pub fn boot(config: &VmConfig, files: &BootFiles, cancel: &AtomicBool) -> Result<Vm, VmError> {
         let arch = arch::for_platform(&config.platform)?;
-        let accel = arch::best_accel(&config.platform);
+        let accel = config.accel.unwrap_or_else(|| arch::best_accel(&config.platform));
         let transport = transport::choose(config.transport)?;
         remove_stale_run_dirs();
         let run_dir = tempfile::Builder::new()
@@ -135,6 +141,7 @@ impl Vm {
             transport_args: &host_end.qemu_args,
             network: config.network,
             netdev_extra: &config.netdev_extra,
+            extra_cmdline: &config.extra_cmdline,
         };
         let started = Instant::now();
         let mut qemu = QemuProcess::spawn(&qemu_config, &run_dir.path().join("qemu.stderr"))?;
@@ -315,4 +322,39 @@ pub fn boot_files(platform: &Platform, kernel: Option<&Path>) -> Result<BootFile
         (Some(kernel), Some(initramfs)) => Ok(BootFiles { kernel: kernel.to_path_buf(), initramfs: initramfs.into() }),
         _ => Err(BootFilesError::NoKernel(platform.to_string())),
     }
+}
+
+/// Boots the same kernel and initramfs with no agent work (the agent powers
+/// off at once) and returns the wall time until QEMU exits: the reference
+/// that kiln's boot-to-agent-ready time is measured against.
+pub fn reference_boot(config: &VmConfig, files: &BootFiles) -> Result<Duration, VmError> {
+    let arch = arch::for_platform(&config.platform)?;
+    let run_dir = tempfile::Builder::new().prefix(RUN_DIR_PREFIX).tempdir().map_err(VmError::RunDir)?;
+    let console_log = run_dir.path().join("console.log");
+    let qemu_config = QemuConfig {
+        arch,
+        accel: config.accel.unwrap_or_else(|| arch::best_accel(&config.platform)),
+        memory_mib: config.memory_mib,
+        cpus: config.cpus,
+        kernel: &files.kernel,
+        initramfs: &files.initramfs,
+        scratch: None,
+        console_log: &console_log,
+        transport: Transport::Serial,
+        transport_args: &[],
+        network: false,
+        netdev_extra: &[],
+        extra_cmdline: kiln_protocol::CMDLINE_POWEROFF,
+    };
+    let started = Instant::now();
+    let mut qemu = QemuProcess::spawn(&qemu_config, &run_dir.path().join("qemu.stderr"))?;
+    let status = qemu.stop(config.boot_timeout);
+    if !status.success() {
+        return Err(VmError::Died {
+            qemu: qemu.binary.clone(),
+            status: status.to_string(),
+            console: log_tail(&console_log, CONSOLE_TAIL),
+        });
+    }
+    Ok(started.elapsed())
 }

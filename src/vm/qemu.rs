@@ -22,6 +22,8 @@ pub struct QemuConfig<'a> {
     pub network: bool,
     /// Extra `-netdev user` options such as `hostfwd=tcp:127.0.0.1:8080-:80`.
     pub netdev_extra: &'a [String],
+    /// Appended to the kernel command line.
+    pub extra_cmdline: &'a str,
 }
 
 impl QemuConfig<'_> {
@@ -30,9 +32,10 @@ impl QemuConfig<'_> {
         let mut push = |a: &[&str]| args.extend(a.iter().map(|s| s.to_string()));
         push(&["-nodefaults", "-no-user-config", "-display", "none", "-no-reboot"]);
         let cmdline = format!(
-            "console={} panic=-1 quiet loglevel=4 kiln.transport={}",
+            "console={} panic=-1 quiet loglevel=4 kiln.transport={} {}",
             self.arch.console(),
-            self.transport.cmdline_value()
+            self.transport.cmdline_value(),
+            self.extra_cmdline
         );
         let mut args = args;
         args.extend(self.arch.machine_args(self.accel));
@@ -177,6 +180,7 @@ mod tests {
             transport_args: &[],
             network: true,
             netdev_extra: &["hostfwd=tcp:127.0.0.1:8080-:80".to_string()],
+            extra_cmdline: "",
         };
         let args = cfg.args().join(" ");
         assert!(args.contains("-M virt -cpu max,pauth=off -accel tcg,thread=multi"), "{args}");

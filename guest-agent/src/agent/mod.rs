@@ -13,6 +13,14 @@ use std::fmt::Display;
 pub const SCRATCH: &str = "/scratch";
 
 pub fn main() {
+    if std::env::args().nth(1).as_deref() == Some("--version") {
+        println!("kiln-agent {}", kiln_protocol::AGENT_VERSION);
+        return;
+    }
+    if std::process::id() != 1 {
+        eprintln!("kiln-agent must run as PID 1 of a kiln VM");
+        std::process::exit(2);
+    }
     if let Err(err) = run() {
         fatal(err);
     }
@@ -25,6 +33,10 @@ fn run() -> Result<(), String> {
     reaper::block_sigchld();
     init::early_mounts().map_err(|e| format!("mounting pseudo file systems: {e}"))?;
     let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
+    // Reference boots for benchmarks: kernel + initramfs to power-off, no agent work.
+    if cmdline.split_whitespace().any(|w| w == kiln_protocol::CMDLINE_POWEROFF) {
+        return Ok(());
+    }
     init::load_modules().map_err(|e| format!("loading kernel modules: {e}"))?;
     init::mount_scratch();
     init::network();

@@ -18,6 +18,19 @@ pub enum Accel {
     Whpx,
 }
 
+impl std::str::FromStr for Accel {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "tcg" => Ok(Accel::Tcg),
+            "kvm" => Ok(Accel::Kvm),
+            "hvf" => Ok(Accel::Hvf),
+            "whpx" => Ok(Accel::Whpx),
+            other => Err(format!("unknown accelerator {other:?}: expected tcg, kvm, hvf or whpx")),
+        }
+    }
+}
+
 impl Accel {
     pub fn name(self) -> &'static str {
         match self {
