@@ -4,8 +4,10 @@
 //!
 //! Built in Rust (no cpio/gzip tools) and cached by content hash under
 //! `<cache_dir>/initramfs/<sha256>.cpio`. It is left uncompressed: QEMU copies
-//! it into guest RAM as is, and under TCG the guest's gunzip is slower than
-//! copying the few extra megabytes (measured: see the module docs of the benchmark).
+//! it into guest RAM as is, and under TCG the guest's gunzip costs more than
+//! the extra megabytes. Measured with a 3.9 MB archive (1.7 MB gzipped), arm64
+//! cloud kernel, TCG, 5 boots each: /init reached at a median 1.33 s guest
+//! time (2.17 s wall) uncompressed vs 1.45 s (2.33 s wall) gzipped.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -54,6 +56,7 @@ pub fn ensure_initramfs(agent: &[u8], kernel: &GuestKernel, cache_dir: &Path) ->
     }
     let io = |context: String| move |source| InitramfsError::Io { context, source };
     std::fs::create_dir_all(&dir).map_err(io(format!("creating {}", dir.display())))?;
+    super::kernel::remove_stale_temps(&dir);
     // A temp file renamed into place: a half-written archive never has the final name.
     let mut tmp = tempfile::Builder::new()
         .prefix(".tmp-")

@@ -141,6 +141,7 @@ fn ensure_pinned(arch: &str, manifest: &Manifest, opts: &KernelOptions) -> Resul
     let mirror = mirror::choose(opts.mirror.as_deref(), &opts.apt_root, &manifest.suite)?;
     let url = format!("{mirror}/{}", manifest.package.path);
     std::fs::create_dir_all(&arch_dir).map_err(io_err(format!("creating {}", arch_dir.display())))?;
+    remove_stale_temps(&arch_dir);
     // Same filesystem as the entry, so the final rename is atomic; removed on drop.
     let tmp = tempfile::Builder::new()
         .prefix(".tmp-")
@@ -165,20 +166,22 @@ fn ensure_pinned(arch: &str, manifest: &Manifest, opts: &KernelOptions) -> Resul
     };
     let json = serde_json::to_vec_pretty(&record).expect("CacheRecord serialises");
     std::fs::write(staged.join(RECORD_FILE), json).map_err(io_err(format!("writing {}", staged.display())))?;
-    install(&staged, &entry, tmp.path())?;
+    install(&staged, &entry, tmp.path(), manifest)?;
     read_entry(&entry, manifest).ok_or_else(|| KernelError::Io {
         context: format!("reading the cache entry {} just written", entry.display()),
         source: std::io::Error::other("entry incomplete"),
     })
 }
 
-/// Moves a finished entry into place. Another kiln may have installed the same
-/// entry meanwhile (then either copy is fine); an outdated entry (other module
-/// list) is swapped out first.
-fn install(staged: &Path, entry: &Path, scratch: &Path) -> Result<(), KernelError> {
+/// Moves a finished entry into place. If another kiln installed a good entry
+/// meanwhile, that one stays (it may be in use); an outdated entry (made for
+/// another module list) is swapped out.
+fn install(staged: &Path, entry: &Path, scratch: &Path, manifest: &Manifest) -> Result<(), KernelError> {
+    if read_entry(entry, manifest).is_some() {
+        return Ok(());
+    }
     if entry.exists() {
-        let old = scratch.join("old");
-        match std::fs::rename(entry, &old) {
+        match std::fs::rename(entry, scratch.join("old")) {
             Ok(()) => {}
             Err(_) if !entry.exists() => {}
             Err(e) => return Err(io_err(format!("replacing {}", entry.display()))(e)),
@@ -187,8 +190,27 @@ fn install(staged: &Path, entry: &Path, scratch: &Path) -> Result<(), KernelErro
     match std::fs::rename(staged, entry) {
         Ok(()) => Ok(()),
         // Lost a race with another kiln that installed the entry first.
-        Err(_) if entry.join(RECORD_FILE).exists() => Ok(()),
+        Err(_) if read_entry(entry, manifest).is_some() => Ok(()),
         Err(e) => Err(io_err(format!("moving the kernel into {}", entry.display()))(e)),
+    }
+}
+
+/// Temp files and dirs (`.tmp-*`) older than this are leftovers of a killed kiln.
+const STALE_TEMP_AGE: std::time::Duration = std::time::Duration::from_secs(6 * 3600);
+
+/// Removes `.tmp-*` leftovers of killed kiln processes from a cache directory.
+/// Young ones may belong to a running kiln and are left alone.
+pub(crate) fn remove_stale_temps(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for e in entries.flatten() {
+        if !e.file_name().to_string_lossy().starts_with(".tmp-") {
+            continue;
+        }
+        let age = e.metadata().and_then(|m| m.modified()).ok().and_then(|t| t.elapsed().ok());
+        if age.is_some_and(|a| a > STALE_TEMP_AGE) {
+            let path = e.path();
+            let _ = if path.is_dir() { std::fs::remove_dir_all(&path) } else { std::fs::remove_file(&path) };
+        }
     }
 }
 

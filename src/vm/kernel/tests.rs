@@ -277,3 +277,20 @@ fn release_from_a_bzimage_header() {
     assert_eq!(detect_release(&img).unwrap(), "6.1.0-50-cloud-amd64");
     assert_eq!(detect_release(b"nothing here"), None);
 }
+
+#[test]
+fn stale_temp_dirs_of_killed_runs_are_swept_young_ones_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let old = dir.path().join(".tmp-old");
+    let young = dir.path().join(".tmp-young");
+    let entry = dir.path().join("6.1.1-1");
+    for d in [&old, &young, &entry] {
+        std::fs::create_dir(d).unwrap();
+    }
+    let long_ago = std::time::SystemTime::now() - STALE_TEMP_AGE - std::time::Duration::from_secs(60);
+    std::fs::File::open(&old).unwrap().set_modified(long_ago).unwrap();
+    std::fs::File::open(&entry).unwrap().set_modified(long_ago).unwrap();
+    remove_stale_temps(dir.path());
+    assert!(!old.exists());
+    assert!(young.exists() && entry.exists());
+}
