@@ -8,6 +8,8 @@
 pub mod agents;
 pub mod arch;
 pub mod client;
+pub mod initramfs;
+pub mod kernel;
 pub mod process;
 pub mod qemu;
 pub mod scratch;
@@ -310,18 +312,24 @@ pub enum BootFilesError {
     Arch(#[from] arch::UnsupportedPlatform),
     #[error(transparent)]
     Agent(#[from] agents::AgentError),
-    #[error("no kernel for {0}: set KILN_KERNEL and KILN_INITRAMFS (kernel fetching is not wired yet)")]
-    NoKernel(String),
+    #[error(transparent)]
+    Kernel(#[from] kernel::KernelError),
+    #[error(transparent)]
+    Initramfs(#[from] initramfs::InitramfsError),
 }
 
-/// Finds (fetching and caching as needed) the kernel and initramfs for a platform.
-pub fn boot_files(platform: &Platform, kernel: Option<&Path>) -> Result<BootFiles, BootFilesError> {
+/// The kernel (fetched, verified and cached on first use, or `kernel_image`
+/// when given) and the initramfs carrying this binary's agent for `platform`.
+pub fn boot_files(platform: &Platform, kernel_image: Option<&Path>) -> Result<BootFiles, BootFilesError> {
     let arch = arch::for_platform(platform)?;
-    let _agent = agents::agent_binary(arch.key())?;
-    match (kernel, std::env::var_os("KILN_INITRAMFS")) {
-        (Some(kernel), Some(initramfs)) => Ok(BootFiles { kernel: kernel.to_path_buf(), initramfs: initramfs.into() }),
-        _ => Err(BootFilesError::NoKernel(platform.to_string())),
+    let agent = agents::agent_binary(arch.key())?;
+    let mut opts = kernel::KernelOptions::from_env();
+    if let Some(image) = kernel_image {
+        opts.kernel_image = Some(image.to_path_buf());
     }
+    let kernel = kernel::ensure_kernel(platform, &opts)?;
+    let initramfs = initramfs::ensure_initramfs(&agent, &kernel, &opts.cache_dir)?;
+    Ok(BootFiles { kernel: kernel.image, initramfs })
 }
 
 /// Boots the same kernel and initramfs with no agent work (the agent powers

@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# Make a tiny root filesystem tar for guest tests from Debian's busybox-static.
+#
+# Usage: scripts/make-busybox-rootfs.sh ARCH OUT.tar
+#   ARCH: a Debian or OCI architecture name: arm64 (aarch64), amd64 (x86_64), armhf (arm, armv7)
+#
+# The .deb of the foreign architecture is downloaded with apt's own mirror and
+# signature checks, into private apt state under .cache/ (the system's apt
+# configuration and package lists are not touched), and kept in .cache/debs/.
+# Needs no root: ownership (root:root) and modes are set by tar.
+set -euo pipefail
+root="$(cd "$(dirname "$0")/.." && pwd)"
+die() { printf 'make-busybox-rootfs: %s\n' "$*" >&2; exit 1; }
+
+[ $# -eq 2 ] || die "usage: $0 ARCH OUT.tar"
+case "$1" in
+  arm64|aarch64) arch=arm64 ;;
+  amd64|x86_64) arch=amd64 ;;
+  armhf|arm|armv7) arch=armhf ;;
+  *) die "unsupported architecture $1 (arm64, amd64, armhf)" ;;
+esac
+out="$2"
+for tool in apt-get dpkg-deb tar; do command -v "$tool" >/dev/null || die "needs $tool"; done
+
+debs="$root/.cache/debs"
+mkdir -p "$debs"
+deb=$(ls "$debs"/busybox-static_*_"$arch".deb 2>/dev/null | sort -V | tail -n1 || true)
+if [ -z "$deb" ]; then
+  state="$root/.cache/apt-$arch"
+  mkdir -p "$state/lists/partial" "$state/cache/archives/partial"
+  o=(-oAPT::Architecture="$arch" -oAPT::Architectures="$arch"
+     -oDir::State::Lists="$state/lists" -oDir::Cache="$state/cache" -oDebug::NoLocking=1)
+  # As root, apt would hand downloads to the _apt user, who cannot write into the checkout.
+  [ "$(id -u)" != 0 ] || o+=(-oAPT::Sandbox::User=root)
+  echo "==> downloading busybox-static:$arch" >&2
+  apt-get "${o[@]}" -qq update >/dev/null || die "apt-get update for $arch failed"
+  ( cd "$debs" && apt-get "${o[@]}" -qq download "busybox-static:$arch" >/dev/null ) || die "apt-get download busybox-static:$arch failed"
+  deb=$(ls "$debs"/busybox-static_*_"$arch".deb | sort -V | tail -n1)
+fi
+
+work="$(mktemp -d)"
+trap 'rm -rf "$work"' EXIT
+dpkg-deb -x "$deb" "$work/deb"
+[ -x "$work/deb/bin/busybox" ] || die "$deb has no bin/busybox"
+
+fs="$work/rootfs"
+mkdir -p "$fs"/{bin,etc,tmp,proc,sys,dev,root,usr/bin,var}
+cp "$work/deb/bin/busybox" "$fs/bin/busybox"
+chmod 0755 "$fs/bin/busybox"
+# Common applets; a foreign busybox cannot be asked for its list on this host.
+for applet in sh ash awk basename cat chmod chown cp cut date dd df dirname du echo env \
+              expr false find grep gunzip gzip head hostname id kill ln ls mkdir mktemp mount \
+              mv od printf ps pwd readlink rm rmdir sed seq sha256sum sleep sort stat sync tail \
+              tar tee test touch tr true umount uname uniq vi wc wget which xargs yes '['; do
+  ln -s busybox "$fs/bin/$applet"
+done
+ln -s ../../bin/busybox "$fs/usr/bin/env"
+printf 'root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n' > "$fs/etc/passwd"
+printf 'root:x:0:\nnogroup:x:65534:\n' > "$fs/etc/group"
+chmod 1777 "$fs/tmp"
+chmod 0700 "$fs/root"
+
+mkdir -p "$(dirname "$out")"
+tar --sort=name --mtime=@0 --owner=0 --group=0 --numeric-owner -cf "$out.tmp" -C "$fs" .
+mv "$out.tmp" "$out"
+version=$(dpkg-deb -f "$deb" Version)
+echo "$out: busybox-static $version for $arch"
