@@ -28,6 +28,9 @@ use client::{AgentClient, ClientError};
 use qemu::{log_tail, QemuConfig, QemuProcess};
 use transport::{HostEnd, Transport, TransportChoice};
 
+/// How long a hardware accelerator gets to boot a guest before kiln falls back to TCG.
+const ACCEL_PROBE_TIMEOUT: Duration = Duration::from_secs(20);
+
 /// Lines of guest console shown when something goes wrong.
 const CONSOLE_TAIL: usize = 25;
 
@@ -114,7 +117,37 @@ pub struct Vm {
 impl Vm {
     pub fn boot(config: &VmConfig, files: &BootFiles, cancel: &AtomicBool) -> Result<Vm, VmError> {
         let arch = arch::for_platform(&config.platform)?;
-        let accel = config.accel.unwrap_or_else(|| arch::best_accel(&config.platform));
+        let cache = crate::dirs::cache_dir();
+        let accel = config.accel.unwrap_or_else(|| arch::best_accel(&config.platform, &cache));
+        if config.accel.is_some() || accel == Accel::Tcg {
+            return Self::boot_with(config, files, accel, config.boot_timeout, cancel);
+        }
+        // An accelerator that opens fine can still fail to run a guest (nested
+        // virtualisation, for one): give it a short deadline, then fall back
+        // to TCG and remember the verdict until the host reboots.
+        let probe = config.boot_timeout.min(ACCEL_PROBE_TIMEOUT);
+        match Self::boot_with(config, files, accel, probe, cancel) {
+            Err(VmError::BootTimeout { .. }) => {
+                arch::mark_unusable(accel, arch.key(), &cache);
+                eprintln!(
+                    "kiln: warning: {} did not boot the {} guest within {probe:?}; using TCG (remembered until the host reboots)",
+                    accel.name(),
+                    config.platform
+                );
+                Self::boot_with(config, files, Accel::Tcg, config.boot_timeout, cancel)
+            }
+            other => other,
+        }
+    }
+
+    fn boot_with(
+        config: &VmConfig,
+        files: &BootFiles,
+        accel: Accel,
+        boot_timeout: Duration,
+        cancel: &AtomicBool,
+    ) -> Result<Vm, VmError> {
+        let arch = arch::for_platform(&config.platform)?;
         let transport = transport::choose(config.transport)?;
         remove_stale_run_dirs();
         let run_dir = tempfile::Builder::new()
@@ -147,9 +180,9 @@ impl Vm {
         };
         let started = Instant::now();
         let mut qemu = QemuProcess::spawn(&qemu_config, &run_dir.path().join("qemu.stderr"))?;
-        let deadline = started + config.boot_timeout;
+        let deadline = started + boot_timeout;
         let timeout_error = || VmError::BootTimeout {
-            timeout: config.boot_timeout,
+            timeout: boot_timeout,
             accel: accel.name(),
             platform: config.platform.to_string(),
             console: log_tail(&console_log, CONSOLE_TAIL),
@@ -341,7 +374,7 @@ pub fn reference_boot(config: &VmConfig, files: &BootFiles) -> Result<Duration, 
     let console_log = run_dir.path().join("console.log");
     let qemu_config = QemuConfig {
         arch,
-        accel: config.accel.unwrap_or_else(|| arch::best_accel(&config.platform)),
+        accel: config.accel.unwrap_or_else(|| arch::best_accel(&config.platform, &crate::dirs::cache_dir())),
         memory_mib: config.memory_mib,
         cpus: config.cpus,
         kernel: &files.kernel,

@@ -3,6 +3,8 @@
 mod aarch64;
 mod x86_64;
 
+use std::path::{Path, PathBuf};
+
 use crate::platform::Platform;
 
 /// How the VM is accelerated.
@@ -67,11 +69,37 @@ pub fn for_platform(platform: &Platform) -> Result<&'static dyn GuestArch, Unsup
 }
 
 /// The fastest accelerator usable for `guest` on this host.
-pub fn best_accel(guest: &Platform) -> Accel {
+pub fn best_accel(guest: &Platform, cache_dir: &Path) -> Accel {
     if guest.architecture != Platform::host().architecture {
         return Accel::Tcg;
     }
-    host_accel().unwrap_or(Accel::Tcg)
+    match host_accel() {
+        Some(accel) if !known_unusable(accel, &guest.arch_key(), cache_dir) => accel,
+        _ => Accel::Tcg,
+    }
+}
+
+/// Verdicts live in `<cache>/accel/<accel>-<arch>.unusable`, holding the host's
+/// boot id, so a reboot (new kernel, new modules) earns another try.
+fn verdict_path(accel: Accel, arch_key: &str, cache_dir: &Path) -> PathBuf {
+    cache_dir.join("accel").join(format!("{}-{arch_key}.unusable", accel.name()))
+}
+
+fn host_boot_id() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap_or_default().trim().to_string()
+}
+
+fn known_unusable(accel: Accel, arch_key: &str, cache_dir: &Path) -> bool {
+    std::fs::read_to_string(verdict_path(accel, arch_key, cache_dir)).is_ok_and(|id| id.trim() == host_boot_id())
+}
+
+/// Records that `accel` could not boot `arch_key` guests on this host.
+pub fn mark_unusable(accel: Accel, arch_key: &str, cache_dir: &Path) {
+    let path = verdict_path(accel, arch_key, cache_dir);
+    if let Some(dir) = path.parent() {
+        let _ = std::fs::create_dir_all(dir);
+    }
+    let _ = std::fs::write(path, host_boot_id());
 }
 
 #[cfg(target_os = "linux")]
