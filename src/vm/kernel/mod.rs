@@ -95,6 +95,8 @@ pub enum KernelError {
     ModuleCycle(String),
     #[error("local kernel {}: {why}", path.display())]
     LocalKernel { path: PathBuf, why: String },
+    #[error("KILN_KERNEL_MODULES={} is set without a local kernel (--kernel or KILN_KERNEL); the pinned kernel brings its own modules", .0.display())]
+    ModulesWithoutKernel(PathBuf),
     #[error("{context}: {source}")]
     Io { context: String, source: std::io::Error },
 }
@@ -126,6 +128,9 @@ const RECORD_FILE: &str = "kernel.json";
 /// kernel from the cache, downloading and unpacking it on first use. Blocking.
 pub fn ensure_kernel(platform: &Platform, opts: &KernelOptions) -> Result<GuestKernel, KernelError> {
     let manifest = manifest::load(&platform.arch_key(), opts.manifest_dir.as_deref());
+    if let (None, Some(dir)) = (&opts.kernel_image, &opts.kernel_modules) {
+        return Err(KernelError::ModulesWithoutKernel(dir.clone()));
+    }
     if let Some(image) = &opts.kernel_image {
         // A local kernel also serves architectures kiln has no manifest for.
         let wanted = manifest.map(|m| m.modules).unwrap_or_default();

@@ -264,8 +264,11 @@ fn local_kernel_with_a_modules_dir() {
     assert_eq!(k.release, "6.9.1-test");
     // The other manifest modules are absent: a local kernel has them built in.
     assert_eq!(k.modules, [mods.join("vsock.ko"), mods.join("vmw_vsock_virtio_transport.ko")]);
-    let bare = ensure_kernel(&arm64(), &KernelOptions { kernel_modules: None, ..opts }).unwrap();
+    let bare = ensure_kernel(&arm64(), &KernelOptions { kernel_modules: None, ..opts.clone() }).unwrap();
     assert!(bare.modules.is_empty());
+    // Modules without a local kernel would be silently ignored: an error instead.
+    let err = ensure_kernel(&arm64(), &KernelOptions { kernel_image: None, ..opts }).unwrap_err().to_string();
+    assert!(err.contains("KILN_KERNEL_MODULES") && err.contains("KILN_KERNEL"), "{err}");
 }
 
 #[test]
