@@ -33,7 +33,9 @@ if [ -z "$deb" ]; then
   # As root, apt would hand downloads to the _apt user, who cannot write into the checkout.
   [ "$(id -u)" != 0 ] || o+=(-oAPT::Sandbox::User=root)
   echo "==> downloading busybox-static:$arch" >&2
-  apt-get "${o[@]}" -qq update >/dev/null || die "apt-get update for $arch failed"
+  # One unreachable or mid-sync suite (e.g. security) must not stop us when
+  # the suite carrying busybox-static is fine; apt says what failed.
+  apt-get "${o[@]}" -qq update >/dev/null || echo "make-busybox-rootfs: apt-get update for $arch reported errors; trying the download anyway" >&2
   ( cd "$debs" && apt-get "${o[@]}" -qq download "busybox-static:$arch" >/dev/null ) || die "apt-get download busybox-static:$arch failed"
   deb=$(ls "$debs"/busybox-static_*_"$arch".deb | sort -V | tail -n1)
 fi

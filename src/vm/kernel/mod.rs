@@ -2,9 +2,10 @@
 //! Debian mirror, verified against its sha256, unpacked and cached; or a local
 //! kernel the user points at.
 //!
-//! Cache layout, under `<cache_dir>/kernels/<arch>/<version>/`:
-//! `vmlinuz` (the image QEMU's `-kernel` takes), `modules/<name>.ko` and
-//! `kernel.json` (package, sha256, release, module load order). An entry only
+//! Cache layout, under `<cache_dir>/kernels/<arch>/<version>/`: the image
+//! QEMU's `-kernel` takes (`vmlinuz` as packaged, or on x86 `vmlinux`, the
+//! PVH ELF unpacked from the bzImage), `modules/<name>.ko` and `kernel.json`
+//! (package, sha256, release, image file, module load order). An entry only
 //! appears by renaming a finished temp dir, so a partial download never looks cached.
 
 mod deb;
@@ -12,6 +13,7 @@ mod download;
 pub mod manifest;
 mod mirror;
 pub mod modinfo;
+mod vmlinux;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -24,7 +26,8 @@ pub use manifest::Manifest;
 /// A kernel ready to boot.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GuestKernel {
-    /// The image for QEMU `-kernel` (arm64 `Image`, amd64 `bzImage`, arm `zImage`).
+    /// The image for QEMU `-kernel`: arm64 `Image`, arm `zImage`, amd64 the
+    /// PVH-bootable ELF `vmlinux` (or the `bzImage` if it has no PVH entry).
     pub image: PathBuf,
     /// `uname -r` in the guest.
     pub release: String,
@@ -92,6 +95,8 @@ pub enum KernelError {
     ModuleCycle(String),
     #[error("local kernel {}: {why}", path.display())]
     LocalKernel { path: PathBuf, why: String },
+    #[error("KILN_KERNEL_MODULES={} is set without a local kernel (--kernel or KILN_KERNEL); the pinned kernel brings its own modules", .0.display())]
+    ModulesWithoutKernel(PathBuf),
     #[error("{context}: {source}")]
     Io { context: String, source: std::io::Error },
 }
@@ -112,6 +117,9 @@ pub struct CacheRecord {
     pub requested_modules: Vec<String>,
     /// Module names in load order; files are `modules/<name>.ko`.
     pub modules: Vec<String>,
+    /// File name of the image to boot: `vmlinuz` as packaged, or `vmlinux`
+    /// (x86: the PVH ELF unpacked from the bzImage, which boots faster).
+    pub image: String,
 }
 
 const RECORD_FILE: &str = "kernel.json";
@@ -120,6 +128,9 @@ const RECORD_FILE: &str = "kernel.json";
 /// kernel from the cache, downloading and unpacking it on first use. Blocking.
 pub fn ensure_kernel(platform: &Platform, opts: &KernelOptions) -> Result<GuestKernel, KernelError> {
     let manifest = manifest::load(&platform.arch_key(), opts.manifest_dir.as_deref());
+    if let (None, Some(dir)) = (&opts.kernel_image, &opts.kernel_modules) {
+        return Err(KernelError::ModulesWithoutKernel(dir.clone()));
+    }
     if let Some(image) = &opts.kernel_image {
         // A local kernel also serves architectures kiln has no manifest for.
         let wanted = manifest.map(|m| m.modules).unwrap_or_default();
@@ -156,6 +167,7 @@ fn ensure_pinned(arch: &str, manifest: &Manifest, opts: &KernelOptions) -> Resul
         KernelError::BadPackage { why, .. } => KernelError::BadPackage { package: pin.name.clone(), why },
         other => other,
     })?;
+    let image = prefer_pvh_image(&staged)?;
     let record = CacheRecord {
         package: pin.name.clone(),
         version: pin.version.clone(),
@@ -163,6 +175,7 @@ fn ensure_pinned(arch: &str, manifest: &Manifest, opts: &KernelOptions) -> Resul
         release: extracted.release,
         requested_modules: manifest.modules.clone(),
         modules: extracted.modules,
+        image,
     };
     let json = serde_json::to_vec_pretty(&record).expect("CacheRecord serialises");
     std::fs::write(staged.join(RECORD_FILE), json).map_err(io_err(format!("writing {}", staged.display())))?;
@@ -172,6 +185,25 @@ fn ensure_pinned(arch: &str, manifest: &Manifest, opts: &KernelOptions) -> Resul
         source: std::io::Error::other("entry incomplete"),
     })
 }
+
+/// On x86, unpacks the bzImage's PVH-bootable vmlinux next to it and returns
+/// the file name QEMU should boot.
+fn prefer_pvh_image(staged: &Path) -> Result<String, KernelError> {
+    let packaged = staged.join(deb::IMAGE_FILE);
+    let bytes = std::fs::read(&packaged).map_err(io_err(format!("reading {}", packaged.display())))?;
+    match vmlinux::unpack_pvh(&bytes) {
+        Some(elf) => {
+            let path = staged.join(PVH_IMAGE_FILE);
+            std::fs::write(&path, elf).map_err(io_err(format!("writing {}", path.display())))?;
+            // Only the booted image is kept.
+            std::fs::remove_file(&packaged).map_err(io_err(format!("removing {}", packaged.display())))?;
+            Ok(PVH_IMAGE_FILE.to_string())
+        }
+        None => Ok(deb::IMAGE_FILE.to_string()),
+    }
+}
+
+const PVH_IMAGE_FILE: &str = "vmlinux";
 
 /// Moves a finished entry into place. If another kiln installed a good entry
 /// meanwhile, that one stays (it may be in use); an outdated entry (made for
@@ -221,7 +253,7 @@ fn read_entry(entry: &Path, manifest: &Manifest) -> Option<GuestKernel> {
         return None;
     }
     let kernel = GuestKernel {
-        image: entry.join(deb::IMAGE_FILE),
+        image: entry.join(&record.image),
         release: record.release,
         modules: record.modules.iter().map(|m| entry.join(deb::MODULES_DIR).join(format!("{m}.ko"))).collect(),
     };

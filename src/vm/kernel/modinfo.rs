@@ -39,6 +39,12 @@ pub fn parse(elf: &[u8], origin: &str) -> Result<ModInfo, KernelError> {
             info.name = Some(normalize(name));
         }
     }
+    // The name becomes a file name in the cache; it must not be a path.
+    if let Some(name) = &info.name {
+        if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+            return Err(KernelError::BadModule { module: origin.to_string(), why: format!("invalid module name {name:?}") });
+        }
+    }
     Ok(info)
 }
 
@@ -229,6 +235,8 @@ pub(crate) mod tests {
     fn rejects_garbage_naming_the_module() {
         let err = parse(b"not an elf file at all, really not one, no no no no no", "x.ko").unwrap_err().to_string();
         assert!(err.contains("x.ko") && err.contains("not an ELF"), "{err}");
+        let err = parse(&fake_module(true, &["name=../../evil"]), "evil.ko").unwrap_err().to_string();
+        assert!(err.contains("invalid module name"), "{err}");
         let mut truncated = fake_module(true, &["depends=a"]);
         truncated.truncate(70);
         assert!(parse(&truncated, "t.ko").is_err());

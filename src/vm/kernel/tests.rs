@@ -264,8 +264,11 @@ fn local_kernel_with_a_modules_dir() {
     assert_eq!(k.release, "6.9.1-test");
     // The other manifest modules are absent: a local kernel has them built in.
     assert_eq!(k.modules, [mods.join("vsock.ko"), mods.join("vmw_vsock_virtio_transport.ko")]);
-    let bare = ensure_kernel(&arm64(), &KernelOptions { kernel_modules: None, ..opts }).unwrap();
+    let bare = ensure_kernel(&arm64(), &KernelOptions { kernel_modules: None, ..opts.clone() }).unwrap();
     assert!(bare.modules.is_empty());
+    // Modules without a local kernel would be silently ignored: an error instead.
+    let err = ensure_kernel(&arm64(), &KernelOptions { kernel_image: None, ..opts }).unwrap_err().to_string();
+    assert!(err.contains("KILN_KERNEL_MODULES") && err.contains("KILN_KERNEL"), "{err}");
 }
 
 #[test]
@@ -293,4 +296,54 @@ fn stale_temp_dirs_of_killed_runs_are_swept_young_ones_kept() {
     remove_stale_temps(dir.path());
     assert!(!old.exists());
     assert!(young.exists() && entry.exists());
+}
+
+#[test]
+fn zstd_data_and_compressed_modules_under_usr_lib() {
+    // Newer Debian kernels: data.tar.zst, merged /usr, modules as .ko.xz/.ko.zst.
+    let mut tar = tar::Builder::new(Vec::new());
+    let mut add = |path: &str, data: &[u8]| {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(data.len() as u64);
+        h.set_mode(0o644);
+        h.set_cksum();
+        tar.append_data(&mut h, path, data).unwrap();
+    };
+    add("./boot/vmlinuz-6.12.0-1-cloud-arm64", b"IMG");
+    let vsock = fake_module(true, &["depends=", "name=vsock"]);
+    let mut xz = xz2::write::XzEncoder::new(Vec::new(), 1);
+    xz.write_all(&vsock).unwrap();
+    add("./usr/lib/modules/6.12.0-1-cloud-arm64/kernel/net/vmw_vsock/vsock.ko.xz", &xz.finish().unwrap());
+    let transport = fake_module(true, &["depends=vsock", "name=vmw_vsock_virtio_transport"]);
+    let zst = zstd::stream::encode_all(&transport[..], 1).unwrap();
+    add("./usr/lib/modules/6.12.0-1-cloud-arm64/kernel/net/vmw_vsock/vmw_vsock_virtio_transport.ko.zst", &zst);
+    let data = zstd::stream::encode_all(&tar.into_inner().unwrap()[..], 1).unwrap();
+    let mut ar = ar::Builder::new(Vec::new());
+    for (name, body) in [("debian-binary", &b"2.0\n"[..]), ("control.tar.zst", b""), ("data.tar.zst", &data)] {
+        ar.append(&ar::Header::new(name.as_bytes().to_vec(), body.len() as u64), body).unwrap();
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let deb_path = dir.path().join("k.deb");
+    std::fs::write(&deb_path, ar.into_inner().unwrap()).unwrap();
+    let out = dir.path().join("out");
+    std::fs::create_dir(&out).unwrap();
+    let got = deb::extract(&deb_path, &["vmw_vsock_virtio_transport".to_string()], &out).unwrap();
+    assert_eq!(got.release, "6.12.0-1-cloud-arm64");
+    assert_eq!(got.modules, ["vsock", "vmw_vsock_virtio_transport"]);
+    // Stored decompressed, so the guest needs no in-kernel module decompressor.
+    assert_eq!(std::fs::read(out.join("modules/vsock.ko")).unwrap(), vsock);
+    assert_eq!(std::fs::read(out.join("modules/vmw_vsock_virtio_transport.ko")).unwrap(), transport);
+}
+
+#[test]
+fn a_deb_without_a_kernel_image_is_rejected() {
+    let mut ar = ar::Builder::new(Vec::new());
+    ar.append(&ar::Header::new(b"debian-binary".to_vec(), 4), &b"2.0\n"[..]).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let deb_path = dir.path().join("k.deb");
+    std::fs::write(&deb_path, ar.into_inner().unwrap()).unwrap();
+    let err = deb::extract(&deb_path, &[], dir.path()).unwrap_err().to_string();
+    assert!(err.contains("no data.tar"), "{err}");
+    std::fs::write(&deb_path, b"not an ar archive").unwrap();
+    assert!(deb::extract(&deb_path, &[], dir.path()).is_err());
 }
