@@ -167,7 +167,13 @@ impl Client {
             return Ok(format!("{s}://{}", registry_endpoint(registry)));
         }
         let endpoint = registry_endpoint(registry);
-        let https_err = match self.http.get(format!("https://{endpoint}/v2/")).send().await {
+        let mut probe = self.http.get(format!("https://{endpoint}/v2/"));
+        if self.allows_http(registry) {
+            // A plain-HTTP server may sit silently on a TLS handshake; a TLS
+            // server on loopback or the LAN answers in milliseconds.
+            probe = probe.timeout(Duration::from_secs(3));
+        }
+        let https_err = match probe.send().await {
             Ok(_) => {
                 self.schemes.lock().unwrap().insert(registry.to_string(), "https");
                 return Ok(format!("https://{endpoint}"));
