@@ -4,7 +4,9 @@
 
 use std::io::Write;
 
-use futures_util::{StreamExt, TryStreamExt};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use futures_util::StreamExt;
 use oci_spec::image::{Descriptor, Digest, MediaType};
 use reqwest::{Method, StatusCode};
 
@@ -85,10 +87,28 @@ impl Client {
         }
         let bytes_downloaded: u64 = blobs.iter().map(|b| b.size()).sum();
         let blobs_downloaded = blobs.len();
-        futures_util::stream::iter(blobs.iter().map(|b| self.fetch_blob(reference, b, &ingest, &scopes)))
-            .buffer_unordered(self.options().max_concurrent_transfers.max(1))
-            .try_collect::<Vec<()>>()
-            .await?;
+        // On the first failure the others stop, but every download is still
+        // awaited, so no writer is left busy in tmp/ when pull returns.
+        let abort = AtomicBool::new(false);
+        let results: Vec<Result<()>> = futures_util::stream::iter(blobs.iter().map(|b| {
+            let abort = &abort;
+            let ingest = &ingest;
+            let scopes = &scopes;
+            async move {
+                let r = self.fetch_blob(reference, b, ingest, scopes, abort).await;
+                if r.is_err() {
+                    abort.store(true, Ordering::SeqCst);
+                }
+                r
+            }
+        }))
+        .buffer_unordered(self.options().max_concurrent_transfers.max(1))
+        .collect()
+        .await;
+        // Completion order: the first error is the cause, later ones are cancellations.
+        if let Some(err) = results.into_iter().find_map(Result::err) {
+            return Err(err);
+        }
         ingest.commit()?;
         let name = reference.to_string();
         store.tag(&name, &tagged)?;
@@ -147,8 +167,12 @@ impl Client {
 
     /// Downloads one blob into the ingest, verifying size and digest;
     /// retries when the connection breaks mid-body.
-    async fn fetch_blob(&self, reference: &Reference, blob: &Descriptor, ingest: &Ingest<'_>, scopes: &[String]) -> Result<()> {
+    async fn fetch_blob(&self, reference: &Reference, blob: &Descriptor, ingest: &Ingest<'_>, scopes: &[String], abort: &AtomicBool) -> Result<()> {
         let what = format!("blob {} of {}", blob.digest(), reference.name());
+        let cancelled = || RegistryError::Protocol { what: what.clone(), detail: "cancelled after another blob failed".into() };
+        if abort.load(Ordering::SeqCst) {
+            return Err(cancelled());
+        }
         let target = format!("/v2/{}/blobs/{}", reference.repository, blob.digest());
         let mut attempt = 0;
         loop {
@@ -158,22 +182,54 @@ impl Client {
             if resp.content_length().is_some_and(|l| l > blob.size()) {
                 return Err(RegistryError::TooLarge { what, limit: blob.size() });
             }
-            let mut writer = ingest.blob_writer()?;
+            // Hashing and writing run on a blocking thread per blob, so
+            // concurrent downloads use every core instead of this one task.
+            let writer = ingest.blob_writer()?;
+            let (tx, mut rx) = tokio::sync::mpsc::channel::<bytes::Bytes>(16);
+            let sink = tokio::task::spawn_blocking(move || {
+                let mut writer = writer;
+                while let Some(chunk) = rx.blocking_recv() {
+                    writer.write_all(&chunk)?;
+                }
+                Ok::<_, std::io::Error>(writer)
+            });
             let mut stream = resp.bytes_stream();
             let mut broken = None;
+            let mut received: u64 = 0;
+            let mut aborted = false;
+            let mut too_large = false;
             while let Some(chunk) = stream.next().await {
                 match chunk {
+                    Ok(_) if abort.load(Ordering::SeqCst) => {
+                        aborted = true;
+                        break;
+                    }
                     Ok(c) => {
-                        if writer.written() + c.len() as u64 > blob.size() {
-                            return Err(RegistryError::TooLarge { what, limit: blob.size() });
+                        received += c.len() as u64;
+                        if received > blob.size() {
+                            too_large = true;
+                            break;
                         }
-                        writer.write_all(&c).map_err(|e| StoreError::Io { path: "blob staging".into(), source: e })?;
+                        if tx.send(c).await.is_err() {
+                            break; // the writer failed; its error is reported below
+                        }
                     }
                     Err(e) => {
                         broken = Some(e);
                         break;
                     }
                 }
+            }
+            drop(tx);
+            let writer = sink
+                .await
+                .map_err(|e| RegistryError::Protocol { what: what.clone(), detail: format!("blob writer failed: {e}") })?
+                .map_err(|e| StoreError::Io { path: "blob staging".into(), source: e })?;
+            if aborted {
+                return Err(cancelled());
+            }
+            if too_large {
+                return Err(RegistryError::TooLarge { what, limit: blob.size() });
             }
             if let Some(e) = broken {
                 if client::is_retryable(&e) && attempt + 1 < self.options().max_attempts {
@@ -183,10 +239,14 @@ impl Client {
                 }
                 return Err(RegistryError::Protocol {
                     what,
-                    detail: format!("download broke off after {} of {} bytes: {}", writer.written(), blob.size(), client::error_chain(&e)),
+                    detail: format!("download broke off after {received} of {} bytes: {}", blob.size(), client::error_chain(&e)),
                 });
             }
-            return match writer.commit(blob.media_type().clone(), Some((blob.digest(), blob.size()))) {
+            let (media_type, digest, size) = (blob.media_type().clone(), blob.digest().clone(), blob.size());
+            let committed = tokio::task::spawn_blocking(move || writer.commit(media_type, Some((&digest, size))))
+                .await
+                .map_err(|e| RegistryError::Protocol { what: what.clone(), detail: format!("blob writer failed: {e}") })?;
+            return match committed {
                 Ok(_) => Ok(()),
                 Err(StoreError::DigestMismatch { digest, actual, actual_size, expected_size }) => {
                     Err(RegistryError::DigestMismatch { what, expected: digest, actual, actual_size, expected_size })
