@@ -18,6 +18,7 @@ struct Fake {
     addr: String,
     layer: Descriptor,
     flaky_hits: Arc<AtomicUsize>,
+    cdn_hits: Arc<AtomicUsize>,
 }
 
 /// Serves one image under several repositories; the repository name picks
@@ -25,6 +26,9 @@ struct Fake {
 async fn start_fake(blobs: HashMap<String, Vec<u8>>, manifest: Vec<u8>, manifest_digest: String, layer: Descriptor) -> Fake {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap().to_string();
+    let self_port = listener.local_addr().unwrap().port();
+    let cdn_hits = Arc::new(AtomicUsize::new(0));
+    let redirected_hits = cdn_hits.clone();
     let blobs = Arc::new(blobs);
     let manifest = Arc::new(manifest);
     let flaky_hits = Arc::new(AtomicUsize::new(0));
@@ -33,8 +37,8 @@ async fn start_fake(blobs: HashMap<String, Vec<u8>>, manifest: Vec<u8>, manifest
     tokio::spawn(async move {
         loop {
             let (mut sock, _) = listener.accept().await.unwrap();
-            let (blobs, manifest, hits, layer_digest, manifest_digest) =
-                (blobs.clone(), manifest.clone(), hits.clone(), layer_digest.clone(), manifest_digest.clone());
+            let (blobs, manifest, hits, layer_digest, manifest_digest, redirected) =
+                (blobs.clone(), manifest.clone(), hits.clone(), layer_digest.clone(), manifest_digest.clone(), redirected_hits.clone());
             tokio::spawn(async move {
                 let mut buf = Vec::new();
                 let mut chunk = [0u8; 4096];
@@ -59,6 +63,11 @@ async fn start_fake(blobs: HashMap<String, Vec<u8>>, manifest: Vec<u8>, manifest
                 if path == "/v2/" {
                     out.extend(reply("200 OK", "application/json", 2, "").bytes());
                     out.extend(b"{}");
+                } else if let Some(digest) = path.strip_prefix("/cdn/") {
+                    redirected.fetch_add(1, Ordering::SeqCst);
+                    let b = blobs.get(digest).cloned().unwrap_or_default();
+                    out.extend(reply("200 OK", "application/octet-stream", b.len(), "").bytes());
+                    out.extend(b);
                 } else if let Some(rest) = path.strip_prefix("/v2/bad/") {
                     let (repo, rest) = rest.split_once('/').unwrap();
                     if let Some(reference) = rest.strip_prefix("manifests/") {
@@ -101,6 +110,12 @@ async fn start_fake(blobs: HashMap<String, Vec<u8>>, manifest: Vec<u8>, manifest
                                 out.extend(reply("200 OK", "application/octet-stream", half.len(), "").bytes());
                                 out.extend(half);
                             }
+                            ("redirect", Some(_)) => {
+                                // Like a registry handing blobs to a CDN on another host name.
+                                let port = self_port;
+                                let loc = format!("Location: http://localhost:{port}/cdn/{digest}\r\n");
+                                out.extend(reply("307 Temporary Redirect", "text/plain", 0, &loc).bytes());
+                            }
                             ("flaky", Some(_)) if hits.fetch_add(1, Ordering::SeqCst) < 2 => {
                                 out.extend(reply("503 Service Unavailable", "text/plain", 4, "").bytes());
                                 out.extend(b"busy");
@@ -120,7 +135,7 @@ async fn start_fake(blobs: HashMap<String, Vec<u8>>, manifest: Vec<u8>, manifest
             });
         }
     });
-    Fake { addr, layer, flaky_hits }
+    Fake { addr, layer, flaky_hits, cdn_hits }
 }
 
 async fn fake_with_image() -> (TempStore, Descriptor, Fake) {
@@ -183,5 +198,14 @@ async fn transient_503s_are_retried() {
     let dst = temp_store();
     client(None, None).pull(&dst.store, &pull_ref(&fake, "flaky"), &PullOptions::default()).await.unwrap();
     assert_eq!(fake.flaky_hits.load(Ordering::SeqCst), 3, "two 503s, then success");
+    assert_same_content(&src.store, &dst.store, &image);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn blob_redirects_to_another_host_are_followed() {
+    let (src, image, fake) = fake_with_image().await;
+    let dst = temp_store();
+    client(None, None).pull(&dst.store, &pull_ref(&fake, "redirect"), &PullOptions::default()).await.unwrap();
+    assert_eq!(fake.cdn_hits.load(Ordering::SeqCst), 1, "the layer came from the redirect target");
     assert_same_content(&src.store, &dst.store, &image);
 }

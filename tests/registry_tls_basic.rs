@@ -145,3 +145,47 @@ fn cli_login_writes_docker_config_and_pull_uses_it() {
     let cfg: serde_json::Value = serde_json::from_slice(&std::fs::read(data.path().join("docker/config.json")).unwrap()).unwrap();
     assert!(cfg["auths"].get(&s.reg.addr).is_none());
 }
+
+#[test]
+fn credential_helper_stores_and_supplies_credentials() {
+    let s = setup();
+    let src = temp_store();
+    let image = build_image(&src.store, 15, &[5_000], "linux/amd64", Compression::Gzip);
+    let dest = Reference::parse(&format!("{}/secure/helper:v1", s.reg.addr)).unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let good = client(Some(docker_config(s.work.path(), &s.reg.addr, USER, PASSWORD)), Some(s.ca.clone()));
+    rt.block_on(good.push(&src.store, &image, &dest, &PushOptions::default())).unwrap();
+
+    // A credential helper that keeps one entry in a file next to itself.
+    let bin = tempfile::tempdir().unwrap();
+    let helper = bin.path().join("docker-credential-kilntest");
+    std::fs::write(
+        &helper,
+        "#!/bin/sh\nd=$(dirname \"$0\")\ncase \"$1\" in\n  store) cat > \"$d/stored.json\" ;;\n  get) read server; [ -f \"$d/stored.json\" ] && cat \"$d/stored.json\" || { echo 'credentials not found in native keychain'; exit 1; } ;;\n  erase) rm -f \"$d/stored.json\" ;;\nesac\n",
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&helper, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let path = format!("{}:{}", bin.path().display(), std::env::var("PATH").unwrap());
+
+    let data = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(data.path().join("docker")).unwrap();
+    std::fs::write(data.path().join("docker/config.json"), r#"{"credsStore":"kilntest"}"#).unwrap();
+    let ca = s.ca.to_str().unwrap();
+    let out = kiln(data.path())
+        .env("PATH", &path)
+        .args(["login", &s.reg.addr, "-u", USER, "--password", PASSWORD, "--ca-cert", ca])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let config = std::fs::read_to_string(data.path().join("docker/config.json")).unwrap();
+    assert!(!config.contains(PASSWORD), "the secret went to the helper, not the config: {config}");
+    let stored = std::fs::read_to_string(bin.path().join("stored.json")).unwrap();
+    assert!(stored.contains(PASSWORD) && stored.contains(&s.reg.addr));
+
+    let pulled = kiln(data.path()).env("PATH", &path).args(["pull", &dest.to_string(), "--ca-cert", ca]).output().unwrap();
+    assert!(pulled.status.success(), "{}", String::from_utf8_lossy(&pulled.stderr));
+
+    run(kiln(data.path()).env("PATH", &path).args(["logout", &s.reg.addr]));
+    assert!(!bin.path().join("stored.json").exists());
+}

@@ -29,7 +29,7 @@ pub enum LayoutError {
     #[error("{path} is not an OCI image layout: {reason}")]
     NotALayout { path: PathBuf, reason: String },
     #[error("{path}: blob {digest} is missing from the layout")]
-    MissingBlob { path: PathBuf, digest: Digest },
+    MissingBlob { path: PathBuf, digest: String },
     #[error("{path}: no image named {name:?} in the layout (it has: {available})")]
     NoSuchRef { path: PathBuf, name: String, available: String },
 }
@@ -247,14 +247,14 @@ fn copy_closure(dir: &Path, ingest: &Ingest<'_>, d: &Descriptor, seen: &mut Hash
     let path = dir.join("blobs").join("sha256").join(hex);
     let mt = d.media_type().as_ref();
     if media::is_index(mt) || media::is_manifest(mt) {
-        let bytes = fs::read(&path).map_err(|_| LayoutError::MissingBlob { path: dir.to_path_buf(), digest: d.digest().clone() })?;
+        let bytes = fs::read(&path).map_err(|_| LayoutError::MissingBlob { path: dir.to_path_buf(), digest: d.digest().to_string() })?;
         ingest.put_bytes(&bytes, d.media_type().clone(), Some((d.digest(), d.size())))?;
         let m = Manifest::parse(&bytes, Some(mt), &path.display().to_string()).map_err(StoreError::from)?;
         for child in m.children() {
             copy_closure(dir, ingest, &child, seen)?;
         }
     } else if !ingest.has_blob(d.digest()) {
-        let mut f = File::open(&path).map_err(|_| LayoutError::MissingBlob { path: dir.to_path_buf(), digest: d.digest().clone() })?;
+        let mut f = File::open(&path).map_err(|_| LayoutError::MissingBlob { path: dir.to_path_buf(), digest: d.digest().to_string() })?;
         let mut w = ingest.blob_writer()?;
         io::copy(&mut f, &mut w).map_err(io_err(&path))?;
         w.commit(d.media_type().clone(), Some((d.digest(), d.size())))?;

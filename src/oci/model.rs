@@ -15,14 +15,14 @@ pub enum ModelError {
     #[error("{what} is a Docker schema 1 manifest, which kiln does not support; re-push the image with a current client")]
     SchemaV1 { what: String },
     #[error("no image for platform {wanted} in {what}; it has: {available}")]
-    NoMatchingPlatform { what: String, wanted: Platform, available: String },
+    NoMatchingPlatform { what: String, wanted: String, available: String },
 }
 
 /// A parsed manifest document: either an index (manifest list) or an image manifest.
 #[derive(Debug, Clone)]
 pub enum Manifest {
-    Index(ImageIndex),
-    Image(ImageManifest),
+    Index(Box<ImageIndex>),
+    Image(Box<ImageManifest>),
 }
 
 impl Manifest {
@@ -54,9 +54,9 @@ impl Manifest {
             return Err(ModelError::UnsupportedMediaType { what: what.to_string(), media_type });
         };
         if is_index {
-            Ok(Manifest::Index(serde_json::from_slice(bytes).map_err(json_err)?))
+            Ok(Manifest::Index(Box::new(serde_json::from_slice(bytes).map_err(json_err)?)))
         } else {
-            Ok(Manifest::Image(serde_json::from_slice(bytes).map_err(json_err)?))
+            Ok(Manifest::Image(Box::new(serde_json::from_slice(bytes).map_err(json_err)?)))
         }
     }
 
@@ -109,7 +109,7 @@ pub fn select_platform<'a>(index: &'a ImageIndex, want: &Platform, what: &str) -
     let available: Vec<String> = candidates.iter().map(|(_, p)| p.to_string()).collect();
     Err(ModelError::NoMatchingPlatform {
         what: what.to_string(),
-        wanted: want.clone(),
+        wanted: want.to_string(),
         available: if available.is_empty() { "no platforms".into() } else { available.join(", ") },
     })
 }

@@ -38,19 +38,19 @@ pub enum StoreError {
     #[error(transparent)]
     Digest(#[from] DigestError),
     #[error("blob {digest} is not in the image store")]
-    MissingBlob { digest: Digest },
+    MissingBlob { digest: String },
     #[error("blob {digest} does not match its digest: got {actual} ({actual_size} bytes, expected {expected_size})")]
-    DigestMismatch { digest: Digest, actual: Digest, actual_size: u64, expected_size: u64 },
+    DigestMismatch { digest: String, actual: String, actual_size: u64, expected_size: u64 },
     #[error("image store index {path} is corrupt: {source}")]
     CorruptIndex { path: PathBuf, source: serde_json::Error },
     #[error(transparent)]
     Model(#[from] ModelError),
     #[error("config {digest} is not a valid image config: {source}")]
-    BadConfig { digest: Digest, source: serde_json::Error },
+    BadConfig { digest: String, source: serde_json::Error },
     #[error("no such image: {0}")]
     NoSuchImage(String),
     #[error("cannot tag {name}: {digest} references blob {missing}, which is not in the store")]
-    Incomplete { name: String, digest: Digest, missing: Digest },
+    Incomplete { name: String, digest: String, missing: String },
 }
 
 type Result<T, E = StoreError> = std::result::Result<T, E>;
@@ -148,7 +148,7 @@ impl Store {
     pub fn get_blob(&self, descriptor: &Descriptor) -> Result<VerifyingReader<File>> {
         let path = self.blob_path(descriptor.digest())?;
         let file = File::open(&path).map_err(|e| match e.kind() {
-            io::ErrorKind::NotFound => StoreError::MissingBlob { digest: descriptor.digest().clone() },
+            io::ErrorKind::NotFound => StoreError::MissingBlob { digest: descriptor.digest().to_string() },
             _ => StoreError::Io { path: path.clone(), source: e },
         })?;
         Ok(VerifyingReader::new(file, descriptor.digest().clone(), descriptor.size()))
@@ -158,14 +158,14 @@ impl Store {
     pub fn read_blob(&self, digest: &Digest, size: Option<u64>) -> Result<Vec<u8>> {
         let path = self.blob_path(digest)?;
         let bytes = fs::read(&path).map_err(|e| match e.kind() {
-            io::ErrorKind::NotFound => StoreError::MissingBlob { digest: digest.clone() },
+            io::ErrorKind::NotFound => StoreError::MissingBlob { digest: digest.to_string() },
             _ => StoreError::Io { path: path.clone(), source: e },
         })?;
         let actual = digest::of_bytes(&bytes);
         if &actual != digest || size.is_some_and(|s| s != bytes.len() as u64) {
             return Err(StoreError::DigestMismatch {
-                digest: digest.clone(),
-                actual,
+                digest: digest.to_string(),
+                actual: actual.to_string(),
                 actual_size: bytes.len() as u64,
                 expected_size: size.unwrap_or(bytes.len() as u64),
             });
@@ -175,7 +175,7 @@ impl Store {
 
     pub fn read_manifest(&self, descriptor: &Descriptor) -> Result<(Manifest, Vec<u8>)> {
         let bytes = self.read_blob(descriptor.digest(), Some(descriptor.size()))?;
-        let m = Manifest::parse(&bytes, Some(descriptor.media_type().as_ref()), &descriptor.digest().to_string())?;
+        let m = Manifest::parse(&bytes, Some(descriptor.media_type().as_ref()), descriptor.digest().as_ref())?;
         Ok((m, bytes))
     }
 
@@ -194,15 +194,15 @@ impl Store {
         match manifest {
             Manifest::Index(index) => {
                 let want = platform.cloned().unwrap_or_else(Platform::host);
-                let child = model::select_platform(&index, &want, &descriptor.digest().to_string())?;
+                let child = model::select_platform(&index, &want, descriptor.digest().as_ref())?;
                 self.image(&child.clone(), None)
             }
             Manifest::Image(manifest) => {
                 let cfg = manifest.config();
                 let config_bytes = self.read_blob(cfg.digest(), Some(cfg.size()))?;
                 let config: ImageConfiguration = serde_json::from_slice(&config_bytes)
-                    .map_err(|source| StoreError::BadConfig { digest: cfg.digest().clone(), source })?;
-                Ok(Image { manifest_descriptor: descriptor.clone(), manifest, config, config_bytes })
+                    .map_err(|source| StoreError::BadConfig { digest: cfg.digest().to_string(), source })?;
+                Ok(Image { manifest_descriptor: descriptor.clone(), manifest: *manifest, config, config_bytes })
             }
         }
     }
@@ -227,7 +227,7 @@ impl Store {
                 self.walk(&child, seen, out)?;
             }
         } else if !self.has_blob(d.digest()) {
-            return Err(StoreError::MissingBlob { digest: d.digest().clone() });
+            return Err(StoreError::MissingBlob { digest: d.digest().to_string() });
         }
         out.push(d.clone());
         Ok(())
@@ -240,7 +240,7 @@ impl Store {
             return Err(match e {
                 StoreError::MissingBlob { digest } => StoreError::Incomplete {
                     name: name.to_string(),
-                    digest: descriptor.digest().clone(),
+                    digest: descriptor.digest().to_string(),
                     missing: digest,
                 },
                 other => other,
@@ -444,8 +444,8 @@ impl Ingest<'_> {
             let actual = digest::of_bytes(&bytes);
             if &actual != digest || size.is_some_and(|s| s != bytes.len() as u64) {
                 return Err(StoreError::DigestMismatch {
-                    digest: digest.clone(),
-                    actual,
+                    digest: digest.to_string(),
+                    actual: actual.to_string(),
                     actual_size: bytes.len() as u64,
                     expected_size: size.unwrap_or(0),
                 });
@@ -493,8 +493,8 @@ impl BlobWriter {
         if let Some((want, want_size)) = expected {
             if &digest != want || size != want_size {
                 return Err(StoreError::DigestMismatch {
-                    digest: want.clone(),
-                    actual: digest,
+                    digest: want.to_string(),
+                    actual: digest.to_string(),
                     actual_size: size,
                     expected_size: want_size,
                 });

@@ -242,6 +242,8 @@ impl Client {
                     .and_then(|v| v.to_str().ok())
                     .and_then(auth::parse_challenge);
                 if let Some(c) = challenge {
+                    // A cached token may have expired (Docker Hub's last 5 minutes).
+                    self.tokens.lock().unwrap().remove(&(req.registry.to_string(), req.scopes.join(" ")));
                     self.challenges.lock().unwrap().insert(req.registry.to_string(), c);
                     authenticated_after_challenge = true;
                     continue;

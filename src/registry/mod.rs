@@ -18,8 +18,6 @@ pub use pull::{PullOptions, PullReport};
 pub use push::{PushOptions, PushReport};
 pub use reference::Reference;
 
-use oci_spec::image::Digest;
-
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
     #[error(transparent)]
@@ -45,7 +43,7 @@ pub enum RegistryError {
     #[error("{what}: registry answered {status}{}", if message.is_empty() { String::new() } else { format!(": {message}") })]
     Status { what: String, status: reqwest::StatusCode, message: String },
     #[error("{what}: content does not match digest {expected}: got {actual} ({actual_size} bytes, expected {expected_size})")]
-    DigestMismatch { what: String, expected: Digest, actual: Digest, actual_size: u64, expected_size: u64 },
+    DigestMismatch { what: String, expected: String, actual: String, actual_size: u64, expected_size: u64 },
     #[error("{what}: the registry sent more than the {limit} bytes expected")]
     TooLarge { what: String, limit: u64 },
     #[error("{what}: {detail}")]

@@ -61,7 +61,7 @@ impl Client {
                     vec![model::select_platform(&index, &want, &reference.to_string())?.clone()]
                 };
                 for child in children {
-                    let (b, d) = self.fetch_manifest(reference, &child.digest().to_string(), Some(&child), &scopes).await?;
+                    let (b, d) = self.fetch_manifest(reference, child.digest().as_ref(), Some(&child), &scopes).await?;
                     let m = Manifest::parse(&b, Some(d.media_type().as_ref()), &format!("{reference} ({})", child.digest()))?;
                     if matches!(m, Manifest::Index(_)) {
                         return Err(RegistryError::Protocol { what, detail: format!("{} is an index inside an index, which kiln does not follow", child.digest()) });
@@ -154,7 +154,7 @@ impl Client {
         };
         if let Some((want, size)) = wanted {
             if want != actual || size != bytes.len() as u64 {
-                return Err(RegistryError::DigestMismatch { what, expected: want, actual, actual_size: bytes.len() as u64, expected_size: size });
+                return Err(RegistryError::DigestMismatch { what, expected: want.to_string(), actual: actual.to_string(), actual_size: bytes.len() as u64, expected_size: size });
             }
         }
         let media_type = media_type_of(&bytes)
