@@ -146,6 +146,7 @@ fn cli_login_writes_docker_config_and_pull_uses_it() {
     assert!(cfg["auths"].get(&s.reg.addr).is_none());
 }
 
+#[cfg(unix)]
 #[test]
 fn credential_helper_stores_and_supplies_credentials() {
     let s = setup();

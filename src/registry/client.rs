@@ -204,6 +204,10 @@ impl Client {
             Url::parse(&format!("{}{}", self.base_url(req.registry).await?, req.target))
         }
         .map_err(|e| RegistryError::Protocol { what: req.what.to_string(), detail: format!("bad URL {}: {e}", req.target) })?;
+        // Credentials go only to the registry itself, never to another host
+        // an upload Location points at.
+        let own_host = host_port(&url) == registry_endpoint(req.registry)
+            || (url.port().is_none() && url.host_str() == Some(registry_endpoint(req.registry)));
         let mut attempt = 0;
         let mut authenticated_after_challenge = false;
         loop {
@@ -211,8 +215,10 @@ impl Client {
             for (k, v) in &req.headers {
                 headers.insert(*k, HeaderValue::from_str(v).map_err(|e| RegistryError::Protocol { what: req.what.to_string(), detail: e.to_string() })?);
             }
-            if let Some(auth) = self.authorization(req.registry, req.scopes).await? {
-                headers.insert(AUTHORIZATION, auth);
+            if own_host {
+                if let Some(auth) = self.authorization(req.registry, req.scopes).await? {
+                    headers.insert(AUTHORIZATION, auth);
+                }
             }
             let body = req.body.build().await.map_err(|e| RegistryError::Protocol { what: req.what.to_string(), detail: e.to_string() })?;
             let mut builder = self.http.request(req.method.clone(), url.clone()).headers(headers);
@@ -235,7 +241,7 @@ impl Client {
                 }
             }
             let resp = result.map_err(|source| RegistryError::Transport { what: req.what.to_string(), source })?;
-            if resp.status() == StatusCode::UNAUTHORIZED && !authenticated_after_challenge {
+            if resp.status() == StatusCode::UNAUTHORIZED && own_host && !authenticated_after_challenge {
                 let challenge = resp
                     .headers()
                     .get(WWW_AUTHENTICATE)
