@@ -1,17 +1,316 @@
-//! Image commands: `kiln images`, `rmi`, `tag`, `prune`, `inspect`, `pull`, `push`, `login`, `logout`.
+//! Image commands: `kiln images`, `rmi`, `tag`, `prune`, `inspect`, `pull`,
+//! `push`, `login`, `logout`, `save`, `load`.
 
+use std::io::Read;
+use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::Subcommand;
+use anyhow::{bail, Context};
+use clap::{Args, Subcommand};
+
+use crate::oci::layout::{self, ExportEntry, Format};
+use crate::oci::model::Manifest;
+use crate::oci::{Descriptor, Store};
+use crate::platform::Platform;
+use crate::registry::{Client, ClientOptions, Credentials, DockerConfig, PullOptions, PushOptions, Reference};
 
 #[derive(Debug, Subcommand)]
 pub enum ImageCommand {
     /// List images in the local store
     Images,
+    /// Remove image tags (and blobs nothing else uses)
+    Rmi {
+        #[arg(required = true)]
+        images: Vec<String>,
+    },
+    /// Give an image another name
+    Tag { source: String, target: String },
+    /// Delete blobs no tag uses
+    Prune,
+    /// Print an image's config (or manifest) as JSON
+    Inspect {
+        image: String,
+        /// For an index: which platform's image
+        #[arg(long)]
+        platform: Option<Platform>,
+        /// Print the manifest (or index) instead of the config
+        #[arg(long)]
+        manifest: bool,
+    },
+    /// Pull an image from a registry
+    Pull {
+        reference: String,
+        /// Platform to pull from a multi-platform image (default: the host's)
+        #[arg(long)]
+        platform: Option<Platform>,
+        /// Pull every platform of an index and keep the index
+        #[arg(long, conflicts_with = "platform")]
+        all_platforms: bool,
+        #[command(flatten)]
+        registry: RegistryArgs,
+    },
+    /// Push an image to a registry
+    Push {
+        /// Local image name
+        image: String,
+        /// Destination reference (default: the image's own name)
+        destination: Option<String>,
+        /// Mount blobs from this repository on the same registry instead of uploading them
+        #[arg(long)]
+        mount_from: Option<String>,
+        #[command(flatten)]
+        registry: RegistryArgs,
+    },
+    /// Log in to a registry; stores credentials in the Docker config
+    Login {
+        /// Registry host (default: docker.io)
+        registry: Option<String>,
+        #[arg(short, long)]
+        username: String,
+        /// Password (prefer --password-stdin: arguments are visible to other users)
+        #[arg(short, long, conflicts_with = "password_stdin")]
+        password: Option<String>,
+        /// Read the password from standard input
+        #[arg(long)]
+        password_stdin: bool,
+        #[command(flatten)]
+        registry_args: RegistryArgs,
+    },
+    /// Remove stored credentials for a registry
+    Logout {
+        /// Registry host (default: docker.io)
+        registry: Option<String>,
+    },
+    /// Write images as an OCI layout (dir or tar) or a Docker archive
+    Save {
+        #[arg(required = true)]
+        images: Vec<String>,
+        #[arg(short, long)]
+        output: PathBuf,
+        /// oci-dir, oci (tar) or docker (tar for `docker load`)
+        #[arg(long, default_value = "oci")]
+        format: Format,
+        /// For docker archives of multi-platform images: which platform
+        #[arg(long)]
+        platform: Option<Platform>,
+    },
+    /// Import images from an OCI layout directory
+    Load {
+        dir: PathBuf,
+        /// Only the image with this org.opencontainers.image.ref.name
+        #[arg(long)]
+        r#ref: Option<String>,
+        /// Name for the imported image (default: its ref name)
+        #[arg(long)]
+        name: Option<String>,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct RegistryArgs {
+    /// Allow plain HTTP to this registry (host[:port]); loopback always may
+    #[arg(long = "insecure-registry", env = "KILN_INSECURE_REGISTRIES", value_delimiter = ',')]
+    insecure: Vec<String>,
+    /// Extra CA certificate (PEM) to trust
+    #[arg(long = "ca-cert", env = "KILN_CA_CERTS", value_delimiter = ',')]
+    ca_certs: Vec<PathBuf>,
+    /// Docker config file with credentials (default: $DOCKER_CONFIG/config.json or ~/.docker/config.json)
+    #[arg(long)]
+    auth_file: Option<PathBuf>,
+}
+
+impl RegistryArgs {
+    fn client(&self) -> anyhow::Result<Client> {
+        Ok(Client::new(ClientOptions {
+            insecure_registries: self.insecure.clone(),
+            ca_certs: self.ca_certs.clone(),
+            docker_config: Some(self.auth_file.clone().unwrap_or_else(crate::registry::auth::default_config_path)),
+            ..Default::default()
+        })?)
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
+}
+
+/// Finds a local image by full name, short name (`nginx` = docker.io/library/nginx:latest) or digest.
+fn resolve(store: &Store, name: &str) -> anyhow::Result<(String, Descriptor)> {
+    if let Ok(d) = store.resolve(name) {
+        return Ok((name.to_string(), d));
+    }
+    let full = Reference::parse(name).map(|r| r.to_string()).unwrap_or_else(|_| name.to_string());
+    let d = store.resolve(&full)?;
+    Ok((full, d))
+}
+
+fn normalize(name: &str) -> anyhow::Result<String> {
+    Ok(Reference::parse(name)?.to_string())
+}
+
+fn human(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "kB", "MB", "GB", "TB"];
+    let mut v = bytes as f64;
+    let mut u = 0;
+    while v >= 1000.0 && u < UNITS.len() - 1 {
+        v /= 1000.0;
+        u += 1;
+    }
+    if u == 0 { format!("{bytes}B") } else { format!("{v:.1}{}", UNITS[u]) }
 }
 
 pub fn run(cmd: ImageCommand) -> anyhow::Result<ExitCode> {
+    let store = || Store::open_default().context("opening the image store");
     match cmd {
-        ImageCommand::Images => anyhow::bail!("the image store is not built yet"),
+        ImageCommand::Images => {
+            let store = store()?;
+            println!("{:<60} {:<14} {:<28} {:>10}", "NAME", "DIGEST", "PLATFORMS", "SIZE");
+            for t in store.tags()? {
+                let closure = store.closure(&t.descriptor);
+                let size = closure.as_ref().map(|c| c.iter().map(|d| d.size()).sum::<u64>()).unwrap_or(0);
+                let platforms = match store.read_manifest(&t.descriptor) {
+                    Ok((Manifest::Index(i), _)) => i
+                        .manifests()
+                        .iter()
+                        .filter_map(crate::oci::model::descriptor_platform)
+                        .filter(|p| p.os != "unknown")
+                        .map(|p| p.to_string())
+                        .collect::<Vec<_>>()
+                        .join(","),
+                    Ok((Manifest::Image(_), _)) => store.image(&t.descriptor, None).map(|i| i.platform().to_string()).unwrap_or_default(),
+                    Err(e) => format!("damaged: {e}"),
+                };
+                let short = &t.descriptor.digest().digest()[..12];
+                println!("{:<60} {:<14} {:<28} {:>10}", t.name, short, platforms, human(size));
+            }
+        }
+        ImageCommand::Rmi { images } => {
+            let store = store()?;
+            for image in images {
+                let (name, _) = resolve(&store, &image)?;
+                store.untag(&name)?;
+                println!("Untagged: {name}");
+            }
+            match store.try_prune()? {
+                Some(r) => println!("Deleted {} blobs, {}", r.blobs, human(r.bytes)),
+                None => println!("Another kiln process is using the store; run `kiln prune` later to free space"),
+            }
+        }
+        ImageCommand::Tag { source, target } => {
+            let store = store()?;
+            let (_, d) = resolve(&store, &source)?;
+            store.tag(&normalize(&target)?, &d)?;
+        }
+        ImageCommand::Prune => {
+            let r = store()?.prune()?;
+            println!("Deleted {} blobs, {}", r.blobs, human(r.bytes));
+        }
+        ImageCommand::Inspect { image, platform, manifest } => {
+            let store = store()?;
+            let (_, d) = resolve(&store, &image)?;
+            let bytes = if manifest {
+                store.read_manifest(&d)?.1
+            } else {
+                store.image(&d, platform.as_ref())?.config_bytes
+            };
+            let value: serde_json::Value = serde_json::from_slice(&bytes)?;
+            println!("{}", serde_json::to_string_pretty(&value)?);
+        }
+        ImageCommand::Pull { reference, platform, all_platforms, registry } => {
+            let reference = Reference::parse(&reference)?;
+            let store = store()?;
+            let client = registry.client()?;
+            let opts = PullOptions { platform, all_platforms };
+            let report = runtime()?.block_on(client.pull(&store, &reference, &opts))?;
+            println!(
+                "Pulled {} ({}): {} blobs, {} downloaded",
+                report.name,
+                report.descriptor.digest(),
+                report.blobs_downloaded,
+                human(report.bytes_downloaded)
+            );
+        }
+        ImageCommand::Push { image, destination, mount_from, registry } => {
+            let store = store()?;
+            let (name, d) = resolve(&store, &image)?;
+            let dest = Reference::parse(destination.as_deref().unwrap_or(&name))
+                .with_context(|| format!("{name} is not a registry name; give a destination"))?;
+            let client = registry.client()?;
+            let report = runtime()?.block_on(client.push(&store, &d, &dest, &PushOptions { mount_from }))?;
+            println!(
+                "Pushed {dest} ({}): {} blobs uploaded ({}), {} mounted, {} already present",
+                report.digest,
+                report.uploaded,
+                human(report.uploaded_bytes),
+                report.mounted,
+                report.skipped
+            );
+        }
+        ImageCommand::Login { registry, username, password, password_stdin, registry_args } => {
+            let registry = registry.unwrap_or_else(|| crate::registry::reference::DOCKER_HUB.to_string());
+            let registry = registry.trim_start_matches("https://").trim_start_matches("http://").trim_end_matches('/').to_string();
+            let secret = match (password, password_stdin) {
+                (Some(p), _) => p,
+                (None, true) => {
+                    let mut s = String::new();
+                    std::io::stdin().read_to_string(&mut s).context("reading the password from stdin")?;
+                    s.trim_end_matches(['\n', '\r']).to_string()
+                }
+                (None, false) => bail!("give the password with --password-stdin (or --password)"),
+            };
+            if secret.is_empty() {
+                bail!("the password is empty");
+            }
+            let creds = Credentials { username, secret };
+            let client = registry_args.client()?;
+            runtime()?.block_on(client.check_credentials(&registry, &creds))?;
+            let config = DockerConfig::new(registry_args.auth_file.clone().unwrap_or_else(crate::registry::auth::default_config_path));
+            config.store(&registry, &creds)?;
+            println!("Login succeeded; credentials stored in {}", config.path().display());
+        }
+        ImageCommand::Logout { registry } => {
+            let registry = registry.unwrap_or_else(|| crate::registry::reference::DOCKER_HUB.to_string());
+            let config = DockerConfig::new(crate::registry::auth::default_config_path());
+            if config.erase(&registry)? {
+                println!("Removed credentials for {registry}");
+            } else {
+                println!("Not logged in to {registry}");
+            }
+        }
+        ImageCommand::Save { images, output, format, platform } => {
+            let store = store()?;
+            let mut entries = Vec::new();
+            for image in &images {
+                let (name, descriptor) = resolve(&store, image)?;
+                let tag = Reference::parse(&name).ok().and_then(|r| r.tag);
+                entries.push(ExportEntry { descriptor, ref_name: tag.or(Some(name.clone())), repo_tag: Some(name) });
+            }
+            layout::export(&store, &entries, format, &output, platform.as_ref())?;
+            println!("Wrote {}", output.display());
+        }
+        ImageCommand::Load { dir, r#ref, name } => {
+            let store = store()?;
+            // A bare ref name ("latest", "v1") is only a tag: the image becomes
+            // localhost/<layout dir name>:<tag>, as podman names local images.
+            let dir_name = dir
+                .canonicalize()
+                .ok()
+                .and_then(|d| d.file_name().map(|n| n.to_string_lossy().to_lowercase()))
+                .unwrap_or_else(|| "image".into());
+            let tagged = layout::import_dir(&store, &dir, r#ref.as_deref(), |ref_name| {
+                if let Some(n) = &name {
+                    return normalize(n).unwrap_or_else(|_| n.clone());
+                }
+                let full = if ref_name.contains('/') { ref_name.to_string() } else { format!("localhost/{dir_name}:{ref_name}") };
+                normalize(&full).unwrap_or(full)
+            })?;
+            if tagged.is_empty() {
+                bail!("{}: no image in the layout has an org.opencontainers.image.ref.name; nothing imported", dir.display());
+            }
+            for (n, d) in tagged {
+                println!("Loaded {n} ({})", d.digest());
+            }
+        }
     }
+    Ok(ExitCode::SUCCESS)
 }

@@ -1,1 +1,20 @@
 //! OCI images: the image model, the content store, tags and layouts.
+//!
+//! - [`digest`]: sha256 digests and the hashing writer every blob goes through.
+//! - [`media`]: OCI and Docker v2 schema 2 media types.
+//! - [`model`]: parsed manifests and indexes, platform selection, history.
+//! - [`store`]: the local content-addressed store and its tags.
+//! - [`layer`]: turning an uncompressed tar stream into a layer blob + diff_id.
+//! - [`layout`]: OCI image layouts (dir and tar) and Docker archives.
+
+pub mod digest;
+pub mod layer;
+pub mod layout;
+pub mod media;
+pub mod model;
+pub mod store;
+
+pub use oci_spec::image::{Descriptor, Digest, ImageConfiguration, ImageIndex, ImageManifest, MediaType};
+pub use layer::{Compression, Layer, LayerWriter};
+pub use model::{Image, Manifest};
+pub use store::{Ingest, Store, StoreError, TaggedImage};

@@ -1,0 +1,263 @@
+//! OCI image layouts (directory or tar) and Docker archives (`docker load`),
+//! written from the store; OCI layout directories read into the store.
+//!
+//! Both tar formats share one writer: a Docker archive is an OCI layout plus
+//! the `manifest.json` that `docker load` reads, which is what
+//! `docker save` itself writes since Docker 25.
+
+use std::collections::{HashMap, HashSet};
+use std::fs::{self, File};
+use std::io::{self, BufWriter, Read, Write};
+use std::path::{Path, PathBuf};
+
+use oci_spec::image::{Descriptor, Digest};
+
+use crate::oci::digest;
+use crate::oci::media;
+use crate::oci::model::Manifest;
+use crate::oci::store::{Ingest, Store, StoreError, REF_NAME_ANNOTATION};
+use crate::platform::Platform;
+
+#[derive(Debug, thiserror::Error)]
+pub enum LayoutError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: io::Error },
+    #[error("{path} already exists; choose a new path")]
+    Exists { path: PathBuf },
+    #[error("{path} is not an OCI image layout: {reason}")]
+    NotALayout { path: PathBuf, reason: String },
+    #[error("{path}: blob {digest} is missing from the layout")]
+    MissingBlob { path: PathBuf, digest: String },
+    #[error("{path}: no image named {name:?} in the layout (it has: {available})")]
+    NoSuchRef { path: PathBuf, name: String, available: String },
+}
+
+type Result<T, E = LayoutError> = std::result::Result<T, E>;
+
+fn io_err(path: &Path) -> impl FnOnce(io::Error) -> LayoutError + '_ {
+    move |source| LayoutError::Io { path: path.to_path_buf(), source }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// An OCI image layout directory.
+    OciDir,
+    /// An OCI image layout in a tar file.
+    OciTar,
+    /// A tar file `docker load` accepts (also a valid OCI layout).
+    DockerArchive,
+}
+
+impl std::str::FromStr for Format {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "oci-dir" | "oci-layout" => Ok(Self::OciDir),
+            "oci" | "oci-tar" => Ok(Self::OciTar),
+            "docker" | "docker-archive" => Ok(Self::DockerArchive),
+            _ => Err(format!("unknown format {s:?}: expected oci-dir, oci or docker")),
+        }
+    }
+}
+
+/// One image to export: the descriptor (manifest or index) and the names it
+/// gets in the output (`ref_name` for the OCI index, `repo_tag` for Docker).
+#[derive(Debug, Clone)]
+pub struct ExportEntry {
+    pub descriptor: Descriptor,
+    pub ref_name: Option<String>,
+    pub repo_tag: Option<String>,
+}
+
+/// Writes `entries` to `dest` in `format`. Docker archives hold one platform
+/// per image (`platform`, or the host's); OCI layouts keep whole indexes.
+/// The output appears atomically: it is written under a temp name first.
+pub fn export(store: &Store, entries: &[ExportEntry], format: Format, dest: &Path, platform: Option<&Platform>) -> Result<()> {
+    if dest.exists() {
+        return Err(LayoutError::Exists { path: dest.to_path_buf() });
+    }
+    let parent = dest.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    // Resolve what goes in first, so a bad entry fails before anything is written.
+    let mut roots = Vec::new();
+    let mut blobs: Vec<Descriptor> = Vec::new();
+    let mut seen = HashSet::new();
+    let mut docker_manifest = Vec::new();
+    for e in entries {
+        let root = if format == Format::DockerArchive {
+            let image = store.image(&e.descriptor, platform)?;
+            let mut layers = Vec::new();
+            for l in image.manifest.layers() {
+                layers.push(blob_name(l.digest()));
+            }
+            docker_manifest.push(serde_json::json!({
+                "Config": blob_name(image.manifest.config().digest()),
+                "RepoTags": e.repo_tag.iter().collect::<Vec<_>>(),
+                "Layers": layers,
+            }));
+            image.manifest_descriptor
+        } else {
+            e.descriptor.clone()
+        };
+        for d in store.closure(&root)? {
+            if seen.insert(d.digest().clone()) {
+                blobs.push(d);
+            }
+        }
+        let mut annotated = root.clone();
+        if let Some(name) = e.ref_name.as_ref().or(e.repo_tag.as_ref()) {
+            annotated.set_annotations(Some(HashMap::from([(REF_NAME_ANNOTATION.to_string(), name.clone())])));
+        }
+        roots.push(annotated);
+    }
+    let index = serde_json::json!({"schemaVersion": 2, "mediaType": media::OCI_INDEX, "manifests": roots});
+    let index = serde_json::to_vec_pretty(&index).expect("serialises");
+    let oci_layout = br#"{"imageLayoutVersion":"1.0.0"}"#;
+
+    match format {
+        Format::OciDir => {
+            let tmp = tempfile::Builder::new().prefix(".kiln-export-").tempdir_in(parent).map_err(io_err(parent))?;
+            let b = tmp.path().join("blobs").join("sha256");
+            fs::create_dir_all(&b).map_err(io_err(&b))?;
+            for d in &blobs {
+                let path = b.join(digest::sha256_hex(d.digest()).map_err(StoreError::from)?);
+                let mut out = BufWriter::new(File::create(&path).map_err(io_err(&path))?);
+                io::copy(&mut store.get_blob(d)?, &mut out).map_err(io_err(&path))?;
+                out.flush().map_err(io_err(&path))?;
+            }
+            fs::write(tmp.path().join("oci-layout"), oci_layout).map_err(io_err(tmp.path()))?;
+            fs::write(tmp.path().join("index.json"), &index).map_err(io_err(tmp.path()))?;
+            let kept = tmp.keep();
+            fs::rename(&kept, dest).map_err(|e| {
+                let _ = fs::remove_dir_all(&kept);
+                io_err(dest)(e)
+            })?;
+        }
+        Format::OciTar | Format::DockerArchive => {
+            let tmp = tempfile::Builder::new().prefix(".kiln-export-").tempfile_in(parent).map_err(io_err(parent))?;
+            let mut tar = tar::Builder::new(BufWriter::with_capacity(1 << 20, tmp.as_file()));
+            let t = |e| io_err(dest)(e);
+            append_dir(&mut tar, "blobs/").map_err(t)?;
+            append_dir(&mut tar, "blobs/sha256/").map_err(t)?;
+            for d in &blobs {
+                let mut r = store.get_blob(d)?;
+                append_file(&mut tar, &blob_name(d.digest()), d.size(), &mut r).map_err(t)?;
+            }
+            append_file(&mut tar, "oci-layout", oci_layout.len() as u64, &mut &oci_layout[..]).map_err(t)?;
+            append_file(&mut tar, "index.json", index.len() as u64, &mut &index[..]).map_err(t)?;
+            if format == Format::DockerArchive {
+                let m = serde_json::to_vec(&docker_manifest).expect("serialises");
+                append_file(&mut tar, "manifest.json", m.len() as u64, &mut &m[..]).map_err(t)?;
+            }
+            let mut w = tar.into_inner().map_err(t)?;
+            w.flush().map_err(t)?;
+            drop(w);
+            tmp.persist(dest).map_err(|e| io_err(dest)(e.error))?;
+        }
+    }
+    Ok(())
+}
+
+fn blob_name(d: &Digest) -> String {
+    format!("blobs/sha256/{}", d.digest())
+}
+
+fn header(kind: tar::EntryType, size: u64, mode: u32) -> tar::Header {
+    let mut h = tar::Header::new_ustar();
+    h.set_entry_type(kind);
+    h.set_size(size);
+    h.set_mode(mode);
+    h.set_mtime(0);
+    h.set_uid(0);
+    h.set_gid(0);
+    h
+}
+
+fn append_dir<W: Write>(tar: &mut tar::Builder<W>, path: &str) -> io::Result<()> {
+    let mut h = header(tar::EntryType::Directory, 0, 0o755);
+    tar.append_data(&mut h, path, io::empty())
+}
+
+fn append_file<W: Write>(tar: &mut tar::Builder<W>, path: &str, size: u64, r: &mut dyn Read) -> io::Result<()> {
+    let mut h = header(tar::EntryType::Regular, size, 0o644);
+    tar.append_data(&mut h, path, r)
+}
+
+/// Copies images from an OCI layout directory into the store. `select`
+/// picks by `org.opencontainers.image.ref.name` (all named images when None);
+/// each imported image is tagged `name_for(ref_name)`. Returns the tags made.
+pub fn import_dir(
+    store: &Store,
+    dir: &Path,
+    select: Option<&str>,
+    name_for: impl Fn(&str) -> String,
+) -> Result<Vec<(String, Descriptor)>> {
+    let not_layout = |reason: String| LayoutError::NotALayout { path: dir.to_path_buf(), reason };
+    let marker = fs::read(dir.join("oci-layout")).map_err(|e| not_layout(format!("oci-layout: {e}")))?;
+    let marker: serde_json::Value =
+        serde_json::from_slice(&marker).map_err(|e| not_layout(format!("oci-layout: {e}")))?;
+    if marker.get("imageLayoutVersion").and_then(|v| v.as_str()) != Some("1.0.0") {
+        return Err(not_layout("oci-layout does not declare imageLayoutVersion 1.0.0".into()));
+    }
+    let index = fs::read(dir.join("index.json")).map_err(|e| not_layout(format!("index.json: {e}")))?;
+    let index: oci_spec::image::ImageIndex =
+        serde_json::from_slice(&index).map_err(|e| not_layout(format!("index.json: {e}")))?;
+    let named: Vec<(String, Descriptor)> = index
+        .manifests()
+        .iter()
+        .filter_map(|d| {
+            let name = d.annotations().as_ref()?.get(REF_NAME_ANNOTATION)?.clone();
+            let mut plain = d.clone();
+            plain.set_annotations(None);
+            Some((name, plain))
+        })
+        .collect();
+    let chosen: Vec<(String, Descriptor)> = match select {
+        Some(want) => {
+            let found: Vec<_> = named.iter().filter(|(n, _)| n == want).cloned().collect();
+            if found.is_empty() {
+                let available = named.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>().join(", ");
+                return Err(LayoutError::NoSuchRef { path: dir.to_path_buf(), name: want.to_string(), available });
+            }
+            found
+        }
+        None => named,
+    };
+    let ingest = store.begin_ingest()?;
+    let mut seen = HashSet::new();
+    for (_, d) in &chosen {
+        copy_closure(dir, &ingest, d, &mut seen)?;
+    }
+    ingest.commit()?;
+    let mut tagged = Vec::new();
+    for (ref_name, d) in chosen {
+        let name = name_for(&ref_name);
+        store.tag(&name, &d)?;
+        tagged.push((name, d));
+    }
+    Ok(tagged)
+}
+
+fn copy_closure(dir: &Path, ingest: &Ingest<'_>, d: &Descriptor, seen: &mut HashSet<Digest>) -> Result<()> {
+    if !seen.insert(d.digest().clone()) {
+        return Ok(());
+    }
+    let hex = digest::sha256_hex(d.digest()).map_err(StoreError::from)?;
+    let path = dir.join("blobs").join("sha256").join(hex);
+    let mt = d.media_type().as_ref();
+    if media::is_index(mt) || media::is_manifest(mt) {
+        let bytes = fs::read(&path).map_err(|_| LayoutError::MissingBlob { path: dir.to_path_buf(), digest: d.digest().to_string() })?;
+        ingest.put_bytes(&bytes, d.media_type().clone(), Some((d.digest(), d.size())))?;
+        let m = Manifest::parse(&bytes, Some(mt), &path.display().to_string()).map_err(StoreError::from)?;
+        for child in m.children() {
+            copy_closure(dir, ingest, &child, seen)?;
+        }
+    } else if !ingest.has_blob(d.digest()) {
+        let mut f = File::open(&path).map_err(|_| LayoutError::MissingBlob { path: dir.to_path_buf(), digest: d.digest().to_string() })?;
+        let mut w = ingest.blob_writer()?;
+        io::copy(&mut f, &mut w).map_err(io_err(&path))?;
+        w.commit(d.media_type().clone(), Some((d.digest(), d.size())))?;
+    }
+    Ok(())
+}

@@ -1,0 +1,188 @@
+//! Pushing: blobs first (skipping those the registry has, mounting from
+//! another repository when asked, monolithic or chunked upload), then child
+//! manifests by digest, then the root manifest or index by tag.
+
+use futures_util::{StreamExt, TryStreamExt};
+use oci_spec::image::Descriptor;
+use reqwest::{Method, StatusCode};
+
+use crate::oci::digest;
+use crate::oci::media;
+use crate::oci::store::Store;
+use crate::registry::client::{self, Body, Client, Request};
+use crate::registry::reference::Reference;
+use crate::registry::RegistryError;
+
+type Result<T, E = RegistryError> = std::result::Result<T, E>;
+
+#[derive(Debug, Clone, Default)]
+pub struct PushOptions {
+    /// A repository on the same registry that may already hold the blobs;
+    /// they are mounted from it instead of uploaded.
+    pub mount_from: Option<String>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct PushReport {
+    pub uploaded: usize,
+    pub uploaded_bytes: u64,
+    pub mounted: usize,
+    pub skipped: usize,
+    /// Digest of the pushed root manifest or index.
+    pub digest: String,
+}
+
+enum BlobOutcome {
+    Skipped,
+    Mounted,
+    Uploaded(u64),
+}
+
+impl Client {
+    /// Pushes the image or index `source` from `store` to `dest`.
+    pub async fn push(&self, store: &Store, source: &Descriptor, dest: &Reference, opts: &PushOptions) -> Result<PushReport> {
+        let mut scopes = vec![format!("repository:{}:pull,push", dest.repository)];
+        if let Some(from) = &opts.mount_from {
+            scopes.push(format!("repository:{from}:pull"));
+        }
+        if let Some(d) = &dest.digest {
+            if d != source.digest() {
+                return Err(RegistryError::Protocol {
+                    what: format!("pushing to {dest}"),
+                    detail: format!("the reference names digest {d} but the image is {}", source.digest()),
+                });
+            }
+        }
+        // Children come before parents, so the registry never sees a manifest before its blobs.
+        let closure = store.closure(source)?;
+        let (manifests, blobs): (Vec<_>, Vec<_>) = closure.into_iter().partition(|d| {
+            let mt = d.media_type().as_ref();
+            media::is_index(mt) || media::is_manifest(mt)
+        });
+        let outcomes: Vec<BlobOutcome> = futures_util::stream::iter(blobs.iter().map(|b| self.push_blob(store, b, dest, opts, &scopes)))
+            .buffer_unordered(self.options().max_concurrent_transfers.max(1))
+            .try_collect()
+            .await?;
+        let mut report = PushReport::default();
+        for o in outcomes {
+            match o {
+                BlobOutcome::Skipped => report.skipped += 1,
+                BlobOutcome::Mounted => report.mounted += 1,
+                BlobOutcome::Uploaded(n) => {
+                    report.uploaded += 1;
+                    report.uploaded_bytes += n;
+                }
+            }
+        }
+        for m in &manifests {
+            let is_root = m.digest() == source.digest();
+            let target = match (&dest.tag, is_root) {
+                (Some(tag), true) => tag.clone(),
+                _ => m.digest().to_string(),
+            };
+            self.put_manifest(store, m, dest, &target, &scopes).await?;
+        }
+        report.digest = source.digest().to_string();
+        Ok(report)
+    }
+
+    async fn put_manifest(&self, store: &Store, m: &Descriptor, dest: &Reference, target: &str, scopes: &[String]) -> Result<()> {
+        let bytes = store.read_blob(m.digest(), Some(m.size()))?;
+        let what = format!("uploading manifest {} to {}", m.digest(), dest.name());
+        let req = Request {
+            registry: &dest.registry,
+            scopes,
+            method: Method::PUT,
+            target: &format!("/v2/{}/manifests/{target}", dest.repository),
+            headers: vec![("content-type", m.media_type().to_string())],
+            body: Body::Bytes(bytes.into()),
+            what: &what,
+        };
+        let resp = self.send(&req).await?;
+        let resp = client::check(self, resp, &[StatusCode::CREATED, StatusCode::OK], &what, &dest.registry, &dest.repository).await?;
+        if let Some(d) = resp.headers().get("docker-content-digest").and_then(|v| v.to_str().ok()) {
+            if let Ok(d) = digest::parse(d) {
+                if &d != m.digest() {
+                    return Err(RegistryError::Protocol { what, detail: format!("the registry stored it as {d}") });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn push_blob(&self, store: &Store, blob: &Descriptor, dest: &Reference, opts: &PushOptions, scopes: &[String]) -> Result<BlobOutcome> {
+        let what = format!("uploading blob {} to {}", blob.digest(), dest.name());
+        let repo = &dest.repository;
+        let reg = &dest.registry;
+        let blob_url = format!("/v2/{repo}/blobs/{}", blob.digest());
+        let head = Request { registry: reg, scopes, method: Method::HEAD, target: &blob_url, headers: vec![], body: Body::Empty, what: &what };
+        let resp = self.send(&head).await?;
+        if resp.status() == StatusCode::OK {
+            return Ok(BlobOutcome::Skipped);
+        }
+        client::check(self, resp, &[StatusCode::NOT_FOUND], &what, reg, repo).await?;
+
+        let start = match &opts.mount_from {
+            Some(from) => format!("/v2/{repo}/blobs/uploads/?mount={}&from={from}", blob.digest()),
+            None => format!("/v2/{repo}/blobs/uploads/"),
+        };
+        let post = Request { registry: reg, scopes, method: Method::POST, target: &start, headers: vec![], body: Body::Empty, what: &what };
+        let resp = self.send(&post).await?;
+        let resp = client::check(self, resp, &[StatusCode::CREATED, StatusCode::ACCEPTED], &what, reg, repo).await?;
+        if resp.status() == StatusCode::CREATED {
+            return Ok(BlobOutcome::Mounted);
+        }
+        let base = self.base_url(reg).await?;
+        let mut location = client::resolve_location(&base, &resp, &what)?;
+        let path = store.blob_path(blob.digest())?;
+        // Re-check the stored blob before it leaves the machine.
+        std::io::copy(&mut store.get_blob(blob)?, &mut std::io::sink())
+            .map_err(|e| RegistryError::Protocol { what: what.clone(), detail: e.to_string() })?;
+        let size = blob.size();
+        let chunk = self.options().chunk_size.max(1);
+        let octet = ("content-type", "application/octet-stream".to_string());
+        if size > chunk {
+            let mut offset = 0;
+            while offset < size {
+                let len = chunk.min(size - offset);
+                let patch = Request {
+                    registry: reg,
+                    scopes,
+                    method: Method::PATCH,
+                    target: &location,
+                    headers: vec![octet.clone(), ("content-range", format!("{offset}-{}", offset + len - 1))],
+                    body: Body::File { path: path.clone(), offset, len },
+                    what: &what,
+                };
+                let resp = self.send(&patch).await?;
+                let resp = client::check(self, resp, &[StatusCode::ACCEPTED, StatusCode::NO_CONTENT], &what, reg, repo).await?;
+                location = client::resolve_location(&base, &resp, &what)?;
+                offset += len;
+            }
+            let put = Request {
+                registry: reg,
+                scopes,
+                method: Method::PUT,
+                target: &client::with_query(&location, "digest", blob.digest().as_ref())?,
+                headers: vec![octet],
+                body: Body::Empty,
+                what: &what,
+            };
+            let resp = self.send(&put).await?;
+            client::check(self, resp, &[StatusCode::CREATED, StatusCode::NO_CONTENT], &what, reg, repo).await?;
+        } else {
+            let put = Request {
+                registry: reg,
+                scopes,
+                method: Method::PUT,
+                target: &client::with_query(&location, "digest", blob.digest().as_ref())?,
+                headers: vec![octet],
+                body: Body::File { path, offset: 0, len: size },
+                what: &what,
+            };
+            let resp = self.send(&put).await?;
+            client::check(self, resp, &[StatusCode::CREATED, StatusCode::NO_CONTENT], &what, reg, repo).await?;
+        }
+        Ok(BlobOutcome::Uploaded(size))
+    }
+}
