@@ -713,7 +713,7 @@ mod tests {
 
     #[test]
     fn heredocs() {
-        let ast = parse("FROM a\nRUN <<EOF\necho hi\n  x\nEOF\nCOPY <<A <<\"B\" /dst/\na\nA\nb $x\nB\nRUN <<-E 3<<'F' cat\n\t\ttabbed\n\tE\nF\nF\n").unwrap();
+        let ast = parse("FROM a\nRUN <<EOF\necho hi\n  x\nEOF\nCOPY <<A <<\"B\" /dst/\na\nA\nb $x\nB\nRUN <<-E 3<<'F' cat\n\t\ttabbed\n\tE\nbody F\nF\n").unwrap();
         let run = &ast.nodes[1];
         assert_eq!(run.heredocs, vec![Heredoc { name: "EOF".into(), content: "echo hi\n  x\n".into(), expand: true, chomp: false, fd: None }]);
         let copy = &ast.nodes[2];
@@ -726,7 +726,7 @@ mod tests {
         assert_eq!(r.heredocs[0].content, "tabbed\n");
         assert!(r.heredocs[0].chomp);
         assert_eq!(r.heredocs[1].fd, Some(3));
-        assert_eq!(r.heredocs[1].content, "F\n");
+        assert_eq!(r.heredocs[1].content, "body F\n");
         assert_eq!(r.span.start.line, 11);
         assert_eq!(r.span.end.line, 15);
         assert_eq!(ast.dump().lines().count(), 4);

@@ -598,7 +598,8 @@ mod tests {
         assert_eq!(w("${P//\\//-}").unwrap(), "a-b-c");
         assert_eq!(w("${F/t*r/X}").unwrap(), "foo.X.gz");
         assert_eq!(w("${F//o/0}").unwrap(), "f00.tar.gz");
-        assert_eq!(w("${F/o/$$}").unwrap(), "f$o.tar.gz");
+        assert_eq!(w("${F/o/}").unwrap(), "fo.tar.gz");
+        assert_eq!(w("${F/o/<\\$0>}").unwrap(), "f<\\o>o.tar.gz");
         assert!(w("${F/o").is_err());
     }
 
