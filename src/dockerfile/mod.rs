@@ -10,3 +10,8 @@ pub mod parser;
 pub mod shell;
 
 pub use error::{Error, ErrorKind, Pos, Span};
+pub mod instructions;
+pub mod mount;
+
+pub use instructions::{Dockerfile, Instruction, InstructionKind, ShellOrExec, Stage};
+pub mod expand;
