@@ -44,6 +44,8 @@ pub enum ErrorKind {
     #[error("{0}")]
     Stage(String),
     #[error("{0}")]
+    Syntax(String),
+    #[error("{0}")]
     Io(String),
 }
 
@@ -89,10 +91,11 @@ impl std::error::Error for Error {}
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let file = self.file.as_ref().map(|p| p.display().to_string());
-        write!(f, "{}:{}:{}: {}", file.as_deref().unwrap_or("Dockerfile"), self.pos.line, self.pos.col, self.kind)?;
+        let file = file.as_deref().unwrap_or("Dockerfile");
         if self.pos.line == 0 {
-            return Ok(());
+            return write!(f, "{file}: {}", self.kind);
         }
+        write!(f, "{file}:{}:{}: {}", self.pos.line, self.pos.col, self.kind)?;
         let num = self.pos.line.to_string();
         let text: String = self.source_line.chars().map(|c| if c == '\t' { ' ' } else { c }).collect();
         let pad = " ".repeat(num.len());

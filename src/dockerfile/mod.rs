@@ -15,3 +15,5 @@ pub mod mount;
 
 pub use instructions::{Dockerfile, Instruction, InstructionKind, ShellOrExec, Stage};
 pub mod expand;
+pub mod stages;
+pub mod dockerignore;
