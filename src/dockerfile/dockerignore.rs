@@ -220,49 +220,52 @@ fn compile(p: &str) -> Result<Vec<Tok>, String> {
     Ok(toks)
 }
 
-/// Whole-string match, memoised so patterns with many stars stay linear-ish.
+/// Whole-string match by simulating the pattern as an automaton: linear in
+/// the path for each pattern position, with no recursion.
 fn matches(toks: &[Tok], path: &str) -> bool {
-    let text: Vec<char> = path.chars().collect();
-    let mut memo = vec![None; (toks.len() + 1) * (text.len() + 1)];
-    match_at(toks, &text, 0, 0, &mut memo)
+    let n = toks.len();
+    let mut set = vec![false; n + 1];
+    set[0] = true;
+    close(toks, &mut set);
+    for c in path.chars() {
+        let mut next = vec![false; n + 1];
+        for (i, tok) in toks.iter().enumerate() {
+            if !set[i] {
+                continue;
+            }
+            match tok {
+                Tok::Lit(l) if *l == c => next[i + 1] = true,
+                Tok::One if c != '/' => next[i + 1] = true,
+                Tok::Class { negated, items } if items.iter().any(|(lo, hi)| *lo <= c && c <= *hi) != *negated => {
+                    next[i + 1] = true
+                }
+                Tok::Star if c != '/' => next[i] = true,
+                Tok::AnyRest => next[i] = true,
+                Tok::AnyDirs => {
+                    next[i] = true;
+                    if c == '/' {
+                        next[i + 1] = true;
+                    }
+                }
+                _ => {}
+            }
+        }
+        close(toks, &mut next);
+        if !next.iter().any(|b| *b) {
+            return false;
+        }
+        set = next;
+    }
+    set[n]
 }
 
-fn match_at(toks: &[Tok], text: &[char], t: usize, s: usize, memo: &mut Vec<Option<bool>>) -> bool {
-    let key = t * (text.len() + 1) + s;
-    if let Some(v) = memo[key] {
-        return v;
+/// Adds the positions reachable without input: past `*`, `**` and a trailing `**`.
+fn close(toks: &[Tok], set: &mut [bool]) {
+    for i in 0..toks.len() {
+        if set[i] && matches!(toks[i], Tok::Star | Tok::AnyDirs | Tok::AnyRest) {
+            set[i + 1] = true;
+        }
     }
-    let r = match toks.get(t) {
-        None => s == text.len(),
-        Some(tok) => match tok {
-            Tok::Lit(c) => text.get(s) == Some(c) && match_at(toks, text, t + 1, s + 1, memo),
-            Tok::One => text.get(s).is_some_and(|c| *c != '/') && match_at(toks, text, t + 1, s + 1, memo),
-            Tok::Class { negated, items } => {
-                text.get(s).is_some_and(|c| items.iter().any(|(lo, hi)| lo <= c && c <= hi) != *negated)
-                    && match_at(toks, text, t + 1, s + 1, memo)
-            }
-            Tok::Star => {
-                let mut e = s;
-                loop {
-                    if match_at(toks, text, t + 1, e, memo) {
-                        break true;
-                    }
-                    if e >= text.len() || text[e] == '/' {
-                        break false;
-                    }
-                    e += 1;
-                }
-            }
-            Tok::AnyRest => true,
-            Tok::AnyDirs => {
-                // Zero elements, or any prefix ending in '/'.
-                match_at(toks, text, t + 1, s, memo)
-                    || (s..text.len()).any(|e| text[e] == '/' && match_at(toks, text, t + 1, e + 1, memo))
-            }
-        },
-    };
-    memo[key] = Some(r);
-    r
 }
 
 #[cfg(test)]
@@ -325,6 +328,13 @@ mod tests {
         assert!(ig.is_excluded("!z") && !ig.is_excluded("az"));
         assert!(ig.is_excluded("*lit"));
         assert!(!ig.is_excluded("alit"));
+    }
+
+    #[test]
+    fn huge_patterns_do_not_recurse() {
+        let ig = m(&("*".repeat(100_000) + "x\n"));
+        assert!(ig.is_excluded("ab/cx"));
+        assert!(!ig.is_excluded("abc"));
     }
 
     #[test]

@@ -346,7 +346,7 @@ pub fn parse(src: &str) -> Result<Ast, Error> {
             });
         }
         let end_line = i;
-        let mut node = node_from_line(&line, escape, map, &lines)?;
+        let mut node = node_from_line(&line, escape, map, &lines, 0)?;
         node.comments = std::mem::take(&mut comments);
         if matches!(node.keyword.as_str(), "run" | "copy" | "add") && !node.json && !node.args.is_empty() && line.contains("<<") {
             let docs = heredocs_from_line(&line).map_err(|kind| err_at(&lines, start_line, start_col, kind))?;
@@ -385,7 +385,11 @@ pub fn parse(src: &str) -> Result<Ast, Error> {
     Ok(ast)
 }
 
-fn node_from_line(line: &str, escape: char, map: LineMap, lines: &[String]) -> Result<Node, Error> {
+/// ONBUILD nests instructions; BuildKit only ever runs one level, so a
+/// small bound costs nothing and keeps hostile input off the stack.
+const MAX_ONBUILD_NESTING: usize = 8;
+
+fn node_from_line(line: &str, escape: char, map: LineMap, lines: &[String], depth: usize) -> Result<Node, Error> {
     let trimmed = line.trim_matches(is_space);
     let lead = line.len() - line.trim_start_matches(is_space).len();
     let kw_len = trimmed.find(is_ascii_ws).unwrap_or(trimmed.len());
@@ -471,8 +475,12 @@ fn node_from_line(line: &str, escape: char, map: LineMap, lines: &[String]) -> R
             }
         }
         "onbuild" => {
+            if depth >= MAX_ONBUILD_NESTING {
+                let kind = ErrorKind::Arguments { instruction: "ONBUILD".into(), message: "is nested too deeply".into() };
+                return Err(fail(&node, kind));
+            }
             if !rest.is_empty() {
-                    let mut sub = node_from_line(rest, escape, LineMap::default(), lines)?;
+                let mut sub = node_from_line(rest, escape, LineMap::default(), lines, depth + 1)?;
                 let first = node.pos_of(rest_offset);
                 sub.map = LineMap { segments: vec![(0, first.line, first.col)] };
                 sub.span = Span { start: first, end: first };
@@ -753,6 +761,13 @@ mod tests {
         assert_eq!(n.pos_of(n.flags[0].offset), Pos { line: 2, col: 8 });
         assert_eq!(n.pos_of(n.flags[1].offset), Pos { line: 3, col: 4 });
         assert_eq!(n.pos_of(n.rest.offset), Pos { line: 3, col: 14 });
+    }
+
+    #[test]
+    fn onbuild_nesting_is_bounded() {
+        assert_eq!(dump("ONBUILD ONBUILD RUN x"), "(onbuild (onbuild (run \"x\")))");
+        let deep = "ONBUILD ".repeat(50_000) + "RUN x";
+        assert!(parse(&deep).unwrap_err().to_string().contains("nested too deeply"));
     }
 
     #[test]

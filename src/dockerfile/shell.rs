@@ -66,7 +66,7 @@ impl Lexer {
     }
 
     fn run(&self, word: &str, vars: &dyn Vars) -> Result<(String, Vec<String>), ShellError> {
-        let mut st = State { lex: *self, chars: word.chars().collect(), pos: 0, vars, raw_escapes: self.raw_escapes };
+        let mut st = State { lex: *self, chars: word.chars().collect(), pos: 0, vars, raw_escapes: self.raw_escapes, depth: 0 };
         st.stop_on(None, self.raw_escapes)
             .map_err(|message| ShellError { input: word.to_string(), message })
     }
@@ -78,7 +78,11 @@ struct State<'a> {
     pos: usize,
     vars: &'a dyn Vars,
     raw_escapes: bool,
+    /// Nesting of `${...}`, bounded so hostile input cannot exhaust the stack.
+    depth: usize,
 }
+
+const MAX_NESTING: usize = 64;
 
 #[derive(Default)]
 struct Words {
@@ -133,9 +137,14 @@ impl State<'_> {
 
     /// Processes up to `stop` (consumed) or the end of input.
     fn stop_on(&mut self, stop: Option<char>, raw_escapes: bool) -> Res<(String, Vec<String>)> {
+        if self.depth >= MAX_NESTING {
+            return Err(format!("variable substitutions nested more than {MAX_NESTING} deep"));
+        }
+        self.depth += 1;
         let saved = std::mem::replace(&mut self.raw_escapes, raw_escapes);
         let r = self.stop_on_inner(stop);
         self.raw_escapes = saved;
+        self.depth -= 1;
         r
     }
 
@@ -615,6 +624,14 @@ mod tests {
     fn backtick_escape() {
         let lex = Lexer::new('`');
         assert_eq!(lex.process_word("a`$PWD\\x", &env()).unwrap(), "a$PWD\\x");
+    }
+
+    #[test]
+    fn deep_nesting_is_an_error_not_a_crash() {
+        let deep = "${A:-".repeat(100_000) + &"}".repeat(100_000);
+        assert!(w(&deep).unwrap_err().message.contains("nested"));
+        let ok = "${A:-".repeat(10) + "x" + &"}".repeat(10);
+        assert_eq!(w(&ok).unwrap(), "x");
     }
 
     #[test]
