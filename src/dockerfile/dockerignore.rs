@@ -95,7 +95,7 @@ impl IgnoreMatcher {
         let parents: Vec<&str> = path.split('/').collect();
         let mut excluded = false;
         for p in &self.patterns {
-            if excluded == !p.exclusion {
+            if excluded != p.exclusion {
                 continue; // cannot change the outcome
             }
             let mut hit = matches(&p.tokens, &path);

@@ -71,12 +71,13 @@ pub struct Error {
     pub pos: Pos,
     /// The physical source line at `pos`, for the caret display.
     pub source_line: String,
-    pub kind: ErrorKind,
+    /// Boxed to keep `Result<_, Error>` small on the happy path.
+    pub kind: Box<ErrorKind>,
 }
 
 impl Error {
     pub fn new(kind: ErrorKind, pos: Pos, source_line: impl Into<String>) -> Self {
-        Error { file: None, pos, source_line: source_line.into(), kind }
+        Error { file: None, pos, source_line: source_line.into(), kind: Box::new(kind) }
     }
 
     /// Attaches the file name, used when rendering.

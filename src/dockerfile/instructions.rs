@@ -829,8 +829,8 @@ mod tests {
     fn stage_structure() {
         assert!(err("RUN x\nFROM a").to_string().contains("before the first FROM"));
         assert!(err("ARG A\n").to_string().contains("no FROM"));
-        assert!(matches!(err("").kind, ErrorKind::NoInstructions));
-        assert!(matches!(err("# just a comment\n\n").kind, ErrorKind::NoInstructions));
+        assert!(matches!(*err("").kind, ErrorKind::NoInstructions));
+        assert!(matches!(*err("# just a comment\n\n").kind, ErrorKind::NoInstructions));
     }
 
     #[test]

@@ -598,12 +598,10 @@ pub fn parse_words(rest: &str, escape: char) -> Vec<String> {
                 blank_ok = true;
             }
             if c == escape {
-                match chars.next() {
-                    Some(n) => {
-                        word.push(c);
-                        word.push(n);
-                    }
-                    None => {}
+                // An escape at the very end is dropped.
+                if let Some(n) = chars.next() {
+                    word.push(c);
+                    word.push(n);
                 }
                 continue;
             }
@@ -714,7 +712,7 @@ mod tests {
         let ast = parse("FROM a\n# escape=`\n").unwrap();
         assert_eq!(ast.directives.escape, '\\');
         let e = parse("# escape=x\nFROM a").unwrap_err();
-        assert!(matches!(e.kind, ErrorKind::BadEscapeToken(_)));
+        assert!(matches!(*e.kind, ErrorKind::BadEscapeToken(_)));
         let e = parse("# syntax=a\n# syntax=b\nFROM a").unwrap_err();
         assert_eq!(e.pos.line, 2);
     }
