@@ -13,6 +13,19 @@ use crate::dockerfile::shell::{CaseInsensitive, Lexer};
 pub enum DebugCommand {
     /// Print a Dockerfile's AST in BuildKit's Node.Dump() format
     DockerfileDump { file: std::path::PathBuf },
+    /// Parse, evaluate and print the stages a build of FILE would run
+    DockerfilePlan {
+        file: std::path::PathBuf,
+        /// Build only the stages this stage needs
+        #[arg(long)]
+        target: Option<String>,
+        /// Platform the image is for (TARGETPLATFORM)
+        #[arg(long, default_value = "linux/arm64")]
+        platform: String,
+        /// NAME=value, may be repeated
+        #[arg(long = "build-arg")]
+        build_args: Vec<String>,
+    },
     /// Expand shell words; `--jsonl` reads one JSON request per stdin line
     /// (the protocol of run_shell_suite.py) and answers one JSON line each
     Expand {
@@ -36,11 +49,43 @@ pub fn run(cmd: DebugCommand) -> anyhow::Result<ExitCode> {
             println!("{}", ast.dump());
             Ok(ExitCode::SUCCESS)
         }
+        DebugCommand::DockerfilePlan { file, target, platform, build_args } => {
+            plan(&file, target.as_deref(), &platform, &build_args)?;
+            Ok(ExitCode::SUCCESS)
+        }
         DebugCommand::Expand { jsonl: _, windows } => {
             expand_jsonl(windows)?;
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// Prints each needed stage with its expanded instructions.
+fn plan(file: &std::path::Path, target: Option<&str>, platform: &str, build_args: &[String]) -> anyhow::Result<()> {
+    use crate::dockerfile::{expand, stages};
+    let df = crate::dockerfile::parse_file(file)?;
+    for w in &df.warnings {
+        eprintln!("warning: {}:{}:{}: {}", file.display(), w.pos.line, w.pos.col, w.message);
+    }
+    let mut opts = expand::BuildOptions::new(platform.parse()?);
+    for arg in build_args {
+        let (k, v) = arg.split_once('=').with_context(|| format!("--build-arg {arg:?}: expected NAME=value"))?;
+        opts.build_args.insert(k.to_string(), v.to_string());
+    }
+    let in_file = |e: crate::dockerfile::Error| e.in_file(file);
+    let ev = expand::Evaluator::new(&df, &opts).map_err(in_file)?;
+    let graph = stages::resolve(&ev, target).map_err(in_file)?;
+    for &i in &graph.order {
+        let node = &graph.stages[i];
+        let stage = &df.stages[i];
+        println!("stage {i} {:?} base={:?} platform={:?} deps={:?}", node.name, node.base, node.platform, node.deps);
+        let mut scope = ev.scope(&[]);
+        for instr in &stage.instructions {
+            let expanded = scope.expand(instr).map_err(in_file)?;
+            println!("  {:>4}: {:?}", instr.span.start.line, expanded.kind);
+        }
+    }
+    Ok(())
 }
 
 /// Answers `{"mode": "envvar"|"words", "input": ..., "env": {...}}` requests.

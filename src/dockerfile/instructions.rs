@@ -466,7 +466,7 @@ fn sources_and_dest(ast: &Ast, node: &Node) -> Result<SourcesAndDest, Error> {
     let mut docs = Vec::new();
     let mut remaining = node.heredocs.iter();
     for src in sources {
-        let is_doc = !node.json && src.trim_start_matches(|c: char| c.is_ascii_digit()).starts_with("<<");
+        let is_doc = !node.json && src.contains("<<") && super::parser::is_heredoc_word(src);
         match remaining.clone().next() {
             Some(doc) if is_doc => {
                 remaining.next();
@@ -737,9 +737,9 @@ mod tests {
             InstructionKind::Copy(c) => assert_eq!((c.sources.clone(), c.link, c.parents), (vec!["a b".to_string()], false, false)),
             other => panic!("{other:?}"),
         }
-        match one("COPY <<one.txt src <<-two.txt /d/\n1\none.txt\n\t2\n\ttwo.txt") {
+        match one("COPY <<one.txt src << <<-two.txt /d/\n1\none.txt\n\t2\n\ttwo.txt") {
             InstructionKind::Copy(c) => {
-                assert_eq!(c.sources, vec!["src"]);
+                assert_eq!(c.sources, vec!["src", "<<"], "a bare << is not a heredoc");
                 assert_eq!(c.heredocs.iter().map(|h| (h.name.as_str(), h.content.as_str())).collect::<Vec<_>>(), vec![("one.txt", "1\n"), ("two.txt", "2\n")]);
             }
             other => panic!("{other:?}"),

@@ -655,6 +655,11 @@ fn parse_name_val(rest: &str, escape: char) -> Result<Vec<String>, String> {
     Ok(out)
 }
 
+/// Whether one word of a RUN/COPY/ADD line (as written) introduces a heredoc.
+pub fn is_heredoc_word(word: &str) -> bool {
+    heredocs_from_line(word).is_ok_and(|docs| docs.len() == 1)
+}
+
 /// `^(\d*)<<(-?)([^<]*)$` on each word of the line.
 fn heredocs_from_line(line: &str) -> Result<Vec<Heredoc>, ErrorKind> {
     let raw = Lexer { raw_quotes: true, raw_escapes: true, ..Lexer::new('\\') };
