@@ -387,7 +387,7 @@ impl State<'_> {
                 }
                 let compiled = Pattern::compile(&pattern)?;
                 let value: Vec<char> = value.unwrap_or_default().chars().collect();
-                Ok(compiled.replace(&value, &replacement, all))
+                compiled.replace(&value, &replacement, all)
             }
             _ => Err(format!("unsupported modifier ({op}) in substitution")),
         }
@@ -491,23 +491,63 @@ impl Pattern {
         if longest { ends.last().copied() } else { ends.first().copied() }
     }
 
-    /// Start of the shortest (or longest) suffix of `text` the pattern matches.
+    /// Start of the shortest (or longest) suffix of `text` the pattern
+    /// matches: a prefix match of the reversed pattern on the reversed text.
     fn suffix_match(&self, text: &[char], longest: bool) -> Option<usize> {
-        let full = |s: usize| self.match_ends(text, s).last() == Some(&text.len());
-        if longest {
-            (0..=text.len()).find(|&s| full(s))
-        } else {
-            (0..=text.len()).rev().find(|&s| full(s))
+        let reversed = Pattern(self.0.iter().rev().copied().collect());
+        let rtext: Vec<char> = text.iter().rev().copied().collect();
+        reversed.prefix_match(&rtext, longest).map(|len| text.len() - len)
+    }
+
+    /// Leftmost match at or after `from`, longest at that start, in one pass:
+    /// each pattern position remembers the earliest start that reaches it.
+    fn find(&self, text: &[char], from: usize) -> Option<(usize, usize)> {
+        let n = self.0.len();
+        let mut cur: Vec<Option<usize>> = vec![None; n + 1];
+        let mut best: Option<(usize, usize)> = None;
+        let mut pos = from;
+        loop {
+            if best.is_none() && cur[0].is_none() {
+                cur[0] = Some(pos);
+            }
+            for i in 0..n {
+                if let (Tok::Star, Some(s)) = (self.0[i], cur[i]) {
+                    cur[i + 1] = Some(cur[i + 1].map_or(s, |t| t.min(s)));
+                }
+            }
+            if let Some(s) = cur[n] {
+                if best.is_none_or(|(bs, _)| s < bs || s == bs) {
+                    best = Some((s, pos));
+                }
+            }
+            if let Some((bs, _)) = best {
+                cur.iter_mut().filter(|c| c.is_some_and(|s| s > bs)).for_each(|c| *c = None);
+                if cur.iter().all(Option::is_none) {
+                    return best;
+                }
+            }
+            if pos == text.len() {
+                return best;
+            }
+            let c = text[pos];
+            let mut next: Vec<Option<usize>> = vec![None; n + 1];
+            let mut put = |i: usize, s: usize| next[i] = Some(next[i].map_or(s, |t: usize| t.min(s)));
+            for (i, tok) in self.0.iter().enumerate() {
+                let Some(s) = cur[i] else { continue };
+                match *tok {
+                    Tok::Star if c != '\n' => put(i, s),
+                    Tok::Any if c != '\n' => put(i + 1, s),
+                    Tok::Lit(l) if l == c => put(i + 1, s),
+                    _ => {}
+                }
+            }
+            cur = next;
+            pos += 1;
         }
     }
 
-    /// Leftmost match at or after `from`, longest at that start.
-    fn find(&self, text: &[char], from: usize) -> Option<(usize, usize)> {
-        (from..=text.len()).find_map(|s| self.match_ends(text, s).last().map(|&e| (s, e)))
-    }
-
     /// Replaces the first (or every) match, with Go's ReplaceAllString rules.
-    fn replace(&self, text: &[char], replacement: &str, all: bool) -> String {
+    fn replace(&self, text: &[char], replacement: &str, all: bool) -> Res<String> {
         let mut out = String::new();
         let mut last_end = 0;
         let mut search = 0;
@@ -517,6 +557,9 @@ impl Pattern {
             if b > last_end || a == 0 {
                 expand_template(&mut out, replacement, &text[a..b]);
             }
+            if out.len() > MAX_WORD {
+                return Err(format!("substitution result is larger than {MAX_WORD} bytes"));
+            }
             last_end = b;
             if !all {
                 break;
@@ -524,9 +567,13 @@ impl Pattern {
             search = if search + 1 > b { search + 1 } else { b };
         }
         out.extend(&text[last_end..]);
-        out
+        Ok(out)
     }
 }
+
+/// The largest word an expansion may produce; nested `${v//x/y}` can
+/// otherwise grow exponentially.
+const MAX_WORD: usize = 16 << 20;
 
 /// Go's regexp template expansion: `$0`/`${0}` is the match, `$$` a dollar,
 /// other group references are empty (the pattern has no groups).
@@ -624,6 +671,29 @@ mod tests {
     fn backtick_escape() {
         let lex = Lexer::new('`');
         assert_eq!(lex.process_word("a`$PWD\\x", &env()).unwrap(), "a$PWD\\x");
+    }
+
+    #[test]
+    fn leftmost_longest_replacement() {
+        let mut e = env();
+        e.insert("S".into(), "xaaby ab".into());
+        let lex = Lexer::new('\\');
+        assert_eq!(lex.process_word("${S/a*b/-}", &e).unwrap(), "x-");
+        assert_eq!(lex.process_word("${S//a?/-}", &e).unwrap(), "x-by -");
+        assert_eq!(lex.process_word("${S//?/.}", &e).unwrap(), "........");
+        assert_eq!(lex.process_word("${S//x*/}", &e).unwrap(), "");
+        assert_eq!(lex.process_word("${S///-}", &e).unwrap(), "-x-a-a-b-y- -a-b-");
+        assert_eq!(lex.process_word("${S%a*}", &e).unwrap(), "xaaby ");
+        assert_eq!(lex.process_word("${S%%a*}", &e).unwrap(), "x");
+    }
+
+    #[test]
+    fn exponential_replacement_is_bounded() {
+        let mut word = "${F///F}".to_string();
+        for _ in 0..12 {
+            word = format!("${{F///{word}}}");
+        }
+        assert!(w(&word).unwrap_err().message.contains("larger than"));
     }
 
     #[test]
