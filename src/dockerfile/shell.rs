@@ -573,7 +573,7 @@ impl Pattern {
 
 /// The largest word an expansion may produce; nested `${v//x/y}` can
 /// otherwise grow exponentially.
-const MAX_WORD: usize = 16 << 20;
+const MAX_WORD: usize = 1 << 20;
 
 /// Go's regexp template expansion: `$0`/`${0}` is the match, `$$` a dollar,
 /// other group references are empty (the pattern has no groups).
