@@ -246,6 +246,22 @@ pub fn from_ast(ast: &Ast) -> Result<Dockerfile, Error> {
     Ok(df)
 }
 
+/// Parses an ONBUILD trigger stored in a base image's config, to run at
+/// the start of a stage built on that image.
+pub fn parse_trigger(expression: &str, escape: char) -> Result<Instruction, Error> {
+    let prefix = if escape == '\\' { String::new() } else { format!("# escape={escape}\n") };
+    let ast = super::parser::parse(&format!("{prefix}{expression}\n"))?;
+    match ast.nodes.as_slice() {
+        [node] if !matches!(node.keyword.as_str(), "from" | "onbuild" | "maintainer") => parse_instruction(&ast, node),
+        [node] => Err(args_error(&ast, node, "is not allowed as an ONBUILD trigger")),
+        _ => Err(Error::new(
+            ErrorKind::Syntax(format!("ONBUILD trigger {expression:?} is not exactly one instruction")),
+            super::Pos::default(),
+            "",
+        )),
+    }
+}
+
 fn args_error(ast: &Ast, node: &Node, message: impl Into<String>) -> Error {
     let kind = ErrorKind::Arguments { instruction: node.keyword.to_uppercase(), message: message.into() };
     let offset = if node.rest.text.is_empty() { 0 } else { node.rest.offset };
@@ -795,6 +811,20 @@ mod tests {
         assert!(err("FROM a\nONBUILD ONBUILD RUN x").to_string().contains("chaining ONBUILD"));
         assert!(err("FROM a\nONBUILD FROM x").to_string().contains("isn't allowed as an ONBUILD trigger"));
         assert!(err("FROM a\nONBUILD COPY x").to_string().contains("COPY requires at least two"));
+    }
+
+    #[test]
+    fn onbuild_triggers_from_image_config() {
+        let i = parse_trigger("RUN make install", '\\').unwrap();
+        assert_eq!(i.kind, InstructionKind::Run(Run {
+            command: ShellOrExec::Shell("make install".into()),
+            mounts: vec![],
+            network: Network::Default,
+            security: Security::Sandbox,
+            heredocs: vec![],
+        }));
+        assert!(parse_trigger("FROM x", '\\').is_err());
+        assert!(parse_trigger("COPY a", '\\').is_err());
     }
 
     #[test]
