@@ -516,7 +516,7 @@ impl Pattern {
                 }
             }
             if let Some(s) = cur[n] {
-                if best.is_none_or(|(bs, _)| s < bs || s == bs) {
+                if best.is_none_or(|(bs, _)| s <= bs) {
                     best = Some((s, pos));
                 }
             }
