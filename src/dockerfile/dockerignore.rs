@@ -1,0 +1,360 @@
+//! `.dockerignore`: which context paths a build may not see, with Docker's
+//! pattern semantics (moby/patternmatcher): `*` and `?` stay within one path
+//! element, `**` spans any number of them, `[...]` classes (Go regexp syntax), `\` escapes,
+//! `!` re-includes, a pattern also matches everything below a matched
+//! directory, and the last matching pattern decides.
+
+use std::path::{Path, PathBuf};
+
+use super::error::{Error, ErrorKind, Pos};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IgnorePattern {
+    /// Cleaned, slash-separated, relative to the context root.
+    pub text: String,
+    /// `!pattern`: re-include what earlier patterns excluded.
+    pub exclusion: bool,
+    tokens: Vec<Tok>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Tok {
+    Lit(char),
+    /// `*`: any run of characters except `/`.
+    Star,
+    /// `?`: one character except `/`.
+    One,
+    /// `**/` or a `**` in the middle: any number of whole path elements.
+    AnyDirs,
+    /// A trailing `**`: anything at all.
+    AnyRest,
+    Class { negated: bool, items: Vec<(char, char)> },
+}
+
+/// The patterns of one .dockerignore file.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct IgnoreMatcher {
+    pub patterns: Vec<IgnorePattern>,
+}
+
+impl IgnoreMatcher {
+    /// Parses .dockerignore text; `file` only names the source in errors.
+    pub fn parse(text: &str, file: &Path) -> Result<Self, Error> {
+        let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+        let mut patterns = Vec::new();
+        for (n, line) in text.lines().enumerate() {
+            if line.starts_with('#') {
+                continue;
+            }
+            let mut p = line.trim();
+            if p.is_empty() {
+                continue;
+            }
+            let exclusion = p.starts_with('!');
+            if exclusion {
+                p = p[1..].trim();
+            }
+            let mut cleaned = clean(p);
+            if cleaned.len() > 1 && cleaned.starts_with('/') {
+                cleaned.remove(0);
+            }
+            let tokens = compile(&cleaned).map_err(|msg| {
+                Error::new(ErrorKind::Syntax(msg), Pos { line: n + 1, col: 1 }, line).in_file(file)
+            })?;
+            patterns.push(IgnorePattern { text: cleaned, exclusion, tokens });
+        }
+        Ok(IgnoreMatcher { patterns })
+    }
+
+    /// Reads the ignore file for a build: `<Dockerfile>.dockerignore` next to
+    /// the Dockerfile if there is one, else `.dockerignore` at the context
+    /// root, else nothing is ignored.
+    pub fn load(context: &Path, dockerfile: &Path) -> Result<Self, Error> {
+        let mut candidates: Vec<PathBuf> = Vec::new();
+        if let Some(name) = dockerfile.file_name() {
+            let mut n = name.to_os_string();
+            n.push(".dockerignore");
+            candidates.push(dockerfile.with_file_name(n));
+        }
+        candidates.push(context.join(".dockerignore"));
+        for path in candidates {
+            match std::fs::read(&path) {
+                Ok(bytes) => return Self::parse(&String::from_utf8_lossy(&bytes), &path),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => {
+                    return Err(Error::new(ErrorKind::Io(e.to_string()), Pos::default(), "").in_file(path));
+                }
+            }
+        }
+        Ok(Self::default())
+    }
+
+    /// Whether `path` (relative to the context, `/`-separated) is excluded.
+    pub fn is_excluded(&self, path: &str) -> bool {
+        let path = clean(path.trim_start_matches('/'));
+        let parents: Vec<&str> = path.split('/').collect();
+        let mut excluded = false;
+        for p in &self.patterns {
+            if excluded != p.exclusion {
+                continue; // cannot change the outcome
+            }
+            let mut hit = matches(&p.tokens, &path);
+            // A pattern matching a parent directory covers everything below it.
+            for i in 1..parents.len() {
+                if hit {
+                    break;
+                }
+                hit = matches(&p.tokens, &parents[..i].join("/"));
+            }
+            if hit {
+                excluded = !p.exclusion;
+            }
+        }
+        excluded
+    }
+
+    /// Whether a walker must look inside the excluded directory `dir`
+    /// because a `!` pattern might re-include something below it.
+    pub fn may_include_below(&self, dir: &str) -> bool {
+        let dir = clean(dir.trim_start_matches('/'));
+        self.patterns.iter().filter(|p| p.exclusion).any(|p| {
+            // Compare the pattern's literal directory prefix with `dir`.
+            let lit: String = p.text.chars().take_while(|c| !matches!(c, '*' | '?' | '[' | '\\')).collect();
+            let lit = lit.trim_end_matches('/');
+            lit.len() < p.text.len() && dir.starts_with(lit) || lit.starts_with(&format!("{dir}/")) || lit == dir
+        })
+    }
+}
+
+/// Go's `filepath.Clean` for `/`-separated paths.
+pub fn clean(p: &str) -> String {
+    if p.is_empty() {
+        return ".".into();
+    }
+    let rooted = p.starts_with('/');
+    let mut out: Vec<&str> = Vec::new();
+    for part in p.split('/') {
+        match part {
+            "" | "." => {}
+            ".." => {
+                if out.last().is_some_and(|l| *l != "..") {
+                    out.pop();
+                } else if !rooted {
+                    out.push("..");
+                }
+            }
+            other => out.push(other),
+        }
+    }
+    let joined = out.join("/");
+    match (rooted, joined.is_empty()) {
+        (true, _) => format!("/{joined}"),
+        (false, true) => ".".into(),
+        (false, false) => joined,
+    }
+}
+
+fn compile(p: &str) -> Result<Vec<Tok>, String> {
+    let chars: Vec<char> = p.chars().collect();
+    let mut toks = Vec::new();
+    let mut i = 0;
+    while i < chars.len() {
+        let c = chars[i];
+        i += 1;
+        match c {
+            '*' if chars.get(i) == Some(&'*') => {
+                i += 1;
+                if chars.get(i) == Some(&'/') {
+                    i += 1;
+                }
+                toks.push(if i >= chars.len() { Tok::AnyRest } else { Tok::AnyDirs });
+            }
+            '*' => toks.push(Tok::Star),
+            '?' => toks.push(Tok::One),
+            '\\' => match chars.get(i) {
+                Some(&n) => {
+                    i += 1;
+                    toks.push(Tok::Lit(n));
+                }
+                None => toks.push(Tok::Lit('\\')),
+            },
+            '[' => {
+                let mut negated = false;
+                // Docker compiles patterns to Go regexps, so `[^...]` negates and `!` is literal.
+                if chars.get(i) == Some(&'^') {
+                    negated = true;
+                    i += 1;
+                }
+                let mut items = Vec::new();
+                let mut closed = false;
+                while i < chars.len() {
+                    let mut lo = chars[i];
+                    i += 1;
+                    if lo == ']' && !items.is_empty() {
+                        closed = true;
+                        break;
+                    }
+                    if lo == '\\' {
+                        lo = *chars.get(i).ok_or("pattern ends inside an escape in [...]")?;
+                        i += 1;
+                    }
+                    let mut hi = lo;
+                    if chars.get(i) == Some(&'-') && chars.get(i + 1).is_some_and(|c| *c != ']') {
+                        hi = chars[i + 1];
+                        i += 2;
+                        if hi == '\\' {
+                            hi = *chars.get(i).ok_or("pattern ends inside an escape in [...]")?;
+                            i += 1;
+                        }
+                    }
+                    items.push((lo, hi));
+                }
+                if !closed {
+                    return Err(format!("syntax error in pattern {p:?}: unterminated character class, expected ']'"));
+                }
+                toks.push(Tok::Class { negated, items });
+            }
+            c => toks.push(Tok::Lit(c)),
+        }
+    }
+    Ok(toks)
+}
+
+/// Whole-string match by simulating the pattern as an automaton: linear in
+/// the path for each pattern position, with no recursion.
+fn matches(toks: &[Tok], path: &str) -> bool {
+    let n = toks.len();
+    let mut set = vec![false; n + 1];
+    set[0] = true;
+    close(toks, &mut set);
+    for c in path.chars() {
+        let mut next = vec![false; n + 1];
+        for (i, tok) in toks.iter().enumerate() {
+            if !set[i] {
+                continue;
+            }
+            match tok {
+                Tok::Lit(l) if *l == c => next[i + 1] = true,
+                Tok::One if c != '/' => next[i + 1] = true,
+                Tok::Class { negated, items } if items.iter().any(|(lo, hi)| *lo <= c && c <= *hi) != *negated => {
+                    next[i + 1] = true
+                }
+                Tok::Star if c != '/' => next[i] = true,
+                Tok::AnyRest => next[i] = true,
+                Tok::AnyDirs => {
+                    next[i] = true;
+                    if c == '/' {
+                        next[i + 1] = true;
+                    }
+                }
+                _ => {}
+            }
+        }
+        close(toks, &mut next);
+        if !next.iter().any(|b| *b) {
+            return false;
+        }
+        set = next;
+    }
+    set[n]
+}
+
+/// Adds the positions reachable without input: past `*`, `**` and a trailing `**`.
+fn close(toks: &[Tok], set: &mut [bool]) {
+    for i in 0..toks.len() {
+        if set[i] && matches!(toks[i], Tok::Star | Tok::AnyDirs | Tok::AnyRest) {
+            set[i + 1] = true;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn m(src: &str) -> IgnoreMatcher {
+        IgnoreMatcher::parse(src, Path::new(".dockerignore")).unwrap()
+    }
+
+    #[test]
+    fn basic_patterns_and_parents() {
+        let ig = m("# comment\nnode_modules\n*.log\n/build/\ndocs/*.md\n");
+        assert!(ig.is_excluded("node_modules"));
+        assert!(ig.is_excluded("node_modules/x/y.js"), "parent directory matched");
+        assert!(ig.is_excluded("a.log"));
+        assert!(!ig.is_excluded("dir/a.log"), "* does not cross /");
+        assert!(ig.is_excluded("build/out.o"));
+        assert!(ig.is_excluded("docs/readme.md"));
+        assert!(!ig.is_excluded("docs/sub/readme.md"));
+        assert!(!ig.is_excluded("src/main.rs"));
+        assert!(!ig.is_excluded("# comment"));
+    }
+
+    #[test]
+    fn double_star() {
+        let ig = m("**/*.tmp\nvendor/**\na/**/z\n");
+        assert!(ig.is_excluded("x.tmp"));
+        assert!(ig.is_excluded("a/b/c/x.tmp"));
+        assert!(ig.is_excluded("vendor/a/b"));
+        assert!(ig.is_excluded("a/z"));
+        assert!(ig.is_excluded("a/b/c/z"));
+        assert!(!ig.is_excluded("ab/z"));
+    }
+
+    #[test]
+    fn exceptions_last_match_wins() {
+        let ig = m("*.md\n!README.md\nREADME-secret.md\n!docs\n");
+        assert!(ig.is_excluded("CHANGES.md"));
+        assert!(!ig.is_excluded("README.md"));
+        assert!(ig.is_excluded("README-secret.md"));
+        let ig = m("docs\n!docs/keep.md\n");
+        assert!(ig.is_excluded("docs/other.md"));
+        assert!(!ig.is_excluded("docs/keep.md"));
+        assert!(ig.may_include_below("docs"));
+        assert!(!ig.may_include_below("src"));
+    }
+
+    #[test]
+    fn cleaning_and_classes() {
+        let ig = m("  ./a/../b//c/  \n/abs\nfile[0-9].txt\n[^x]y\n[!]z\n\\*lit\n");
+        assert_eq!(ig.patterns[0].text, "b/c");
+        assert_eq!(ig.patterns[1].text, "abs");
+        assert!(ig.is_excluded("b/c/d"));
+        assert!(ig.is_excluded("abs"));
+        assert!(ig.is_excluded("file7.txt"));
+        assert!(!ig.is_excluded("filex.txt"));
+        assert!(ig.is_excluded("ay"));
+        assert!(!ig.is_excluded("xy"));
+        assert!(ig.is_excluded("!z") && !ig.is_excluded("az"));
+        assert!(ig.is_excluded("*lit"));
+        assert!(!ig.is_excluded("alit"));
+    }
+
+    #[test]
+    fn huge_patterns_do_not_recurse() {
+        let ig = m(&("*".repeat(100_000) + "x\n"));
+        assert!(ig.is_excluded("ab/cx"));
+        assert!(!ig.is_excluded("abc"));
+    }
+
+    #[test]
+    fn bad_pattern_reports_line() {
+        let e = IgnoreMatcher::parse("ok\nbad[\n", Path::new("ctx/.dockerignore")).unwrap_err();
+        assert_eq!(e.pos.line, 2);
+        assert!(e.to_string().starts_with("ctx/.dockerignore:2:1:"), "{e}");
+    }
+
+    #[test]
+    fn per_dockerfile_ignore_file_wins() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(".dockerignore"), "root-only\n").unwrap();
+        std::fs::create_dir(dir.path().join("sub")).unwrap();
+        std::fs::write(dir.path().join("sub/app.Dockerfile.dockerignore"), "specific\n").unwrap();
+        let ig = IgnoreMatcher::load(dir.path(), &dir.path().join("sub/app.Dockerfile")).unwrap();
+        assert!(ig.is_excluded("specific") && !ig.is_excluded("root-only"));
+        let ig = IgnoreMatcher::load(dir.path(), &dir.path().join("Dockerfile")).unwrap();
+        assert!(ig.is_excluded("root-only"));
+        let empty = tempfile::tempdir().unwrap();
+        assert!(IgnoreMatcher::load(empty.path(), &empty.path().join("Dockerfile")).unwrap().patterns.is_empty());
+    }
+}
