@@ -47,6 +47,7 @@ pub struct AgentClient {
     frames: Receiver<Result<Frame, FrameError>>,
     next_id: u32,
     hello: AgentHello,
+    last_watch: Instant,
 }
 
 impl AgentClient {
@@ -94,7 +95,7 @@ impl AgentClient {
         };
         check_hello(&hello.magic, hello.version)?;
         writer.lock().unwrap().send(&HostMsg::hello()).map_err(ClientError::Send)?;
-        Ok(AgentClient { writer, frames, next_id: 1, hello })
+        Ok(AgentClient { writer, frames, next_id: 1, hello, last_watch: Instant::now() })
     }
 
     pub fn hello(&self) -> &AgentHello {
@@ -217,6 +218,12 @@ impl AgentClient {
     }
 
     fn next_frame(&mut self, watch: Watch) -> Result<Frame, ClientError> {
+        // Check the watch even while frames keep coming: a command that
+        // floods output must still be stoppable with Ctrl-C.
+        if self.last_watch.elapsed() >= POLL {
+            self.last_watch = Instant::now();
+            watch().map_err(ClientError::Aborted)?;
+        }
         loop {
             match self.frames.recv_timeout(POLL) {
                 Ok(Ok(frame)) => return Ok(frame),
@@ -327,6 +334,32 @@ mod tests {
             .unwrap_err();
         assert!(matches!(err, ClientError::Protocol(FrameError::TooLarge(_))), "{err}");
         drop(fake.join());
+    }
+
+    #[test]
+    fn watch_is_checked_while_output_floods() {
+        let (parts, agent) = pair();
+        let fake = std::thread::spawn(move || {
+            let mut w = FrameWriter::new(agent.try_clone().unwrap());
+            let mut r = FrameReader::new(agent);
+            w.send(&agent_hello(PROTOCOL_VERSION)).unwrap();
+            let _ = r.read_frame(); // host hello
+            let _ = r.read_frame(); // exec
+            while w.send_data(1, stream::STDERR, b"flood\n").is_ok() {}
+        });
+        let mut client = connect(parts).unwrap();
+        let started = Instant::now();
+        let err = client
+            .exec(
+                ExecRequest { argv: vec!["yes".into()], ..Default::default() },
+                None,
+                &mut |_, _| {},
+                &mut || if started.elapsed() > Duration::from_millis(300) { Err("interrupted".into()) } else { Ok(()) },
+            )
+            .unwrap_err();
+        assert_eq!(err.to_string(), "interrupted");
+        drop(client);
+        drop(fake);
     }
 
     #[test]
