@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# kiln's test command (README.md, .ci/run): installs what is missing on a
+# Debian 12 host, builds the guest agents, prepares fixtures and kernels,
+# then runs the conformance suites and every cargo test (unit, registry,
+# OCI layout, VM). Kernels are cached in kiln's cache dir (~/.cache/kiln),
+# so a second run on the same machine downloads nothing.
+set -euo pipefail
+root="$(cd "$(dirname "$0")/.." && pwd)"
+cd "$root"
+
+scripts/setup-host.sh
+scripts/build-agents.sh
+mkdir -p .cache/fixtures
+for arch in arm64 amd64; do
+  [ -s ".cache/fixtures/busybox-$arch.tar" ] || scripts/make-busybox-rootfs.sh "$arch" ".cache/fixtures/busybox-$arch.tar"
+done
+cargo build --quiet --bins
+./target/debug/kiln kernel fetch --platform linux/arm64,linux/amd64 >/dev/null
+
+scripts/conformance.sh
+# Two at a time: VM tests each run a TCG guest on this 2-core machine.
+cargo test --workspace -- --test-threads 2
