@@ -19,4 +19,10 @@ cargo build --quiet --bins
 
 scripts/conformance.sh
 # Two at a time: VM tests each run a TCG guest on this 2-core machine.
-cargo test --workspace -- --test-threads 2
+log="$(mktemp)"
+trap 'rm -f "$log"' EXIT
+status=0
+cargo test --workspace -- --test-threads 2 2>&1 | tee "$log" || status=$?
+# One closing line for the whole run (cargo prints one per test binary).
+awk '/^test result:/ { p += $4; f += $6 } END { printf "%d passed, %d failed\n", p, f }' "$log"
+exit "$status"
