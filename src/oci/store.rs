@@ -161,15 +161,7 @@ impl Store {
             io::ErrorKind::NotFound => StoreError::MissingBlob { digest: digest.to_string() },
             _ => StoreError::Io { path: path.clone(), source: e },
         })?;
-        let actual = digest::of_bytes(&bytes);
-        if &actual != digest || size.is_some_and(|s| s != bytes.len() as u64) {
-            return Err(StoreError::DigestMismatch {
-                digest: digest.to_string(),
-                actual: actual.to_string(),
-                actual_size: bytes.len() as u64,
-                expected_size: size.unwrap_or(bytes.len() as u64),
-            });
-        }
+        verify_bytes(&bytes, digest, size)?;
         Ok(bytes)
     }
 
@@ -441,15 +433,7 @@ impl Ingest<'_> {
         let staged = self.dir.path().join(digest::sha256_hex(digest)?);
         if staged.is_file() {
             let bytes = fs::read(&staged).map_err(io_err(&staged))?;
-            let actual = digest::of_bytes(&bytes);
-            if &actual != digest || size.is_some_and(|s| s != bytes.len() as u64) {
-                return Err(StoreError::DigestMismatch {
-                    digest: digest.to_string(),
-                    actual: actual.to_string(),
-                    actual_size: bytes.len() as u64,
-                    expected_size: size.unwrap_or(0),
-                });
-            }
+            verify_bytes(&bytes, digest, size)?;
             return Ok(bytes);
         }
         self.store.read_blob(digest, size)
@@ -564,6 +548,21 @@ fn lock(file: &File, kind: LockKind) -> io::Result<()> {
             std::fs::TryLockError::Error(e) => e,
         }),
     }
+}
+
+
+/// Checks a whole blob against its digest and, when known, its size.
+fn verify_bytes(bytes: &[u8], digest: &Digest, size: Option<u64>) -> Result<()> {
+    let actual = digest::of_bytes(bytes);
+    if &actual != digest || size.is_some_and(|s| s != bytes.len() as u64) {
+        return Err(StoreError::DigestMismatch {
+            digest: digest.to_string(),
+            actual: actual.to_string(),
+            actual_size: bytes.len() as u64,
+            expected_size: size.unwrap_or(bytes.len() as u64),
+        });
+    }
+    Ok(())
 }
 
 #[cfg(test)]
