@@ -141,7 +141,9 @@ impl Client {
         let size = blob.size();
         let chunk = self.options().chunk_size.max(1);
         let octet = ("content-type", "application/octet-stream".to_string());
-        if size > chunk {
+        // Chunked: PATCH every chunk, then an empty PUT closes the upload.
+        // Monolithic: one PUT carries the whole blob.
+        let final_body = if size > chunk {
             let mut offset = 0;
             while offset < size {
                 let len = chunk.min(size - offset);
@@ -159,30 +161,21 @@ impl Client {
                 location = client::resolve_location(&base, &resp, &what)?;
                 offset += len;
             }
-            let put = Request {
-                registry: reg,
-                scopes,
-                method: Method::PUT,
-                target: &client::with_query(&location, "digest", blob.digest().as_ref())?,
-                headers: vec![octet],
-                body: Body::Empty,
-                what: &what,
-            };
-            let resp = self.send(&put).await?;
-            client::check(self, resp, &[StatusCode::CREATED, StatusCode::NO_CONTENT], &what, reg, repo).await?;
+            Body::Empty
         } else {
-            let put = Request {
-                registry: reg,
-                scopes,
-                method: Method::PUT,
-                target: &client::with_query(&location, "digest", blob.digest().as_ref())?,
-                headers: vec![octet],
-                body: Body::File { path, offset: 0, len: size },
-                what: &what,
-            };
-            let resp = self.send(&put).await?;
-            client::check(self, resp, &[StatusCode::CREATED, StatusCode::NO_CONTENT], &what, reg, repo).await?;
-        }
+            Body::File { path, offset: 0, len: size }
+        };
+        let put = Request {
+            registry: reg,
+            scopes,
+            method: Method::PUT,
+            target: &client::with_query(&location, "digest", blob.digest().as_ref())?,
+            headers: vec![octet],
+            body: final_body,
+            what: &what,
+        };
+        let resp = self.send(&put).await?;
+        client::check(self, resp, &[StatusCode::CREATED, StatusCode::NO_CONTENT], &what, reg, repo).await?;
         Ok(BlobOutcome::Uploaded(size))
     }
 }
