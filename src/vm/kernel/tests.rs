@@ -14,33 +14,41 @@ use super::*;
 
 const RELEASE: &str = "6.1.0-99-cloud-arm64";
 
-/// A kernel .deb like Debian's: ar(debian-binary, control.tar.xz, data.tar.xz).
-fn fake_deb(modules: &[(&str, &[&str])], builtin: &[&str]) -> Vec<u8> {
-    let mut tar = tar::Builder::new(Vec::new());
-    let mut add = |path: &str, data: &[u8]| {
-        let mut h = tar::Header::new_gnu();
-        h.set_size(data.len() as u64);
-        h.set_mode(0o644);
-        h.set_cksum();
-        tar.append_data(&mut h, path, data).unwrap();
-    };
-    add(&format!("./boot/vmlinuz-{RELEASE}"), b"KERNEL IMAGE BYTES");
-    add(&format!("./boot/config-{RELEASE}"), b"CONFIG_X=y\n");
-    for (name, deps) in modules {
-        let depends = format!("depends={}", deps.join(","));
-        let modname = format!("name={name}");
-        add(&format!("./lib/modules/{RELEASE}/kernel/drivers/x/{name}.ko"), &fake_module(true, &["license=GPL", &depends, &modname]));
-    }
-    let builtin: String = builtin.iter().map(|b| format!("kernel/drivers/y/{b}.ko\n")).collect();
-    add(&format!("./lib/modules/{RELEASE}/modules.builtin"), builtin.as_bytes());
-    let mut xz = xz2::write::XzEncoder::new(Vec::new(), 1);
-    xz.write_all(&tar.into_inner().unwrap()).unwrap();
-    let data = xz.finish().unwrap();
+/// Appends a regular file to a test tar.
+fn tar_file(tar: &mut tar::Builder<Vec<u8>>, path: &str, data: &[u8]) {
+    let mut h = tar::Header::new_gnu();
+    h.set_size(data.len() as u64);
+    h.set_mode(0o644);
+    h.set_cksum();
+    tar.append_data(&mut h, path, data).unwrap();
+}
+
+/// An ar archive shaped like a .deb, `ext` naming the tar compression (`xz`, `zst`).
+fn deb_archive(ext: &str, data: &[u8]) -> Vec<u8> {
+    let (control, data_name) = (format!("control.tar.{ext}"), format!("data.tar.{ext}"));
     let mut ar = ar::Builder::new(Vec::new());
-    for (name, body) in [("debian-binary", &b"2.0\n"[..]), ("control.tar.xz", b""), ("data.tar.xz", &data)] {
+    for (name, body) in [("debian-binary", &b"2.0\n"[..]), (control.as_str(), b""), (data_name.as_str(), data)] {
         ar.append(&ar::Header::new(name.as_bytes().to_vec(), body.len() as u64), body).unwrap();
     }
     ar.into_inner().unwrap()
+}
+
+/// A kernel .deb like Debian's: ar(debian-binary, control.tar.xz, data.tar.xz).
+fn fake_deb(modules: &[(&str, &[&str])], builtin: &[&str]) -> Vec<u8> {
+    let mut tar = tar::Builder::new(Vec::new());
+    tar_file(&mut tar, &format!("./boot/vmlinuz-{RELEASE}"), b"KERNEL IMAGE BYTES");
+    tar_file(&mut tar, &format!("./boot/config-{RELEASE}"), b"CONFIG_X=y\n");
+    for (name, deps) in modules {
+        let depends = format!("depends={}", deps.join(","));
+        let modname = format!("name={name}");
+        let module = fake_module(true, &["license=GPL", &depends, &modname]);
+        tar_file(&mut tar, &format!("./lib/modules/{RELEASE}/kernel/drivers/x/{name}.ko"), &module);
+    }
+    let builtin: String = builtin.iter().map(|b| format!("kernel/drivers/y/{b}.ko\n")).collect();
+    tar_file(&mut tar, &format!("./lib/modules/{RELEASE}/modules.builtin"), builtin.as_bytes());
+    let mut xz = xz2::write::XzEncoder::new(Vec::new(), 1);
+    xz.write_all(&tar.into_inner().unwrap()).unwrap();
+    deb_archive("xz", &xz.finish().unwrap())
 }
 
 fn standard_deb() -> Vec<u8> {
@@ -302,29 +310,18 @@ fn stale_temp_dirs_of_killed_runs_are_swept_young_ones_kept() {
 fn zstd_data_and_compressed_modules_under_usr_lib() {
     // Newer Debian kernels: data.tar.zst, merged /usr, modules as .ko.xz/.ko.zst.
     let mut tar = tar::Builder::new(Vec::new());
-    let mut add = |path: &str, data: &[u8]| {
-        let mut h = tar::Header::new_gnu();
-        h.set_size(data.len() as u64);
-        h.set_mode(0o644);
-        h.set_cksum();
-        tar.append_data(&mut h, path, data).unwrap();
-    };
-    add("./boot/vmlinuz-6.12.0-1-cloud-arm64", b"IMG");
+    tar_file(&mut tar, "./boot/vmlinuz-6.12.0-1-cloud-arm64", b"IMG");
     let vsock = fake_module(true, &["depends=", "name=vsock"]);
     let mut xz = xz2::write::XzEncoder::new(Vec::new(), 1);
     xz.write_all(&vsock).unwrap();
-    add("./usr/lib/modules/6.12.0-1-cloud-arm64/kernel/net/vmw_vsock/vsock.ko.xz", &xz.finish().unwrap());
+    tar_file(&mut tar, "./usr/lib/modules/6.12.0-1-cloud-arm64/kernel/net/vmw_vsock/vsock.ko.xz", &xz.finish().unwrap());
     let transport = fake_module(true, &["depends=vsock", "name=vmw_vsock_virtio_transport"]);
     let zst = zstd::stream::encode_all(&transport[..], 1).unwrap();
-    add("./usr/lib/modules/6.12.0-1-cloud-arm64/kernel/net/vmw_vsock/vmw_vsock_virtio_transport.ko.zst", &zst);
+    tar_file(&mut tar, "./usr/lib/modules/6.12.0-1-cloud-arm64/kernel/net/vmw_vsock/vmw_vsock_virtio_transport.ko.zst", &zst);
     let data = zstd::stream::encode_all(&tar.into_inner().unwrap()[..], 1).unwrap();
-    let mut ar = ar::Builder::new(Vec::new());
-    for (name, body) in [("debian-binary", &b"2.0\n"[..]), ("control.tar.zst", b""), ("data.tar.zst", &data)] {
-        ar.append(&ar::Header::new(name.as_bytes().to_vec(), body.len() as u64), body).unwrap();
-    }
     let dir = tempfile::tempdir().unwrap();
     let deb_path = dir.path().join("k.deb");
-    std::fs::write(&deb_path, ar.into_inner().unwrap()).unwrap();
+    std::fs::write(&deb_path, deb_archive("zst", &data)).unwrap();
     let out = dir.path().join("out");
     std::fs::create_dir(&out).unwrap();
     let got = deb::extract(&deb_path, &["vmw_vsock_virtio_transport".to_string()], &out).unwrap();
