@@ -11,7 +11,7 @@ use kiln_protocol::{stream, ExecRequest};
 
 use crate::platform::Platform;
 use crate::vm::transport::TransportChoice;
-use crate::vm::{Vm, VmConfig, VmError};
+use crate::vm::{Vm, VmConfig};
 
 #[derive(Debug, Subcommand)]
 pub enum VmCommand {
@@ -114,7 +114,7 @@ fn exec(args: ExecArgs) -> anyhow::Result<ExitCode> {
     }
     let root = if let Some(tar) = rootfs.as_mut() {
         let started = std::time::Instant::now();
-        vm.unpack("rootfs", tar, cancel).map_err(interrupted_or)?;
+        vm.unpack("rootfs", tar, cancel)?;
         if args.timings {
             eprintln!("kiln: rootfs unpacked in {:.2}s", started.elapsed().as_secs_f64());
         }
@@ -143,7 +143,7 @@ fn exec(args: ExecArgs) -> anyhow::Result<ExitCode> {
     let status = vm.exec(req, stdin, &mut |s, bytes| {
         let _ = if s == stream::STDERR { err.write_all(bytes) } else { out.write_all(bytes).and_then(|_| out.flush()) };
     }, cancel);
-    let status = status.map_err(interrupted_or)?;
+    let status = status?;
     if args.timings {
         eprintln!("kiln: command ran in {:.3}s", started.elapsed().as_secs_f64());
     }
@@ -152,10 +152,6 @@ fn exec(args: ExecArgs) -> anyhow::Result<ExitCode> {
         eprintln!("kiln: command timed out after {}s", args.timeout.unwrap_or(0));
     }
     Ok(ExitCode::from(status.shell_code().clamp(0, 255) as u8))
-}
-
-fn interrupted_or(e: VmError) -> anyhow::Error {
-    anyhow::Error::new(e)
 }
 
 fn parse_user(user: &str) -> anyhow::Result<(u32, u32)> {

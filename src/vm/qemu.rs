@@ -28,16 +28,14 @@ pub struct QemuConfig<'a> {
 
 impl QemuConfig<'_> {
     pub fn args(&self) -> Vec<String> {
-        let mut args: Vec<String> = Vec::new();
-        let mut push = |a: &[&str]| args.extend(a.iter().map(|s| s.to_string()));
-        push(&["-nodefaults", "-no-user-config", "-display", "none", "-no-reboot"]);
+        let mut args: Vec<String> =
+            ["-nodefaults", "-no-user-config", "-display", "none", "-no-reboot"].map(String::from).to_vec();
         let cmdline = format!(
             "console={} panic=-1 quiet loglevel=4 kiln.transport={} {}",
             self.arch.console(),
             self.transport.cmdline_value(),
             self.extra_cmdline
         );
-        let mut args = args;
         args.extend(self.arch.machine_args(self.accel));
         args.extend([
             "-m".into(),

@@ -41,10 +41,7 @@ pub fn serve(conn: Conn, reaper: Reaper) -> Result<(), String> {
         .unwrap()
         .send(&AgentMsg::Hello(hello()))
         .map_err(|e| format!("sending hello: {e}"))?;
-    handshake(&mut input).map_err(|e| {
-        send(&out, &AgentMsg::Fatal { message: e.clone() });
-        e
-    })?;
+    handshake(&mut input).inspect_err(|e| send(&out, &AgentMsg::Fatal { message: e.clone() }))?;
 
     let mut state = State::default();
     loop {
