@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use kiln::platform::Platform;
 use kiln::vm::transport::TransportChoice;
 use kiln::vm::{Vm, VmConfig};
-use kiln_protocol::{stream, ExecRequest, ExitStatus};
+use kiln_protocol::{stream, ExecRequest, ExitStatus, RootSpec};
 use sha2::{Digest, Sha256};
 
 fn repo() -> PathBuf {
@@ -91,7 +91,7 @@ fn run(vm: &mut Vm, script: &str, stdin: Option<Vec<u8>>, timeout_ms: Option<u64
         argv: vec!["/bin/sh".into(), "-c".into(), script.into()],
         env: vec!["PATH=/bin".into()],
         cwd: "/".into(),
-        root: Some("rootfs".into()),
+        root: Some(RootSpec::Dir { path: "rootfs".into() }),
         timeout_ms,
         ..Default::default()
     };

@@ -22,12 +22,14 @@
 
 pub mod frame;
 pub mod message;
+pub mod snapshot;
 
 pub use frame::{Frame, FrameError, FrameReader, FrameWriter, MAX_FRAME};
 pub use message::*;
+pub use snapshot::{EntryKind, SnapshotEntry, Xattr};
 
 /// Bumped on any incompatible change to [`message`] or [`frame`].
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// Sent in both hellos; anything else at the start of a stream is garbage.
 pub const MAGIC: &str = "kiln-agent";

@@ -16,6 +16,8 @@ pub mod stream {
     pub const STDERR: u8 = 2;
     /// Host → agent: a tar archive to unpack.
     pub const TAR: u8 = 3;
+    /// Agent → host: a snapshot manifest, one JSON [`crate::SnapshotEntry`] per line.
+    pub const MANIFEST: u8 = 4;
 }
 
 /// Host → agent.
@@ -31,6 +33,14 @@ pub enum HostMsg {
     /// `dest` (a path under the agent's scratch root). Answered by
     /// [`AgentMsg::Done`] or [`AgentMsg::Failed`].
     Unpack { id: u32, dest: String },
+    /// Describe the upper directory `upper` (scratch-relative) of a finished
+    /// overlay step: the agent syncs and freezes the scratch file system,
+    /// streams the manifest on [`stream::MANIFEST`] of `id`, then answers
+    /// [`AgentMsg::Done`]. The file system stays frozen (so the host can read
+    /// file contents from the disk image) until [`HostMsg::Thaw`].
+    Snapshot { id: u32, upper: String },
+    /// Thaw the scratch file system frozen by [`HostMsg::Snapshot`]; answered by `Done`.
+    Thaw { id: u32 },
     /// Sync filesystems and power the VM off.
     Shutdown,
 }
@@ -51,9 +61,40 @@ pub struct ExecRequest {
     pub stdin: bool,
     /// Kill the command (SIGKILL to its process group) after this long.
     pub timeout_ms: Option<u64>,
-    /// Directory under the scratch root to chroot into; `None` runs in the
-    /// agent's own initramfs root.
-    pub root: Option<String>,
+    /// The command's root file system; `None` runs in the agent's own
+    /// initramfs root.
+    pub root: Option<RootSpec>,
+    /// Give the command its own network namespace with only loopback up.
+    #[serde(default)]
+    pub no_network: bool,
+    /// Extra mounts inside the root, applied in order after the standard
+    /// ones (proc, sys, dev, tmp).
+    #[serde(default)]
+    pub mounts: Vec<MountSpec>,
+}
+
+/// Where a command's root comes from. Every path is relative to the
+/// agent's scratch root (`/scratch`) and may not contain `..`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum RootSpec {
+    /// chroot into an existing directory.
+    Dir { path: String },
+    /// Mount an overlay of `lowers` (topmost first; may be empty) under a
+    /// writable `upper` (created empty if missing) with `work` as overlayfs'
+    /// work directory, run the command in it in its own PID namespace, and
+    /// unmount it when the command's process group is gone.
+    Overlay { lowers: Vec<String>, upper: String, work: String },
+}
+
+/// A mount inside a command's root (`target` is an absolute path in the root).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum MountSpec {
+    /// Bind a scratch-relative directory or file.
+    Bind { source: String, target: String, readonly: bool },
+    /// A fresh tmpfs.
+    Tmpfs { target: String, size_bytes: Option<u64> },
 }
 
 /// Agent → host.

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
-use kiln_protocol::{stream, ExecRequest};
+use kiln_protocol::{stream, ExecRequest, RootSpec};
 
 use crate::platform::Platform;
 use crate::vm::transport::TransportChoice;
@@ -118,7 +118,7 @@ fn exec(args: ExecArgs) -> anyhow::Result<ExitCode> {
         if args.timings {
             eprintln!("kiln: rootfs unpacked in {:.2}s", started.elapsed().as_secs_f64());
         }
-        Some("rootfs".to_string())
+        Some(RootSpec::Dir { path: "rootfs".to_string() })
     } else {
         None
     };

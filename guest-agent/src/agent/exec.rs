@@ -11,7 +11,7 @@ use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender};
 use std::sync::Arc;
 use std::time::Duration;
 
-use kiln_protocol::{stream, AgentMsg, ExecRequest, ExitStatus};
+use kiln_protocol::{stream, AgentMsg, ExecRequest, ExitStatus, RootSpec};
 
 use super::reaper::Reaper;
 use super::server::{send, send_data, Out};
@@ -46,7 +46,8 @@ pub fn do_exec(req: ExecRequest, out: Out, reaper: &Reaper) -> Result<Running, S
         return Err("empty command".into());
     }
     let root = match &req.root {
-        Some(root) => Some(scratch_path(root)?),
+        Some(RootSpec::Dir { path }) => Some(scratch_path(path)?),
+        Some(RootSpec::Overlay { .. }) => return Err("overlay roots are not implemented yet".into()),
         None => None,
     };
     let setup = ChildSetup::new(root.as_deref(), &req)?;

@@ -127,6 +127,9 @@ impl State {
                 }
                 Err(message) => send(out, &AgentMsg::Failed { id, message }),
             },
+            HostMsg::Snapshot { id, .. } | HostMsg::Thaw { id } => {
+                send(out, &AgentMsg::Failed { id, message: "snapshots are not implemented yet".into() })
+            }
             HostMsg::Hello { .. } => send(out, &AgentMsg::Failed { id: 0, message: "repeated hello".into() }),
             HostMsg::Shutdown => unreachable!("handled by serve"),
         }
