@@ -22,11 +22,11 @@
 
 pub mod frame;
 pub mod message;
-pub mod snapshot;
+pub mod layer_entry;
 
 pub use frame::{Frame, FrameError, FrameReader, FrameWriter, MAX_FRAME};
 pub use message::*;
-pub use snapshot::{EntryKind, SnapshotEntry, Xattr};
+pub use layer_entry::{EntryKind, LayerEntry, Xattr};
 
 /// Bumped on any incompatible change to [`message`] or [`frame`].
 pub const PROTOCOL_VERSION: u32 = 2;

@@ -16,7 +16,7 @@ pub mod stream {
     pub const STDERR: u8 = 2;
     /// Host → agent: a tar archive to unpack.
     pub const TAR: u8 = 3;
-    /// Agent → host: a snapshot manifest, one JSON [`crate::SnapshotEntry`] per line.
+    /// Agent → host: a snapshot manifest, one JSON [`crate::LayerEntry`] per line.
     pub const MANIFEST: u8 = 4;
 }
 

@@ -1,12 +1,13 @@
-//! The snapshot manifest: what the agent reports about an overlay upper
-//! directory after a step, so the host can write the OCI layer reading file
-//! contents straight from the scratch disk image.
+//! One entry of a layer-to-be. The agent's snapshot manifest is a list of
+//! them (an overlay upper directory after a step, so the host can write the
+//! OCI layer reading file contents straight from the scratch disk image), and
+//! the host builds the same list for COPY/ADD; one tar writer serves both.
 
 use serde::{Deserialize, Serialize};
 
 /// One entry of an upper directory, in overlayfs terms turned into OCI terms.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SnapshotEntry {
+pub struct LayerEntry {
     /// Relative to the upper directory, `/`-separated, no leading `/`.
     pub path: String,
     #[serde(flatten)]
