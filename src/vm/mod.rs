@@ -243,6 +243,19 @@ impl Vm {
         result.map_err(|e| watcher.error(e, &self.run_dir.path().join("console.log")))
     }
 
+    // Placeholders until the agent branch lands its snapshot support.
+    pub fn snapshot(&mut self, _upper: &str, _cancel: &AtomicBool) -> Result<Vec<kiln_protocol::LayerEntry>, VmError> {
+        unimplemented!("agent branch")
+    }
+
+    pub fn thaw(&mut self, _cancel: &AtomicBool) -> Result<(), VmError> {
+        unimplemented!("agent branch")
+    }
+
+    pub fn scratch_image(&self) -> Option<&Path> {
+        unimplemented!("agent branch")
+    }
+
     /// Powers the guest off cleanly (the agent syncs first) and waits for QEMU.
     pub fn shutdown(mut self) {
         let _ = self.client.shutdown();
