@@ -1,7 +1,7 @@
 //! The build cache: a step's key (its parent's key, the instruction after
 //! expansion, the config it runs with and the content it reads) maps to what
-//! the step produced: its layer (if any), the config after it, its history
-//! entry. Entries are small JSON files next to the image store, written
+//! the step produced: its layer (if any) and its history entry. (Steps that
+//! make layers never change the config, so none is cached.) Entries are small JSON files next to the image store, written
 //! atomically; a hit is used only when its layer blob is present and whole.
 
 use std::io::Write;
@@ -11,7 +11,7 @@ use oci_spec::image::Descriptor;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
-use super::image_config::{History, RunConfig};
+use super::image_config::History;
 use crate::oci::store::Store;
 
 /// A step's cache key: sha256 over length-prefixed parts.
@@ -45,7 +45,6 @@ impl CacheKey {
 pub struct CacheEntry {
     /// The layer blob and its diff_id; `None` when the step changed no file.
     pub layer: Option<CachedLayer>,
-    pub config: RunConfig,
     pub history: History,
 }
 
@@ -147,7 +146,6 @@ mod tests {
         let blob = store.put_blob_bytes(b"layer", MediaType::ImageLayerGzip).unwrap();
         let entry = CacheEntry {
             layer: Some(CachedLayer { descriptor: blob.clone(), diff_id: "sha256:00".into() }),
-            config: RunConfig { user: "app".into(), ..Default::default() },
             history: History { created_by: "RUN x".into(), ..Default::default() },
         };
         cache.put(&key, &entry).unwrap();

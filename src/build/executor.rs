@@ -172,11 +172,20 @@ impl<'a> Builder<'a> {
         let stage = &df.stages[index];
         let node = &graph.stages[index];
         let platform = node.platform.clone().unwrap_or_else(|| self.req.platform.clone());
-        let label = stage.name.clone().unwrap_or_else(|| format!("stage-{index}"));
-        let total = stage.instructions.len() + 1;
+        // BuildKit's step names: "[2/4] RUN ..." or "[builder 2/4] RUN ..." in multi-stage builds.
+        let label = match (&stage.name, df.stages.len()) {
+            (_, 1) => String::new(),
+            (Some(name), _) => format!("{name} "),
+            (None, _) => format!("stage-{index} "),
+        };
+        let is_vertex = |k: &InstructionKind| {
+            matches!(k, InstructionKind::Run(_) | InstructionKind::Copy(_) | InstructionKind::Add(_) | InstructionKind::Workdir(_))
+        };
         let from_text = instruction_text(df, stage.span);
 
-        let step = self.progress.start(&format!("[{label} 1/{total}] {from_text}"));
+        let total_of = |instrs: &[Instruction]| 1 + instrs.iter().filter(|i| is_vertex(&i.kind)).count();
+        let total = total_of(&stage.instructions);
+        let step = self.progress.start(&format!("[{label}1/{total}] {from_text}"));
         let started = Instant::now();
         let mut state = match &node.base {
             BaseRef::Scratch => StageState {
@@ -205,11 +214,16 @@ impl<'a> Builder<'a> {
 
         let env = state.config.config.env_pairs();
         let mut scope = ev.scope(&env);
+        let total = total_of(&instructions);
+        let mut number = 1;
         for (n, instr) in instructions.iter().enumerate() {
             let expanded = scope.expand(instr).map_err(|e| e.in_file(&self.req.dockerfile))?;
             let text = if n < triggers.len() { triggers[n].clone() } else { instruction_text(df, instr.span) };
-            let name = format!("[{label} {}/{}] {text}", (n + 2).min(total.max(n + 2)), total.max(instructions.len() + 1));
-            self.step(df, &graph, &platform, &mut scope, &mut state, built, &expanded, &text, &name)?;
+            if is_vertex(&instr.kind) {
+                number += 1;
+            }
+            let name = format!("[{label}{number}/{total}] {text}");
+            self.step(df, graph, &platform, &mut scope, &mut state, built, &expanded, &text, &name)?;
         }
         Ok(state)
     }
@@ -229,8 +243,15 @@ impl<'a> Builder<'a> {
     ) -> Result<(), BuildError> {
         let span = instr.span;
         let config = &mut state.config.config;
+        let created = self.created();
         let meta = |state: &mut StageState| {
-            state.config.history.push(History { created_by: text.to_string(), empty_layer: true, ..Default::default() });
+            state.config.history.push(History {
+                created: Some(created),
+                created_by: text.to_string(),
+                comment: "buildkit.dockerfile.v0".into(),
+                empty_layer: true,
+                ..Default::default()
+            });
         };
         match &instr.kind {
             InstructionKind::Env(kvs) => config.apply_env(kvs),
@@ -313,7 +334,6 @@ impl<'a> Builder<'a> {
         }
         let layer = entry.layer.map(|l| LayerRef { descriptor: l.descriptor, diff_id: l.diff_id });
         self.apply(state, key.clone(), layer, history)?;
-        state.config.config = entry.config;
         Ok(true)
     }
 
@@ -328,7 +348,6 @@ impl<'a> Builder<'a> {
         };
         let entry = CacheEntry {
             layer: layer.as_ref().map(|l| CachedLayer { descriptor: l.descriptor.clone(), diff_id: l.diff_id.clone() }),
-            config: state.config.config.clone(),
             history: history.clone(),
         };
         self.cache.put(&key, &entry)?;
@@ -615,7 +634,10 @@ impl<'a> Builder<'a> {
         };
         // --link layers do not depend on what is below them.
         let parent = if link { None } else { Some(&state.key) };
-        let key = CacheKey::derive(parent, &[if add { b"ADD" } else { b"COPY" }, plan.checksum.as_bytes(), text.as_bytes()]);
+        let key = CacheKey::derive(
+            parent,
+            &[if add { b"ADD" } else { b"COPY" }, plan.checksum.as_bytes(), text.as_bytes(), workdir.as_bytes()],
+        );
         let key = if link { CacheKey::derive(Some(&state.key), &[key.0.as_bytes()]) } else { key };
         if self.try_cache(&key, state)? {
             return Ok(true);

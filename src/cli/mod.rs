@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+pub mod build;
 pub mod debug;
 pub mod image;
 pub mod kernel;
@@ -21,6 +22,8 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Build an image from a Dockerfile (docker buildx build's flags)
+    Build(build::BuildArgs),
     /// Run commands in a guest VM
     #[command(subcommand)]
     Vm(vm::VmCommand),
@@ -36,6 +39,7 @@ pub enum Command {
 
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
+        Command::Build(args) => build::run(args, signals::install()),
         Command::Vm(cmd) => vm::run(cmd),
         Command::Kernel(cmd) => kernel::run(cmd),
         Command::Image(cmd) => image::run(cmd),
