@@ -5,6 +5,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use kiln_protocol::{EntryKind, LayerEntry};
@@ -80,10 +81,12 @@ struct StageState {
 pub struct Builder<'a> {
     store: &'a Store,
     cache: BuildCache,
-    progress: &'a mut Progress,
+    progress: StepLog,
     cancel: &'a AtomicBool,
     req: &'a BuildRequest,
-    session: Option<Session>,
+    /// One VM per platform a stage runs on (`FROM --platform=$BUILDPLATFORM`
+    /// stages get one of the build platform), booted on first use.
+    sessions: HashMap<String, Session>,
     runtime: Option<tokio::runtime::Runtime>,
     context: Option<BuildContext>,
     steps: usize,
@@ -115,14 +118,16 @@ fn now_unix() -> i64 {
 }
 
 impl<'a> Builder<'a> {
-    pub fn new(store: &'a Store, progress: &'a mut Progress, cancel: &'a AtomicBool, req: &'a BuildRequest) -> Self {
+    /// `progress` may be shared by builds of several platforms; with
+    /// `prefix` (e.g. `linux/arm64 `) step names say which build they are.
+    pub fn new(store: &'a Store, progress: Arc<Mutex<Progress>>, prefix: &str, cancel: &'a AtomicBool, req: &'a BuildRequest) -> Self {
         Builder {
             store,
             cache: BuildCache::for_store(store),
-            progress,
+            progress: StepLog { progress, prefix: prefix.to_string() },
             cancel,
             req,
-            session: None,
+            sessions: HashMap::new(),
             runtime: None,
             context: None,
             steps: 0,
@@ -139,7 +144,7 @@ impl<'a> Builder<'a> {
         let ev = Evaluator::new(&df, &opts).map_err(|e| e.in_file(&self.req.dockerfile))?;
         let graph = stages::resolve(&ev, self.req.target.as_deref()).map_err(|e| e.in_file(&self.req.dockerfile))?;
         let result = self.run_stages(&df, &ev, &graph);
-        if let Some(session) = self.session.take() {
+        for (_, session) in self.sessions.drain() {
             session.shutdown();
         }
         let mut states = result?;
@@ -278,7 +283,7 @@ impl<'a> Builder<'a> {
             InstructionKind::Run(run) => {
                 let step = self.progress.start(name);
                 let started = Instant::now();
-                let result = self.run(df, span, scope, state, run, text, step);
+                let result = self.run(df, span, platform, scope, state, run, text, step);
                 self.finish(step, started, result)?;
                 return Ok(());
             }
@@ -444,6 +449,7 @@ impl<'a> Builder<'a> {
         &mut self,
         df: &Dockerfile,
         span: Span,
+        platform: &Platform,
         scope: &Scope<'_, '_>,
         state: &mut StageState,
         run: &crate::dockerfile::instructions::Run,
@@ -477,8 +483,9 @@ impl<'a> Builder<'a> {
             return Ok(true);
         }
         let id = self.identity(state, &user).map_err(|e| self.at(df, span, e.to_string()))?;
-        self.ensure_session(df, span)?;
-        let session = self.session.as_mut().expect("booted above");
+        let platform_key = platform.to_string();
+        self.ensure_session(df, span, platform)?;
+        let session = self.sessions.get_mut(&platform_key).expect("booted above");
         let spec = RunSpec {
             argv: argv.clone(),
             env,
@@ -491,7 +498,7 @@ impl<'a> Builder<'a> {
             layers: &state.layers,
         };
         let mut tail = OutputTail::default();
-        let progress = &mut *self.progress;
+        let progress = &self.progress;
         let mut sink = |stream: u8, bytes: &[u8]| {
             tail.push(bytes);
             progress.output(step, stream, bytes);
@@ -509,6 +516,7 @@ impl<'a> Builder<'a> {
             ));
         };
         let layer = {
+            let session = self.sessions.get_mut(&platform_key).expect("booted above");
             let image = session.scratch_image()?.to_path_buf();
             let written = Ext4Contents::open(&image, &outcome.upper)
                 .map_err(|e| BuildError::Snapshot(format!("opening {}: {e}", image.display())))
@@ -517,34 +525,34 @@ impl<'a> Builder<'a> {
                     Ok(layer.map(|l| LayerRef { descriptor: l.descriptor, diff_id: l.diff_id.to_string() }))
                 });
             // Thaw whatever happened, so the VM stays usable (and can shut down cleanly).
-            let thawed = self.session.as_mut().expect("booted").thaw(self.cancel);
+            let thawed = self.sessions.get_mut(&platform_key).expect("booted").thaw(self.cancel);
             let layer = written?;
             thawed?;
             layer
         };
         if let Some(layer) = &layer {
-            self.session.as_mut().expect("booted").adopt(&layer.diff_id, &outcome.upper);
+            self.sessions.get_mut(&platform_key).expect("booted").adopt(&layer.diff_id, &outcome.upper);
         }
         self.commit(key, state, layer, &format!("{text} # buildkit"))?;
         Ok(false)
     }
 
-    fn ensure_session(&mut self, df: &Dockerfile, span: Span) -> Result<(), BuildError> {
-        if self.session.is_some() {
+    fn ensure_session(&mut self, df: &Dockerfile, span: Span, platform: &Platform) -> Result<(), BuildError> {
+        if self.sessions.contains_key(&platform.to_string()) {
             return Ok(());
         }
-        let step = self.progress.start(&format!("[internal] booting a {} VM", self.req.platform));
+        let step = self.progress.start(&format!("[internal] booting a {platform} VM"));
         let started = Instant::now();
-        let mut config = VmConfig::new(self.req.platform.clone());
+        let mut config = VmConfig::new(platform.clone());
         config.memory_mib = self.req.memory_mib;
         config.cpus = self.req.cpus;
-        let result = crate::vm::boot_files(&self.req.platform, None)
+        let result = crate::vm::boot_files(platform, None)
             .map_err(|e| self.at(df, span, e.to_string()))
             .and_then(|files| Ok(Session::boot(&config, &files, self.cancel)?));
         match result {
             Ok(session) => {
                 self.progress.end(step, StepEnd::Done, started.elapsed());
-                self.session = Some(session);
+                self.sessions.insert(platform.to_string(), session);
                 self.vm_booted = true;
                 Ok(())
             }
@@ -802,6 +810,35 @@ impl OutputTail {
         } else {
             format!("last output lines:\n{}", shown.join("\n"))
         }
+    }
+}
+
+/// A build's handle on the (possibly shared) progress display.
+struct StepLog {
+    progress: Arc<Mutex<Progress>>,
+    prefix: String,
+}
+
+impl StepLog {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Progress> {
+        // A panic elsewhere while printing must not hide this build's errors.
+        self.progress.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn start(&self, name: &str) -> usize {
+        let name = match name.strip_prefix('[') {
+            Some(rest) if !self.prefix.is_empty() => format!("[{}{rest}", self.prefix),
+            _ => name.to_string(),
+        };
+        self.lock().start(&name)
+    }
+
+    fn output(&self, id: usize, stream: u8, bytes: &[u8]) {
+        self.lock().output(id, stream, bytes)
+    }
+
+    fn end(&self, id: usize, how: StepEnd, elapsed: std::time::Duration) {
+        self.lock().end(id, how, elapsed)
     }
 }
 

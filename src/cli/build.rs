@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
 
 use anyhow::{bail, Context};
 use clap::Args;
@@ -171,9 +172,6 @@ pub fn run(args: BuildArgs, cancel: &'static std::sync::atomic::AtomicBool) -> a
     if !args.secret.is_empty() {
         bail!("--secret needs RUN --mount=type=secret, which kiln does not support yet");
     }
-    if args.platform.len() > 1 {
-        bail!("building several platforms at once is not supported yet: give one --platform");
-    }
     let network_none = match args.network.as_str() {
         "default" => false,
         "none" => true,
@@ -222,13 +220,25 @@ pub fn run(args: BuildArgs, cancel: &'static std::sync::atomic::AtomicBool) -> a
     }
 
     let build_args = parse_build_args(&args.build_args)?;
+    let mut platforms: Vec<Platform> = Vec::new();
+    for p in &args.platform {
+        if !platforms.contains(p) {
+            platforms.push(p.clone());
+        }
+    }
+    if platforms.is_empty() {
+        platforms.push(Platform::host());
+    }
+    if platforms.len() > 1 && outputs.iter().any(|o| matches!(o, Output::Docker { .. })) {
+        bail!("--output type=docker holds one platform; use type=oci for a multi-platform image");
+    }
     let req = BuildRequest {
         dockerfile,
         context,
         target: args.target.clone(),
         source_date_epoch: source_date_epoch(&build_args)?,
         build_args,
-        platform: args.platform.first().cloned().unwrap_or_else(Platform::host),
+        platform: platforms[0].clone(),
         no_cache: args.no_cache,
         pull: args.pull,
         labels: parse_labels(&args.labels)?,
@@ -243,50 +253,131 @@ pub fn run(args: BuildArgs, cancel: &'static std::sync::atomic::AtomicBool) -> a
         },
     };
     let quiet = args.quiet || args.progress == ProgressMode::Quiet;
-    let mut progress = Progress::new(if quiet { ProgressMode::Quiet } else { args.progress });
+    let mut mode = if quiet { ProgressMode::Quiet } else { args.progress };
+    // The live tty view follows one step at a time; concurrent platforms print plain lines.
+    if platforms.len() > 1 && matches!(mode, ProgressMode::Auto | ProgressMode::Tty) {
+        mode = ProgressMode::Plain;
+    }
+    let progress = Arc::new(Mutex::new(Progress::new(mode)));
     let store = Store::open_default().context("opening the image store")?;
     let started = std::time::Instant::now();
-    let outcome = Builder::new(&store, &mut progress, cancel, &req).build()?;
-    deliver(&store, &outcome, &outputs, &req, &mut progress)?;
+    let outcomes = build_platforms(&store, &req, &platforms, &progress, cancel)?;
+    let result = if outcomes.len() == 1 {
+        outcomes[0].manifest.clone()
+    } else {
+        write_index(&store, &outcomes)?
+    };
+    let mut progress = progress.lock().unwrap_or_else(|e| e.into_inner());
+    deliver(&store, &result, &outputs, &req, &mut progress)?;
 
-    let image_id = outcome.config_digest.clone();
+    // Like buildx: the image ID is the config digest, or the index digest for several platforms.
+    let image_id = if outcomes.len() == 1 { outcomes[0].config_digest.clone() } else { result.digest().to_string() };
     if let Some(path) = &args.iidfile {
         write_atomically(path, image_id.as_bytes())?;
     }
     if let Some(path) = &args.metadata_file {
-        let meta = serde_json::json!({
-            "containerimage.digest": outcome.manifest.digest().to_string(),
-            "containerimage.config.digest": outcome.config_digest,
-            "containerimage.descriptor": outcome.manifest,
+        let mut meta = serde_json::json!({
+            "containerimage.digest": result.digest().to_string(),
+            "containerimage.descriptor": result,
             "image.name": tags.join(","),
         });
+        if outcomes.len() == 1 {
+            meta["containerimage.config.digest"] = outcomes[0].config_digest.clone().into();
+        }
         write_atomically(path, serde_json::to_string_pretty(&meta)?.as_bytes())?;
     }
     if quiet {
         println!("{image_id}");
     } else {
-        let vm = if outcome.vm_booted { "" } else { ", no VM booted" };
+        let steps: usize = outcomes.iter().map(|o| o.steps).sum();
+        let cached: usize = outcomes.iter().map(|o| o.cached).sum();
+        let vm = if outcomes.iter().any(|o| o.vm_booted) { "" } else { ", no VM booted" };
+        let names: Vec<String> = platforms.iter().map(|p| p.to_string()).collect();
         progress.note(&format!(
-            "built {} in {:.1}s: {} steps, {} cached{vm}; manifest {}",
-            req.platform,
+            "built {} in {:.1}s: {steps} steps, {cached} cached{vm}; {}",
+            names.join(", "),
             started.elapsed().as_secs_f64(),
-            outcome.steps,
-            outcome.cached,
-            outcome.manifest.digest()
+            result.digest()
         ));
     }
     Ok(ExitCode::SUCCESS)
 }
 
+/// Builds every platform, each in its own VM, at most as many at once as
+/// the host has cores and memory for. A failure is reported once the builds
+/// running beside it end.
+fn build_platforms(
+    store: &Store,
+    req: &BuildRequest,
+    platforms: &[Platform],
+    progress: &Arc<Mutex<Progress>>,
+    cancel: &'static std::sync::atomic::AtomicBool,
+) -> anyhow::Result<Vec<BuildOutcome>> {
+    if platforms.len() == 1 {
+        return Ok(vec![Builder::new(store, progress.clone(), "", cancel, req).build()?]);
+    }
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let memory_slots = host_memory_mib().map(|m| (m / req.memory_mib.max(256)) as usize).unwrap_or(1);
+    let parallel = cores.min(memory_slots).clamp(1, platforms.len());
+    let mut outcomes: Vec<Option<BuildOutcome>> = vec![None; platforms.len()];
+    for chunk in (0..platforms.len()).collect::<Vec<_>>().chunks(parallel) {
+        let results: Vec<(usize, Result<BuildOutcome, crate::build::BuildError>)> = std::thread::scope(|scope| {
+            let handles: Vec<_> = chunk
+                .iter()
+                .map(|&i| {
+                    let req = BuildRequest { platform: platforms[i].clone(), ..req.clone() };
+                    let progress = progress.clone();
+                    let prefix = format!("{} ", platforms[i]);
+                    scope.spawn(move || (i, Builder::new(store, progress, &prefix, cancel, &req).build()))
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().expect("a build thread panicked")).collect()
+        });
+        for (i, result) in results {
+            let outcome = result.with_context(|| format!("building {}", platforms[i]))?;
+            outcomes[i] = Some(outcome);
+        }
+    }
+    Ok(outcomes.into_iter().map(|o| o.expect("every platform was built")).collect())
+}
+
+#[cfg(target_os = "linux")]
+fn host_memory_mib() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = info.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    Some(line.split_whitespace().nth(1)?.parse::<u64>().ok()? / 1024)
+}
+
+#[cfg(not(target_os = "linux"))]
+fn host_memory_mib() -> Option<u64> {
+    None
+}
+
+/// One OCI index over the per-platform manifests.
+fn write_index(store: &Store, outcomes: &[BuildOutcome]) -> anyhow::Result<crate::oci::Descriptor> {
+    let index = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": crate::oci::media::OCI_INDEX,
+        "manifests": outcomes.iter().map(|o| &o.manifest).collect::<Vec<_>>(),
+    });
+    Ok(store.put_json(&index, crate::oci::MediaType::ImageIndex)?)
+}
+
 /// Loads, exports and pushes the built image. Tags are set only here, after
 /// the whole build succeeded.
-fn deliver(store: &Store, outcome: &BuildOutcome, outputs: &[Output], req: &BuildRequest, progress: &mut Progress) -> anyhow::Result<()> {
+fn deliver(
+    store: &Store,
+    image: &crate::oci::Descriptor,
+    outputs: &[Output],
+    req: &BuildRequest,
+    progress: &mut Progress,
+) -> anyhow::Result<()> {
     let mut runtime = None;
     for output in outputs {
         match output {
             Output::Image { names, push } => {
                 for name in names {
-                    store.tag(name, &outcome.manifest)?;
+                    store.tag(name, image)?;
                     progress.note(&format!("naming to {name}"));
                 }
                 if *push {
@@ -297,18 +388,18 @@ fn deliver(store: &Store, outcome: &BuildOutcome, outputs: &[Output], req: &Buil
                     };
                     for name in names {
                         let dest = Reference::parse(name)?;
-                        let report = rt.block_on(client.push(store, &outcome.manifest, &dest, &PushOptions::default()))?;
+                        let report = rt.block_on(client.push(store, image, &dest, &PushOptions::default()))?;
                         progress.note(&format!("pushed {dest} ({})", report.digest));
                     }
                 }
             }
             Output::Oci { dest, tar } => {
                 let format = if *tar { Format::OciTar } else { Format::OciDir };
-                export(store, outcome, format, dest, outputs)?;
+                export(store, image, format, dest, outputs)?;
                 progress.note(&format!("exported an OCI layout to {}", dest.display()));
             }
             Output::Docker { dest } => {
-                export(store, outcome, Format::DockerArchive, dest, outputs)?;
+                export(store, image, Format::DockerArchive, dest, outputs)?;
                 progress.note(&format!("exported a Docker archive to {}", dest.display()));
             }
         }
@@ -316,13 +407,13 @@ fn deliver(store: &Store, outcome: &BuildOutcome, outputs: &[Output], req: &Buil
     Ok(())
 }
 
-fn export(store: &Store, outcome: &BuildOutcome, format: Format, dest: &Path, outputs: &[Output]) -> anyhow::Result<()> {
+fn export(store: &Store, image: &crate::oci::Descriptor, format: Format, dest: &Path, outputs: &[Output]) -> anyhow::Result<()> {
     let name = outputs.iter().find_map(|o| match o {
         Output::Image { names, .. } => names.first().cloned(),
         _ => None,
     });
     let ref_name = name.as_ref().and_then(|n| Reference::parse(n).ok()).and_then(|r| r.tag).or_else(|| Some("latest".into()));
-    let entry = ExportEntry { descriptor: outcome.manifest.clone(), ref_name, repo_tag: name };
+    let entry = ExportEntry { descriptor: image.clone(), ref_name, repo_tag: name };
     if dest.exists() && dest.is_file() {
         std::fs::remove_file(dest).with_context(|| format!("replacing {}", dest.display()))?;
     }
