@@ -660,13 +660,10 @@ impl<'a> Builder<'a> {
     /// Finds a base image: the local store first (like the classic builder),
     /// the registry with `--pull` or when it is missing.
     fn resolve_image(&mut self, name: &str, platform: &Platform) -> Result<Image, String> {
-        let full = Reference::parse(name).map(|r| r.to_string()).ok();
         if !self.req.pull {
-            for candidate in [Some(name.to_string()), full.clone()].into_iter().flatten() {
-                if let Ok(desc) = self.store.resolve(&candidate) {
-                    let image = self.store.image(&desc, Some(platform)).map_err(|e| format!("{name}: {e}"))?;
-                    return check_platform(name, image, platform);
-                }
+            if let Ok((_, desc)) = crate::registry::reference::resolve_local(self.store, name) {
+                let image = self.store.image(&desc, Some(platform)).map_err(|e| format!("{name}: {e}"))?;
+                return check_platform(name, image, platform);
             }
         }
         let reference = Reference::parse(name).map_err(|e| format!("{name}: {e}"))?;

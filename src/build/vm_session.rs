@@ -63,6 +63,42 @@ pub struct Session {
 }
 
 impl Session {
+    /// Runs a command in an overlay over `spec.layers` without keeping its
+    /// changes (`kiln run`): stdin is forwarded when given.
+    pub fn exec(
+        &mut self,
+        store: &Store,
+        spec: RunSpec<'_>,
+        stdin: Option<Box<dyn std::io::Read + Send>>,
+        sink: &mut dyn FnMut(u8, &[u8]),
+        cancel: &AtomicBool,
+    ) -> Result<ExitStatus, SessionError> {
+        let (req, _upper) = self.request(store, spec, cancel)?;
+        let req = ExecRequest { stdin: stdin.is_some(), ..req };
+        Ok(self.vm.exec(req, stdin, sink, cancel)?)
+    }
+
+    /// The exec request for `spec` in a fresh overlay; returns it and its upper dir.
+    fn request(&mut self, store: &Store, spec: RunSpec<'_>, cancel: &AtomicBool) -> Result<(ExecRequest, String), SessionError> {
+        let lowers = self.lowers_for(store, spec.layers, cancel)?;
+        let n = self.next;
+        self.next += 1;
+        let upper = format!("u/{n}");
+        let req = ExecRequest {
+            argv: spec.argv,
+            env: spec.env,
+            cwd: spec.cwd,
+            uid: spec.uid,
+            gid: spec.gid,
+            groups: spec.groups,
+            root: Some(RootSpec::Overlay { lowers, upper: upper.clone(), work: format!("w/{n}") }),
+            no_network: spec.no_network,
+            mounts: spec.mounts,
+            ..Default::default()
+        };
+        Ok((req, upper))
+    }
+
     pub fn boot(config: &VmConfig, files: &BootFiles, cancel: &AtomicBool) -> Result<Self, SessionError> {
         let vm = Vm::boot(config, files, cancel)?;
         Ok(Session { vm, lowers: HashMap::new(), next: 0 })
@@ -105,22 +141,7 @@ impl Session {
         sink: &mut dyn FnMut(u8, &[u8]),
         cancel: &AtomicBool,
     ) -> Result<(RunOutcome, Option<Vec<LayerEntry>>), SessionError> {
-        let lowers = self.lowers_for(store, spec.layers, cancel)?;
-        let n = self.next;
-        self.next += 1;
-        let upper = format!("u/{n}");
-        let req = ExecRequest {
-            argv: spec.argv,
-            env: spec.env,
-            cwd: spec.cwd,
-            uid: spec.uid,
-            gid: spec.gid,
-            groups: spec.groups,
-            root: Some(RootSpec::Overlay { lowers, upper: upper.clone(), work: format!("w/{n}") }),
-            no_network: spec.no_network,
-            mounts: spec.mounts,
-            ..Default::default()
-        };
+        let (req, upper) = self.request(store, spec, cancel)?;
         let status = self.vm.exec(req, None, sink, cancel)?;
         if status != (ExitStatus::Code { code: 0 }) {
             return Ok((RunOutcome { status, upper }, None));

@@ -9,6 +9,7 @@ pub mod build;
 pub mod debug;
 pub mod image;
 pub mod kernel;
+pub mod run;
 pub mod signals;
 pub mod vm;
 
@@ -24,6 +25,8 @@ pub struct Cli {
 pub enum Command {
     /// Build an image from a Dockerfile (docker buildx build's flags)
     Build(build::BuildArgs),
+    /// Run a command in a new container (a VM of the image's platform)
+    Run(run::RunArgs),
     /// Run commands in a guest VM
     #[command(subcommand)]
     Vm(vm::VmCommand),
@@ -40,6 +43,7 @@ pub enum Command {
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Build(args) => build::run(args, signals::install()),
+        Command::Run(args) => run::run(args, signals::install()),
         Command::Vm(cmd) => vm::run(cmd),
         Command::Kernel(cmd) => kernel::run(cmd),
         Command::Image(cmd) => image::run(cmd),
