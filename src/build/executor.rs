@@ -8,7 +8,7 @@ use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use kiln_protocol::{EntryKind, LayerEntry};
+use kiln_protocol::{EntryKind, LayerEntry, MountSpec};
 use oci_spec::image::{Descriptor, MediaType};
 
 use super::cache::{BuildCache, CacheEntry, CacheKey, CachedLayer};
@@ -18,12 +18,14 @@ use super::image_config::{rfc3339, History, ImageConfigFile};
 use super::layer_tar::{write_layer, ContentSource, LayerOptions};
 use super::progress::{Progress, StepEnd};
 use super::rootfs::LayerStack;
+use super::run_mounts;
 use super::snapshot::Ext4Contents;
 use super::users::{self, Identity};
 use super::vm_session::{LayerRef, RunSpec, Session};
 use super::BuildError;
 use crate::dockerfile::expand::{BuildOptions, Evaluator, Scope};
 use crate::dockerfile::instructions::{InstructionKind, Network};
+use crate::dockerfile::mount::MountType;
 use crate::dockerfile::stages::{self, BaseRef, SourceRef, StageGraph};
 use crate::dockerfile::{Dockerfile, ErrorKind, Instruction, ShellOrExec, Span};
 use crate::oci::layer::Compression;
@@ -54,6 +56,8 @@ pub struct BuildRequest {
     pub source_date_epoch: Option<i64>,
     pub compression: Compression,
     pub registry: ClientOptions,
+    /// `--secret` values by id; only ever sent to the guest's memory.
+    pub secrets: BTreeMap<String, Vec<u8>>,
 }
 
 /// What a finished build produced.
@@ -283,7 +287,7 @@ impl<'a> Builder<'a> {
             InstructionKind::Run(run) => {
                 let step = self.progress.start(name);
                 let started = Instant::now();
-                let result = self.run(df, span, platform, scope, state, run, text, step);
+                let result = self.run(df, span, platform, scope, state, built, run, text, step);
                 self.finish(step, started, result)?;
                 return Ok(());
             }
@@ -452,13 +456,11 @@ impl<'a> Builder<'a> {
         platform: &Platform,
         scope: &Scope<'_, '_>,
         state: &mut StageState,
+        built: &HashMap<usize, StageState>,
         run: &crate::dockerfile::instructions::Run,
         text: &str,
         step: usize,
     ) -> Result<bool, BuildError> {
-        if let Some(m) = run.mounts.first() {
-            return Err(self.at(df, span, format!("RUN --mount={}: mounts are not supported yet", m.spec)));
-        }
         let config = &state.config.config;
         let argv = run_argv(config, run, scope, span).map_err(|e| e.in_file(&self.req.dockerfile))?;
         let mut env: Vec<String> = scope.run_env().0.iter().map(|(k, v)| format!("{k}={v}")).collect();
@@ -468,6 +470,32 @@ impl<'a> Builder<'a> {
         let cwd = if config.working_dir.is_empty() { "/".to_string() } else { config.working_dir.clone() };
         let no_network = self.req.network_none || run.network == Network::None;
         let user = config.user.clone();
+        // Mounts: what they read from other stages/images is resolved now, for the key.
+        let mut mount_keys = String::new();
+        let mut mount_sources: Vec<Option<StageState>> = Vec::new();
+        for m in &run.mounts {
+            mount_keys.push_str(&run_mounts::key_part(m, &cwd));
+            mount_keys.push('\n');
+            let source = match (&m.kind, &m.from) {
+                (MountType::Bind, Some(from)) => {
+                    let s = match stages::source_ref(df, from, span).map_err(|e| e.in_file(&self.req.dockerfile))? {
+                        SourceRef::Stage(i) => built.get(&i).cloned().expect("mount sources are built first"),
+                        SourceRef::Image(name) => {
+                            let image = self.resolve_image(&name, platform).map_err(|e| self.at(df, span, e))?;
+                            self.state_from_image(&image).map_err(|e| self.at(df, span, e))?
+                        }
+                    };
+                    mount_keys.push_str(&s.key.0);
+                    Some(s)
+                }
+                (MountType::Bind, None) => {
+                    return Err(self.at(df, span, "RUN --mount=type=bind from the build context is not supported yet; use COPY or from=<stage>"))
+                }
+                (MountType::Ssh, _) => return Err(self.at(df, span, "RUN --mount=type=ssh is not supported yet")),
+                _ => None,
+            };
+            mount_sources.push(source);
+        }
         let key = CacheKey::derive(
             Some(&state.key),
             &[
@@ -477,6 +505,7 @@ impl<'a> Builder<'a> {
                 user.as_bytes(),
                 cwd.as_bytes(),
                 if no_network { b"none" } else { b"default" },
+                mount_keys.as_bytes(),
             ],
         );
         if self.try_cache(&key, state)? {
@@ -485,7 +514,41 @@ impl<'a> Builder<'a> {
         let id = self.identity(state, &user).map_err(|e| self.at(df, span, e.to_string()))?;
         let platform_key = platform.to_string();
         self.ensure_session(df, span, platform)?;
+        let mut secrets = Vec::new();
+        for m in run.mounts.iter().filter(|m| m.kind == MountType::Secret) {
+            secrets.push(run_mounts::secret_for(m, &self.req.secrets).map_err(|e| self.at(df, span, e))?);
+        }
+        let mut secrets = secrets.into_iter();
         let session = self.sessions.get_mut(&platform_key).expect("booted above");
+        let mut mounts = Vec::new();
+        let mut volumes = Vec::new();
+        for (m, source) in run.mounts.iter().zip(&mount_sources) {
+            match m.kind {
+                MountType::Tmpfs => mounts.push(MountSpec::Tmpfs { target: run_mounts::target_path(m, &cwd, ""), size_bytes: m.size }),
+                MountType::Secret => {
+                    if let Some((_, spec)) = secrets.next().expect("one per secret mount") {
+                        mounts.push(spec);
+                    }
+                }
+                MountType::Cache => {
+                    let volume = run_mounts::CacheVolume::for_mount(m, &cwd, platform, &crate::dirs::cache_dir(), volumes.len() + 1000 * self.steps);
+                    session.ensure_cache(&volume, self.cancel)?;
+                    mounts.push(MountSpec::Bind {
+                        source: volume.scratch_dir.clone(),
+                        target: run_mounts::target_path(m, &cwd, ""),
+                        readonly: false,
+                    });
+                    volumes.push(volume);
+                }
+                MountType::Bind => {
+                    let source = source.as_ref().expect("bind sources resolved above");
+                    let lowers = session.lowers_for(self.store, &source.layers, self.cancel)?;
+                    let subpath = m.source.clone().unwrap_or_default().trim_start_matches('/').to_string();
+                    mounts.push(MountSpec::Overlay { lowers, subpath, target: run_mounts::target_path(m, &cwd, "") });
+                }
+                MountType::Ssh => unreachable!("rejected above"),
+            }
+        }
         let spec = RunSpec {
             argv: argv.clone(),
             env,
@@ -494,7 +557,7 @@ impl<'a> Builder<'a> {
             gid: id.gid,
             groups: id.groups,
             no_network,
-            mounts: Vec::new(),
+            mounts,
             layers: &state.layers,
         };
         let mut tail = OutputTail::default();
@@ -533,8 +596,34 @@ impl<'a> Builder<'a> {
         if let Some(layer) = &layer {
             self.sessions.get_mut(&platform_key).expect("booted").adopt(&layer.diff_id, &outcome.upper);
         }
+        for volume in &volumes {
+            self.save_cache_volume(&platform_key, volume)?;
+        }
         self.commit(key, state, layer, &format!("{text} # buildkit"))?;
         Ok(false)
+    }
+
+    /// Writes a cache volume back to the host (a temp file renamed over the
+    /// old one, so a crash leaves the previous volume whole).
+    fn save_cache_volume(&mut self, platform_key: &str, volume: &run_mounts::CacheVolume) -> Result<(), BuildError> {
+        let session = self.sessions.get_mut(platform_key).expect("booted");
+        let mut entries = session.snapshot_dir(&volume.scratch_dir, self.cancel)?;
+        let image = session.scratch_image()?.to_path_buf();
+        let written = (|| -> Result<(), BuildError> {
+            let dir = volume.host_tar.parent().expect("volume paths have a parent");
+            let io = |e: std::io::Error| BuildError::Snapshot(format!("saving the cache volume {}: {e}", volume.host_tar.display()));
+            std::fs::create_dir_all(dir).map_err(io)?;
+            let mut contents = Ext4Contents::open(&image, &volume.scratch_dir).map_err(io)?;
+            let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(io)?;
+            let opts = LayerOptions { compression: Compression::None, source_date_epoch: None };
+            super::layer_tar::write_tar(&mut entries, &mut contents, &opts, &mut std::io::BufWriter::new(tmp.as_file_mut()))?;
+            tmp.persist(&volume.host_tar).map_err(|e| io(e.error))?;
+            Ok(())
+        })();
+        let thawed = self.sessions.get_mut(platform_key).expect("booted").thaw(self.cancel);
+        written?;
+        thawed?;
+        Ok(())
     }
 
     fn ensure_session(&mut self, df: &Dockerfile, span: Span, platform: &Platform) -> Result<(), BuildError> {

@@ -43,3 +43,13 @@ pub fn write_layer(
 ) -> Result<Option<Layer>, LayerTarError> {
     unimplemented!("layers branch")
 }
+
+/// Writes `entries` as a plain tar to `out` (cache volumes kept on the host).
+pub fn write_tar(
+    _entries: &mut Vec<LayerEntry>,
+    _contents: &mut dyn ContentSource,
+    _opts: &LayerOptions,
+    _out: &mut dyn std::io::Write,
+) -> Result<(), LayerTarError> {
+    unimplemented!("layers branch")
+}

@@ -18,6 +18,7 @@ pub mod image_config;
 pub mod layer_tar;
 pub mod progress;
 pub mod rootfs;
+pub mod run_mounts;
 pub mod snapshot;
 pub mod users;
 pub mod vm_session;

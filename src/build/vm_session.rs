@@ -4,12 +4,13 @@
 //! disk once per VM; a RUN's upper directory becomes the next step's lower
 //! as it is, without a round trip through the host.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::AtomicBool;
 
 use kiln_protocol::{ExecRequest, ExitStatus, LayerEntry, MountSpec, RootSpec};
 use oci_spec::image::Descriptor;
 
+use super::run_mounts::CacheVolume;
 use crate::oci::layer::open_layer;
 use crate::oci::store::{Store, StoreError};
 use crate::vm::{BootFiles, BootFilesError, Vm, VmConfig, VmError};
@@ -59,6 +60,8 @@ pub struct Session {
     vm: Vm,
     /// diff_id → scratch-relative directory holding that layer's files.
     lowers: HashMap<String, String>,
+    /// Cache volumes already unpacked in this VM (scratch dirs).
+    caches: HashSet<String>,
     next: usize,
 }
 
@@ -101,7 +104,7 @@ impl Session {
 
     pub fn boot(config: &VmConfig, files: &BootFiles, cancel: &AtomicBool) -> Result<Self, SessionError> {
         let vm = Vm::boot(config, files, cancel)?;
-        Ok(Session { vm, lowers: HashMap::new(), next: 0 })
+        Ok(Session { vm, lowers: HashMap::new(), caches: HashSet::new(), next: 0 })
     }
 
     pub fn vm(&self) -> &Vm {
@@ -111,7 +114,7 @@ impl Session {
     /// Makes every layer of `layers` available as a lower directory (the
     /// agent unpacks the ones it does not have yet) and returns their
     /// directories topmost first, as overlayfs wants them.
-    fn lowers_for(&mut self, store: &Store, layers: &[LayerRef], cancel: &AtomicBool) -> Result<Vec<String>, SessionError> {
+    pub fn lowers_for(&mut self, store: &Store, layers: &[LayerRef], cancel: &AtomicBool) -> Result<Vec<String>, SessionError> {
         let mut dirs = Vec::with_capacity(layers.len());
         for layer in layers {
             let dir = match self.lowers.get(&layer.diff_id) {
@@ -163,6 +166,27 @@ impl Session {
     /// later steps use it as a lower without unpacking the blob again.
     pub fn adopt(&mut self, diff_id: &str, upper: &str) {
         self.lowers.insert(diff_id.to_string(), upper.to_string());
+    }
+
+    /// Makes the cache volume's directory exist in the VM, unpacked from its
+    /// host tar the first time this VM uses it.
+    pub fn ensure_cache(&mut self, volume: &CacheVolume, cancel: &AtomicBool) -> Result<(), SessionError> {
+        if self.caches.contains(&volume.scratch_dir) {
+            return Ok(());
+        }
+        let mut tar: Box<dyn std::io::Read> = match std::fs::File::open(&volume.host_tar) {
+            Ok(f) => Box::new(std::io::BufReader::new(f)),
+            // A new volume: an empty archive just creates the directory.
+            Err(_) => Box::new(std::io::Cursor::new(vec![0u8; 1024])),
+        };
+        self.vm.unpack(&volume.scratch_dir, &mut tar, cancel)?;
+        self.caches.insert(volume.scratch_dir.clone());
+        Ok(())
+    }
+
+    /// Describes a scratch directory (freezing the scratch file system until [`Session::thaw`]).
+    pub fn snapshot_dir(&mut self, dir: &str, cancel: &AtomicBool) -> Result<Vec<LayerEntry>, SessionError> {
+        Ok(self.vm.snapshot(dir, cancel)?)
     }
 
     pub fn shutdown(self) {

@@ -154,6 +154,36 @@ fn parse_labels(labels: &[String]) -> anyhow::Result<BTreeMap<String, String>> {
         .collect()
 }
 
+/// `--secret id=ID[,src=PATH|,env=VAR]` (buildx's forms; `type=file|env` too).
+fn parse_secrets(specs: &[String]) -> anyhow::Result<BTreeMap<String, Vec<u8>>> {
+    let mut out = BTreeMap::new();
+    for spec in specs {
+        let mut kv = BTreeMap::new();
+        for part in spec.split(',') {
+            let (k, v) = part.split_once('=').with_context(|| format!("--secret: {part:?} is not KEY=VALUE"))?;
+            kv.insert(k.trim(), v.trim());
+        }
+        let id = kv.get("id").copied().with_context(|| "--secret needs id=")?;
+        let src = kv.get("src").or_else(|| kv.get("source")).copied();
+        let env = kv.get("env").copied();
+        let value = match (kv.get("type").copied(), src, env) {
+            (Some("env") | None, None, Some(var)) | (Some("env"), Some(var), None) => {
+                std::env::var(var).with_context(|| format!("--secret id={id}: the environment variable {var} is not set"))?.into_bytes()
+            }
+            (Some("file") | None, Some(path), None) => {
+                std::fs::read(path).with_context(|| format!("--secret id={id}: reading {path}"))?
+            }
+            // buildx: with neither, the value comes from an env var named like the id.
+            (None, None, None) => {
+                std::env::var(id).with_context(|| format!("--secret id={id}: give src=FILE or env=VAR"))?.into_bytes()
+            }
+            _ => bail!("--secret id={id}: give one of src= or env="),
+        };
+        out.insert(id.to_string(), value);
+    }
+    Ok(out)
+}
+
 /// SOURCE_DATE_EPOCH from the environment or `--build-arg`, as buildx reads it.
 fn source_date_epoch(build_args: &BTreeMap<String, String>) -> anyhow::Result<Option<i64>> {
     let raw = build_args.get("SOURCE_DATE_EPOCH").cloned().or_else(|| std::env::var("SOURCE_DATE_EPOCH").ok());
@@ -169,9 +199,6 @@ struct StdinDockerfile {
 }
 
 pub fn run(args: BuildArgs, cancel: &'static std::sync::atomic::AtomicBool) -> anyhow::Result<ExitCode> {
-    if !args.secret.is_empty() {
-        bail!("--secret needs RUN --mount=type=secret, which kiln does not support yet");
-    }
     let network_none = match args.network.as_str() {
         "default" => false,
         "none" => true,
@@ -251,6 +278,7 @@ pub fn run(args: BuildArgs, cancel: &'static std::sync::atomic::AtomicBool) -> a
             docker_config: Some(crate::registry::auth::default_config_path()),
             ..Default::default()
         },
+        secrets: parse_secrets(&args.secret)?,
     };
     let quiet = args.quiet || args.progress == ProgressMode::Quiet;
     let mut mode = if quiet { ProgressMode::Quiet } else { args.progress };
