@@ -415,3 +415,224 @@ fn parse_layer(reader: Box<dyn Read + '_>, layer: usize) -> Result<ParsedLayer, 
     }
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::build::layer_tar::tests::{dir, entry, file, MapContents};
+    use crate::build::layer_tar::{write_layer, LayerOptions};
+    use crate::oci::digest;
+
+    fn store() -> (tempfile::TempDir, Store) {
+        let d = tempfile::tempdir().unwrap();
+        let s = Store::open(d.path().join("store")).unwrap();
+        (d, s)
+    }
+
+    fn layer(s: &Store, mut entries: Vec<LayerEntry>, c: &mut MapContents, compression: Compression) -> Descriptor {
+        let opts = LayerOptions { compression, ..Default::default() };
+        write_layer(s, &mut entries, c, &opts).unwrap().unwrap().descriptor
+    }
+
+    fn paths(stack: &LayerStack, at: &str) -> Vec<String> {
+        stack.walk(at).iter().map(|e| e.path.clone()).collect()
+    }
+
+    /// A base layer and an upper one that deletes, hides and replaces parts of it.
+    fn two_layers(s: &Store) -> Vec<Descriptor> {
+        let mut c = MapContents::default();
+        let base = vec![
+            dir("etc"),
+            file("etc/passwd", b"root:x:0:0::/root:/bin/sh\n", &mut c),
+            file("etc/gone", b"bye", &mut c),
+            dir("var"),
+            dir("var/cache"),
+            file("var/cache/old", b"old", &mut c),
+            dir("opt"),
+            file("opt/x", b"x", &mut c),
+            dir("usr"),
+            dir("usr/bin"),
+            file("usr/bin/tool", b"tool", &mut c),
+        ];
+        let base = layer(s, base, &mut c, Compression::Gzip);
+        let mut c = MapContents::default();
+        let upper = vec![
+            entry("etc/gone", EntryKind::Whiteout),
+            entry("var/cache", EntryKind::Dir { opaque: true }),
+            file("var/cache/new", b"new", &mut c),
+            file("opt", b"now a file", &mut c),
+            entry("usr/bin/alias", EntryKind::Symlink { target: "tool".into() }),
+        ];
+        let upper = layer(s, upper, &mut c, Compression::Zstd);
+        vec![base, upper]
+    }
+
+    #[test]
+    fn whiteouts_and_opaque_dirs_hide_lower_entries() {
+        let (_d, s) = store();
+        let stack = LayerStack::open(&s, &two_layers(&s)).unwrap();
+        assert!(stack.entry("etc/gone").is_none(), "whiteout hides the lower file");
+        assert!(stack.entry("etc/passwd").is_some());
+        assert_eq!(paths(&stack, "var"), ["var", "var/cache", "var/cache/new"], "opaque dir hides lower contents only");
+        assert!(matches!(stack.entry("var/cache").unwrap().kind, EntryKind::Dir { opaque: false }));
+        assert_eq!(paths(&stack, "opt"), ["opt"], "a file replacing a dir drops its children");
+        assert_eq!(stack.read_file(&s, "/opt").unwrap().unwrap(), b"now a file");
+        assert_eq!(stack.read_file(&s, "var/cache/new").unwrap().unwrap(), b"new");
+        assert_eq!(stack.read_file(&s, "/usr/bin/alias").unwrap().unwrap(), b"tool", "symlinks followed");
+        assert_eq!(stack.read_file(&s, "etc/gone").unwrap(), None);
+        assert_eq!(stack.read_file(&s, "etc").unwrap(), None, "a directory has no content");
+        let all = paths(&stack, "");
+        assert_eq!(all.len(), 10, "{all:?}");
+        assert_eq!(all, {
+            let mut sorted = all.clone();
+            sorted.sort_by(|a, b| crate::build::layer_tar::path_order(a, b));
+            sorted
+        });
+    }
+
+    #[test]
+    fn push_adds_a_layer_on_top() {
+        let (_d, s) = store();
+        let layers = two_layers(&s);
+        let mut stack = LayerStack::open(&s, &layers[..1]).unwrap();
+        assert!(stack.entry("etc/gone").is_some());
+        stack.push(&s, &layers[1]).unwrap();
+        assert!(stack.entry("etc/gone").is_none());
+        assert_eq!(stack.read_file(&s, "etc/passwd").unwrap().unwrap(), b"root:x:0:0::/root:/bin/sh\n");
+    }
+
+    #[test]
+    fn symlinks_resolve_inside_the_root() {
+        let (_d, s) = store();
+        let mut c = MapContents::default();
+        let link = |p: &str, t: &str| entry(p, EntryKind::Symlink { target: t.into() });
+        let entries = vec![
+            dir("etc"),
+            file("etc/passwd", b"pw", &mut c),
+            link("a", "../../etc"),
+            link("abs", "/etc/passwd"),
+            dir("lib"),
+            link("lib/up", ".."),
+            link("loop1", "loop2"),
+            link("loop2", "loop1"),
+            link("dangling", "nowhere/file"),
+        ];
+        let stack = LayerStack::open(&s, &[layer(&s, entries, &mut c, Compression::None)]).unwrap();
+        assert_eq!(stack.resolve("/a/passwd").unwrap(), "etc/passwd");
+        assert_eq!(stack.resolve("a").unwrap(), "etc");
+        assert_eq!(stack.resolve("abs").unwrap(), "etc/passwd");
+        assert_eq!(stack.resolve("lib/up/lib/up/a/../etc/./passwd").unwrap(), "etc/passwd");
+        assert_eq!(stack.resolve("../../../etc").unwrap(), "etc");
+        assert_eq!(stack.resolve("dangling").unwrap(), "nowhere/file", "the result need not exist");
+        assert_eq!(stack.resolve("").unwrap(), "");
+        let err = stack.resolve("loop1/x").unwrap_err();
+        assert!(err.to_string().contains("too many levels of symbolic links"), "{err}");
+        assert_eq!(stack.read_file(&s, "a/passwd").unwrap().unwrap(), b"pw");
+        assert!(matches!(stack.entry("a").unwrap().kind, EntryKind::Symlink { .. }), "entry does not follow");
+    }
+
+    /// A raw USTAR member, for layers kiln's writer would refuse to produce.
+    fn raw_member(out: &mut Vec<u8>, name: &str, kind: u8, link: &str, data: &[u8]) {
+        let mut h = tar::Header::new_ustar();
+        h.as_old_mut().name[..name.len()].copy_from_slice(name.as_bytes());
+        h.as_old_mut().linkname[..link.len()].copy_from_slice(link.as_bytes());
+        h.set_entry_type(tar::EntryType::new(kind));
+        h.set_mode(0o640);
+        h.set_size(data.len() as u64);
+        h.set_mtime(5);
+        h.set_cksum();
+        out.extend_from_slice(h.as_bytes());
+        out.extend_from_slice(data);
+        out.resize(out.len().div_ceil(512) * 512, 0);
+    }
+
+    fn raw_layer(s: &Store, members: &[(&str, u8, &str, &[u8])]) -> Descriptor {
+        let mut tar = Vec::new();
+        for (name, kind, link, data) in members {
+            raw_member(&mut tar, name, *kind, link, data);
+        }
+        tar.extend_from_slice(&[0; 1024]);
+        s.put_blob_bytes(&tar, MediaType::Other(media::OCI_LAYER_TAR.into())).unwrap()
+    }
+
+    use oci_spec::image::MediaType;
+
+    #[test]
+    fn hardlinks_read_their_targets_content_even_from_lower_layers() {
+        let (_d, s) = store();
+        let lower = raw_layer(&s, &[("./bin/", b'5', "", b""), ("./bin/busybox", b'0', "", b"BUSYBOX")]);
+        let upper = raw_layer(&s, &[("bin/sh", b'1', "bin/busybox", b""), ("/bin/ls", b'1', "./bin/sh", b"")]);
+        let stack = LayerStack::open(&s, &[lower, upper]).unwrap();
+        for p in ["bin/sh", "bin/ls"] {
+            assert_eq!(stack.read_file(&s, p).unwrap().unwrap(), b"BUSYBOX", "{p}");
+            assert!(matches!(stack.entry(p).unwrap().kind, EntryKind::File { size: 7, link: None }));
+        }
+        let bad = raw_layer(&s, &[("x", b'1', "missing", b"")]);
+        assert!(LayerStack::open(&s, &[bad]).is_err());
+    }
+
+    #[test]
+    fn paths_escaping_the_root_are_refused() {
+        let (_d, s) = store();
+        for name in ["../etc/passwd", "a/../../b", "ok/../x"] {
+            let l = raw_layer(&s, &[(name, b'0', "", b"evil")]);
+            let err = LayerStack::open(&s, &[l]).unwrap_err();
+            assert!(err.to_string().contains(".."), "{name}: {err}");
+        }
+        let l = raw_layer(&s, &[("x", b'1', "../../etc/shadow", b"")]);
+        assert!(LayerStack::open(&s, &[l]).is_err());
+    }
+
+    #[test]
+    fn binary_xattrs_and_ids_survive_a_round_trip() {
+        let (_d, s) = store();
+        let mut c = MapContents::default();
+        let mut f = file("bin/ping", b"ELF", &mut c);
+        f.xattrs = vec![Xattr { name: "security.capability".into(), value: vec![1, 0, 0, 2, 0x0a, 0x20, 0, 0, b'\n'] }];
+        f.uid = 5_000_000;
+        f.gid = 7;
+        f.mode = 0o4755;
+        let dev = entry("dev/null", EntryKind::CharDevice { major: 1, minor: 3 });
+        let long = format!("{}/{}", "p".repeat(180), "q".repeat(150));
+        let entries = vec![dir("bin"), f.clone(), dir("dev"), dev.clone(), file(&long, b"long", &mut c)];
+        let stack = LayerStack::open(&s, &[layer(&s, entries, &mut c, Compression::Gzip)]).unwrap();
+        let got = stack.entry("bin/ping").unwrap();
+        assert_eq!((got.uid, got.gid, got.mode, &got.xattrs), (f.uid, f.gid, f.mode, &f.xattrs));
+        assert_eq!(stack.entry("dev/null").unwrap().kind, dev.kind);
+        assert_eq!(stack.read_file(&s, &long).unwrap().unwrap(), b"long");
+    }
+
+    #[test]
+    fn spool_streams_each_layer_once_and_serves_contents() {
+        let (_d, s) = store();
+        let layers = two_layers(&s);
+        let stack = LayerStack::open(&s, &layers).unwrap();
+        let want = ["usr/bin/tool", "var/cache/new", "etc/passwd", "opt"];
+        let mut spool = stack.spool(&s, &want.map(String::from)).unwrap();
+        assert_eq!(std::fs::read_dir(s.root().join("tmp")).unwrap().count(), 0, "the spool file has no name");
+        for p in want.iter().rev() {
+            let expected = stack.read_file(&s, p).unwrap().unwrap();
+            let mut got = Vec::new();
+            spool.open(stack.entry(p).unwrap()).unwrap().read_to_end(&mut got).unwrap();
+            assert_eq!(got, expected, "{p}");
+        }
+        assert!(spool.open(stack.entry("etc").unwrap()).is_err());
+        let err = stack.spool(&s, &["usr/bin/alias".to_string()]).err().expect("a symlink is not spooled");
+        assert!(err.to_string().contains("not a regular file"), "{err}");
+    }
+
+    #[test]
+    fn corrupt_or_unknown_layers_are_errors() {
+        let (_d, s) = store();
+        let layers = two_layers(&s);
+        let path = s.blob_path(layers[1].digest()).unwrap();
+        let mut bytes = std::fs::read(&path).unwrap();
+        let n = bytes.len();
+        bytes[n - 1] ^= 1;
+        std::fs::write(&path, &bytes).unwrap();
+        assert!(LayerStack::open(&s, &layers).is_err(), "a corrupt blob is never indexed");
+        let odd = Descriptor::new(MediaType::Other("application/x-unknown".into()), 3, digest::of_bytes(b"abc"));
+        let err = LayerStack::open(&s, &[odd]).unwrap_err();
+        assert!(err.to_string().contains("unsupported layer media type"), "{err}");
+    }
+}

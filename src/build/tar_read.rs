@@ -99,16 +99,6 @@ impl<R: Read> TarReader<R> {
         Self { r, pos: 0, pending: 0 }
     }
 
-    /// Reads the bytes of the member last returned (`size` of them).
-    #[cfg(test)]
-    pub fn read_content(&mut self, size: u64) -> io::Result<Vec<u8>> {
-        let mut v = Vec::new();
-        (&mut self.r).take(size).read_to_end(&mut v)?;
-        self.pos += v.len() as u64;
-        self.pending -= v.len() as u64;
-        Ok(v)
-    }
-
     fn skip(&mut self, n: u64) -> io::Result<()> {
         let got = io::copy(&mut (&mut self.r).take(n), &mut io::sink())?;
         self.pos += got;
