@@ -79,3 +79,74 @@ impl ContentSource for Ext4Contents {
         Ok(Box::new(file))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::build::layer_tar::tests::{entry, read_tar, uncompressed};
+    use crate::build::layer_tar::{write_layer, LayerOptions, LayerTarError};
+    use kiln_protocol::EntryKind;
+    use std::process::Command;
+
+    fn mke2fs() -> Option<PathBuf> {
+        ["/usr/sbin/mke2fs", "/sbin/mke2fs"].iter().map(PathBuf::from).find(|p| p.is_file())
+    }
+
+    /// A 16 MiB ext4 image of `root` made by mke2fs -d.
+    fn image_of(root: &Path, out: &Path) {
+        let bin = mke2fs().unwrap();
+        let o = Command::new(bin).arg("-q").arg("-F").arg("-d").arg(root).args(["-t", "ext4"]).arg(out).arg("16M").output().unwrap();
+        assert!(o.status.success(), "mke2fs: {}", String::from_utf8_lossy(&o.stderr));
+    }
+
+    fn pattern(len: usize) -> Vec<u8> {
+        (0..len).map(|i| (i as u32).wrapping_mul(2654435761).to_le_bytes()[(i % 3) + 1]).collect()
+    }
+
+    #[test]
+    fn reads_manifest_files_back_from_an_ext4_image() {
+        if mke2fs().is_none() {
+            eprintln!("SKIPPED: mke2fs is not installed (Debian package e2fsprogs)");
+            return;
+        }
+        let tmp = tempfile::tempdir().unwrap();
+        let upper = tmp.path().join("root/work/upper");
+        std::fs::create_dir_all(upper.join("etc")).unwrap();
+        std::fs::create_dir_all(upper.join("data")).unwrap();
+        std::fs::write(upper.join("etc/hosts"), b"127.0.0.1 localhost\n").unwrap();
+        std::fs::write(upper.join("empty"), b"").unwrap();
+        let big = pattern(3 * 1024 * 1024 + 123);
+        std::fs::write(upper.join("data/big"), &big).unwrap();
+        std::os::unix::fs::symlink("../etc/hosts", upper.join("data/sl")).unwrap();
+        std::os::unix::fs::symlink("data", upper.join("dl")).unwrap();
+        // Outside the upper dir: must never be read for an entry.
+        std::fs::write(tmp.path().join("root/work/secret"), b"no").unwrap();
+        let img = tmp.path().join("scratch.img");
+        image_of(&tmp.path().join("root"), &img);
+
+        let mut src = Ext4Contents::open(&img, "/work/upper/").unwrap();
+        let f = |p: &str, size: usize| entry(p, EntryKind::File { size: size as u64, link: None });
+        for (p, want) in [("etc/hosts", &b"127.0.0.1 localhost\n"[..]), ("data/big", &big[..]), ("empty", b"")] {
+            let mut got = Vec::new();
+            ContentSource::open(&mut src, &f(p, want.len())).unwrap().read_to_end(&mut got).unwrap();
+            assert!(got == want, "{p}: {} bytes back, {} expected", got.len(), want.len());
+        }
+        for p in ["data/sl", "dl/big", "missing", "../secret"] {
+            let err = ContentSource::open(&mut src, &f(p, 1)).err().expect(p);
+            assert!(err.to_string().contains("scratch.img"), "{p}: {err}");
+        }
+
+        // Through the tar writer: content and a size disagreement.
+        let d = tempfile::tempdir().unwrap();
+        let store = crate::oci::Store::open(d.path()).unwrap();
+        let mut entries = vec![entry("data", EntryKind::Dir { opaque: false }), f("data/big", big.len()), f("etc/hosts", 20)];
+        let layer = write_layer(&store, &mut entries, &mut src, &LayerOptions::default()).unwrap().unwrap();
+        let back = read_tar(&uncompressed(&store, &layer));
+        assert_eq!(back[1].data, big);
+        assert_eq!(back[2].data, b"127.0.0.1 localhost\n");
+        let err = write_layer(&store, &mut vec![f("etc/hosts", 5)], &mut src, &LayerOptions::default()).unwrap_err();
+        assert!(matches!(err, LayerTarError::SizeMismatch { expected: 5, actual: 20, .. }), "{err}");
+        let err = Ext4Contents::open(&upper.join("etc/hosts"), "/").err().unwrap();
+        assert!(err.to_string().contains("not a readable ext4"), "{err}");
+    }
+}
