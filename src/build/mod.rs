@@ -20,6 +20,7 @@ pub mod progress;
 pub mod rootfs;
 pub mod run_mounts;
 pub mod snapshot;
+mod tar_read;
 pub mod users;
 pub mod vm_session;
 
