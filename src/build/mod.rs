@@ -15,6 +15,7 @@ pub mod copy;
 pub mod layer_tar;
 pub mod rootfs;
 pub mod snapshot;
+mod tar_read;
 pub mod users;
 
 pub use kiln_protocol::{EntryKind, LayerEntry, Xattr};

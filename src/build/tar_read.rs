@@ -1,0 +1,280 @@
+//! A streaming reader of layer tars that reports each member's metadata and
+//! the offset of its bytes in the stream, for indexing layers.
+//!
+//! Written here rather than taken from the `tar` crate because that crate
+//! splits PAX records at newlines, so a binary xattr value containing 0x0a
+//! (e.g. some `security.capability` sets) makes it drop the uid, gid, size
+//! and path records that follow. PAX records are length-prefixed; this
+//! reader honours that. It understands USTAR, GNU (long names, base-256
+//! numbers) and PAX local headers; global PAX headers are ignored.
+
+use std::collections::HashMap;
+use std::io::{self, Read};
+
+const BLOCK: u64 = 512;
+/// PAX and GNU long-name members larger than this are refused, not buffered.
+const MAX_META: u64 = 64 << 20;
+
+/// One member, with PAX and GNU long-name headers already applied.
+#[derive(Debug, Clone)]
+pub struct Member {
+    pub path: Vec<u8>,
+    pub link: Vec<u8>,
+    pub kind: u8,
+    pub mode: u32,
+    pub uid: u64,
+    pub gid: u64,
+    pub mtime: i64,
+    pub size: u64,
+    pub dev: (u32, u32),
+    /// `SCHILY.xattr.*` records, in archive order.
+    pub xattrs: Vec<(String, Vec<u8>)>,
+    /// Where the member's bytes start in the uncompressed stream.
+    pub offset: u64,
+}
+
+pub struct TarReader<R> {
+    r: R,
+    pos: u64,
+    /// Data and padding of the previous member still to skip.
+    pending: u64,
+}
+
+fn bad(message: impl Into<String>) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, message.into())
+}
+
+fn cstr(field: &[u8]) -> &[u8] {
+    let end = field.iter().position(|&b| b == 0).unwrap_or(field.len());
+    &field[..end]
+}
+
+/// An octal field, or a GNU base-256 one (high bit of the first byte set).
+fn number(field: &[u8]) -> io::Result<u64> {
+    if field.first().is_some_and(|b| b & 0x80 != 0) {
+        if field[0] & 0x40 != 0 {
+            return Err(bad("negative base-256 number in a tar header"));
+        }
+        let mut v: u64 = (field[0] & 0x3f) as u64;
+        for &b in &field[1..] {
+            v = v.checked_mul(256).ok_or_else(|| bad("base-256 number overflows"))? + b as u64;
+        }
+        return Ok(v);
+    }
+    let text = cstr(field);
+    let text = std::str::from_utf8(text).map_err(|_| bad("non-ASCII number in a tar header"))?;
+    let text = text.trim_matches(|c: char| c == ' ' || c == '\0');
+    if text.is_empty() {
+        return Ok(0);
+    }
+    u64::from_str_radix(text, 8).map_err(|_| bad(format!("bad octal number {text:?} in a tar header")))
+}
+
+/// Parses PAX records: `<len> <key>=<value>\n`, `len` counting the whole record.
+fn pax_records(mut data: &[u8]) -> io::Result<Vec<(String, Vec<u8>)>> {
+    let mut out = Vec::new();
+    while !data.is_empty() {
+        if data.iter().all(|&b| b == 0) {
+            break;
+        }
+        let space = data.iter().position(|&b| b == b' ').ok_or_else(|| bad("malformed PAX record"))?;
+        let len: usize = std::str::from_utf8(&data[..space])
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| bad("malformed PAX record length"))?;
+        if len <= space + 1 || len > data.len() || data[len - 1] != b'\n' {
+            return Err(bad("malformed PAX record"));
+        }
+        let record = &data[space + 1..len - 1];
+        let eq = record.iter().position(|&b| b == b'=').ok_or_else(|| bad("PAX record without '='"))?;
+        let key = String::from_utf8_lossy(&record[..eq]).into_owned();
+        out.push((key, record[eq + 1..].to_vec()));
+        data = &data[len..];
+    }
+    Ok(out)
+}
+
+impl<R: Read> TarReader<R> {
+    pub fn new(r: R) -> Self {
+        Self { r, pos: 0, pending: 0 }
+    }
+
+    fn skip(&mut self, n: u64) -> io::Result<()> {
+        let got = io::copy(&mut (&mut self.r).take(n), &mut io::sink())?;
+        self.pos += got;
+        if got != n {
+            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "the tar ends inside a member"));
+        }
+        Ok(())
+    }
+
+    /// Reads one header block; None at a clean end (zero block or EOF).
+    fn block(&mut self) -> io::Result<Option<[u8; 512]>> {
+        let mut b = [0u8; 512];
+        let mut filled = 0;
+        while filled < b.len() {
+            match self.r.read(&mut b[filled..]) {
+                Ok(0) if filled == 0 => return Ok(None),
+                Ok(0) => return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "the tar ends inside a header")),
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        self.pos += BLOCK;
+        if b.iter().all(|&x| x == 0) {
+            return Ok(None);
+        }
+        let stored = number(&b[148..156])?;
+        let unsigned: u64 = b.iter().enumerate().map(|(i, &x)| if (148..156).contains(&i) { 32 } else { x as u64 }).sum();
+        let signed: i64 = b.iter().enumerate().map(|(i, &x)| if (148..156).contains(&i) { 32 } else { x as i8 as i64 }).sum();
+        if stored != unsigned && stored as i64 != signed {
+            return Err(bad(format!("tar header checksum mismatch at offset {}", self.pos - BLOCK)));
+        }
+        Ok(Some(b))
+    }
+
+    fn body(&mut self, size: u64) -> io::Result<Vec<u8>> {
+        if size > MAX_META {
+            return Err(bad(format!("a {size}-byte tar extension header is too large")));
+        }
+        let mut v = Vec::with_capacity(size as usize);
+        (&mut self.r).take(size).read_to_end(&mut v)?;
+        self.pos += v.len() as u64;
+        if v.len() as u64 != size {
+            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "the tar ends inside a member"));
+        }
+        self.skip(padding(size))?;
+        Ok(v)
+    }
+
+    /// The next member; the previous member's unread bytes are skipped.
+    pub fn next_member(&mut self) -> io::Result<Option<Member>> {
+        let pending = std::mem::take(&mut self.pending);
+        self.skip(pending)?;
+        let mut pax: HashMap<String, Vec<u8>> = HashMap::new();
+        let mut xattrs = Vec::new();
+        let mut long_name = None;
+        let mut long_link = None;
+        loop {
+            let Some(h) = self.block()? else {
+                if !pax.is_empty() || long_name.is_some() || long_link.is_some() {
+                    return Err(bad("the tar ends after an extension header"));
+                }
+                return Ok(None);
+            };
+            let kind = h[156];
+            let size = number(&h[124..136])?;
+            match kind {
+                b'x' => {
+                    for (k, v) in pax_records(&self.body(size)?)? {
+                        match k.strip_prefix("SCHILY.xattr.") {
+                            Some(name) => xattrs.push((name.to_string(), v)),
+                            None => {
+                                pax.insert(k, v);
+                            }
+                        }
+                    }
+                    continue;
+                }
+                b'g' => {
+                    self.body(size)?;
+                    continue;
+                }
+                b'L' => {
+                    long_name = Some(cstr(&self.body(size)?).to_vec());
+                    continue;
+                }
+                b'K' => {
+                    long_link = Some(cstr(&self.body(size)?).to_vec());
+                    continue;
+                }
+                b'S' => return Err(bad("GNU sparse files in layers are not supported")),
+                _ => {}
+            }
+            let ustar = &h[257..263] == b"ustar\0";
+            let path = match (pax.remove("path"), long_name.take()) {
+                (Some(p), _) | (None, Some(p)) => p,
+                (None, None) => {
+                    let name = cstr(&h[0..100]);
+                    let prefix = if ustar { cstr(&h[345..500]) } else { &[][..] };
+                    if prefix.is_empty() { name.to_vec() } else { [prefix, b"/", name].concat() }
+                }
+            };
+            let link = match (pax.remove("linkpath"), long_link.take()) {
+                (Some(l), _) | (None, Some(l)) => l,
+                (None, None) => cstr(&h[157..257]).to_vec(),
+            };
+            let pax_num = |key: &str| -> Option<io::Result<i64>> {
+                pax.get(key).map(|v| {
+                    let s = std::str::from_utf8(v).map_err(|_| bad(format!("PAX {key} is not a number")))?;
+                    // mtime may carry a fraction: only seconds are kept.
+                    s.split('.').next().unwrap_or("").parse::<i64>().map_err(|_| bad(format!("PAX {key} {s:?} is not a number")))
+                })
+            };
+            let size = match pax_num("size") {
+                Some(s) => s? as u64,
+                None => size,
+            };
+            let uid = match pax_num("uid") {
+                Some(v) => v? as u64,
+                None => number(&h[108..116])?,
+            };
+            let gid = match pax_num("gid") {
+                Some(v) => v? as u64,
+                None => number(&h[116..124])?,
+            };
+            let mtime = match pax_num("mtime") {
+                Some(v) => v?,
+                None => number(&h[136..148])? as i64,
+            };
+            let dev = if matches!(kind, b'3' | b'4') {
+                (number(&h[329..337])? as u32, number(&h[337..345])? as u32)
+            } else {
+                (0, 0)
+            };
+            // Only regular files carry data in practice; a hardlink's size is skipped too.
+            let member = Member {
+                path,
+                link,
+                kind,
+                mode: (number(&h[100..108])? & 0o7777) as u32,
+                uid,
+                gid,
+                mtime,
+                size,
+                dev,
+                xattrs,
+                offset: self.pos,
+            };
+            self.pending = size + padding(size);
+            return Ok(Some(member));
+        }
+    }
+}
+
+fn padding(size: u64) -> u64 {
+    (BLOCK - size % BLOCK) % BLOCK
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pax_values_may_contain_newlines() {
+        let mut data = Vec::new();
+        data.extend_from_slice(b"24 SCHILY.xattr.a=\n\x01\x0a\x02\n\n");
+        let recs = pax_records(&data).unwrap();
+        assert_eq!(recs, [("SCHILY.xattr.a".to_string(), b"\n\x01\x0a\x02\n".to_vec())]);
+        assert!(pax_records(b"99 path=x\n").is_err());
+    }
+
+    #[test]
+    fn numbers_octal_and_base_256() {
+        assert_eq!(number(b"0000644\0").unwrap(), 0o644);
+        assert_eq!(number(b"   644 \0").unwrap(), 0o644);
+        assert_eq!(number(&[0x80, 0, 0, 0, 0, 0, 1, 0]).unwrap(), 256);
+        assert!(number(b"99\0").is_err());
+    }
+}
