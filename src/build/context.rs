@@ -1,7 +1,21 @@
 //! The build context on the host: a directory filtered by .dockerignore.
-//! (Interface fixed; implementation owned by the `copy` branch.)
+//!
+//! Every lookup is a path relative to the context root. Symlinks are
+//! resolved as if the root were `/` (BuildKit copies the context into a
+//! snapshot and resolves inside it), so neither `..` nor a link pointing
+//! outside ever reaches a host file outside the root. Paths that
+//! .dockerignore excludes do not exist for COPY.
 
+use std::fs::{File, Metadata};
+use std::io;
 use std::path::{Path, PathBuf};
+
+use kiln_protocol::{EntryKind, LayerEntry};
+
+use crate::dockerfile::dockerignore::IgnoreMatcher;
+
+/// Symlinks followed in one lookup before it is called a loop (Linux's limit).
+const MAX_LINKS: usize = 40;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ContextError {
@@ -9,21 +23,305 @@ pub enum ContextError {
     Invalid { path: PathBuf, message: String },
     #[error("reading {path}: {source}")]
     Io { path: PathBuf, source: std::io::Error },
+    #[error(transparent)]
+    Ignore(#[from] crate::dockerfile::Error),
+    #[error("build context: too many levels of symbolic links resolving /{path}")]
+    SymlinkLoop { path: String },
+    #[error("build context: {path}: the name is not valid UTF-8")]
+    NotUtf8 { path: PathBuf },
 }
 
 /// A build context directory and its .dockerignore rules.
 pub struct BuildContext {
     root: PathBuf,
+    ignore: IgnoreMatcher,
+}
+
+/// One visible context entry, symlinks not followed. Ownership is 0:0: the
+/// context's owners on the host mean nothing in the image (as in BuildKit).
+#[derive(Debug, Clone)]
+pub struct ContextEntry {
+    /// `path` is relative to the context root.
+    pub entry: LayerEntry,
+    /// (device, inode) of a regular file with more than one link, to keep
+    /// hardlinks within a copied tree.
+    pub inode: Option<(u64, u64)>,
 }
 
 impl BuildContext {
     /// Opens `root`, reading `<dockerfile>.dockerignore` next to the
     /// Dockerfile first, then `.dockerignore` at the root (as BuildKit does).
-    pub fn open(root: &Path, _dockerfile: Option<&Path>) -> Result<Self, ContextError> {
-        Ok(BuildContext { root: root.to_path_buf() })
+    pub fn open(root: &Path, dockerfile: Option<&Path>) -> Result<Self, ContextError> {
+        let meta = std::fs::metadata(root).map_err(|source| ContextError::Io { path: root.to_path_buf(), source })?;
+        if !meta.is_dir() {
+            return Err(ContextError::Invalid { path: root.to_path_buf(), message: "not a directory".into() });
+        }
+        let root = root.canonicalize().map_err(|source| ContextError::Io { path: root.to_path_buf(), source })?;
+        let dockerfile = dockerfile.map(Path::to_path_buf).unwrap_or_else(|| root.join("Dockerfile"));
+        let ignore = IgnoreMatcher::load(&root, &dockerfile)?;
+        Ok(BuildContext { root, ignore })
     }
 
     pub fn root(&self) -> &Path {
         &self.root
+    }
+
+    /// Whether .dockerignore hides `path` (relative, `/`-separated).
+    pub fn is_excluded(&self, path: &str) -> bool {
+        !path.is_empty() && self.ignore.is_excluded(path)
+    }
+
+    fn host_path(&self, rel: &str) -> PathBuf {
+        if rel.is_empty() {
+            self.root.clone()
+        } else {
+            self.root.join(rel)
+        }
+    }
+
+    /// The entry at `rel` (normalised, relative), symlinks not followed;
+    /// `None` when it does not exist or .dockerignore hides it.
+    pub fn entry(&self, rel: &str) -> Result<Option<ContextEntry>, ContextError> {
+        let host = self.host_path(rel);
+        let meta = match std::fs::symlink_metadata(&host) {
+            Ok(m) => m,
+            Err(e) if matches!(e.kind(), io::ErrorKind::NotFound | io::ErrorKind::NotADirectory) => return Ok(None),
+            Err(source) => return Err(ContextError::Io { path: host, source }),
+        };
+        if !self.visible(rel, meta.is_dir()) {
+            return Ok(None);
+        }
+        to_entry(rel, &host, &meta).map(Some)
+    }
+
+    /// A directory excluded by .dockerignore still exists when a `!` pattern
+    /// may re-include something below it (BuildKit sends such parents).
+    fn visible(&self, rel: &str, is_dir: bool) -> bool {
+        !self.is_excluded(rel) || is_dir && self.ignore.may_include_below(rel)
+    }
+
+    /// The visible children of the directory `rel`, sorted by name.
+    pub fn read_dir(&self, rel: &str) -> Result<Vec<ContextEntry>, ContextError> {
+        let host = self.host_path(rel);
+        let rd = std::fs::read_dir(&host).map_err(|source| ContextError::Io { path: host.clone(), source })?;
+        let mut names = Vec::new();
+        for item in rd {
+            let item = item.map_err(|source| ContextError::Io { path: host.clone(), source })?;
+            let name = item.file_name();
+            let name = name.to_str().ok_or_else(|| ContextError::NotUtf8 { path: item.path() })?;
+            names.push(name.to_string());
+        }
+        names.sort_unstable();
+        let mut out = Vec::with_capacity(names.len());
+        for name in names {
+            let child = join(rel, &name);
+            if let Some(e) = self.entry(&child)? {
+                out.push(e);
+            }
+        }
+        Ok(out)
+    }
+
+    /// `rel` with every symlink in it resolved (the last component too),
+    /// confined to the root: `..` stops at the root and absolute targets
+    /// start at it. The result need not exist.
+    pub fn resolve(&self, rel: &str) -> Result<String, ContextError> {
+        let mut todo: Vec<String> = rel.split('/').rev().filter(|c| !c.is_empty()).map(str::to_string).collect();
+        let mut done: Vec<String> = Vec::new();
+        let mut links = 0;
+        while let Some(part) = todo.pop() {
+            match part.as_str() {
+                "." => continue,
+                ".." => {
+                    done.pop();
+                    continue;
+                }
+                _ => {}
+            }
+            done.push(part);
+            let here = done.join("/");
+            let Some(e) = self.entry(&here)? else {
+                // Nothing there: the rest is taken literally.
+                done.extend(todo.drain(..).rev());
+                break;
+            };
+            if let EntryKind::Symlink { target } = &e.entry.kind {
+                links += 1;
+                if links > MAX_LINKS {
+                    return Err(ContextError::SymlinkLoop { path: rel.to_string() });
+                }
+                done.pop();
+                if target.starts_with('/') {
+                    done.clear();
+                }
+                todo.extend(target.split('/').rev().filter(|c| !c.is_empty()).map(str::to_string));
+            }
+        }
+        Ok(done.join("/"))
+    }
+
+    /// Opens the regular file at `rel` (already resolved) for reading.
+    pub fn open_file(&self, rel: &str) -> io::Result<File> {
+        let host = self.host_path(rel);
+        let mut opts = std::fs::OpenOptions::new();
+        opts.read(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            // The walk saw a regular file here; never follow a link swapped in since.
+            opts.custom_flags(libc::O_NOFOLLOW);
+        }
+        opts.open(host)
+    }
+}
+
+/// `dir/name`, or `name` at the root.
+pub(crate) fn join(dir: &str, name: &str) -> String {
+    if dir.is_empty() {
+        name.to_string()
+    } else {
+        format!("{dir}/{name}")
+    }
+}
+
+fn to_entry(rel: &str, host: &Path, meta: &Metadata) -> Result<ContextEntry, ContextError> {
+    let ft = meta.file_type();
+    let (mode, mtime, mtime_nsec, inode) = unix_bits(meta);
+    let kind = if ft.is_symlink() {
+        let target = std::fs::read_link(host).map_err(|source| ContextError::Io { path: host.to_path_buf(), source })?;
+        let target = target.to_str().ok_or_else(|| ContextError::NotUtf8 { path: host.to_path_buf() })?;
+        EntryKind::Symlink { target: target.to_string() }
+    } else if ft.is_dir() {
+        EntryKind::Dir { opaque: false }
+    } else if ft.is_file() {
+        EntryKind::File { size: meta.len(), link: None }
+    } else {
+        match special_kind(meta) {
+            Some(k) => k,
+            None => {
+                return Err(ContextError::Invalid {
+                    path: host.to_path_buf(),
+                    message: "sockets cannot be copied into an image".into(),
+                })
+            }
+        }
+    };
+    let inode = if matches!(kind, EntryKind::File { .. }) { inode } else { None };
+    Ok(ContextEntry {
+        entry: LayerEntry { path: rel.to_string(), kind, mode, uid: 0, gid: 0, mtime, mtime_nsec, xattrs: Vec::new() },
+        inode,
+    })
+}
+
+/// (permission bits, mtime seconds, mtime nanoseconds, (dev, ino) if nlink > 1).
+#[cfg(unix)]
+fn unix_bits(meta: &Metadata) -> (u32, i64, u32, Option<(u64, u64)>) {
+    use std::os::unix::fs::MetadataExt;
+    let inode = (meta.nlink() > 1).then(|| (meta.dev(), meta.ino()));
+    (meta.mode() & 0o7777, meta.mtime(), meta.mtime_nsec() as u32, inode)
+}
+
+#[cfg(not(unix))]
+fn unix_bits(meta: &Metadata) -> (u32, i64, u32, Option<(u64, u64)>) {
+    let mode = if meta.is_dir() { 0o755 } else { 0o644 };
+    let (secs, nsec) = match meta.modified().ok().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()) {
+        Some(d) => (d.as_secs() as i64, d.subsec_nanos()),
+        None => (0, 0),
+    };
+    (mode, secs, nsec, None)
+}
+
+#[cfg(unix)]
+fn special_kind(meta: &Metadata) -> Option<EntryKind> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let ft = meta.file_type();
+    let rdev = meta.rdev();
+    // glibc's major()/minor() encoding, spelled out so it builds on every unix.
+    let major = (((rdev >> 32) & 0xffff_f000) | ((rdev >> 8) & 0xfff)) as u32;
+    let minor = (((rdev >> 12) & 0xffff_ff00) | (rdev & 0xff)) as u32;
+    if ft.is_fifo() {
+        Some(EntryKind::Fifo)
+    } else if ft.is_char_device() {
+        Some(EntryKind::CharDevice { major, minor })
+    } else if ft.is_block_device() {
+        Some(EntryKind::BlockDevice { major, minor })
+    } else {
+        None
+    }
+}
+
+#[cfg(not(unix))]
+fn special_kind(_meta: &Metadata) -> Option<EntryKind> {
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ctx(files: &[(&str, &str)], ignore: Option<&str>) -> (tempfile::TempDir, BuildContext) {
+        let dir = tempfile::tempdir().unwrap();
+        for (p, content) in files {
+            let host = dir.path().join(p);
+            std::fs::create_dir_all(host.parent().unwrap()).unwrap();
+            std::fs::write(host, content).unwrap();
+        }
+        if let Some(ig) = ignore {
+            std::fs::write(dir.path().join(".dockerignore"), ig).unwrap();
+        }
+        let c = BuildContext::open(dir.path(), None).unwrap();
+        (dir, c)
+    }
+
+    #[test]
+    fn open_rejects_files_and_missing_dirs() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("f"), "").unwrap();
+        assert!(matches!(BuildContext::open(&dir.path().join("f"), None), Err(ContextError::Invalid { .. })));
+        assert!(matches!(BuildContext::open(&dir.path().join("nope"), None), Err(ContextError::Io { .. })));
+    }
+
+    #[test]
+    fn dockerignore_hides_entries_and_bang_reincludes() {
+        let (_d, c) = ctx(
+            &[("a.txt", "a"), ("secret.key", "k"), ("docs/x.md", "x"), ("docs/keep.md", "k"), ("Dockerfile", "FROM x")],
+            Some("*.key\ndocs\n!docs/keep.md\nDockerfile\n"),
+        );
+        assert!(c.entry("a.txt").unwrap().is_some());
+        assert!(c.entry("secret.key").unwrap().is_none());
+        assert!(c.entry("Dockerfile").unwrap().is_none(), "excluded for COPY, the engine reads it directly");
+        assert!(c.entry("docs").unwrap().is_some(), "parent of a re-included file stays");
+        let names: Vec<String> = c.read_dir("docs").unwrap().into_iter().map(|e| e.entry.path).collect();
+        assert_eq!(names, vec!["docs/keep.md"]);
+        let root: Vec<String> = c.read_dir("").unwrap().into_iter().map(|e| e.entry.path).collect();
+        assert_eq!(root, vec![".dockerignore", "a.txt", "docs"]);
+    }
+
+    #[test]
+    fn per_dockerfile_ignore_file_takes_precedence() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(".dockerignore"), "a\n").unwrap();
+        std::fs::write(dir.path().join("app.Dockerfile.dockerignore"), "b\n").unwrap();
+        std::fs::write(dir.path().join("a"), "").unwrap();
+        std::fs::write(dir.path().join("b"), "").unwrap();
+        let c = BuildContext::open(dir.path(), Some(&dir.path().join("app.Dockerfile"))).unwrap();
+        assert!(c.entry("a").unwrap().is_some() && c.entry("b").unwrap().is_none());
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn resolve_stays_inside_the_root() {
+        let (d, c) = ctx(&[("real/f", "1"), ("etc/passwd", "inside")], None);
+        let root = d.path();
+        std::os::unix::fs::symlink("real", root.join("rel")).unwrap();
+        std::os::unix::fs::symlink("/etc", root.join("abs")).unwrap();
+        std::os::unix::fs::symlink("../../../../etc", root.join("up")).unwrap();
+        std::os::unix::fs::symlink("loop", root.join("loop")).unwrap();
+        assert_eq!(c.resolve("rel/f").unwrap(), "real/f");
+        assert_eq!(c.resolve("abs/passwd").unwrap(), "etc/passwd", "absolute targets start at the context root");
+        assert_eq!(c.resolve("up/passwd").unwrap(), "etc/passwd", "`..` stops at the root");
+        assert_eq!(c.resolve("../../x").unwrap(), "x");
+        assert_eq!(c.resolve("missing/a/b").unwrap(), "missing/a/b");
+        assert!(matches!(c.resolve("loop"), Err(ContextError::SymlinkLoop { .. })));
     }
 }
