@@ -683,9 +683,9 @@ impl<'a> Builder<'a> {
             Some(spec) => {
                 let mut id = self.identity(state, spec).map_err(|e| self.at(df, span, format!("--chown={spec}: {e}")))?;
                 id.groups.clear();
-                id
+                Some(id)
             }
-            None => Identity::default(),
+            None => None,
         };
         // The source side: the context, another stage or an image.
         let mut from_state = match &from {
