@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand};
 
 pub mod debug;
 pub mod image;
+pub mod import;
 pub mod kernel;
 pub mod signals;
 pub mod vm;
@@ -29,6 +30,8 @@ pub enum Command {
     Kernel(kernel::KernelCommand),
     #[command(flatten)]
     Image(image::ImageCommand),
+    /// Create an image from a root file system tar (like `docker import`)
+    Import(import::ImportArgs),
     /// Developer tools (conformance runners, dumps)
     #[command(subcommand, hide = true)]
     Debug(debug::DebugCommand),
@@ -39,6 +42,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Vm(cmd) => vm::run(cmd),
         Command::Kernel(cmd) => kernel::run(cmd),
         Command::Image(cmd) => image::run(cmd),
+        Command::Import(args) => import::run(args),
         Command::Debug(cmd) => debug::run(cmd),
     }
 }
