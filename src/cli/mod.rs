@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 pub mod build;
 pub mod debug;
 pub mod image;
+pub mod import;
 pub mod kernel;
 pub mod run;
 pub mod signals;
@@ -35,6 +36,8 @@ pub enum Command {
     Kernel(kernel::KernelCommand),
     #[command(flatten)]
     Image(image::ImageCommand),
+    /// Create an image from a root file system tar (like `docker import`)
+    Import(import::ImportArgs),
     /// Developer tools (conformance runners, dumps)
     #[command(subcommand, hide = true)]
     Debug(debug::DebugCommand),
@@ -47,6 +50,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Vm(cmd) => vm::run(cmd),
         Command::Kernel(cmd) => kernel::run(cmd),
         Command::Image(cmd) => image::run(cmd),
+        Command::Import(args) => import::run(args),
         Command::Debug(cmd) => debug::run(cmd),
     }
 }
