@@ -811,19 +811,8 @@ impl<'a> Builder<'a> {
             "layers": state.layers.iter().map(|l| &l.descriptor).collect::<Vec<_>>(),
         });
         let mut desc = self.store.put_json(&manifest, MediaType::Other(media::OCI_MANIFEST.into()))?;
-        let platform = oci_spec::image::PlatformBuilder::default()
-            .architecture(config.architecture.as_str())
-            .os(config.os.as_str())
-            .build()
-            .expect("architecture and os are set");
-        let platform = match &config.variant {
-            Some(v) => {
-                let mut p = platform;
-                p.set_variant(Some(v.clone()));
-                p
-            }
-            None => platform,
-        };
+        let platform = Platform::new(&config.os, &config.architecture, config.variant.as_deref());
+        let platform = crate::oci::model::oci_platform(&platform);
         desc.set_platform(Some(platform));
         Ok((desc, config_desc.digest().to_string()))
     }
