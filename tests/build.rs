@@ -24,7 +24,7 @@ fn fixture(name: &str, how: &str) -> PathBuf {
     path
 }
 
-const DEBIAN: &str = "kiln.local/debian:bookworm";
+const DEBIAN: &str = "kiln.local/debian:bookworm-arm64";
 const BUSYBOX: &str = "kiln.local/busybox:test";
 
 /// A private store, TMPDIR and context per test; the kernel cache is shared.
@@ -133,7 +133,7 @@ fn debian_arm64_build_keeps_every_kind_of_change() {
     env.write("app.txt", "from the context\n");
     env.write(
         "Dockerfile",
-        r#"ARG BASE=kiln.local/debian:bookworm
+        r#"ARG BASE=kiln.local/debian:bookworm-arm64
 FROM ${BASE}
 RUN useradd -m -u 1234 app \
  && mkdir -p /data/keep /data/gone /opaque \

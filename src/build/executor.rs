@@ -531,7 +531,7 @@ impl<'a> Builder<'a> {
                     }
                 }
                 MountType::Cache => {
-                    let volume = run_mounts::CacheVolume::for_mount(m, &cwd, platform, &crate::dirs::cache_dir(), volumes.len() + 1000 * self.steps);
+                    let volume = run_mounts::CacheVolume::for_mount(m, &cwd, platform, self.store.root(), volumes.len() + 1000 * self.steps);
                     session.ensure_cache(&volume, self.cancel)?;
                     mounts.push(MountSpec::Bind {
                         source: volume.scratch_dir.clone(),
