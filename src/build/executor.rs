@@ -190,7 +190,12 @@ impl<'a> Builder<'a> {
         let is_vertex = |k: &InstructionKind| {
             matches!(k, InstructionKind::Run(_) | InstructionKind::Copy(_) | InstructionKind::Add(_) | InstructionKind::Workdir(_))
         };
-        let from_text = instruction_text(df, stage.span);
+        // Shown expanded, as BuildKit does: "FROM docker.io/library/debian:bookworm".
+        let from_text = match (&node.base, &stage.name) {
+            (BaseRef::Image(name), Some(alias)) => format!("FROM {name} AS {alias}"),
+            (BaseRef::Image(name), None) => format!("FROM {name}"),
+            _ => instruction_text(df, stage.span),
+        };
 
         let total_of = |instrs: &[Instruction]| 1 + instrs.iter().filter(|i| is_vertex(&i.kind)).count();
         let total = total_of(&stage.instructions);
