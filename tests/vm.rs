@@ -394,6 +394,8 @@ fn run_steps_in_overlays_and_snapshot_their_upper_dirs() {
         cat /usr/new.txt
         grep -q ' /mnt/cache tmpfs ' /proc/mounts && echo "tmpfs mounted"
         echo x > /ro/f 2>/dev/null || echo "ro refused"
+        echo "dev=$(ls /dev | tr '\n' ' ')"
+        stat -c '%a %t:%T' /dev/null
         set -e
         echo hello > /new.txt
         echo changed >> /etc/passwd
@@ -413,7 +415,8 @@ fn run_steps_in_overlays_and_snapshot_their_upper_dirs() {
     let lines: Vec<&str> = out.lines().collect();
     assert_eq!(
         lines,
-        ["pid=1", "ifaces=lo ", "group hidden", "usr/bin hidden", "from layer 1", "tmpfs mounted", "ro refused"],
+        ["pid=1", "ifaces=lo ", "group hidden", "usr/bin hidden", "from layer 1", "tmpfs mounted", "ro refused",
+         "dev=fd full null ptmx pts random shm stderr stdin stdout tty urandom zero ", "666 1:3"],
         "stderr:\n{err}"
     );
 

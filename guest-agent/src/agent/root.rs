@@ -61,12 +61,89 @@ impl RawMount {
     }
 }
 
+/// One step of building the command's mounts in the child, prepared before fork.
+#[derive(Clone)]
+pub enum RawStep {
+    Mount(RawMount),
+    /// A device node (mode set exactly, whatever the umask).
+    Node { path: CString, mode: libc::mode_t, major: u32, minor: u32 },
+    Dir { path: CString },
+    Symlink { target: CString, path: CString },
+}
+
+impl RawStep {
+    /// Runs in the child after fork: raw syscalls on prepared memory only.
+    pub fn apply(&self) -> io::Result<()> {
+        let check = |rc: libc::c_int| if rc < 0 { Err(io::Error::last_os_error()) } else { Ok(()) };
+        // SAFETY: every pointer is a live CString.
+        unsafe {
+            match self {
+                RawStep::Mount(m) => m.apply(),
+                RawStep::Node { path, mode, major, minor } => {
+                    check(libc::mknod(path.as_ptr(), libc::S_IFCHR | mode, libc::makedev(*major, *minor)))?;
+                    check(libc::chmod(path.as_ptr(), *mode))
+                }
+                RawStep::Dir { path } => check(libc::mkdir(path.as_ptr(), 0o755)),
+                RawStep::Symlink { target, path } => check(libc::symlink(target.as_ptr(), path.as_ptr())),
+            }
+        }
+    }
+}
+
+/// The device nodes of a RUN step's private /dev, as docker gives them.
+const DEV_NODES: [(&str, u32, u32); 6] =
+    [("null", 1, 3), ("zero", 1, 5), ("full", 1, 7), ("random", 1, 8), ("urandom", 1, 9), ("tty", 5, 0)];
+const DEV_LINKS: [(&str, &str); 5] = [
+    ("fd", "/proc/self/fd"),
+    ("stdin", "/proc/self/fd/0"),
+    ("stdout", "/proc/self/fd/1"),
+    ("stderr", "/proc/self/fd/2"),
+    ("ptmx", "pts/ptmx"),
+];
+
+/// A fresh /dev at `dev`: a tmpfs with the usual nodes, its own devpts and
+/// shm. The VM's disks (the scratch disk holding every layer) stay out of reach.
+fn private_dev(dev: &Path) -> Result<Vec<RawStep>, String> {
+    let c = |p: &Path| cstr(p);
+    let mut steps = vec![RawStep::Mount(raw(
+        "tmpfs",
+        dev,
+        Some("tmpfs"),
+        libc::MS_NOSUID | libc::MS_STRICTATIME,
+        Some("mode=755,size=65536k"),
+    )?)];
+    for (name, major, minor) in DEV_NODES {
+        steps.push(RawStep::Node { path: c(&dev.join(name))?, mode: 0o666, major, minor });
+    }
+    for (name, target) in DEV_LINKS {
+        steps.push(RawStep::Symlink { target: c(Path::new(target))?, path: c(&dev.join(name))? });
+    }
+    for name in ["pts", "shm"] {
+        steps.push(RawStep::Dir { path: c(&dev.join(name))? });
+    }
+    steps.push(RawStep::Mount(raw(
+        "devpts",
+        &dev.join("pts"),
+        Some("devpts"),
+        libc::MS_NOSUID | libc::MS_NOEXEC,
+        Some("newinstance,ptmxmode=0666,mode=0620,gid=5"),
+    )?));
+    steps.push(RawStep::Mount(raw(
+        "shm",
+        &dev.join("shm"),
+        Some("tmpfs"),
+        libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+        Some("mode=1777,size=65536k"),
+    )?));
+    Ok(steps)
+}
+
 /// The root a command runs in, ready for the child to mount into and chroot.
 pub struct PreparedRoot {
     /// The directory to chroot into, in the agent's view.
     pub dir: PathBuf,
-    /// Mounts for the child, in order.
-    pub mounts: Vec<RawMount>,
+    /// Mounts (and /dev contents) for the child, in order.
+    pub mounts: Vec<RawStep>,
     /// Run the command as PID 1 of its own PID namespace.
     pub new_pid_ns: bool,
     overlay: Option<Overlay>,
@@ -124,26 +201,30 @@ impl PreparedRoot {
     /// part of the image, as with docker), and the VM's name resolution.
     fn standard_mounts(&mut self, stubs: &mut Stubs, tmpfs_tmp: bool, private: Option<&Path>) -> Result<(), String> {
         let proc_ = self.mount_point("/proc", true, stubs)?;
-        self.mounts.push(raw(
+        self.mounts.push(RawStep::Mount(raw(
             "proc",
             &proc_,
             Some("proc"),
             libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
             None,
-        )?);
+        )?));
         let sys = self.mount_point("/sys", true, stubs)?;
-        self.mounts.push(raw(
+        self.mounts.push(RawStep::Mount(raw(
             "sysfs",
             &sys,
             Some("sysfs"),
             libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
             None,
-        )?);
+        )?));
         let dev = self.mount_point("/dev", true, stubs)?;
-        self.mounts.push(raw("/dev", &dev, None, libc::MS_BIND | libc::MS_REC, None)?);
+        match private {
+            Some(_) => self.mounts.extend(private_dev(&dev)?),
+            // A plain directory root (kiln vm exec) shares the VM's devices.
+            None => self.mounts.push(RawStep::Mount(raw("/dev", &dev, None, libc::MS_BIND | libc::MS_REC, None)?)),
+        }
         if tmpfs_tmp {
             let tmp = self.mount_point("/tmp", true, stubs)?;
-            self.mounts.push(raw("tmpfs", &tmp, Some("tmpfs"), 0, Some("mode=1777"))?);
+            self.mounts.push(RawStep::Mount(raw("tmpfs", &tmp, Some("tmpfs"), 0, Some("mode=1777"))?));
         }
         // Only images with an /etc get the VM's resolv.conf and hosts.
         if std::fs::symlink_metadata(self.dir.join("etc")).is_ok() {
@@ -163,7 +244,7 @@ impl PreparedRoot {
                     None => vm_copy,
                 };
                 let target = self.mount_point(&format!("/etc/{file}"), false, stubs)?;
-                self.mounts.push(raw(&source, &target, None, libc::MS_BIND, None)?);
+                self.mounts.push(RawStep::Mount(raw(&source, &target, None, libc::MS_BIND, None)?));
             }
         }
         Ok(())
@@ -178,7 +259,7 @@ impl PreparedRoot {
                     let dst = self.mount_point(target, meta.is_dir(), stubs)?;
                     let mut mount = raw(&src, &dst, None, libc::MS_BIND | libc::MS_REC, None)?;
                     mount.readonly_bind = *readonly;
-                    self.mounts.push(mount);
+                    self.mounts.push(RawStep::Mount(mount));
                 }
                 MountSpec::Tmpfs { target, size_bytes } => {
                     let dst = self.mount_point(target, true, stubs)?;
@@ -186,7 +267,8 @@ impl PreparedRoot {
                         Some(n) => format!("mode=1777,size={n}"),
                         None => "mode=1777".to_string(),
                     };
-                    self.mounts.push(raw("tmpfs", &dst, Some("tmpfs"), libc::MS_NOSUID | libc::MS_NODEV, Some(&data))?);
+                    let mount = raw("tmpfs", &dst, Some("tmpfs"), libc::MS_NOSUID | libc::MS_NODEV, Some(&data))?;
+                    self.mounts.push(RawStep::Mount(mount));
                 }
             }
         }
