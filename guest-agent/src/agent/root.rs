@@ -15,7 +15,9 @@ use super::exec::scratch_path;
 
 /// Private mount points and per-command files live here (the agent's tmpfs).
 const RUN_DIR: &str = "/run/kiln";
-/// The kernel copies mount(2) options into one page, NUL included.
+/// The kernel copies mount(2) options into one page, NUL included. With
+/// lower layers named like `l/NNN` (`/scratch/l/NNN`, 15 bytes with the
+/// separator) that allows about 260 of them; docker allows 127.
 const MAX_MOUNT_OPTIONS: usize = 4095;
 /// overlayfs' own limit on lower layers (OVL_MAX_STACK).
 const MAX_LOWERS: usize = 500;
@@ -288,7 +290,11 @@ impl PreparedRoot {
     pub fn teardown(&mut self) -> Result<(), String> {
         let Some(overlay) = self.overlay.take() else { return Ok(()) };
         unmount(&overlay.mountpoint)?;
-        let _ = std::fs::remove_dir_all(&overlay.run_dir);
+        // Entry by entry, never recursively: nothing here may reach into a mount.
+        for file in ["resolv.conf", "hosts"] {
+            let _ = std::fs::remove_file(overlay.run_dir.join(file));
+        }
+        let _ = std::fs::remove_dir(&overlay.run_dir);
         overlay.stubs.remove_from(&overlay.upper)
     }
 }
