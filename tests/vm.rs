@@ -465,6 +465,14 @@ fn run_steps_in_overlays_and_snapshot_their_upper_dirs() {
     assert!(err.contains("not frozen"), "{err}");
     let err = vm.snapshot("u/nope", &no).unwrap_err().to_string();
     assert!(err.contains("does not exist"), "{err}");
+    let req = ExecRequest {
+        argv: vec!["/bin/true".into()],
+        cwd: "/nope".into(),
+        root: Some(RootSpec::Overlay { lowers: vec!["l/0".into()], upper: "u/x".into(), work: "w/x".into() }),
+        ..Default::default()
+    };
+    let err = vm.exec(req, None, &mut |_, _| {}, &no).unwrap_err().to_string();
+    assert!(err.contains("working directory /nope"), "{err}");
 
     // The next step sees the first one's changes; the escaped process never
     // wrote. It only reads, and its /etc/resolv.conf mount point made

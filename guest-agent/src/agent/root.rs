@@ -172,6 +172,7 @@ pub fn prepare(req: &ExecRequest) -> Result<Option<PreparedRoot>, String> {
             let mut root = PreparedRoot { dir, mounts: Vec::new(), new_pid_ns: false, overlay: None };
             // A plain directory root is the agent's own: mount points it needs stay.
             let mut stubs = Stubs::default();
+            check_cwd(&root.dir, &req.cwd)?;
             let result = root.standard_mounts(&mut stubs, true, None).and_then(|()| root.extra_mounts(&req.mounts, &mut stubs));
             result.map(|()| Some(root))
         }
@@ -181,8 +182,8 @@ pub fn prepare(req: &ExecRequest) -> Result<Option<PreparedRoot>, String> {
                 PreparedRoot { dir: overlay.mountpoint.clone(), mounts: Vec::new(), new_pid_ns: true, overlay: None };
             let mut stubs = Stubs::default();
             let run_dir = overlay.run_dir.clone();
-            let result = root
-                .standard_mounts(&mut stubs, false, Some(&run_dir))
+            let result = check_cwd(&root.dir, &req.cwd)
+                .and_then(|()| root.standard_mounts(&mut stubs, false, Some(&run_dir)))
                 .and_then(|()| root.extra_mounts(&req.mounts, &mut stubs));
             root.overlay = Some(Overlay { stubs, ..overlay });
             match result {
@@ -438,55 +439,21 @@ impl DirState {
 }
 
 impl Stubs {
-    /// Resolves `target` under `root` like the kernel would inside a chroot
-    /// (`..` stops at the root, absolute symlinks restart at it) and creates
+    /// Resolves `target` under `root` (see [`resolve_in_root`]) and creates
     /// missing parts: directories, and for the last part a directory or an
     /// empty file. Returns the resolved root-relative path.
     pub fn create(&mut self, root: &Path, target: &str, dir: bool) -> io::Result<PathBuf> {
-        let mut pending: Vec<OsString> = Vec::new();
-        push_components(&mut pending, Path::new(target));
-        let mut resolved = PathBuf::new();
-        let mut links = 0;
-        while let Some(part) = pending.pop() {
-            if part == ".." {
-                resolved.pop();
-                continue;
+        resolve_in_root(root, target, &mut |parent, candidate, last| {
+            self.note_parents(root, parent)?;
+            let full = root.join(candidate);
+            if last && !dir {
+                std::fs::OpenOptions::new().write(true).create_new(true).open(&full)?;
+            } else {
+                std::fs::create_dir(&full)?;
             }
-            let candidate = resolved.join(&part);
-            let full = root.join(&candidate);
-            match std::fs::symlink_metadata(&full) {
-                Ok(meta) if meta.file_type().is_symlink() => {
-                    links += 1;
-                    if links > MAX_SYMLINKS {
-                        return Err(io::Error::other("too many levels of symbolic links"));
-                    }
-                    let link = std::fs::read_link(&full)?;
-                    if link.is_absolute() {
-                        resolved.clear();
-                    }
-                    push_components(&mut pending, &link);
-                }
-                Ok(meta) => {
-                    if !pending.is_empty() && !meta.is_dir() {
-                        return Err(io::Error::other(format!("/{} is not a directory", candidate.display())));
-                    }
-                    resolved = candidate;
-                }
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                    self.note_parents(root, &resolved)?;
-                    if pending.is_empty() && !dir {
-                        std::fs::OpenOptions::new().write(true).create_new(true).open(&full)?;
-                    } else {
-                        std::fs::create_dir(&full)?;
-                    }
-                    self.created.push((candidate.clone(), pending.is_empty() && !dir));
-                    self.restore_mtime(root, &resolved)?;
-                    resolved = candidate;
-                }
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(resolved)
+            self.created.push((candidate.to_path_buf(), last && !dir));
+            self.restore_mtime(root, parent)
+        })
     }
 
     /// Records `dir` and its ancestors (except the root, which is not part
@@ -563,6 +530,66 @@ impl Stubs {
         }
         Ok(())
     }
+}
+
+/// Resolves `target` under `root` like the kernel would inside a chroot
+/// (`..` stops at the root, absolute symlinks restart at it). For a part
+/// that does not exist, `missing(parent, candidate, is_last)` (root-relative
+/// paths) must create it or fail. Returns the resolved root-relative path.
+pub fn resolve_in_root(
+    root: &Path,
+    target: &str,
+    missing: &mut dyn FnMut(&Path, &Path, bool) -> io::Result<()>,
+) -> io::Result<PathBuf> {
+    let mut pending: Vec<OsString> = Vec::new();
+    push_components(&mut pending, Path::new(target));
+    let mut resolved = PathBuf::new();
+    let mut links = 0;
+    while let Some(part) = pending.pop() {
+        if part == ".." {
+            resolved.pop();
+            continue;
+        }
+        let candidate = resolved.join(&part);
+        let full = root.join(&candidate);
+        match std::fs::symlink_metadata(&full) {
+            Ok(meta) if meta.file_type().is_symlink() => {
+                links += 1;
+                if links > MAX_SYMLINKS {
+                    return Err(io::Error::other("too many levels of symbolic links"));
+                }
+                let link = std::fs::read_link(&full)?;
+                if link.is_absolute() {
+                    resolved.clear();
+                }
+                push_components(&mut pending, &link);
+            }
+            Ok(meta) => {
+                if !pending.is_empty() && !meta.is_dir() {
+                    return Err(io::Error::other(format!("/{} is not a directory", candidate.display())));
+                }
+                resolved = candidate;
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                missing(&resolved, &candidate, pending.is_empty())?;
+                resolved = candidate;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(resolved)
+}
+
+/// Checks that the working directory `cwd` exists in the root, so a missing
+/// one is reported as such and not as a failure to start the command.
+pub fn check_cwd(root: &Path, cwd: &str) -> Result<(), String> {
+    let not_found = |_: &Path, c: &Path, _| Err(io::Error::other(format!("/{} does not exist", c.display())));
+    let rel = resolve_in_root(root, cwd, &mut { not_found })
+        .map_err(|e| format!("working directory {cwd} is not usable in the root: {e}"))?;
+    if !root.join(&rel).is_dir() {
+        return Err(format!("working directory {cwd} is not a directory in the root"));
+    }
+    Ok(())
 }
 
 /// Pushes `path`'s parts onto a stack so that popping yields them in order.
@@ -645,6 +672,20 @@ mod tests {
             stubs.created,
             vec![(PathBuf::from("run"), false), (PathBuf::from("run/stub"), true), (PathBuf::from("proc"), false)]
         );
+    }
+
+    #[test]
+    fn working_directory_must_exist_in_the_root() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("app")).unwrap();
+        std::fs::write(dir.path().join("file"), b"").unwrap();
+        std::os::unix::fs::symlink("/app", dir.path().join("link")).unwrap();
+        assert!(check_cwd(dir.path(), "/app").is_ok());
+        assert!(check_cwd(dir.path(), "/link").is_ok());
+        assert!(check_cwd(dir.path(), "").is_ok());
+        let err = check_cwd(dir.path(), "/app/missing").unwrap_err();
+        assert!(err.contains("/app/missing does not exist"), "{err}");
+        assert!(check_cwd(dir.path(), "/file").unwrap_err().contains("not a directory"));
     }
 
     #[test]
