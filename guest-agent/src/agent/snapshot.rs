@@ -81,6 +81,8 @@ pub fn manifest(upper: &Path) -> Result<Vec<LayerEntry>, String> {
                 xattrs.push(Xattr { name, value });
             }
         }
+        // listxattr's order is the file system's; layers must not depend on it.
+        xattrs.sort_by(|a, b| a.name.cmp(&b.name));
         let kind = entry_kind(&full, &path, &meta, &mut first_link)?;
         entries.push(LayerEntry {
             path,
