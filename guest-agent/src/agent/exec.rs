@@ -14,7 +14,8 @@ use std::time::Duration;
 use kiln_protocol::{stream, AgentMsg, ExecRequest, ExitStatus};
 
 use super::reaper::Reaper;
-use super::root::{self, PreparedRoot, RawStep};
+use super::mounts::RawStep;
+use super::root::{self, PreparedRoot};
 use super::server::{send, send_data, Out};
 use super::SCRATCH;
 

@@ -15,9 +15,9 @@ use kiln_protocol::frame::DATA_CHUNK;
 use kiln_protocol::{stream, AgentMsg, EntryKind, LayerEntry, Xattr};
 
 use super::exec::scratch_path;
-use super::root::is_opaque;
 use super::server::{send, send_data, Out};
-use super::{xattr, SCRATCH};
+use super::xattr::{self, is_opaque};
+use super::SCRATCH;
 
 /// `_IOWR('X', 119, int)` and `_IOWR('X', 120, int)`, the same on every Linux architecture kiln runs.
 const FIFREEZE: u32 = 0xC004_5877;
