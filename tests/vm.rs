@@ -460,6 +460,16 @@ fn run_steps_in_overlays_and_snapshot_their_upper_dirs() {
     assert!(passwd.ends_with("changed\n"), "{passwd:?}");
     assert_eq!(passwd.len() as u64, passwd_len);
     assert!(!image.exists("/u/1/etc/resolv.conf").unwrap());
+    // Writing requests are refused while frozen instead of hanging the agent.
+    let err = vm.unpack("l/9", &mut std::io::Cursor::new(oci_layer()), &no).unwrap_err().to_string();
+    assert!(err.contains("frozen"), "{err}");
+    let req = ExecRequest {
+        argv: vec!["/bin/true".into()],
+        root: Some(RootSpec::Overlay { lowers: vec!["l/0".into()], upper: "u/y".into(), work: "w/y".into() }),
+        ..Default::default()
+    };
+    let err = vm.exec(req, None, &mut |_, _| {}, &no).unwrap_err().to_string();
+    assert!(err.contains("frozen"), "{err}");
     vm.thaw(&no).expect("thaw");
     let err = vm.thaw(&no).unwrap_err().to_string();
     assert!(err.contains("not frozen"), "{err}");

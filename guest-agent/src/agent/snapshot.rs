@@ -199,6 +199,15 @@ impl Freezer {
         }
     }
 
+    /// Fails while /scratch is frozen: a write to it would block the
+    /// request loop, which then could never read the `Thaw`.
+    pub fn check_writable(&self) -> Result<(), String> {
+        if self.0.lock().unwrap().holders > 0 {
+            return Err(format!("{SCRATCH} is frozen by a snapshot; send Thaw first"));
+        }
+        Ok(())
+    }
+
     /// Thaws for good before power-off.
     pub fn close(&self) {
         let mut state = self.0.lock().unwrap();
