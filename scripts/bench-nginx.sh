@@ -20,18 +20,22 @@
 #   (buildah, qemu-user-static and docker-registry are installed if
 #   missing) and for buildah.
 #
-# Environment: KILN (kiln binary; default target/release/kiln if built, else
-# target/debug/kiln), BENCH_TOOLS, BENCH_REGISTRY_PORT, KILN_DEBIAN_MIRROR.
+# Environment: KILN (kiln binary; default: cargo build --release, then
+# target/release/kiln), BENCH_TOOLS, BENCH_REGISTRY_PORT, KILN_DEBIAN_MIRROR,
+# BENCH_LOG_DIR (keep every build's log there).
+#
+# The machine's load average is printed with the results: other work on the
+# host slows both tools, so compare numbers from one quiet run.
 set -euo pipefail
 
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
 if [ -n "${KILN:-}" ]; then
   kiln="$KILN"
-elif [ -x target/release/kiln ]; then
-  kiln="$root/target/release/kiln"
 else
-  kiln="$root/target/debug/kiln"
+  # Measure what the tree builds now, optimised (as bench-pull.sh does).
+  cargo build --release --quiet --manifest-path "$root/Cargo.toml" --bin kiln
+  kiln="$root/target/release/kiln"
 fi
 tools="${BENCH_TOOLS:-kiln buildah}"
 port="${BENCH_REGISTRY_PORT:-5000}"
@@ -70,6 +74,7 @@ cleanup() {
     echo -1 > "$binfmt/qemu-aarch64" && log "unregistered qemu-aarch64 from binfmt_misc"
   fi
   if [ "$binfmt_mounted_by_us" = 1 ]; then umount "$binfmt"; fi
+  if [ -n "${BENCH_LOG_DIR:-}" ]; then mkdir -p "$BENCH_LOG_DIR" && cp "$work"/*.log "$BENCH_LOG_DIR"/ 2>/dev/null; fi
   rm -rf "$work"
 }
 trap cleanup EXIT
@@ -102,6 +107,7 @@ for _ in $(seq 100); do
 done
 "$kiln" push "$base_local" "$base_remote" >&2
 
+load_start="$(cut -d' ' -f1-3 /proc/loadavg)"
 declare -A result
 run_timed() { # name, then the command; its output goes to $work/<name>.log
   local name="$1"; shift
@@ -167,6 +173,7 @@ fi
 
 echo
 echo "nginx example, $platform, base $base_remote (kiln: $kiln)"
+echo "load average at start: $load_start, at end: $(cut -d' ' -f1-3 /proc/loadavg) ($(nproc) cores)"
 printf '%-10s %10s %10s\n' tool cold_s warm_s
 for t in kiln buildah; do
   [ -n "${result[$t-cold]:-}" ] && printf '%-10s %10s %10s\n' "$t" "${result[$t-cold]}" "${result[$t-warm]}"

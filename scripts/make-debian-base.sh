@@ -113,6 +113,7 @@ stage2='set -e
 rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin /var/cache/apt/archives/*.deb /var/cache/apt/archives/partial/*
 rm -f /var/cache/debconf/*-old /var/lib/dpkg/*-old /var/log/dpkg.log /var/log/alternatives.log /var/log/bootstrap.log /var/log/apt/*
 echo localhost > /etc/hostname
+chmod 644 /etc/hostname
 # As in Docker'"'"'s Debian images: package installs never start services.
 printf "#!/bin/sh\nexit 101\n" > /usr/sbin/policy-rc.d
 chmod 755 /usr/sbin/policy-rc.d

@@ -361,7 +361,7 @@ mod tests {
         for input in [&tar, &gz, &zst, &xz] {
             let d = import_tar(&store, &input[..], "t.tar", &opts(&[])).unwrap();
             let img = store.image(&d, None).unwrap();
-            assert_eq!(img.diff_ids(), [want.clone()]);
+            assert_eq!(img.diff_ids(), std::slice::from_ref(&want));
             assert_eq!(img.manifest.layers()[0].media_type().as_ref(), media::OCI_LAYER_GZIP);
             manifests.push(d.digest().clone());
         }
