@@ -144,7 +144,12 @@ import_s=$(since "$t")
 log "imported $tag ($digest) in ${import_s}s"
 
 mkdir -p "$cache_dir"
-# kiln save writes under a temp name and renames, so a cache entry is whole or absent.
-"$kiln" save -o "$cache" "$tag" >&2
+# kiln save writes under a temp name and renames, so a cache entry is whole
+# or absent; a concurrent run that saved first is as good.
+"$kiln" save -o "$cache" "$tag" >&2 || [ -f "$cache" ]
+# Entries made by older versions of this script are never read again.
+for old in "$cache_dir/debian-$suite-minbase-$arch-"*.oci.tar; do
+  [ "$old" = "$cache" ] || rm -f "$old"
+done
 log "cached as $cache"
 echo "make-debian-base: timings $arch: stage1 ${stage1_s}s stage2 ${stage2_s}s import ${import_s}s" >&2
