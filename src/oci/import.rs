@@ -32,7 +32,7 @@ pub enum ImportError {
     NotATar { source_name: String, reason: String },
     #[error("{source_name}: {format}-compressed input is not supported; decompress it first (plain tar, gzip, zstd and xz are)")]
     UnsupportedCompression { source_name: String, format: &'static str },
-    #[error("{source_name}: tar entry {entry:?} has a '..' component and would escape the root file system")]
+    #[error("{source_name}: tar entry path or hard link target {entry:?} has a '..' component and would escape the root file system")]
     UnsafePath { source_name: String, entry: String },
     #[error("{0}")]
     Change(dockerfile::Error),
@@ -124,10 +124,14 @@ fn copy_checked_tar(input: impl Read, source_name: &str, out: &mut impl Write) -
     for entry in archive.entries().map_err(not_tar)? {
         // A read error of the underlying input is reported as such, not as "not a tar".
         let entry = entry.map_err(|e| if is_format_error(&e) { not_tar(e) } else { read_err(e) })?;
-        let path = entry.path_bytes();
-        if path.split(|&b| b == b'/').any(|c| c == b"..") {
-            let entry = String::from_utf8_lossy(&path).into_owned();
-            return Err(ImportError::UnsafePath { source_name: source_name.to_string(), entry });
+        // Hard link targets are paths in the archive too; symlink targets are
+        // resolved inside the root by whoever unpacks, so they may say anything.
+        let link = (entry.header().entry_type() == tar::EntryType::Link).then(|| entry.link_name_bytes()).flatten();
+        for path in std::iter::once(entry.path_bytes()).chain(link) {
+            if path.split(|&b| b == b'/').any(|c| c == b"..") {
+                let entry = String::from_utf8_lossy(&path).into_owned();
+                return Err(ImportError::UnsafePath { source_name: source_name.to_string(), entry });
+            }
         }
         entries += 1;
     }
@@ -323,6 +327,18 @@ mod tests {
         b.into_inner().unwrap()
     }
 
+    fn hardlink_tar(path: &str, target: &str) -> Vec<u8> {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Link);
+        h.set_size(0);
+        h.set_path(path).unwrap();
+        h.as_mut_bytes()[157..157 + target.len()].copy_from_slice(target.as_bytes());
+        h.set_cksum();
+        let mut b = tar::Builder::new(Vec::new());
+        b.append(&h, &[][..]).unwrap();
+        b.into_inner().unwrap()
+    }
+
     fn opts(changes: &[&str]) -> ImportOptions {
         ImportOptions {
             platform: "linux/arm64".parse().unwrap(),
@@ -361,7 +377,7 @@ mod tests {
         for input in [&tar, &gz, &zst, &xz] {
             let d = import_tar(&store, &input[..], "t.tar", &opts(&[])).unwrap();
             let img = store.image(&d, None).unwrap();
-            assert_eq!(img.diff_ids(), [want.clone()]);
+            assert_eq!(img.diff_ids(), std::slice::from_ref(&want));
             assert_eq!(img.manifest.layers()[0].media_type().as_ref(), media::OCI_LAYER_GZIP);
             manifests.push(d.digest().clone());
         }
@@ -421,6 +437,7 @@ mod tests {
             (Vec::new(), vec![], "the input is empty"),
             (b"BZh91AY&SY".to_vec(), vec![], "bzip2"),
             (tar_of(&[("../escape", b"x")]), vec![], "'..'"),
+            (hardlink_tar("etc/passwd-link", "../../etc/passwd"), vec![], "'..'"),
             (tar[..700].to_vec(), vec![], "t.tar"),
         ];
         for (input, changes, want) in cases {
