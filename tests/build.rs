@@ -335,7 +335,7 @@ fn metadata_instructions_shape_the_config_like_docker() {
     assert_eq!(c["Labels"]["extra"], "y");
     assert!(c["ExposedPorts"].get("53/udp").is_some());
     assert_eq!(c["Entrypoint"], serde_json::json!(["/bin/sh", "-c"]));
-    assert!(c.get("Cmd").is_none(), "ENTRYPOINT resets CMD, as in Docker");
+    assert_eq!(c["Cmd"], serde_json::json!(["/app"]), "ENTRYPOINT keeps a CMD set in the same stage, as in Docker");
     assert_eq!(c["User"], "1000:1000");
     assert_eq!(config["architecture"], "arm64");
     assert_eq!(config["history"].as_array().unwrap().len(), 8);

@@ -216,6 +216,8 @@ impl<'a> Builder<'a> {
         };
         self.progress.end(step, StepEnd::Done, started.elapsed());
 
+        // A new stage: CMD counts as set only once this stage sets it.
+        state.config.config.cmd_set = false;
         // The base image's ONBUILD triggers run first, then are dropped.
         let triggers = std::mem::take(&mut state.config.config.on_build);
         let mut instructions: Vec<Instruction> = Vec::new();
@@ -268,21 +270,10 @@ impl<'a> Builder<'a> {
             });
         };
         match &instr.kind {
-            InstructionKind::Env(kvs) => config.apply_env(kvs),
-            InstructionKind::Label(kvs) => config.apply_labels(kvs),
-            InstructionKind::Expose(ports) => config.apply_expose(ports).map_err(|e| self.at(df, span, e))?,
-            InstructionKind::Volume(v) => config.apply_volumes(v),
-            InstructionKind::User(u) => config.user = u.clone(),
-            InstructionKind::StopSignal(s) => config.stop_signal = s.clone(),
-            InstructionKind::Healthcheck(h) => config.apply_healthcheck(h),
-            InstructionKind::Shell(argv) => config.shell = argv.clone(),
-            InstructionKind::Cmd(c) => config.apply_cmd(c),
-            InstructionKind::Entrypoint(c) => config.apply_entrypoint(c),
-            InstructionKind::Onbuild(t) => config.on_build.push(t.clone()),
             InstructionKind::Maintainer(m) => state.config.author = m.clone(),
             InstructionKind::Arg(_) => return Ok(()),
-            InstructionKind::Workdir(dir) => {
-                config.apply_workdir(dir);
+            InstructionKind::Workdir(_) => {
+                config.apply(&instr.kind).map_err(|e| self.at(df, span, e))?;
                 let step = self.progress.start(name);
                 let started = Instant::now();
                 let result = self.workdir(df, span, state, text);
@@ -302,6 +293,9 @@ impl<'a> Builder<'a> {
                 let result = self.copy(df, graph, platform, scope, state, built, instr, text);
                 self.finish(step, started, result)?;
                 return Ok(());
+            }
+            kind => {
+                config.apply(kind).map_err(|e| self.at(df, span, e))?;
             }
         }
         meta(state);
