@@ -137,12 +137,12 @@ impl LayerStack {
             self.nodes.remove(&key(path));
             self.remove_below(path);
         }
-        let mut added: HashMap<String, Node> = HashMap::new();
         for item in layer.items {
             let node = match item {
                 Item::Node(node) => node,
                 Item::Hardlink { mut entry, target } => {
-                    let found = added.get(&target).or_else(|| self.nodes.get(&key(&target)));
+                    // Earlier members of this layer are already in `nodes`, as on extraction.
+                    let found = self.nodes.get(&key(&target));
                     match found {
                         Some(Node { entry: t, content: Some(c) }) => {
                             entry.kind = t.kind.clone();
@@ -163,7 +163,6 @@ impl LayerStack {
             if replaces_dir && !matches!(node.entry.kind, EntryKind::Dir { .. }) {
                 self.remove_below(&path);
             }
-            added.insert(path, node.clone());
             self.nodes.insert(k, node);
         }
         Ok(())
