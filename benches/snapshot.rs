@@ -168,7 +168,13 @@ impl ContentSource for HostFiles {
     }
 }
 
+/// Other work on the machine skews every figure; the load says how much.
+fn load() -> String {
+    std::fs::read_to_string("/proc/loadavg").map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" ")).unwrap_or_default()
+}
+
 fn main() {
+    println!("load average at start: {}", load());
     if !has("mke2fs") && !Path::new("/usr/sbin/mke2fs").exists() {
         eprintln!("snapshot bench: mke2fs is missing (Debian package e2fsprogs)");
         std::process::exit(1);
@@ -260,6 +266,7 @@ fn main() {
             println!("  kiln gzip vs tar|pigz: {:.2}x the speed", pigz_d.as_secs_f64() / kiln_gz.as_secs_f64());
         }
     }
+    println!("load average at end: {}", load());
     drop(store);
     work.close().expect("removing the bench's temp dir");
 }
