@@ -345,7 +345,7 @@ impl<W: Write> TarWriter<W> {
                 (truncate(&h.path, 100), "")
             }
         };
-        let link = if h.link.len() > 100 {
+        let link = if h.link.len() > 100 || !h.link.is_ascii() {
             pax.push(("linkpath".into(), h.link.as_bytes().to_vec()));
             truncate(h.link, 100)
         } else {
@@ -731,6 +731,7 @@ pub(crate) mod tests {
             file(&long, b"long", &mut c),
             entry("ln", EntryKind::Symlink { target: target.clone() }),
             file("ünï", b"utf8", &mut c),
+            entry("lnü", EntryKind::Symlink { target: "zïel".into() }),
             big,
         ];
         let layer = write(&s, &mut entries, &mut c, LayerOptions::default());
@@ -750,6 +751,9 @@ pub(crate) mod tests {
         assert_eq!(by[long.as_str()].data, b"long");
         assert_eq!(by["ln"].link, target);
         assert_eq!(by["ünï"].data, b"utf8");
+        assert!(by["ünï"].pax.iter().any(|(k, v)| k == "path" && v == "ünï".as_bytes()), "non-ASCII names go to PAX");
+        assert_eq!(by["lnü"].link, "zïel");
+        assert!(by["lnü"].pax.iter().any(|(k, _)| k == "linkpath"));
         let b = by["big-ids"];
         assert!(b.pax.contains(&("uid".into(), b"3000000".to_vec())), "{:?}", b.pax);
         assert_eq!(b.gid, 70_000, "a gid that fits 7 octal digits stays in the header");
