@@ -586,7 +586,7 @@ mod tests {
             assert!(matches!(stack.entry(p).unwrap().kind, EntryKind::File { size: 7, link: None }));
         }
         let bad = raw_layer(&s, &[("bin/new", b'0', "", b"n"), ("x", b'1', "missing", b"")]);
-        assert!(LayerStack::open(&s, &[bad.clone()]).is_err());
+        assert!(LayerStack::open(&s, std::slice::from_ref(&bad)).is_err());
         let mut kept = stack.clone();
         assert!(kept.push(&s, &bad).is_err());
         assert_eq!(paths(&kept, ""), paths(&stack, ""), "a failed push changes nothing");
