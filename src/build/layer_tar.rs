@@ -830,6 +830,7 @@ pub(crate) mod tests {
             }
         }
         assert_eq!(std::fs::read_dir(s.root().join("blobs/sha256")).unwrap().count(), 0, "no blob from a failed layer");
+        assert_eq!(std::fs::read_dir(s.root().join("tmp")).unwrap().count(), 0, "no temp file left behind");
     }
 
     #[test]
