@@ -368,7 +368,7 @@ impl<W: Write> TarWriter<W> {
                 (truncate(&h.path, 100), "")
             }
         };
-        let link = if h.link.len() > 100 {
+        let link = if h.link.len() > 100 || !h.link.is_ascii() {
             pax.push(("linkpath".into(), h.link.as_bytes().to_vec()));
             truncate(h.link, 100)
         } else {
@@ -754,6 +754,7 @@ pub(crate) mod tests {
             file(&long, b"long", &mut c),
             entry("ln", EntryKind::Symlink { target: target.clone() }),
             file("ünï", b"utf8", &mut c),
+            entry("lnü", EntryKind::Symlink { target: "zïel".into() }),
             big,
         ];
         let layer = write(&s, &mut entries, &mut c, LayerOptions::default());
@@ -773,6 +774,9 @@ pub(crate) mod tests {
         assert_eq!(by[long.as_str()].data, b"long");
         assert_eq!(by["ln"].link, target);
         assert_eq!(by["ünï"].data, b"utf8");
+        assert!(by["ünï"].pax.iter().any(|(k, v)| k == "path" && v == "ünï".as_bytes()), "non-ASCII names go to PAX");
+        assert_eq!(by["lnü"].link, "zïel");
+        assert!(by["lnü"].pax.iter().any(|(k, _)| k == "linkpath"));
         let b = by["big-ids"];
         assert!(b.pax.contains(&("uid".into(), b"3000000".to_vec())), "{:?}", b.pax);
         assert_eq!(b.gid, 70_000, "a gid that fits 7 octal digits stays in the header");
@@ -849,6 +853,7 @@ pub(crate) mod tests {
             }
         }
         assert_eq!(std::fs::read_dir(s.root().join("blobs/sha256")).unwrap().count(), 0, "no blob from a failed layer");
+        assert_eq!(std::fs::read_dir(s.root().join("tmp")).unwrap().count(), 0, "no temp file left behind");
     }
 
     #[test]

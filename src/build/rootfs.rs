@@ -123,13 +123,16 @@ impl LayerStack {
             io::copy(&mut raw, &mut io::sink()).map_err(layer_err)?;
             parsed
         };
+        self.apply(parsed)?;
         self.layers.push(layer.clone());
-        self.apply(parsed)
+        Ok(())
     }
 
     /// Applies one parsed layer: whiteouts and opaque markers hide the
     /// lower layers' entries only, then the layer's entries go on top.
+    /// Hardlinks are resolved first, so a bad layer changes nothing.
     fn apply(&mut self, layer: ParsedLayer) -> Result<(), RootfsError> {
+        let nodes = self.resolve_hardlinks(layer.items)?;
         for dir in &layer.opaque {
             self.remove_below(dir);
         }
@@ -137,36 +140,51 @@ impl LayerStack {
             self.nodes.remove(&key(path));
             self.remove_below(path);
         }
-        let mut added: HashMap<String, Node> = HashMap::new();
-        for item in layer.items {
-            let node = match item {
-                Item::Node(node) => node,
-                Item::Hardlink { mut entry, target } => {
-                    let found = added.get(&target).or_else(|| self.nodes.get(&key(&target)));
-                    match found {
-                        Some(Node { entry: t, content: Some(c) }) => {
-                            entry.kind = t.kind.clone();
-                            entry.mode = t.mode;
-                            entry.uid = t.uid;
-                            entry.gid = t.gid;
-                            entry.mtime = t.mtime;
-                            entry.xattrs = t.xattrs.clone();
-                            Node { entry, content: Some(*c) }
-                        }
-                        _ => return Err(path_err(&entry.path, format!("hardlink to {target}, which is not a regular file below it"))),
-                    }
-                }
-            };
-            let path = node.entry.path.clone();
-            let k = key(&path);
+        for node in nodes {
+            let k = key(&node.entry.path);
             let replaces_dir = self.nodes.get(&k).is_some_and(|n| matches!(n.entry.kind, EntryKind::Dir { .. }));
             if replaces_dir && !matches!(node.entry.kind, EntryKind::Dir { .. }) {
-                self.remove_below(&path);
+                self.remove_below(&node.entry.path);
             }
-            added.insert(path, node.clone());
             self.nodes.insert(k, node);
         }
         Ok(())
+    }
+
+    /// Turns hardlinks into files sharing their target's bytes and
+    /// metadata (one inode). A target is an earlier member of the same
+    /// layer or, as on extraction, a file already in the layers below.
+    fn resolve_hardlinks(&self, items: Vec<Item>) -> Result<Vec<Node>, RootfsError> {
+        let mut out: Vec<Node> = Vec::with_capacity(items.len());
+        let mut files_here: HashMap<String, usize> = HashMap::new();
+        for item in items {
+            let node = match item {
+                Item::Node(node) => node,
+                Item::Hardlink { mut entry, target } => {
+                    let found = match files_here.get(&target) {
+                        Some(&i) => Some(&out[i]),
+                        None => self.nodes.get(&key(&target)),
+                    };
+                    let Some(Node { entry: t, content: Some(c) }) = found else {
+                        return Err(path_err(&entry.path, format!("hardlink to {target}, which is not a regular file before it")));
+                    };
+                    entry.kind = t.kind.clone();
+                    entry.mode = t.mode;
+                    entry.uid = t.uid;
+                    entry.gid = t.gid;
+                    entry.mtime = t.mtime;
+                    entry.xattrs = t.xattrs.clone();
+                    Node { entry, content: Some(*c) }
+                }
+            };
+            if node.content.is_some() {
+                files_here.insert(node.entry.path.clone(), out.len());
+            } else {
+                files_here.remove(&node.entry.path);
+            }
+            out.push(node);
+        }
+        Ok(out)
     }
 
     fn remove_below(&mut self, path: &str) {
@@ -567,8 +585,12 @@ mod tests {
             assert_eq!(stack.read_file(&s, p).unwrap().unwrap(), b"BUSYBOX", "{p}");
             assert!(matches!(stack.entry(p).unwrap().kind, EntryKind::File { size: 7, link: None }));
         }
-        let bad = raw_layer(&s, &[("x", b'1', "missing", b"")]);
-        assert!(LayerStack::open(&s, &[bad]).is_err());
+        let bad = raw_layer(&s, &[("bin/new", b'0', "", b"n"), ("x", b'1', "missing", b"")]);
+        assert!(LayerStack::open(&s, std::slice::from_ref(&bad)).is_err());
+        let mut kept = stack.clone();
+        assert!(kept.push(&s, &bad).is_err());
+        assert_eq!(paths(&kept, ""), paths(&stack, ""), "a failed push changes nothing");
+        assert_eq!(kept.read_file(&s, "bin/ls").unwrap().unwrap(), b"BUSYBOX");
     }
 
     #[test]

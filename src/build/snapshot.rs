@@ -6,12 +6,18 @@
 //! contain no symlink in the image: the manifest said it is a regular file
 //! below the upper directory, and a disagreeing image is an error rather
 //! than a read of some other file.
+//!
+//! Each directory is listed once and the file types of its entries kept,
+//! so that check costs no extra path lookup per file: ext4-view scans
+//! small (unindexed) directories linearly, and lookups dominate the time
+//! spent on small files.
 
+use std::collections::HashMap;
 use std::fs::File;
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 
-use ext4_view::{Ext4, Ext4Read};
+use ext4_view::{Ext4, Ext4Read, FileType};
 use kiln_protocol::LayerEntry;
 
 use super::layer_tar::ContentSource;
@@ -22,6 +28,8 @@ pub struct Ext4Contents {
     image: PathBuf,
     /// Absolute upper directory inside the image, no trailing `/`.
     upper: String,
+    /// Directory (upper-relative, "" for the upper dir) -> its entries' types.
+    listings: HashMap<String, HashMap<Vec<u8>, FileType>>,
 }
 
 /// The image file, read with one positioned read per request (ext4-view
@@ -61,18 +69,54 @@ impl Ext4Contents {
         let fs = Ext4::load(Box::new(ImageFile(file))).map_err(|e| ext4_err(image, "not a readable ext4 file system", e))?;
         let upper = upper.trim_matches('/');
         let upper = if upper.is_empty() { String::new() } else { format!("/{upper}") };
-        Ok(Self { fs, image: image.to_path_buf(), upper })
+        let canonical = fs.canonicalize(if upper.is_empty() { "/" } else { upper.as_str() }).map_err(|e| ext4_err(image, &upper, e))?;
+        if !upper.is_empty() && canonical.as_ref() != upper.as_bytes() {
+            return Err(io::Error::new(io::ErrorKind::InvalidData, format!("{}: {upper} is not a plain directory", image.display())));
+        }
+        Ok(Self { fs, image: image.to_path_buf(), upper, listings: HashMap::new() })
+    }
+
+    /// The types of the entries of `dir` (upper-relative), listed once.
+    fn listing(&mut self, dir: &str) -> io::Result<&HashMap<Vec<u8>, FileType>> {
+        if !self.listings.contains_key(dir) {
+            let abs = format!("{}/{dir}", self.upper);
+            let err = |e| ext4_err(&self.image, &abs, e);
+            let mut types = HashMap::new();
+            for entry in self.fs.read_dir(abs.as_str()).map_err(err)? {
+                let entry = entry.map_err(err)?;
+                types.insert(entry.file_name().as_ref().to_vec(), entry.file_type().map_err(err)?);
+            }
+            self.listings.insert(dir.to_string(), types);
+        }
+        Ok(&self.listings[dir])
     }
 }
 
 impl ContentSource for Ext4Contents {
     fn open(&mut self, entry: &LayerEntry) -> io::Result<Box<dyn Read + '_>> {
-        let path = format!("{}/{}", self.upper, entry.path.trim_start_matches('/'));
-        let what = |m: &str| io::Error::new(io::ErrorKind::InvalidData, format!("{}: {path}: {m}", self.image.display()));
-        // canonicalize follows every symlink: an unchanged path has none.
-        let canonical = self.fs.canonicalize(path.as_str()).map_err(|e| ext4_err(&self.image, &path, e))?;
-        if canonical.as_ref() != path.as_bytes() {
-            return Err(what("a symlink in the image where the manifest has a regular file (or its directories)"));
+        let rel = entry.path.trim_start_matches('/');
+        let path = format!("{}/{rel}", self.upper);
+        let image = self.image.clone();
+        let what = |m: &str| io::Error::new(io::ErrorKind::InvalidData, format!("{}: {path}: {m}", image.display()));
+        // Every component must be what the manifest implies: directories, then a regular file.
+        let mut dir_end = 0;
+        let parts: Vec<&str> = rel.split('/').collect();
+        for (i, name) in parts.iter().enumerate() {
+            let dir = if dir_end == 0 { "" } else { &rel[..dir_end - 1] };
+            if matches!(*name, "" | "." | "..") {
+                return Err(what("not a normalised path"));
+            }
+            let ty = self.listing(dir)?.get(name.as_bytes()).copied();
+            let last = i + 1 == parts.len();
+            match ty {
+                None => return Err(io::Error::new(io::ErrorKind::NotFound, format!("{}: {path}: not found", image.display()))),
+                Some(t) if last && !t.is_regular_file() => {
+                    return Err(what("the image has no regular file here (a symlink or other type) where the manifest has one"))
+                }
+                Some(t) if !last && !t.is_dir() => return Err(what("a directory of the path is a symlink or file in the image")),
+                Some(_) => {}
+            }
+            dir_end += name.len() + 1;
         }
         // Size differences surface in the tar writer as SizeMismatch.
         let file = self.fs.open(path.as_str()).map_err(|e| ext4_err(&self.image, &path, e))?;
@@ -144,6 +188,15 @@ mod tests {
         let back = read_tar(&uncompressed(&store, &layer));
         assert_eq!(back[1].data, big);
         assert_eq!(back[2].data, b"127.0.0.1 localhost\n");
+        // The same entries read from the host tree give the same layer, byte for byte.
+        struct Host(PathBuf);
+        impl ContentSource for Host {
+            fn open(&mut self, e: &LayerEntry) -> io::Result<Box<dyn Read + '_>> {
+                Ok(Box::new(File::open(self.0.join(&e.path))?))
+            }
+        }
+        let again = write_layer(&store, &mut entries, &mut Host(upper.clone()), &LayerOptions::default()).unwrap().unwrap();
+        assert_eq!(again.descriptor.digest(), layer.descriptor.digest());
         let err = write_layer(&store, &mut vec![f("etc/hosts", 5)], &mut src, &LayerOptions::default()).unwrap_err();
         assert!(matches!(err, LayerTarError::SizeMismatch { expected: 5, actual: 20, .. }), "{err}");
         let err = Ext4Contents::open(&upper.join("etc/hosts"), "/").err().unwrap();

@@ -271,6 +271,47 @@ mod tests {
     }
 
     #[test]
+    fn gnu_long_names_and_base_256_ids() {
+        let long = format!("{}/{}", "a".repeat(90), "b".repeat(90));
+        let target = "t".repeat(160);
+        let mut b = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_gnu();
+        h.set_size(3);
+        h.set_mode(0o644);
+        h.set_uid(0o7777777 + 5); // written base-256 by the tar crate
+        h.set_entry_type(tar::EntryType::Regular);
+        b.append_data(&mut h, &long, &b"abc"[..]).unwrap();
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Symlink);
+        h.set_size(0);
+        b.append_link(&mut h, "link", &target).unwrap();
+        let bytes = b.into_inner().unwrap();
+        let mut r = TarReader::new(&bytes[..]);
+        let m = r.next_member().unwrap().unwrap();
+        assert_eq!((m.path, m.size, m.uid, m.kind), (long.into_bytes(), 3, 0o7777777 + 5, b'0'));
+        assert_eq!(&bytes[m.offset as usize..m.offset as usize + 3], b"abc");
+        let m = r.next_member().unwrap().unwrap();
+        assert_eq!((m.path, m.link, m.kind), (b"link".to_vec(), target.into_bytes(), b'2'));
+        assert!(r.next_member().unwrap().is_none());
+    }
+
+    #[test]
+    fn corrupt_or_truncated_tars_are_errors() {
+        let mut b = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_ustar();
+        h.set_size(600);
+        b.append_data(&mut h, "f", &[7u8; 600][..]).unwrap();
+        let bytes = b.into_inner().unwrap();
+        let mut bad = bytes.clone();
+        bad[0] ^= 1; // checksum no longer matches
+        assert!(TarReader::new(&bad[..]).next_member().is_err());
+        let cut = &bytes[..512 + 100];
+        let mut r = TarReader::new(cut);
+        r.next_member().unwrap();
+        assert!(r.next_member().is_err(), "a member cut short is an error");
+    }
+
+    #[test]
     fn numbers_octal_and_base_256() {
         assert_eq!(number(b"0000644\0").unwrap(), 0o644);
         assert_eq!(number(b"   644 \0").unwrap(), 0o644);
