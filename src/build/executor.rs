@@ -595,6 +595,19 @@ impl<'a> Builder<'a> {
         if let Some(layer) = &layer {
             self.sessions.get_mut(&platform_key).expect("booted").adopt(&layer.diff_id, &outcome.upper);
         }
+        // How long the snapshot took, for users and scripts/bench-snapshot.sh.
+        let seconds = outcome.exited_at.elapsed().as_secs_f64();
+        let file_mb = entries.iter().map(|e| if let EntryKind::File { size, .. } = e.kind { size } else { 0 }).sum::<u64>() as f64 / 1e6;
+        let note = match &layer {
+            Some(l) => format!(
+                "snapshot: {file_mb:.1} MB in {} entries -> {:.1} MB layer, {seconds:.2}s after the command exited ({:.1} MB/s)\n",
+                entries.len(),
+                l.descriptor.size() as f64 / 1e6,
+                file_mb / seconds.max(1e-3)
+            ),
+            None => format!("snapshot: no changes ({seconds:.2}s)\n"),
+        };
+        self.progress.output(step, kiln_protocol::stream::STDERR, note.as_bytes());
         for volume in &volumes {
             self.save_cache_volume(&platform_key, volume)?;
         }

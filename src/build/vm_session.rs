@@ -52,6 +52,8 @@ pub struct RunSpec<'a> {
 /// [`Session::thaw`] after reading its contents.
 pub struct RunOutcome {
     pub status: ExitStatus,
+    /// When the command's exit was reported (the snapshot starts then).
+    pub exited_at: std::time::Instant,
     /// Scratch-relative upper directory (already an overlay lower for what follows).
     pub upper: String,
 }
@@ -146,11 +148,12 @@ impl Session {
     ) -> Result<(RunOutcome, Option<Vec<LayerEntry>>), SessionError> {
         let (req, upper) = self.request(store, spec, cancel)?;
         let status = self.vm.exec(req, None, sink, cancel)?;
+        let exited_at = std::time::Instant::now();
         if status != (ExitStatus::Code { code: 0 }) {
-            return Ok((RunOutcome { status, upper }, None));
+            return Ok((RunOutcome { status, exited_at, upper }, None));
         }
         let entries = self.vm.snapshot(&upper, cancel)?;
-        Ok((RunOutcome { status, upper }, Some(entries)))
+        Ok((RunOutcome { status, exited_at, upper }, Some(entries)))
     }
 
     /// The scratch disk image the frozen upper directory can be read from.
