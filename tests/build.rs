@@ -10,87 +10,21 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
+mod support;
+use support::build_env::Env;
 
-fn fixtures() -> PathBuf {
-    std::env::var_os("KILN_TEST_FIXTURES").map(PathBuf::from).unwrap_or_else(|| repo().join(".cache/fixtures"))
-}
-
-fn fixture(name: &str, how: &str) -> PathBuf {
-    let path = fixtures().join(name);
-    assert!(path.exists(), "{} is missing: {how} (scripts/test.sh does)", path.display());
-    path
-}
-
-const DEBIAN: &str = "kiln.local/debian:bookworm-arm64";
 const BUSYBOX: &str = "kiln.local/busybox:test";
 
-/// A private store, TMPDIR and context per test; the kernel cache is shared.
-struct Env {
-    dir: tempfile::TempDir,
+/// The build tests' `Env`, with the platform they build for.
+trait BuildExt {
+    fn build(&self, extra: &[&str]) -> Output;
 }
 
-impl Env {
-    fn new() -> Env {
-        let env = Env { dir: tempfile::tempdir().unwrap() };
-        for d in ["data", "tmp", "ctx"] {
-            std::fs::create_dir(env.dir.path().join(d)).unwrap();
-        }
-        env
-    }
-
-    fn path(&self, rel: &str) -> PathBuf {
-        self.dir.path().join(rel)
-    }
-
-    fn ctx(&self) -> PathBuf {
-        self.path("ctx")
-    }
-
-    fn write(&self, rel: &str, content: &str) {
-        let p = self.ctx().join(rel);
-        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-        std::fs::write(p, content).unwrap();
-    }
-
-    fn kiln(&self) -> Command {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_kiln"));
-        cmd.env("KILN_DATA_DIR", self.path("data")).env("TMPDIR", self.path("tmp")).env_remove("SOURCE_DATE_EPOCH");
-        cmd
-    }
-
-    fn kiln_ok(&self, args: &[&str]) -> Output {
-        let out = self.kiln().args(args).output().unwrap();
-        assert!(out.status.success(), "kiln {args:?} failed:\n{}", String::from_utf8_lossy(&out.stderr));
-        out
-    }
-
-    /// Puts the Debian base image (an OCI layout made by make-debian-base.sh) into the store.
-    fn load_debian(&self, arch: &str) {
-        let dir = fixture(&format!("debian-{arch}"), &format!("run scripts/make-debian-base.sh {arch}"));
-        self.kiln_ok(&["load", "--name", DEBIAN, dir.to_str().unwrap()]);
-    }
-
-    fn import_busybox(&self, arch: &str) {
-        let tar = fixture(&format!("busybox-{arch}.tar"), &format!("run scripts/make-busybox-rootfs.sh {arch}"));
-        self.kiln_ok(&["import", "--platform", &format!("linux/{arch}"), tar.to_str().unwrap(), BUSYBOX]);
-    }
-
+impl BuildExt for Env {
     fn build(&self, extra: &[&str]) -> Output {
         let mut cmd = self.kiln();
         cmd.args(["build", "--progress", "plain", "--platform", "linux/arm64"]).args(extra).arg(self.ctx());
         cmd.output().unwrap()
-    }
-
-    fn tags(&self) -> String {
-        String::from_utf8(self.kiln_ok(&["images"]).stdout).unwrap()
-    }
-
-    fn assert_tmp_empty(&self) {
-        let left: Vec<_> = std::fs::read_dir(self.path("tmp")).unwrap().map(|e| e.unwrap().file_name()).collect();
-        assert!(left.is_empty(), "temporary files left behind: {left:?}");
     }
 }
 
@@ -102,7 +36,7 @@ fn stderr(out: &Output) -> String {
 fn unpack_with_umoci(env: &Env, image: &str, tag: &str) -> PathBuf {
     let layout = env.path("layout");
     let _ = std::fs::remove_dir_all(&layout);
-    env.kiln_ok(&["save", "--format", "oci-dir", "-o", layout.to_str().unwrap(), image]);
+    env.ok(&["save", "--format", "oci-dir", "-o", layout.to_str().unwrap(), image]);
     let bundle = env.path("bundle");
     let _ = std::fs::remove_dir_all(&bundle);
     let mut cmd = Command::new("umoci");
@@ -195,7 +129,7 @@ RUN touch by-app && test "$(id -u)" = 1234 && echo "pid $$" > pid
 #[test]
 fn cache_and_reproducibility() {
     let env = Env::new();
-    env.import_busybox("arm64");
+    env.import_busybox("arm64", BUSYBOX);
     env.write("a.txt", "a\n");
     env.write("b.txt", "b\n");
     env.write(
@@ -238,7 +172,7 @@ fn cache_and_reproducibility() {
 #[test]
 fn failing_run_reports_the_step_and_tags_nothing() {
     let env = Env::new();
-    env.import_busybox("arm64");
+    env.import_busybox("arm64", BUSYBOX);
     env.write("Dockerfile", &format!("FROM {BUSYBOX}\nRUN echo preparing && echo boom >&2 && exit 3\n"));
     let out = env.build(&["-t", "test/fail:1"]);
     assert!(!out.status.success());
@@ -253,7 +187,7 @@ fn failing_run_reports_the_step_and_tags_nothing() {
 #[test]
 fn ctrl_c_during_run_leaves_no_vm_no_tag_and_the_next_build_works() {
     let env = Env::new();
-    env.import_busybox("arm64");
+    env.import_busybox("arm64", BUSYBOX);
     env.write("Dockerfile", &format!("FROM {BUSYBOX}\nRUN echo started && sleep 600\n"));
     let mut child = env
         .kiln()
@@ -327,7 +261,7 @@ fn metadata_instructions_shape_the_config_like_docker() {
     );
     let out = env.build(&["-t", "test/meta:1", "--label", "extra=y"]);
     assert!(out.status.success(), "{}", stderr(&out));
-    let inspect = env.kiln_ok(&["inspect", "test/meta:1"]);
+    let inspect = env.ok(&["inspect", "test/meta:1"]);
     let config: serde_json::Value = serde_json::from_slice(&inspect.stdout).unwrap();
     let c = &config["config"];
     assert!(c["Env"].as_array().unwrap().iter().any(|e| e == "B=two words"));

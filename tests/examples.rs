@@ -8,66 +8,14 @@ mod support;
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use support::build_env::Env;
 use support::{free_port, require, RegistryServer, RegistrySetup};
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn fixture(name: &str, how: &str) -> PathBuf {
-    let dir = std::env::var_os("KILN_TEST_FIXTURES").map(PathBuf::from).unwrap_or_else(|| repo().join(".cache/fixtures"));
-    let path = dir.join(name);
-    assert!(path.exists(), "{} is missing: {how} (scripts/test.sh does)", path.display());
-    path
-}
-
-struct Env {
-    dir: tempfile::TempDir,
-}
-
-impl Env {
-    fn new() -> Env {
-        let env = Env { dir: tempfile::tempdir().unwrap() };
-        for d in ["data", "tmp", "ctx"] {
-            std::fs::create_dir(env.path(d)).unwrap();
-        }
-        env
-    }
-
-    fn path(&self, rel: &str) -> PathBuf {
-        self.dir.path().join(rel)
-    }
-
-    fn write(&self, rel: &str, content: &str) {
-        let p = self.path("ctx").join(rel);
-        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-        std::fs::write(p, content).unwrap();
-    }
-
-    fn kiln(&self) -> Command {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_kiln"));
-        cmd.env("KILN_DATA_DIR", self.path("data")).env("TMPDIR", self.path("tmp")).env_remove("SOURCE_DATE_EPOCH");
-        cmd
-    }
-
-    fn ok(&self, args: &[&str]) -> Output {
-        let out = self.kiln().args(args).output().unwrap();
-        assert!(out.status.success(), "kiln {args:?} failed:\n{}", String::from_utf8_lossy(&out.stderr));
-        out
-    }
-
-    fn load_debian(&self, arch: &str) {
-        let dir = fixture(&format!("debian-{arch}"), &format!("run scripts/make-debian-base.sh {arch}"));
-        self.ok(&["load", "--name", &format!("kiln.local/debian:bookworm-{arch}"), dir.to_str().unwrap()]);
-    }
-
-    fn import_busybox(&self, arch: &str, name: &str) {
-        let tar = fixture(&format!("busybox-{arch}.tar"), &format!("run scripts/make-busybox-rootfs.sh {arch}"));
-        self.ok(&["import", "--platform", &format!("linux/{arch}"), tar.to_str().unwrap(), name]);
-    }
 }
 
 fn text(bytes: &[u8]) -> String {

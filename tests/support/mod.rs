@@ -3,6 +3,8 @@
 //! and deterministic test images.
 #![allow(dead_code)]
 
+pub mod build_env;
+
 use std::io::Write;
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
