@@ -115,10 +115,11 @@ fn multi_platform_image_is_one_index_and_each_variant_runs() {
 }
 
 #[test]
-fn cache_mounts_persist_and_secrets_leave_no_trace() {
+fn run_mounts_cache_persists_bind_reads_the_context_and_secrets_leave_no_trace() {
     let env = Env::new();
     env.import_busybox("arm64", "kiln.local/busybox:arm64");
     let secret = "s3cr3t-value-do-not-store";
+    env.write("data/in.txt", "from the context\n");
     std::fs::write(env.path("token"), secret).unwrap();
     // The Dockerfile names only the secret's digest, so any trace of the value came from the mount.
     let digest = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(secret.as_bytes()));
@@ -126,7 +127,8 @@ fn cache_mounts_persist_and_secrets_leave_no_trace() {
         "Dockerfile",
         &format!(
             "FROM kiln.local/busybox:arm64\n\
-             RUN --mount=type=cache,target=/cache,id=counter --mount=type=secret,id=tok \\\n \
+             RUN --mount=type=cache,target=/cache,id=counter --mount=type=secret,id=tok --mount=type=bind,source=data,target=/src \\\n \
+             cp /src/in.txt /from-bind && ! touch /src/x 2>/dev/null && \\\n \
              n=$(cat /cache/n 2>/dev/null || echo 0); echo $((n+1)) > /cache/n; echo count=$(cat /cache/n); \\\n \
              sha256sum /run/secrets/tok | grep -q {digest} && echo secret-ok > /result\n"
         ),
@@ -166,6 +168,8 @@ fn cache_mounts_persist_and_secrets_leave_no_trace() {
     assert_eq!(std::fs::read_to_string(bundle.join("rootfs/result")).unwrap(), "secret-ok\n");
     assert!(!bundle.join("rootfs/cache/n").exists(), "the cache volume's contents are in no layer");
     assert!(!bundle.join("rootfs/run/secrets/tok").exists());
+    assert_eq!(std::fs::read_to_string(bundle.join("rootfs/from-bind")).unwrap(), "from the context\n", "a read-only bind of the context");
+    assert!(!bundle.join("rootfs/src/in.txt").exists(), "bind mounts are in no layer");
 }
 
 fn walk(dir: &Path) -> Vec<PathBuf> {

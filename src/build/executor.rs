@@ -472,6 +472,7 @@ impl<'a> Builder<'a> {
         // Mounts: what they read from other stages/images is resolved now, for the key.
         let mut mount_keys = String::new();
         let mut mount_sources: Vec<Option<StageState>> = Vec::new();
+        let mut context_binds = Vec::new();
         for m in &run.mounts {
             mount_keys.push_str(&run_mounts::key_part(m, &cwd));
             mount_keys.push('\n');
@@ -488,7 +489,14 @@ impl<'a> Builder<'a> {
                     Some(s)
                 }
                 (MountType::Bind, None) => {
-                    return Err(self.at(df, span, "RUN --mount=type=bind from the build context is not supported yet; use COPY or from=<stage>"))
+                    // The context's files, planned like `COPY <source> /`: their checksum is the key.
+                    let source = m.source.as_deref().unwrap_or(".");
+                    let plan = self.plan_context_bind(df, span, source)?;
+                    mount_keys.push_str(&plan.checksum);
+                    // Only to choose file or directory; the contents come from the confined plan.
+                    let is_file = std::fs::metadata(self.req.context.join(source.trim_start_matches('/'))).is_ok_and(|m| m.is_file());
+                    context_binds.push((plan, is_file));
+                    None
                 }
                 (MountType::Ssh, _) => return Err(self.at(df, span, "RUN --mount=type=ssh is not supported yet")),
                 _ => None,
@@ -518,7 +526,7 @@ impl<'a> Builder<'a> {
             secrets.push(run_mounts::secret_for(m, &self.req.secrets).map_err(|e| self.at(df, span, e))?);
         }
         let mut secrets = secrets.into_iter();
-        let session = self.sessions.get_mut(&platform_key).expect("booted above");
+        let mut context_binds = context_binds.into_iter();
         let mut mounts = Vec::new();
         let mut volumes = Vec::new();
         for (m, source) in run.mounts.iter().zip(&mount_sources) {
@@ -531,7 +539,7 @@ impl<'a> Builder<'a> {
                 }
                 MountType::Cache => {
                     let volume = run_mounts::CacheVolume::for_mount(m, &cwd, platform, self.store.root(), volumes.len() + 1000 * self.steps);
-                    session.ensure_cache(&volume, self.cancel)?;
+                    self.sessions.get_mut(&platform_key).expect("booted above").ensure_cache(&volume, self.cancel)?;
                     mounts.push(MountSpec::Bind {
                         source: volume.scratch_dir.clone(),
                         target: run_mounts::target_path(m, &cwd, ""),
@@ -539,8 +547,14 @@ impl<'a> Builder<'a> {
                     });
                     volumes.push(volume);
                 }
+                MountType::Bind if m.from.is_none() => {
+                    let (plan, is_file) = context_binds.next().expect("one plan per context bind");
+                    let dir = self.unpack_context_bind(&platform_key, plan, is_file)?;
+                    mounts.push(MountSpec::Bind { source: dir, target: run_mounts::target_path(m, &cwd, ""), readonly: m.readonly });
+                }
                 MountType::Bind => {
                     let source = source.as_ref().expect("bind sources resolved above");
+                    let session = self.sessions.get_mut(&platform_key).expect("booted above");
                     let lowers = session.lowers_for(self.store, &source.layers, self.cancel)?;
                     let subpath = m.source.clone().unwrap_or_default().trim_start_matches('/').to_string();
                     mounts.push(MountSpec::Overlay { lowers, subpath, target: run_mounts::target_path(m, &cwd, "") });
@@ -565,6 +579,7 @@ impl<'a> Builder<'a> {
             tail.push(bytes);
             progress.output(step, stream, bytes);
         };
+        let session = self.sessions.get_mut(&platform_key).expect("booted above");
         let (outcome, entries) = session.run(self.store, spec, &mut sink, self.cancel)?;
         let Some(mut entries) = entries else {
             let command = match &run.command {
@@ -613,6 +628,53 @@ impl<'a> Builder<'a> {
         }
         self.commit(key, state, layer, &format!("{text} # buildkit"))?;
         Ok(false)
+    }
+
+    /// Plans the build context's files under `source` for a bind mount.
+    fn plan_context_bind(&mut self, df: &Dockerfile, span: Span, source: &str) -> Result<copy::CopyPlan, BuildError> {
+        if self.context.is_none() {
+            self.context = Some(BuildContext::open(&self.req.context, Some(&self.req.dockerfile))?);
+        }
+        let sources = [source.to_string()];
+        let empty = LayerStack::empty();
+        let input = CopyInput {
+            add: false,
+            sources: &sources,
+            inline: &[],
+            dest: "/",
+            workdir: "/",
+            owner: None,
+            chmod: None,
+            parents: false,
+            exclude: &[],
+            checksum: None,
+            unpack: None,
+            dest_root: &empty,
+        };
+        let context = CopySource::Context(self.context.as_ref().expect("opened above"));
+        copy::plan(&input, context).map_err(|e| self.at(df, span, format!("RUN --mount=type=bind,source={source}: {e}")))
+    }
+
+    /// Sends a planned context bind into the VM; returns its scratch directory.
+    fn unpack_context_bind(&mut self, platform_key: &str, plan: copy::CopyPlan, is_file: bool) -> Result<String, BuildError> {
+        let mut entries = plan.entries;
+        let mut contents = plan.contents;
+        let single_file = match entries.as_slice() {
+            [LayerEntry { path, kind: EntryKind::File { .. }, .. }] if is_file => Some(path.clone()),
+            _ => None,
+        };
+        let mut tar = tempfile::tempfile_in(self.store.root().join("tmp"))
+            .map_err(|e| BuildError::Snapshot(format!("staging a bind mount: {e}")))?;
+        let opts = LayerOptions { compression: Compression::None, source_date_epoch: None };
+        super::layer_tar::write_tar(&mut entries, contents.as_mut(), &opts, &mut tar)?;
+        std::io::Seek::rewind(&mut tar).map_err(|e| BuildError::Snapshot(format!("staging a bind mount: {e}")))?;
+        let session = self.sessions.get_mut(platform_key).expect("booted");
+        let dir = session.unpack_fresh(&mut std::io::BufReader::new(tar), self.cancel)?;
+        // A single file is mounted as that file, a directory as the directory.
+        Ok(match single_file {
+            Some(name) => format!("{dir}/{name}"),
+            None => dir,
+        })
     }
 
     /// Writes a cache volume back to the host (a temp file renamed over the

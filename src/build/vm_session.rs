@@ -187,6 +187,15 @@ impl Session {
         Ok(())
     }
 
+    /// Unpacks `tar` into a fresh scratch directory and returns its path
+    /// (the build context's files for a `--mount=type=bind`).
+    pub fn unpack_fresh(&mut self, tar: &mut dyn std::io::Read, cancel: &AtomicBool) -> Result<String, SessionError> {
+        let dir = format!("b/{}", self.next);
+        self.next += 1;
+        self.vm.unpack(&dir, tar, cancel)?;
+        Ok(dir)
+    }
+
     /// Describes a scratch directory (freezing the scratch file system until [`Session::thaw`]).
     pub fn snapshot_dir(&mut self, dir: &str, cancel: &AtomicBool) -> Result<Vec<LayerEntry>, SessionError> {
         Ok(self.vm.snapshot(dir, cancel)?)
