@@ -181,10 +181,8 @@ impl Planner<'_> {
             }
             self.ensure_dir(parent(&target))?;
             let header = member.header().clone();
-            let (uid, gid) = self.owner_of(
-                header.uid().map_err(io_err)? as u32,
-                header.gid().map_err(io_err)? as u32,
-            );
+            // Blank numeric fields read as 0, as Go's archive/tar reads them.
+            let (uid, gid) = self.owner_of(header.uid().unwrap_or(0) as u32, header.gid().unwrap_or(0) as u32);
             let mut xattrs = Vec::new();
             if let Some(exts) = member.pax_extensions().map_err(io_err)? {
                 for ext in exts {
@@ -197,10 +195,10 @@ impl Planner<'_> {
             let mut entry = LayerEntry {
                 path: target.clone(),
                 kind: EntryKind::Dir { opaque: false },
-                mode: header.mode().map_err(io_err)? & 0o7777,
+                mode: header.mode().unwrap_or(0o644) & 0o7777,
                 uid,
                 gid,
-                mtime: header.mtime().map_err(io_err)? as i64,
+                mtime: header.mtime().unwrap_or(0) as i64,
                 mtime_nsec: 0,
                 xattrs,
             };

@@ -236,8 +236,9 @@ impl<'a> Planner<'a> {
     /// `src` as a clean path relative to the source root; `..` that would
     /// climb above it is an error (not silently clamped).
     fn normalize(&self, src: &str) -> Result<String, CopyError> {
-        let cleaned = clean(src);
-        let rel = cleaned.trim_start_matches('/');
+        // Relative to the root even when written absolute, so `/../x` climbs too.
+        let cleaned = clean(src.trim_start_matches('/'));
+        let rel = cleaned.as_str();
         if rel == ".." || rel.starts_with("../") {
             let root = if matches!(self.fs, Fs::Context(_)) { "build context" } else { "source stage's root" };
             return Err(CopyError::Outside { verb: self.verb, source_path: src.to_string(), root });
@@ -679,7 +680,7 @@ impl<'a> Planner<'a> {
 /// layers hash alike.
 fn checksum(out: &BTreeMap<String, Planned>) -> String {
     let mut h = Sha256::new();
-    let mut field = |h: &mut Sha256, b: &[u8]| {
+    let field = |h: &mut Sha256, b: &[u8]| {
         h.update((b.len() as u64).to_le_bytes());
         h.update(b);
     };
