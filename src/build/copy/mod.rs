@@ -258,7 +258,7 @@ impl<'a> Planner<'a> {
         }
         match self.out.get(path) {
             Some(p) => Some(is_dir(&p.entry)),
-            None => self.input.dest_root.entry(path).map(|e| is_dir(e)),
+            None => self.input.dest_root.entry(path).map(is_dir),
         }
     }
 
