@@ -13,4 +13,5 @@ pub mod dockerfile;
 pub mod oci;
 pub mod platform;
 pub mod registry;
+pub mod run;
 pub mod vm;

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use kiln::platform::Platform;
 use kiln::vm::transport::TransportChoice;
 use kiln::vm::{Vm, VmConfig};
-use kiln_protocol::{stream, ExecRequest, ExitStatus, RootSpec};
+use kiln_protocol::{stream, EntryKind, ExecRequest, ExitStatus, MountSpec, RootSpec, Xattr};
 use sha2::{Digest, Sha256};
 
 fn repo() -> PathBuf {
@@ -285,4 +285,209 @@ fn unbootable_kernel_fails_within_the_boot_timeout() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("did not come up within 8s"), "{stderr}");
     tmp.assert_empty();
+}
+
+// ---- RUN steps: overlay roots, snapshots of the upper directory ----
+
+/// One PAX record (`LEN KEY=VALUE\n`, LEN counting itself).
+fn pax_record(key: &str, value: &[u8]) -> Vec<u8> {
+    let body = 1 + key.len() + 1 + value.len() + 1;
+    let mut len = body + 1;
+    while len != body + len.to_string().len() {
+        len = body + len.to_string().len();
+    }
+    let mut rec = format!("{len} {key}=").into_bytes();
+    rec.extend_from_slice(value);
+    rec.push(b'\n');
+    rec
+}
+
+fn tar_entry(b: &mut tar::Builder<Vec<u8>>, path: &str, kind: tar::EntryType, mode: u32, data: &[u8]) {
+    let mut h = tar::Header::new_ustar();
+    h.set_path(path).unwrap();
+    h.set_entry_type(kind);
+    h.set_mode(mode);
+    h.set_uid(0);
+    h.set_gid(0);
+    h.set_mtime(1_000_000);
+    h.set_size(data.len() as u64);
+    h.set_cksum();
+    b.append(&h, data).unwrap();
+}
+
+/// `security.capability` v2 granting CAP_NET_BIND_SERVICE (bit 10), permitted and effective.
+const CAP_NET_BIND_SERVICE: [u8; 20] = [1, 0, 0, 2, 0, 4, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+
+/// A second image layer in OCI form: a whiteout of /etc/group, an opaque
+/// /usr (hiding busybox's /usr/bin), and a file carrying a capability xattr.
+fn oci_layer() -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    tar_entry(&mut b, "etc/.wh.group", tar::EntryType::Regular, 0o644, b"");
+    tar_entry(&mut b, "usr/", tar::EntryType::Directory, 0o755, b"");
+    tar_entry(&mut b, "usr/.wh..wh..opq", tar::EntryType::Regular, 0o644, b"");
+    tar_entry(&mut b, "usr/new.txt", tar::EntryType::Regular, 0o644, b"from layer 1\n");
+    let pax = pax_record("SCHILY.xattr.security.capability", &CAP_NET_BIND_SERVICE);
+    tar_entry(&mut b, "PaxHeaders/capfile", tar::EntryType::XHeader, 0o644, &pax);
+    tar_entry(&mut b, "bin/capfile", tar::EntryType::Regular, 0o755, b"cap\n");
+    b.into_inner().unwrap()
+}
+
+fn overlay_run(
+    vm: &mut Vm,
+    lowers: &[&str],
+    n: u32,
+    no_network: bool,
+    mounts: Vec<MountSpec>,
+    script: &str,
+) -> (ExitStatus, String, String) {
+    let req = ExecRequest {
+        argv: vec!["/bin/sh".into(), "-c".into(), script.into()],
+        env: vec!["PATH=/bin".into()],
+        cwd: "/".into(),
+        root: Some(RootSpec::Overlay {
+            lowers: lowers.iter().map(|l| l.to_string()).collect(),
+            upper: format!("u/{n}"),
+            work: format!("w/{n}"),
+        }),
+        no_network,
+        mounts,
+        timeout_ms: Some(120_000),
+        ..Default::default()
+    };
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    let status = vm
+        .exec(
+            req,
+            None,
+            &mut |s, b| if s == stream::STDOUT { out.extend_from_slice(b) } else { err.extend_from_slice(b) },
+            &AtomicBool::new(false),
+        )
+        .expect("exec");
+    (status, String::from_utf8_lossy(&out).into_owned(), String::from_utf8_lossy(&err).into_owned())
+}
+
+/// What a docker RUN relies on, in one VM: layers with OCI whiteouts as
+/// overlay lowers, the step's changes (and nothing the agent made) in its
+/// upper directory, a manifest that says exactly what changed, file contents
+/// readable on the host while frozen, and the next step seeing it all.
+#[test]
+fn run_steps_in_overlays_and_snapshot_their_upper_dirs() {
+    let no = AtomicBool::new(false);
+    let mut vm = boot("linux/arm64", TransportChoice::Serial);
+    vm.unpack("l/0", &mut std::fs::File::open(rootfs("arm64")).unwrap(), &no).unwrap();
+    vm.unpack("l/1", &mut std::io::Cursor::new(oci_layer()), &no).unwrap();
+    // A bind source: an empty directory on the scratch disk.
+    vm.unpack("shared", &mut std::io::Cursor::new(tar::Builder::new(Vec::new()).into_inner().unwrap()), &no).unwrap();
+    let mounts = vec![
+        MountSpec::Bind { source: "shared".into(), target: "/shared".into(), readonly: false },
+        MountSpec::Bind { source: "shared".into(), target: "/ro".into(), readonly: true },
+        MountSpec::Tmpfs { target: "/mnt/cache".into(), size_bytes: Some(1 << 20) },
+    ];
+    let script = r#"
+        echo "pid=$$"
+        # A process that escapes the process group: only the PID namespace stops it.
+        busybox setsid sh -c 'sleep 3; echo alive > /shared/alive' &
+        sleep 1000 &
+        echo "ifaces=$(tail -n +3 /proc/net/dev | cut -d: -f1 | tr -d ' ' | tr '\n' ' ')"
+        test -e /etc/group || echo "group hidden"
+        test -e /usr/bin || echo "usr/bin hidden"
+        cat /usr/new.txt
+        grep -q ' /mnt/cache tmpfs ' /proc/mounts && echo "tmpfs mounted"
+        echo x > /ro/f 2>/dev/null || echo "ro refused"
+        set -e
+        echo hello > /new.txt
+        echo changed >> /etc/passwd
+        rm /bin/ls
+        rm -r /usr && mkdir /usr && echo again > /usr/again
+        ln /new.txt /hard.txt
+        ln -s new.txt /sym
+        busybox mkfifo /fifo
+        busybox mknod /cdev c 1 3
+        echo s > /suid && chmod 4755 /suid
+        touch /bin/capfile
+    "#;
+    let started = Instant::now();
+    let (status, out, err) = overlay_run(&mut vm, &["l/1", "l/0"], 1, true, mounts.clone(), script);
+    assert_eq!(status, ExitStatus::Code { code: 0 }, "stdout:\n{out}\nstderr:\n{err}");
+    assert!(started.elapsed() < Duration::from_secs(30), "the background sleep kept the step alive");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(
+        lines,
+        ["pid=1", "ifaces=lo ", "group hidden", "usr/bin hidden", "from layer 1", "tmpfs mounted", "ro refused"],
+        "stderr:\n{err}"
+    );
+
+    let entries = vm.snapshot("u/1", &no).expect("snapshot");
+    let summary: Vec<(String, EntryKind, u32)> =
+        entries.iter().map(|e| (e.path.clone(), e.kind.clone(), e.mode)).collect();
+    let file = |size: u64, link: Option<&str>| EntryKind::File { size, link: link.map(String::from) };
+    let passwd_len = match entries.iter().find(|e| e.path == "etc/passwd").map(|e| &e.kind) {
+        Some(EntryKind::File { size, .. }) => *size,
+        other => panic!("etc/passwd should be a changed file, got {other:?}"),
+    };
+    let expected: Vec<(String, EntryKind, u32)> = [
+        ("bin", EntryKind::Dir { opaque: false }, 0o755),
+        ("bin/capfile", file(4, None), 0o755),
+        ("bin/ls", EntryKind::Whiteout, 0),
+        ("cdev", EntryKind::CharDevice { major: 1, minor: 3 }, 0o644),
+        ("etc", EntryKind::Dir { opaque: false }, 0o755),
+        ("etc/passwd", file(passwd_len, None), 0o644),
+        ("fifo", EntryKind::Fifo, 0o644),
+        ("hard.txt", file(6, None), 0o644),
+        ("new.txt", file(6, Some("hard.txt")), 0o644),
+        ("suid", file(2, None), 0o4755),
+        ("sym", EntryKind::Symlink { target: "new.txt".into() }, 0o777),
+        ("usr", EntryKind::Dir { opaque: true }, 0o755),
+        ("usr/again", file(6, None), 0o644),
+    ]
+    .into_iter()
+    .map(|(p, k, m)| (p.to_string(), k, m))
+    .collect();
+    assert_eq!(summary, expected, "no agent-made mount points (shared, ro, mnt, etc/resolv.conf, etc/hosts) may appear");
+    let capfile = &entries[1];
+    assert_eq!(capfile.xattrs, vec![Xattr { name: "security.capability".into(), value: CAP_NET_BIND_SERVICE.to_vec() }]);
+    assert!(entries.iter().all(|e| e.uid == 0 && e.gid == 0));
+    let new = entries.iter().find(|e| e.path == "new.txt").unwrap();
+    assert!(new.mtime > 1_600_000_000, "mtime is the guest's clock at write time: {}", new.mtime);
+
+    // Frozen: the host reads the step's files straight from the disk image.
+    let image = ext4_view::Ext4::load_from_path(vm.scratch_image().expect("a scratch disk")).unwrap();
+    assert_eq!(image.read("/u/1/new.txt").unwrap(), b"hello\n");
+    let passwd = image.read_to_string("/u/1/etc/passwd").unwrap();
+    assert!(passwd.ends_with("changed\n"), "{passwd:?}");
+    assert_eq!(passwd.len() as u64, passwd_len);
+    assert!(!image.exists("/u/1/etc/resolv.conf").unwrap());
+    vm.thaw(&no).expect("thaw");
+    let err = vm.thaw(&no).unwrap_err().to_string();
+    assert!(err.contains("not frozen"), "{err}");
+    let err = vm.snapshot("u/nope", &no).unwrap_err().to_string();
+    assert!(err.contains("does not exist"), "{err}");
+
+    // The next step sees the first one's changes; the escaped process never
+    // wrote. It only reads, and its /etc/resolv.conf mount point made
+    // overlayfs copy /etc up: that copy must be gone, leaving an empty upper.
+    std::thread::sleep(Duration::from_secs(4));
+    let script = r#"
+        echo "pid=$$"
+        grep -q eth0 /proc/net/dev && echo "network"
+        cat /new.txt /hard.txt /usr/again
+        readlink /sym
+        test -e /bin/ls || echo "ls deleted"
+        test -e /usr/new.txt || echo "usr replaced"
+        test -e /shared/alive && echo "escaped process survived"
+        tail -n 1 /etc/passwd
+        stat -c '%a %F' /suid /fifo /cdev
+    "#;
+    let (status, out, err) = overlay_run(&mut vm, &["u/1", "l/1", "l/0"], 2, false, mounts, script);
+    assert_eq!(status, ExitStatus::Code { code: 0 }, "stdout:\n{out}\nstderr:\n{err}");
+    assert_eq!(
+        out,
+        "pid=1\nnetwork\nhello\nhello\nagain\nnew.txt\nls deleted\nusr replaced\nchanged\n\
+         4755 regular file\n644 fifo\n644 character special file\n",
+        "stderr:\n{err}"
+    );
+    let entries = vm.snapshot("u/2", &no).expect("snapshot");
+    assert!(entries.is_empty(), "a read-only step leaves an empty upper dir: {entries:?}");
+    vm.thaw(&no).unwrap();
+    vm.shutdown();
 }

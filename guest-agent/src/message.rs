@@ -95,6 +95,14 @@ pub enum MountSpec {
     Bind { source: String, target: String, readonly: bool },
     /// A fresh tmpfs.
     Tmpfs { target: String, size_bytes: Option<u64> },
+    /// A read-only overlay of scratch-relative lower directories (topmost
+    /// first): another stage's or an image's file system (`--mount=from=`).
+    /// `subpath` (relative, may be empty) picks a directory of that file
+    /// system to mount, as `--mount=from=...,source=...` does.
+    Overlay { lowers: Vec<String>, subpath: String, target: String },
+    /// A file holding `data`, kept in memory (a private tmpfs) and never on
+    /// the scratch disk: `--mount=type=secret`.
+    Secret { target: String, data: Vec<u8>, mode: u32, uid: u32, gid: u32 },
 }
 
 /// Agent → host.

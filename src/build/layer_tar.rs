@@ -86,6 +86,34 @@ pub fn write_layer(
     if entries.is_empty() {
         return Ok(None);
     }
+    let writer = LayerWriter::new(store.blob_writer()?, opts.compression)?;
+    let writer = write_entries(entries, contents, opts, BufWriter::with_capacity(1 << 18, writer))?;
+    let writer = writer
+        .into_inner()
+        .map_err(|e| LayerTarError::Entry { path: "(end of archive)".into(), source: e.into_error() })?;
+    Ok(Some(writer.finish()?))
+}
+
+/// Writes `entries` as a plain tar to `out` (cache volumes kept on the
+/// host), by the same rules as [`write_layer`]; no entries give an empty archive.
+pub fn write_tar(
+    entries: &mut Vec<LayerEntry>,
+    contents: &mut dyn ContentSource,
+    opts: &LayerOptions,
+    out: &mut dyn Write,
+) -> Result<(), LayerTarError> {
+    entries.retain(|e| !e.path.is_empty());
+    let out = write_entries(entries, contents, opts, out)?;
+    out.flush().map_err(|source| LayerTarError::Entry { path: "(end of archive)".into(), source })
+}
+
+/// Checks, sorts and writes `entries`, then the end-of-archive blocks.
+fn write_entries<W: Write>(
+    entries: &mut [LayerEntry],
+    contents: &mut dyn ContentSource,
+    opts: &LayerOptions,
+    out: W,
+) -> Result<W, LayerTarError> {
     for e in entries.iter() {
         check_path(&e.path)?;
     }
@@ -94,8 +122,7 @@ pub fn write_layer(
         return Err(entry_err(&w[0].path, "the path is listed twice"));
     }
     let plan = plan_hardlinks(entries)?;
-    let writer = LayerWriter::new(store.blob_writer()?, opts.compression)?;
-    let mut tar = TarWriter::new(BufWriter::with_capacity(1 << 18, writer), opts.source_date_epoch);
+    let mut tar = TarWriter::new(out, opts.source_date_epoch);
     for (i, e) in entries.iter().enumerate() {
         let result = match &plan[i] {
             Role::Plain => tar.entry(e, None, contents),
@@ -104,11 +131,7 @@ pub fn write_layer(
         };
         result?;
     }
-    let writer = tar.finish().map_err(|source| LayerTarError::Entry { path: "(end of archive)".into(), source })?;
-    let writer = writer
-        .into_inner()
-        .map_err(|e| LayerTarError::Entry { path: "(end of archive)".into(), source: e.into_error() })?;
-    Ok(Some(writer.finish()?))
+    tar.finish().map_err(|source| LayerTarError::Entry { path: "(end of archive)".into(), source })
 }
 
 /// How a sorted entry is written.

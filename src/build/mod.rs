@@ -10,12 +10,51 @@
 //! - [`context`] and [`copy`] implement COPY/ADD from the build context,
 //!   another stage or an image.
 
+pub mod cache;
 pub mod context;
 pub mod copy;
+pub mod executor;
+pub mod image_config;
 pub mod layer_tar;
+pub mod progress;
 pub mod rootfs;
+pub mod run_mounts;
 pub mod snapshot;
 mod tar_read;
 pub mod users;
+pub mod vm_session;
 
+pub use executor::{BuildOutcome, BuildRequest, Builder};
 pub use kiln_protocol::{EntryKind, LayerEntry, Xattr};
+
+/// Why a build stopped. Step failures carry the Dockerfile, line and cause.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error(transparent)]
+    Dockerfile(#[from] crate::dockerfile::Error),
+    #[error("{0}")]
+    Step(crate::dockerfile::Error),
+    #[error(transparent)]
+    Session(#[from] vm_session::SessionError),
+    #[error(transparent)]
+    Store(#[from] crate::oci::StoreError),
+    #[error(transparent)]
+    Cache(#[from] cache::CacheError),
+    #[error(transparent)]
+    Layer(#[from] layer_tar::LayerTarError),
+    #[error(transparent)]
+    Rootfs(#[from] rootfs::RootfsError),
+    #[error(transparent)]
+    User(#[from] users::UserError),
+    #[error(transparent)]
+    Context(#[from] context::ContextError),
+    #[error("reading the RUN step's files from the scratch disk: {0}")]
+    Snapshot(String),
+}
+
+impl BuildError {
+    /// Whether the build stopped because the user interrupted it.
+    pub fn is_interrupted(&self) -> bool {
+        matches!(self, BuildError::Session(vm_session::SessionError::Vm(crate::vm::VmError::Interrupted)))
+    }
+}

@@ -134,14 +134,8 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
 }
 
-/// Finds a local image by full name, short name (`nginx` = docker.io/library/nginx:latest) or digest.
 fn resolve(store: &Store, name: &str) -> anyhow::Result<(String, Descriptor)> {
-    if let Ok(d) = store.resolve(name) {
-        return Ok((name.to_string(), d));
-    }
-    let full = Reference::parse(name).map(|r| r.to_string()).unwrap_or_else(|_| name.to_string());
-    let d = store.resolve(&full)?;
-    Ok((full, d))
+    Ok(crate::registry::reference::resolve_local(store, name)?)
 }
 
 fn normalize(name: &str) -> anyhow::Result<String> {

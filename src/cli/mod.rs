@@ -5,9 +5,12 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+pub mod build;
 pub mod debug;
 pub mod image;
+pub mod import;
 pub mod kernel;
+pub mod run;
 pub mod signals;
 pub mod vm;
 
@@ -21,6 +24,10 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Build an image from a Dockerfile (docker buildx build's flags)
+    Build(build::BuildArgs),
+    /// Run a command in a new container (a VM of the image's platform)
+    Run(run::RunArgs),
     /// Run commands in a guest VM
     #[command(subcommand)]
     Vm(vm::VmCommand),
@@ -29,6 +36,8 @@ pub enum Command {
     Kernel(kernel::KernelCommand),
     #[command(flatten)]
     Image(image::ImageCommand),
+    /// Create an image from a root file system tar (like `docker import`)
+    Import(import::ImportArgs),
     /// Developer tools (conformance runners, dumps)
     #[command(subcommand, hide = true)]
     Debug(debug::DebugCommand),
@@ -36,9 +45,12 @@ pub enum Command {
 
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
+        Command::Build(args) => build::run(args, signals::install()),
+        Command::Run(args) => run::run(args, signals::install()),
         Command::Vm(cmd) => vm::run(cmd),
         Command::Kernel(cmd) => kernel::run(cmd),
         Command::Image(cmd) => image::run(cmd),
+        Command::Import(args) => import::run(args),
         Command::Debug(cmd) => debug::run(cmd),
     }
 }

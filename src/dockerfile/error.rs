@@ -47,6 +47,9 @@ pub enum ErrorKind {
     Syntax(String),
     #[error("{0}")]
     Io(String),
+    /// A build step failed (the build engine's errors, placed on their instruction).
+    #[error("{0}")]
+    Step(String),
 }
 
 fn suggestion_text(s: &Option<String>) -> String {

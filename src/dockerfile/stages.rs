@@ -117,7 +117,7 @@ pub fn resolve(eval: &Evaluator<'_>, target: Option<&str>) -> Result<StageGraph,
 }
 
 /// A `--from` value: a stage name, a stage index, or else an image.
-fn source_ref(df: &Dockerfile, from: &str, span: Span) -> Result<SourceRef, Error> {
+pub fn source_ref(df: &Dockerfile, from: &str, span: Span) -> Result<SourceRef, Error> {
     if let Some(s) = df.stage_by_name(from) {
         return Ok(SourceRef::Stage(s.index));
     }

@@ -118,6 +118,25 @@ impl Write for LayerWriter {
     }
 }
 
+/// The uncompressed tar stream of a layer blob in `store`, verified against
+/// its digest as it is read.
+pub fn open_layer(store: &crate::oci::Store, descriptor: &Descriptor) -> Result<Box<dyn io::Read + Send>, StoreError> {
+    let media_type = descriptor.media_type().as_ref();
+    let compression = media::layer_compression(media_type).ok_or_else(|| StoreError::Io {
+        path: descriptor.digest().to_string().into(),
+        source: io::Error::new(io::ErrorKind::InvalidData, format!("unsupported layer media type {media_type}")),
+    })?;
+    let blob = io::BufReader::with_capacity(1 << 20, store.get_blob(descriptor)?);
+    Ok(match compression {
+        Compression::None => Box::new(blob),
+        Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(blob)),
+        Compression::Zstd => Box::new(zstd::stream::read::Decoder::with_buffer(blob).map_err(|source| StoreError::Io {
+            path: descriptor.digest().to_string().into(),
+            source,
+        })?),
+    })
+}
+
 struct Piece {
     deflated: Vec<u8>,
     crc: crc32fast::Hasher,

@@ -6,8 +6,10 @@
 //! - [`store`]: the local content-addressed store and its tags.
 //! - [`layer`]: turning an uncompressed tar stream into a layer blob + diff_id.
 //! - [`layout`]: OCI image layouts (dir and tar) and Docker archives.
+//! - [`import`]: a root file system tar as a one-layer image (`kiln import`).
 
 pub mod digest;
+pub mod import;
 pub mod layer;
 pub mod layout;
 pub mod media;

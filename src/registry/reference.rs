@@ -106,6 +106,19 @@ impl Reference {
     }
 }
 
+/// Finds a local image by the name as given (a full name or a digest), then
+/// by its normalised reference (`nginx` = docker.io/library/nginx:latest).
+/// Returns the name it was found under.
+pub fn resolve_local(store: &crate::oci::Store, name: &str) -> Result<(String, oci_spec::image::Descriptor), crate::oci::StoreError> {
+    match store.resolve(name) {
+        Ok(d) => Ok((name.to_string(), d)),
+        Err(first) => match Reference::parse(name).map(|r| r.to_string()) {
+            Ok(full) if full != name => store.resolve(&full).map(|d| (full, d)),
+            _ => Err(first),
+        },
+    }
+}
+
 pub fn registry_endpoint(registry: &str) -> &str {
     if registry == DOCKER_HUB { DOCKER_HUB_ENDPOINT } else { registry }
 }

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use kiln_protocol::{
     check_hello, decode, stream, AgentHello, AgentMsg, ExecRequest, ExitStatus, Frame, FrameError, FrameReader,
-    FrameWriter, HandshakeError, HostMsg,
+    FrameWriter, HandshakeError, HostMsg, LayerEntry,
 };
 
 /// How often long waits check the watch (QEMU alive, Ctrl-C).
@@ -32,6 +32,8 @@ pub enum ClientError {
     Unexpected(String),
     #[error("sending to the guest agent: {0}")]
     Send(FrameError),
+    #[error("corrupt snapshot manifest from the guest agent: {0}")]
+    Manifest(String),
     /// The watch callback stopped the wait (VM died, user interrupted).
     #[error("{0}")]
     Aborted(String),
@@ -199,6 +201,40 @@ impl AgentClient {
                 Err(TryRecvError::Disconnected) => return Err(ClientError::Disconnected),
             }
         }
+        self.wait_done(id, watch)
+    }
+
+    /// Asks the agent to describe the upper directory `upper` (relative to
+    /// its scratch disk) of a finished overlay step. The scratch file system
+    /// stays frozen afterwards, so the disk image can be read on the host,
+    /// until [`AgentClient::thaw`].
+    pub fn snapshot(&mut self, upper: &str, watch: Watch) -> Result<Vec<LayerEntry>, ClientError> {
+        let id = self.new_id();
+        self.send(&HostMsg::Snapshot { id, upper: upper.to_string() })?;
+        let mut manifest = Manifest::default();
+        loop {
+            match self.next_frame(watch)? {
+                Frame::Data { id: fid, stream: stream::MANIFEST, bytes } if fid == id => manifest.feed(&bytes)?,
+                Frame::Data { .. } => {}
+                Frame::Control(json) => match self.decode(&json)? {
+                    AgentMsg::Done { id: fid } if fid == id => return manifest.finish(),
+                    AgentMsg::Failed { id: fid, message } if fid == id => {
+                        return Err(ClientError::RequestFailed(message))
+                    }
+                    _ => {}
+                },
+            }
+        }
+    }
+
+    /// Thaws the scratch file system frozen by [`AgentClient::snapshot`].
+    pub fn thaw(&mut self, watch: Watch) -> Result<(), ClientError> {
+        let id = self.new_id();
+        self.send(&HostMsg::Thaw { id })?;
+        self.wait_done(id, watch)
+    }
+
+    fn wait_done(&mut self, id: u32, watch: Watch) -> Result<(), ClientError> {
         loop {
             if let Frame::Control(json) = self.next_frame(watch)? {
                 match self.decode(&json)? {
@@ -239,6 +275,43 @@ impl AgentClient {
             AgentMsg::Fatal { message } => Err(ClientError::AgentFatal(message)),
             msg => Ok(msg),
         }
+    }
+}
+
+/// A snapshot manifest arriving in data frames: JSON lines, one
+/// [`LayerEntry`] each, split anywhere by the framing.
+#[derive(Default)]
+struct Manifest {
+    entries: Vec<LayerEntry>,
+    partial: Vec<u8>,
+    closed: bool,
+}
+
+impl Manifest {
+    fn feed(&mut self, bytes: &[u8]) -> Result<(), ClientError> {
+        if bytes.is_empty() {
+            self.closed = true;
+            return Ok(());
+        }
+        if self.closed {
+            return Err(ClientError::Manifest("data after the end of the stream".into()));
+        }
+        self.partial.extend_from_slice(bytes);
+        let Some(end) = self.partial.iter().rposition(|&b| b == b'\n') else { return Ok(()) };
+        for line in self.partial[..end].split(|&b| b == b'\n') {
+            let entry = serde_json::from_slice(line)
+                .map_err(|e| ClientError::Manifest(format!("entry {}: {e}", self.entries.len() + 1)))?;
+            self.entries.push(entry);
+        }
+        self.partial.drain(..=end);
+        Ok(())
+    }
+
+    fn finish(self) -> Result<Vec<LayerEntry>, ClientError> {
+        if !self.closed || !self.partial.is_empty() {
+            return Err(ClientError::Manifest(format!("truncated after {} entries", self.entries.len())));
+        }
+        Ok(self.entries)
     }
 }
 
@@ -377,5 +450,79 @@ mod tests {
             .unwrap_err();
         assert_eq!(err.to_string(), "interrupted");
         drop(agent);
+    }
+
+    /// A fake agent that answers one snapshot request with `manifest` (sent
+    /// in the given pieces), closing the stream when `close` is set.
+    fn snapshot_against(pieces: Vec<Vec<u8>>, close: bool) -> Result<Vec<LayerEntry>, ClientError> {
+        let (parts, agent) = pair();
+        let fake = std::thread::spawn(move || {
+            let mut w = FrameWriter::new(agent.try_clone().unwrap());
+            let mut r = FrameReader::new(agent);
+            w.send(&agent_hello(PROTOCOL_VERSION)).unwrap();
+            let _ = r.read_frame(); // host hello
+            let Frame::Control(json) = r.read_frame().unwrap() else { panic!() };
+            let HostMsg::Snapshot { id, upper } = decode::<HostMsg>(&json).unwrap() else { panic!() };
+            assert_eq!(upper, "u/1");
+            w.send_data(id + 100, stream::MANIFEST, b"not ours\n").unwrap(); // another request's stream
+            for piece in pieces {
+                w.send_data(id, stream::MANIFEST, &piece).unwrap();
+            }
+            if close {
+                w.send_data(id, stream::MANIFEST, b"").unwrap();
+            }
+            w.send(&AgentMsg::Done { id }).unwrap();
+        });
+        let mut client = connect(parts).unwrap();
+        let result = client.snapshot("u/1", &mut || Ok(()));
+        fake.join().unwrap();
+        result
+    }
+
+    #[test]
+    fn snapshot_manifest_is_reassembled_across_frames() {
+        use kiln_protocol::EntryKind;
+        let entries = vec![
+            LayerEntry {
+                path: "etc".into(),
+                kind: EntryKind::Dir { opaque: true },
+                mode: 0o755,
+                uid: 0,
+                gid: 0,
+                mtime: 5,
+                mtime_nsec: 6,
+                xattrs: vec![],
+            },
+            LayerEntry {
+                path: "etc/gone".into(),
+                kind: EntryKind::Whiteout,
+                mode: 0,
+                uid: 0,
+                gid: 0,
+                mtime: 7,
+                mtime_nsec: 0,
+                xattrs: vec![kiln_protocol::Xattr { name: "user.x".into(), value: vec![0, 255] }],
+            },
+        ];
+        let mut text = Vec::new();
+        for e in &entries {
+            text.extend(serde_json::to_vec(e).unwrap());
+            text.push(b'\n');
+        }
+        // Split inside the first line and right after the first newline.
+        let cut = text.iter().position(|&b| b == b'\n').unwrap() + 1;
+        let pieces = vec![text[..7].to_vec(), text[7..cut].to_vec(), text[cut..].to_vec()];
+        assert_eq!(snapshot_against(pieces, true).unwrap(), entries);
+        assert!(snapshot_against(vec![], true).unwrap().is_empty());
+    }
+
+    #[test]
+    fn truncated_or_corrupt_manifests_are_errors() {
+        let err = snapshot_against(vec![b"{\"path\":\"a\"".to_vec()], true).unwrap_err();
+        assert!(matches!(err, ClientError::Manifest(ref m) if m.contains("truncated")), "{err}");
+        let err = snapshot_against(vec![], false).unwrap_err();
+        assert!(matches!(err, ClientError::Manifest(ref m) if m.contains("truncated")), "{err}");
+        let err = snapshot_against(vec![b"{\"path\":1}\n".to_vec()], true).unwrap_err();
+        assert!(matches!(err, ClientError::Manifest(ref m) if m.contains("entry 1")), "{err}");
     }
 }

@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use kiln_protocol::{ExecRequest, ExitStatus};
+use kiln_protocol::{ExecRequest, ExitStatus, LayerEntry};
 
 use crate::platform::Platform;
 use arch::{Accel, GuestArch};
@@ -107,6 +107,7 @@ pub struct Vm {
     qemu: QemuProcess,
     _host_end: HostEnd,
     run_dir: tempfile::TempDir,
+    scratch: Option<PathBuf>,
     pub transport: Transport,
     pub accel: Accel,
     /// From QEMU start to the agent's hello.
@@ -204,7 +205,7 @@ impl Vm {
         if client.hello().arch != want {
             return Err(VmError::WrongArch { got: client.hello().arch.clone(), want: want.to_string() });
         }
-        Ok(Vm { client, qemu, _host_end: host_end, run_dir, transport, accel, boot_time, arch })
+        Ok(Vm { client, qemu, _host_end: host_end, run_dir, scratch, transport, accel, boot_time, arch })
     }
 
     pub fn agent_kernel(&self) -> &str {
@@ -241,6 +242,27 @@ impl Vm {
         let mut watcher = Watcher::new(&mut self.qemu, self.run_dir.path(), cancel);
         let result = self.client.unpack(dest, tar, &mut || watcher.check());
         result.map_err(|e| watcher.error(e, &self.run_dir.path().join("console.log")))
+    }
+
+    /// Describes the upper directory `upper` (relative to the scratch disk)
+    /// of a finished overlay step. The scratch file system stays frozen, so
+    /// [`Vm::scratch_image`] can be read consistently, until [`Vm::thaw`].
+    pub fn snapshot(&mut self, upper: &str, cancel: &AtomicBool) -> Result<Vec<LayerEntry>, VmError> {
+        let mut watcher = Watcher::new(&mut self.qemu, self.run_dir.path(), cancel);
+        let result = self.client.snapshot(upper, &mut || watcher.check());
+        result.map_err(|e| watcher.error(e, &self.run_dir.path().join("console.log")))
+    }
+
+    /// Lets the guest write to its scratch disk again after [`Vm::snapshot`].
+    pub fn thaw(&mut self, cancel: &AtomicBool) -> Result<(), VmError> {
+        let mut watcher = Watcher::new(&mut self.qemu, self.run_dir.path(), cancel);
+        let result = self.client.thaw(&mut || watcher.check());
+        result.map_err(|e| watcher.error(e, &self.run_dir.path().join("console.log")))
+    }
+
+    /// The scratch disk image (ext4) on the host, when the VM has one.
+    pub fn scratch_image(&self) -> Option<&Path> {
+        self.scratch.as_deref()
     }
 
     /// Powers the guest off cleanly (the agent syncs first) and waits for QEMU.

@@ -5,15 +5,16 @@ use std::io::{Read, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender};
 use std::sync::Arc;
 use std::time::Duration;
 
-use kiln_protocol::{stream, AgentMsg, ExecRequest, ExitStatus, RootSpec};
+use kiln_protocol::{stream, AgentMsg, ExecRequest, ExitStatus};
 
 use super::reaper::Reaper;
+use super::root::{self, PreparedRoot, RawMount};
 use super::server::{send, send_data, Out};
 use super::SCRATCH;
 
@@ -45,32 +46,18 @@ pub fn do_exec(req: ExecRequest, out: Out, reaper: &Reaper) -> Result<Running, S
     if req.argv.is_empty() {
         return Err("empty command".into());
     }
-    let root = match &req.root {
-        Some(RootSpec::Dir { path }) => Some(scratch_path(path)?),
-        Some(RootSpec::Overlay { .. }) => return Err("overlay roots are not implemented yet".into()),
-        None => None,
+    let mut root = root::prepare(&req)?;
+    let spawned = spawn(&req, root.as_ref(), reaper);
+    let (mut child, exited) = match spawned {
+        Ok(spawned) => spawned,
+        Err(e) => {
+            let teardown = root.as_mut().map_or(Ok(()), |r| r.teardown());
+            return Err(match teardown {
+                Ok(()) => e,
+                Err(t) => format!("{e}; then {t}"),
+            });
+        }
     };
-    let setup = ChildSetup::new(root.as_deref(), &req)?;
-    let mut cmd = Command::new(&req.argv[0]);
-    cmd.args(&req.argv[1..]).env_clear();
-    for entry in &req.env {
-        match entry.split_once('=') {
-            Some((k, v)) => cmd.env(k, v),
-            None => cmd.env(entry, ""),
-        };
-    }
-    cmd.stdin(if req.stdin { Stdio::piped() } else { Stdio::null() })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    // SAFETY: the closure only makes raw syscalls on memory prepared before fork.
-    unsafe { cmd.pre_exec(move || setup.apply()) };
-
-    let (mut child, exited) = reaper
-        .spawn(|| {
-            let child = cmd.spawn()?;
-            Ok((child.id() as i32, child))
-        })
-        .map_err(|e| format!("cannot start {:?}: {e}", req.argv[0]))?;
     let pid = child.id() as i32;
     send(&out, &AgentMsg::Started { id: req.id, pid });
 
@@ -106,7 +93,8 @@ pub fn do_exec(req: ExecRequest, out: Out, reaper: &Reaper) -> Result<Running, S
     let id = req.id;
     std::thread::spawn(move || {
         let status = wait_with_timeout(&exited, timeout, pid);
-        // Leftover processes of the command's session die with it, as in a container.
+        // Leftover processes of the command's session die with it, as in a
+        // container (in its own PID namespace the kernel already saw to that).
         // SAFETY: kill(2) on the process group we created.
         unsafe { libc::kill(-pid, libc::SIGKILL) };
         for _ in 0..2 {
@@ -114,10 +102,60 @@ pub fn do_exec(req: ExecRequest, out: Out, reaper: &Reaper) -> Result<Running, S
                 break;
             }
         }
+        // The root is unmounted before the host hears of the exit, so a
+        // snapshot that follows sees a settled upper directory.
+        let teardown = root.as_mut().map_or(Ok(()), |r| r.teardown());
         done.store(true, Ordering::SeqCst);
-        send(&out, &AgentMsg::Exited { id, status });
+        match teardown {
+            Ok(()) => send(&out, &AgentMsg::Exited { id, status }),
+            Err(message) => send(&out, &AgentMsg::Failed { id, message: format!("after the command ({status}): {message}") }),
+        }
     });
     Ok(running)
+}
+
+/// Starts the command; in a new PID namespace when the root asks for one.
+fn spawn(req: &ExecRequest, root: Option<&PreparedRoot>, reaper: &Reaper) -> Result<(Child, Receiver<ExitStatus>), String> {
+    let setup = ChildSetup::new(root, req)?;
+    let mut cmd = Command::new(&req.argv[0]);
+    cmd.args(&req.argv[1..]).env_clear();
+    for entry in &req.env {
+        match entry.split_once('=') {
+            Some((k, v)) => cmd.env(k, v),
+            None => cmd.env(entry, ""),
+        };
+    }
+    cmd.stdin(if req.stdin { Stdio::piped() } else { Stdio::null() })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    // SAFETY: the closure only makes raw syscalls on memory prepared before fork.
+    unsafe { cmd.pre_exec(move || setup.apply()) };
+    let mut start = || {
+        reaper.spawn(|| {
+            let child = cmd.spawn()?;
+            Ok((child.id() as i32, child))
+        })
+    };
+    let new_pid_ns = root.is_some_and(|r| r.new_pid_ns);
+    let result = if new_pid_ns {
+        // unshare(CLONE_NEWPID) applies to the calling thread's future
+        // children only, so a short-lived thread makes the command PID 1 of a
+        // fresh namespace while the agent stays where it is.
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                // SAFETY: unshare(2) affecting only this thread's children.
+                if unsafe { libc::unshare(libc::CLONE_NEWPID) } < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                start()
+            })
+            .join()
+            .expect("the spawning thread does not panic")
+        })
+    } else {
+        start()
+    };
+    result.map_err(|e| format!("cannot start {:?}: {e}", req.argv[0]))
 }
 
 fn wait_with_timeout(exited: &Receiver<ExitStatus>, timeout: Option<Duration>, pid: i32) -> ExitStatus {
@@ -165,64 +203,33 @@ pub fn scratch_path(rel: &str) -> Result<PathBuf, String> {
 /// Everything the child does between fork and exec, prepared beforehand:
 /// after fork in a threaded process only raw syscalls are safe.
 struct ChildSetup {
-    root: Option<RootMounts>,
+    root: Option<ChildRoot>,
+    /// Own network namespace with only loopback up.
+    no_network: bool,
     cwd: CString,
     uid: u32,
     gid: u32,
     groups: Vec<libc::gid_t>,
 }
 
-struct RootMounts {
-    root: CString,
-    proc_: CString,
-    sys: CString,
-    dev: CString,
-    tmp: CString,
-    /// (source in the agent's root, target inside the command's root)
-    binds: Vec<(CString, CString)>,
-}
-
-fn cstr(p: &Path) -> Result<CString, String> {
-    CString::new(p.as_os_str().as_bytes()).map_err(|_| format!("path {p:?} contains a NUL byte"))
+struct ChildRoot {
+    dir: CString,
+    mounts: Vec<RawMount>,
 }
 
 impl ChildSetup {
-    fn new(root: Option<&Path>, req: &ExecRequest) -> Result<ChildSetup, String> {
+    fn new(root: Option<&PreparedRoot>, req: &ExecRequest) -> Result<ChildSetup, String> {
         let root = match root {
             None => None,
-            Some(root) => {
-                if !root.is_dir() {
-                    return Err(format!("root file system {} does not exist", root.display()));
-                }
-                let mut binds = Vec::new();
-                for dir in ["proc", "sys", "dev", "tmp"] {
-                    let _ = std::fs::create_dir_all(root.join(dir));
-                }
-                // Name resolution inside the command's root comes from the VM's.
-                if root.join("etc").is_dir() {
-                    for file in ["etc/resolv.conf", "etc/hosts"] {
-                        let target = root.join(file);
-                        if std::fs::symlink_metadata(&target).is_err() {
-                            let _ = std::fs::write(&target, b"");
-                        }
-                        if target.is_file() {
-                            binds.push((cstr(&Path::new("/").join(file))?, cstr(&target)?));
-                        }
-                    }
-                }
-                Some(RootMounts {
-                    root: cstr(root)?,
-                    proc_: cstr(&root.join("proc"))?,
-                    sys: cstr(&root.join("sys"))?,
-                    dev: cstr(&root.join("dev"))?,
-                    tmp: cstr(&root.join("tmp"))?,
-                    binds,
-                })
-            }
+            Some(root) => Some(ChildRoot {
+                dir: CString::new(root.dir.as_os_str().as_bytes()).map_err(|_| "root path contains a NUL byte")?,
+                mounts: root.mounts.iter().map(RawMount::clone).collect(),
+            }),
         };
         let cwd = if req.cwd.is_empty() { "/" } else { req.cwd.as_str() };
         Ok(ChildSetup {
             root,
+            no_network: req.no_network,
             cwd: CString::new(cwd).map_err(|_| "working directory contains a NUL byte".to_string())?,
             uid: req.uid,
             gid: req.gid,
@@ -236,18 +243,18 @@ impl ChildSetup {
         // SAFETY: every pointer is a live CString owned by self.
         unsafe {
             check(libc::setsid())?;
-            if let Some(m) = &self.root {
+            if self.no_network {
+                check(libc::unshare(libc::CLONE_NEWNET))?;
+                loopback_up()?;
+            }
+            if let Some(root) = &self.root {
                 check(libc::unshare(libc::CLONE_NEWNS))?;
                 let none = std::ptr::null();
                 check(libc::mount(none, c"/".as_ptr(), none, libc::MS_REC | libc::MS_PRIVATE, std::ptr::null()))?;
-                check(libc::mount(c"proc".as_ptr(), m.proc_.as_ptr(), c"proc".as_ptr(), 0, std::ptr::null()))?;
-                check(libc::mount(c"sysfs".as_ptr(), m.sys.as_ptr(), c"sysfs".as_ptr(), libc::MS_RDONLY, std::ptr::null()))?;
-                check(libc::mount(c"/dev".as_ptr(), m.dev.as_ptr(), none, libc::MS_BIND | libc::MS_REC, std::ptr::null()))?;
-                check(libc::mount(c"tmpfs".as_ptr(), m.tmp.as_ptr(), c"tmpfs".as_ptr(), 0, c"mode=1777".as_ptr().cast()))?;
-                for (src, dst) in &m.binds {
-                    check(libc::mount(src.as_ptr(), dst.as_ptr(), none, libc::MS_BIND, std::ptr::null()))?;
+                for mount in &root.mounts {
+                    mount.apply()?;
                 }
-                check(libc::chroot(m.root.as_ptr()))?;
+                check(libc::chroot(root.dir.as_ptr()))?;
                 check(libc::chdir(c"/".as_ptr()))?;
             }
             check(libc::chdir(self.cwd.as_ptr()))?;
@@ -257,4 +264,31 @@ impl ChildSetup {
         }
         Ok(())
     }
+}
+
+/// Brings `lo` up in a fresh network namespace (the kernel then gives it
+/// 127.0.0.1 and ::1). Raw syscalls only: runs between fork and exec.
+#[allow(clippy::unnecessary_cast)]
+fn loopback_up() -> std::io::Result<()> {
+    // SAFETY: socket/ioctl/close on a zeroed, correctly typed ifreq.
+    unsafe {
+        let sock = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
+        if sock < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let mut req: libc::ifreq = std::mem::zeroed();
+        req.ifr_name[0] = b'l' as libc::c_char;
+        req.ifr_name[1] = b'o' as libc::c_char;
+        let mut rc = libc::ioctl(sock, libc::SIOCGIFFLAGS as libc::Ioctl, &mut req);
+        if rc == 0 {
+            req.ifr_ifru.ifru_flags |= (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
+            rc = libc::ioctl(sock, libc::SIOCSIFFLAGS as libc::Ioctl, &mut req);
+        }
+        let err = std::io::Error::last_os_error();
+        libc::close(sock);
+        if rc < 0 {
+            return Err(err);
+        }
+    }
+    Ok(())
 }

@@ -3,9 +3,12 @@
 mod exec;
 mod init;
 mod reaper;
+mod root;
 mod server;
+mod snapshot;
 mod transport;
 mod unpack;
+mod xattr;
 
 use std::fmt::Display;
 

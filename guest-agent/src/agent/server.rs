@@ -12,6 +12,7 @@ use kiln_protocol::{
 
 use super::exec::{self, Running};
 use super::reaper::Reaper;
+use super::snapshot::{self, Freezer};
 use super::transport::Conn;
 use super::{log, unpack};
 
@@ -32,6 +33,7 @@ struct State {
     running: HashMap<u32, Running>,
     /// Tar streams being unpacked, by request id.
     unpacking: HashMap<u32, SyncSender<Vec<u8>>>,
+    freezer: Freezer,
 }
 
 pub fn serve(conn: Conn, reaper: Reaper) -> Result<(), String> {
@@ -127,9 +129,15 @@ impl State {
                 }
                 Err(message) => send(out, &AgentMsg::Failed { id, message }),
             },
-            HostMsg::Snapshot { id, .. } | HostMsg::Thaw { id } => {
-                send(out, &AgentMsg::Failed { id, message: "snapshots are not implemented yet".into() })
+            HostMsg::Snapshot { id, upper } => {
+                if let Err(message) = snapshot::do_snapshot(id, &upper, out.clone(), self.freezer.clone()) {
+                    send(out, &AgentMsg::Failed { id, message })
+                }
             }
+            HostMsg::Thaw { id } => match self.freezer.thaw() {
+                Ok(()) => send(out, &AgentMsg::Done { id }),
+                Err(message) => send(out, &AgentMsg::Failed { id, message }),
+            },
             HostMsg::Hello { .. } => send(out, &AgentMsg::Failed { id: 0, message: "repeated hello".into() }),
             HostMsg::Shutdown => unreachable!("handled by serve"),
         }
@@ -163,9 +171,12 @@ impl State {
         }
     }
 
+    /// Before power-off: stop every command and thaw /scratch (the final
+    /// sync would hang on a frozen file system).
     fn kill_all(&mut self) {
         for running in self.running.values() {
             running.signal(libc::SIGKILL);
         }
+        self.freezer.close();
     }
 }

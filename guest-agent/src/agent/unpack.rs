@@ -1,8 +1,10 @@
 //! `do_unpack`: unpack a tar streamed from the host. Layers are untrusted, so
 //! they are unpacked only here, inside the VM, as root: ownership, modes,
-//! xattrs, device nodes and hardlinks survive.
+//! xattrs, device nodes and hardlinks survive. OCI whiteouts become
+//! overlayfs ones on the way, so each layer's directory can serve as an
+//! overlay lower layer as it is.
 
-use std::ffi::CString;
+use std::ffi::{CString, OsStr, OsString};
 use std::io::{self, Read};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path, PathBuf};
@@ -11,6 +13,8 @@ use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use kiln_protocol::AgentMsg;
 
 use super::exec::scratch_path;
+use super::root::OPAQUE_XATTR;
+use super::xattr;
 use super::server::{send, Out};
 
 pub fn do_unpack(id: u32, dest: &str, out: Out) -> Result<SyncSender<Vec<u8>>, String> {
@@ -40,13 +44,68 @@ fn unpack(reader: &mut dyn Read, dest: &Path) -> io::Result<()> {
     for entry in archive.entries()? {
         let mut entry = entry?;
         let kind = entry.header().entry_type();
-        if kind.is_character_special() || kind.is_block_special() || kind.is_fifo() {
+        let path = entry.path()?.into_owned();
+        if let Some(whiteout) = Whiteout::of(&path) {
+            whiteout.apply(dest, &path)?;
+        } else if kind.is_character_special() || kind.is_block_special() || kind.is_fifo() {
             make_node(&entry, dest)?;
         } else {
             entry.unpack_in(dest)?;
         }
     }
     Ok(())
+}
+
+/// An OCI whiteout file (`.wh.NAME`, or `.wh..wh..opq` for an opaque directory).
+enum Whiteout {
+    /// Hide `NAME` of the lower layers: a 0:0 character device.
+    Entry(OsString),
+    /// Hide the whole lower directory: `trusted.overlay.opaque=y`.
+    Opaque,
+    /// Other `.wh..wh.` names are aufs bookkeeping; docker skips them too.
+    Internal,
+}
+
+const WHITEOUT_PREFIX: &[u8] = b".wh.";
+const OPAQUE_MARKER: &[u8] = b".wh..wh..opq";
+
+impl Whiteout {
+    fn of(path: &Path) -> Option<Whiteout> {
+        let name = path.file_name()?.as_bytes();
+        if name == OPAQUE_MARKER {
+            Some(Whiteout::Opaque)
+        } else if name.starts_with(b".wh..wh.") {
+            Some(Whiteout::Internal)
+        } else {
+            let hidden = name.strip_prefix(WHITEOUT_PREFIX)?;
+            (!hidden.is_empty()).then(|| Whiteout::Entry(OsStr::from_bytes(hidden).to_os_string()))
+        }
+    }
+
+    fn apply(&self, dest: &Path, path: &Path) -> io::Result<()> {
+        let dir = path.parent().unwrap_or(Path::new(""));
+        match self {
+            Whiteout::Internal => Ok(()),
+            Whiteout::Opaque => {
+                // `confined` creates (and checks) the directory the marker is in.
+                let marker = confined(dest, path)?;
+                let dir_path = marker.parent().unwrap_or(dest);
+                xattr::set(dir_path, OPAQUE_XATTR, b"y")
+                    .map_err(|e| io::Error::other(format!("marking {} opaque: {e}", dir.display())))
+            }
+            Whiteout::Entry(name) => {
+                let target = confined(dest, &dir.join(name))?;
+                let c = CString::new(target.as_os_str().as_bytes()).map_err(io::Error::other)?;
+                let _ = std::fs::remove_file(&target);
+                // SAFETY: mknod(2) with a live C string.
+                if unsafe { libc::mknod(c.as_ptr(), libc::S_IFCHR, libc::makedev(0, 0)) } < 0 {
+                    let err = io::Error::last_os_error();
+                    return Err(io::Error::other(format!("whiteout {}: {err}", path.display())));
+                }
+                Ok(())
+            }
+        }
+    }
 }
 
 /// The tar crate writes device nodes as empty files; make real ones.

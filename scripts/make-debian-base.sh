@@ -1,0 +1,149 @@
+#!/usr/bin/env bash
+# Makes a small Debian bookworm (minbase) image for ARCH in kiln's local image
+# store, tagged TAG, without binfmt_misc, qemu-user or a container registry.
+#
+# Usage: scripts/make-debian-base.sh ARCH TAG
+#   ARCH  arm64 | amd64
+#   TAG   image name; the examples use kiln.local/debian:bookworm-ARCH
+#
+# How:
+#   1. stage 1 on the host: `debootstrap --foreign --variant=minbase` (needs
+#      root, like all test set-up scripts; it only downloads and unpacks .debs,
+#      so no foreign code runs on the host), tarred with numeric owners;
+#   2. stage 2 in kiln's own VM: `kiln vm exec --rootfs stage1.tar` runs
+#      `debootstrap --second-stage` chrooted into the unpacked tar (the agent
+#      mounts /proc, /sys, /dev and a tmpfs /tmp there, which is all it
+#      needs; no network), cleans apt's lists and caches, and streams the
+#      finished root file system back as a tar on stdout. The agent's mounts
+#      and its bind mounts of the VM's /etc/resolv.conf and /etc/hosts are
+#      excluded from that tar, so nothing of the VM leaks into the image;
+#   3. `kiln import --platform linux/ARCH` stores it as a one-layer image
+#      with CMD ["bash"] and the usual PATH.
+#
+# Cache: the image is kept as an OCI archive (`kiln save`) in
+# ${XDG_CACHE_HOME:-$HOME/.cache}/kiln-fixtures/, keyed by this script's
+# sha256 and ARCH; later runs just `kiln load` it (a few seconds). Editing
+# this script makes a new key. Delete the folder to force a rebuild.
+#
+# Environment:
+#   KILN                 kiln binary (default: target/debug/kiln)
+#   KILN_DEBIAN_MIRROR   Debian mirror URL (default: the one apt uses, from
+#                        /etc/apt/sources.list.d/debian.sources or sources.list)
+#   KILN_BASE_MEMORY     guest memory in MiB for stage 2 (default 2048)
+#   KILN_DATA_DIR, KILN_CACHE_DIR   as for kiln itself
+#
+# Timings (stage 1, stage 2, import) are printed to stderr.
+set -euo pipefail
+
+usage() { echo "usage: $0 arm64|amd64 TAG" >&2; exit 2; }
+[ $# -eq 2 ] || usage
+arch="$1"
+tag="$2"
+case "$arch" in arm64 | amd64) ;; *) echo "$0: unknown ARCH $arch (known: arm64, amd64)" >&2; usage ;; esac
+
+root="$(cd "$(dirname "$0")/.." && pwd)"
+kiln="${KILN:-$root/target/debug/kiln}"
+[ -x "$kiln" ] || { echo "$0: kiln binary $kiln not found; run cargo build or set KILN" >&2; exit 1; }
+suite=bookworm
+memory="${KILN_BASE_MEMORY:-2048}"
+
+script_sum="$(sha256sum "$0" | cut -d' ' -f1)"
+cache_dir="${XDG_CACHE_HOME:-$HOME/.cache}/kiln-fixtures"
+cache="$cache_dir/debian-$suite-minbase-$arch-${script_sum:0:16}.oci.tar"
+
+now() { date +%s.%N; }
+since() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.1f", b - a }'; }
+log() { echo "make-debian-base: $*" >&2; }
+
+work="$(mktemp -d "${TMPDIR:-/tmp}/kiln-debian-base.XXXXXX")"
+cleanup() { rm -rf "$work"; }
+trap cleanup EXIT
+
+if [ -f "$cache" ]; then
+  t=$(now)
+  mkdir "$work/layout"
+  tar -xf "$cache" -C "$work/layout"
+  "$kiln" load "$work/layout" --name "$tag" >&2
+  log "$tag loaded from the cache $cache in $(since "$t")s"
+  exit 0
+fi
+
+# The mirror apt uses: the first URIs of a deb822 stanza whose Suites name
+# $suite, else the first one-line `deb URI $suite` entry.
+mirror_from_apt() {
+  local f=/etc/apt/sources.list.d/debian.sources
+  if [ -r "$f" ]; then
+    awk -v suite="$suite" 'BEGIN { RS = ""; FS = "\n" }
+      {
+        uris = ""; suites = ""; types = ""
+        for (i = 1; i <= NF; i++) {
+          if ($i ~ /^URIs:/) { v = $i; sub(/^URIs:[ \t]*/, "", v); uris = v }
+          if ($i ~ /^Suites:/) { v = $i; sub(/^Suites:[ \t]*/, "", v); suites = " " v " " }
+          if ($i ~ /^Types:/) { v = $i; sub(/^Types:[ \t]*/, "", v); types = " " v " " }
+        }
+        if (types ~ / deb / && index(suites, " " suite " ") && uris != "") { split(uris, u, " "); print u[1]; exit }
+      }' "$f"
+  fi
+  if [ -r /etc/apt/sources.list ]; then
+    sed -e 's/\[[^]]*\]//' /etc/apt/sources.list | awk -v suite="$suite" '$1 == "deb" && $3 == suite { print $2; exit }'
+  fi
+}
+mirror="${KILN_DEBIAN_MIRROR:-$(mirror_from_apt | head -n1)}"
+[ -n "$mirror" ] || { echo "$0: no Debian mirror for $suite in apt's sources; set KILN_DEBIAN_MIRROR" >&2; exit 1; }
+command -v debootstrap >/dev/null || { echo "$0: debootstrap is not installed (apt-get install debootstrap)" >&2; exit 1; }
+
+log "stage 1: debootstrap --foreign --variant=minbase --arch=$arch $suite from $mirror"
+t=$(now)
+debootstrap --foreign --variant=minbase --arch="$arch" "$suite" "$work/stage1" "$mirror" > "$work/stage1.log" 2>&1 || {
+  tail -n 30 "$work/stage1.log" >&2
+  echo "$0: debootstrap stage 1 failed (log above)" >&2
+  exit 1
+}
+tar --numeric-owner -cf "$work/stage1.tar" -C "$work/stage1" .
+rm -rf "$work/stage1"
+stage1_s=$(since "$t")
+log "stage 1 done in ${stage1_s}s ($(du -m "$work/stage1.tar" | cut -f1) MB)"
+
+# Runs chrooted in the VM as root. Everything but the final tar writes to
+# stderr: stdout is the image's file system.
+stage2='set -e
+/debootstrap/debootstrap --second-stage >&2
+# Caches and logs of the install; debootstrap copied the build host'"'"'s
+# hostname, the VM bind-mounts its resolv.conf and hosts (excluded below).
+rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin /var/cache/apt/archives/*.deb /var/cache/apt/archives/partial/*
+rm -f /var/cache/debconf/*-old /var/lib/dpkg/*-old /var/log/dpkg.log /var/log/alternatives.log /var/log/bootstrap.log /var/log/apt/*
+echo localhost > /etc/hostname
+# As in Docker'"'"'s Debian images: package installs never start services.
+printf "#!/bin/sh\nexit 101\n" > /usr/sbin/policy-rc.d
+chmod 755 /usr/sbin/policy-rc.d
+cd /
+exec tar --numeric-owner --xattrs --xattrs-include="security.capability" --one-file-system -cf - \
+  "--exclude=./proc/*" "--exclude=./sys/*" "--exclude=./dev/*" "--exclude=./tmp/*" \
+  --exclude=./etc/resolv.conf --exclude=./etc/hosts .'
+
+log "stage 2: debootstrap --second-stage in a linux/$arch VM (kiln vm exec)"
+t=$(now)
+"$kiln" vm exec --platform "linux/$arch" --memory "$memory" --rootfs "$work/stage1.tar" \
+  -- /bin/sh -c "$stage2" > "$work/rootfs.tar" 2> "$work/stage2.log" || {
+  tail -n 30 "$work/stage2.log" >&2
+  echo "$0: stage 2 in the VM failed (log above)" >&2
+  exit 1
+}
+rm -f "$work/stage1.tar"
+stage2_s=$(since "$t")
+log "stage 2 done in ${stage2_s}s ($(du -m "$work/rootfs.tar" | cut -f1) MB)"
+
+t=$(now)
+digest=$("$kiln" import --platform "linux/$arch" \
+  -c 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
+  -c 'CMD ["bash"]' \
+  -m "debootstrap --variant=minbase $suite ($arch), scripts/make-debian-base.sh ${script_sum:0:16}" \
+  "$work/rootfs.tar" "$tag")
+import_s=$(since "$t")
+log "imported $tag ($digest) in ${import_s}s"
+
+mkdir -p "$cache_dir"
+# kiln save writes under a temp name and renames, so a cache entry is whole or absent.
+"$kiln" save -o "$cache" "$tag" >&2
+log "cached as $cache"
+echo "make-debian-base: timings $arch: stage1 ${stage1_s}s stage2 ${stage2_s}s import ${import_s}s" >&2

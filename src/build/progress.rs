@@ -1,0 +1,277 @@
+//! Build progress, shown like BuildKit's: `plain` lines (`#5 [2/4] RUN ...`,
+//! `#5 0.52 output`, `#5 DONE 1.2s`, `#5 CACHED`), a `tty` view that shows
+//! the running step's last lines live and collapses them when it is done,
+//! `quiet`, and `rawjson` (one JSON event per line) for machines.
+
+use std::io::{IsTerminal, Write};
+use std::time::{Duration, Instant};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProgressMode {
+    Auto,
+    Tty,
+    Plain,
+    Quiet,
+    RawJson,
+}
+
+impl std::str::FromStr for ProgressMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Ok(match s {
+            "auto" => Self::Auto,
+            "tty" => Self::Tty,
+            "plain" => Self::Plain,
+            "quiet" => Self::Quiet,
+            "rawjson" => Self::RawJson,
+            _ => return Err(format!("invalid progress mode {s:?}: expected auto, tty, plain, quiet or rawjson")),
+        })
+    }
+}
+
+/// How a step ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StepEnd {
+    Done,
+    Cached,
+    Error,
+}
+
+/// Lines of a running step's output the tty view keeps on screen.
+const TTY_WINDOW: usize = 6;
+
+/// Receives build events; writes to stderr (or any writer, for tests).
+pub struct Progress {
+    mode: ProgressMode,
+    out: Box<dyn Write + Send>,
+    started: Instant,
+    next_id: usize,
+    /// The running step (tty view): id, name, start, visible lines, partial line.
+    live: Option<Live>,
+}
+
+struct Live {
+    id: usize,
+    name: String,
+    started: Instant,
+    window: Vec<String>,
+    partial: Vec<u8>,
+    /// Lines currently drawn below the header.
+    drawn: usize,
+}
+
+impl Progress {
+    pub fn new(mode: ProgressMode) -> Self {
+        let mode = match mode {
+            ProgressMode::Auto if std::io::stderr().is_terminal() => ProgressMode::Tty,
+            ProgressMode::Auto => ProgressMode::Plain,
+            m => m,
+        };
+        Self::to_writer(mode, Box::new(std::io::stderr()))
+    }
+
+    pub fn to_writer(mode: ProgressMode, out: Box<dyn Write + Send>) -> Self {
+        Progress { mode, out, started: Instant::now(), next_id: 1, live: None }
+    }
+
+    pub fn mode(&self) -> ProgressMode {
+        self.mode
+    }
+
+    /// Starts a step and returns its number (`#N`).
+    pub fn start(&mut self, name: &str) -> usize {
+        let id = self.next_id;
+        self.next_id += 1;
+        match self.mode {
+            ProgressMode::Plain => {
+                let _ = writeln!(self.out, "#{id} {name}");
+            }
+            ProgressMode::Tty => {
+                self.finish_live();
+                let _ = write!(self.out, "\x1b[1m=> {name}\x1b[0m\n");
+                self.live = Some(Live {
+                    id,
+                    name: name.to_string(),
+                    started: Instant::now(),
+                    window: Vec::new(),
+                    partial: Vec::new(),
+                    drawn: 0,
+                });
+            }
+            ProgressMode::RawJson => self.json(serde_json::json!({"step": id, "name": name, "status": "started"})),
+            ProgressMode::Quiet | ProgressMode::Auto => {}
+        }
+        let _ = self.out.flush();
+        id
+    }
+
+    /// Output of step `id` (any chunking; lines are reassembled where shown).
+    pub fn output(&mut self, id: usize, stream: u8, bytes: &[u8]) {
+        match self.mode {
+            ProgressMode::Plain => {
+                let t = self.started.elapsed().as_secs_f64();
+                for line in String::from_utf8_lossy(bytes).split_inclusive('\n') {
+                    let _ = write!(self.out, "#{id} {t:.3} {line}");
+                    if !line.ends_with('\n') {
+                        let _ = writeln!(self.out);
+                    }
+                }
+            }
+            ProgressMode::Tty => {
+                if let Some(live) = self.live.as_mut().filter(|l| l.id == id) {
+                    live.partial.extend_from_slice(bytes);
+                    while let Some(pos) = live.partial.iter().position(|&b| b == b'\n') {
+                        let line: Vec<u8> = live.partial.drain(..=pos).collect();
+                        live.window.push(String::from_utf8_lossy(&line[..line.len() - 1]).into_owned());
+                        if live.window.len() > TTY_WINDOW {
+                            live.window.remove(0);
+                        }
+                    }
+                    self.redraw();
+                }
+            }
+            ProgressMode::RawJson => self.json(serde_json::json!({
+                "step": id, "stream": stream, "data": String::from_utf8_lossy(bytes),
+            })),
+            ProgressMode::Quiet | ProgressMode::Auto => {}
+        }
+        let _ = self.out.flush();
+    }
+
+    /// Ends step `id`.
+    pub fn end(&mut self, id: usize, how: StepEnd, elapsed: Duration) {
+        let secs = elapsed.as_secs_f64();
+        match self.mode {
+            ProgressMode::Plain => {
+                let _ = match how {
+                    StepEnd::Done => writeln!(self.out, "#{id} DONE {secs:.1}s"),
+                    StepEnd::Cached => writeln!(self.out, "#{id} CACHED"),
+                    StepEnd::Error => writeln!(self.out, "#{id} ERROR after {secs:.1}s"),
+                };
+            }
+            ProgressMode::Tty => {
+                if let Some(live) = self.live.as_ref().filter(|l| l.id == id) {
+                    let name = live.name.clone();
+                    self.erase_live();
+                    // Rewrite the header line in place with the result.
+                    let status = match how {
+                        StepEnd::Done => format!("{secs:.1}s"),
+                        StepEnd::Cached => "CACHED".to_string(),
+                        StepEnd::Error => format!("\x1b[31mERROR\x1b[0m {secs:.1}s"),
+                    };
+                    let _ = write!(self.out, "\x1b[1A\r\x1b[2K=> {name}  {status}\n");
+                    self.live = None;
+                }
+            }
+            ProgressMode::RawJson => {
+                let status = match how {
+                    StepEnd::Done => "done",
+                    StepEnd::Cached => "cached",
+                    StepEnd::Error => "error",
+                };
+                self.json(serde_json::json!({"step": id, "status": status, "seconds": secs}));
+            }
+            ProgressMode::Quiet | ProgressMode::Auto => {}
+        }
+        let _ = self.out.flush();
+    }
+
+    /// A one-line note outside any step (warnings, the final result).
+    pub fn note(&mut self, text: &str) {
+        match self.mode {
+            ProgressMode::Quiet | ProgressMode::Auto => {}
+            ProgressMode::RawJson => self.json(serde_json::json!({"note": text})),
+            _ => {
+                self.finish_live();
+                let _ = writeln!(self.out, "{text}");
+            }
+        }
+        let _ = self.out.flush();
+    }
+
+    fn json(&mut self, value: serde_json::Value) {
+        let _ = writeln!(self.out, "{value}");
+    }
+
+    fn redraw(&mut self) {
+        self.erase_live();
+        let Some(live) = self.live.as_mut() else { return };
+        let t = live.started.elapsed().as_secs_f64();
+        let width = terminal_width();
+        for line in &live.window {
+            let shown: String = line.chars().filter(|c| !c.is_control() || *c == '\t').take(width.saturating_sub(12)).collect();
+            let _ = write!(self.out, "\x1b[2m  {t:>6.1} {shown}\x1b[0m\n");
+        }
+        live.drawn = live.window.len();
+    }
+
+    fn erase_live(&mut self) {
+        if let Some(live) = self.live.as_mut() {
+            for _ in 0..live.drawn {
+                let _ = write!(self.out, "\x1b[1A\r\x1b[2K");
+            }
+            live.drawn = 0;
+        }
+    }
+
+    /// Leaves a live step's header as is (another line is about to be printed).
+    fn finish_live(&mut self) {
+        self.erase_live();
+        self.live = None;
+    }
+}
+
+fn terminal_width() -> usize {
+    std::env::var("COLUMNS").ok().and_then(|c| c.parse().ok()).unwrap_or(100)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::{Arc, Mutex};
+
+    #[derive(Clone, Default)]
+    struct Shared(Arc<Mutex<Vec<u8>>>);
+    impl Write for Shared {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn plain_mode_looks_like_buildkit() {
+        let buf = Shared::default();
+        let mut p = Progress::to_writer(ProgressMode::Plain, Box::new(buf.clone()));
+        let a = p.start("[1/2] FROM scratch");
+        p.end(a, StepEnd::Cached, Duration::ZERO);
+        let b = p.start("[2/2] RUN echo hi");
+        p.output(b, 1, b"hi\nthere");
+        p.end(b, StepEnd::Done, Duration::from_millis(1500));
+        let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines[0], "#1 [1/2] FROM scratch");
+        assert_eq!(lines[1], "#1 CACHED");
+        assert_eq!(lines[2], "#2 [2/2] RUN echo hi");
+        assert!(lines[3].starts_with("#2 ") && lines[3].ends_with(" hi"), "{}", lines[3]);
+        assert!(lines[4].ends_with(" there"));
+        assert_eq!(lines[5], "#2 DONE 1.5s");
+    }
+
+    #[test]
+    fn rawjson_is_one_object_per_line() {
+        let buf = Shared::default();
+        let mut p = Progress::to_writer(ProgressMode::RawJson, Box::new(buf.clone()));
+        let a = p.start("[1/1] RUN x");
+        p.output(a, 2, b"oops\n");
+        p.end(a, StepEnd::Error, Duration::from_secs(1));
+        let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+        let events: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        assert_eq!(events.len(), 3);
+        assert_eq!(events[1]["stream"], 2);
+        assert_eq!(events[2]["status"], "error");
+    }
+}

@@ -1,0 +1,491 @@
+//! `kiln build`: buildx's flags mapped onto a [`BuildRequest`], then the
+//! result loaded, exported or pushed as `--output`/`--load`/`--push` ask.
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
+
+use anyhow::{bail, Context};
+use clap::Args;
+
+use crate::build::progress::{Progress, ProgressMode};
+use crate::build::{BuildOutcome, BuildRequest, Builder};
+use crate::oci::layout::{self, ExportEntry, Format};
+use crate::oci::{Compression, Store};
+use crate::platform::Platform;
+use crate::registry::{Client, ClientOptions, PushOptions, Reference};
+
+#[derive(Debug, Args)]
+pub struct BuildArgs {
+    /// Build context: a directory, or `-` to read the Dockerfile from stdin (no context)
+    #[arg(value_name = "PATH|-")]
+    pub context: String,
+    /// Name of the Dockerfile (default: PATH/Dockerfile)
+    #[arg(short = 'f', long = "file")]
+    pub file: Option<PathBuf>,
+    /// Name and optionally a tag (name:tag); repeatable
+    #[arg(short = 't', long = "tag")]
+    pub tags: Vec<String>,
+    /// Target platform (e.g. linux/arm64)
+    #[arg(long, value_delimiter = ',')]
+    pub platform: Vec<Platform>,
+    /// Set a build-time variable (NAME=value, or NAME to take it from the environment)
+    #[arg(long = "build-arg")]
+    pub build_args: Vec<String>,
+    /// Build this stage (default: the last)
+    #[arg(long)]
+    pub target: Option<String>,
+    /// Do not use the cache
+    #[arg(long)]
+    pub no_cache: bool,
+    /// Always fetch base images from their registry
+    #[arg(long)]
+    pub pull: bool,
+    /// Set a label on the image (KEY=value); repeatable
+    #[arg(long = "label")]
+    pub labels: Vec<String>,
+    /// Output destination: type=oci|docker|image|registry[,dest=PATH][,name=NAME][,push=true]
+    #[arg(short = 'o', long = "output")]
+    pub outputs: Vec<String>,
+    /// Push the image to its registry (same as --output=type=registry)
+    #[arg(long)]
+    pub push: bool,
+    /// Keep the image in kiln's local store (the default when tagging)
+    #[arg(long)]
+    pub load: bool,
+    /// Progress display: auto, tty, plain, quiet or rawjson
+    #[arg(long, default_value = "auto")]
+    pub progress: ProgressMode,
+    /// Print only the image ID on success (like --progress quiet)
+    #[arg(short = 'q', long)]
+    pub quiet: bool,
+    /// Write the image ID to this file
+    #[arg(long)]
+    pub iidfile: Option<PathBuf>,
+    /// Write build result metadata (JSON) to this file
+    #[arg(long)]
+    pub metadata_file: Option<PathBuf>,
+    /// Networking mode for RUN: default or none
+    #[arg(long, default_value = "default")]
+    pub network: String,
+    /// Secret to expose to the build: id=ID[,src=PATH|,env=VAR]
+    #[arg(long)]
+    pub secret: Vec<String>,
+    /// Guest memory for the build VM, MiB
+    #[arg(long, default_value_t = 2048)]
+    pub memory: u64,
+    /// Guest CPUs for the build VM (default: the host's, at most 4)
+    #[arg(long)]
+    pub cpus: Option<u32>,
+    /// Layer compression: gzip, zstd or none
+    #[arg(long, default_value = "gzip")]
+    pub compression: Compression,
+    /// Allow plain HTTP to this registry (host[:port]); loopback always may
+    #[arg(long = "insecure-registry", env = "KILN_INSECURE_REGISTRIES", value_delimiter = ',')]
+    pub insecure: Vec<String>,
+}
+
+/// One `--output`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Output {
+    /// OCI layout: a tar file, or a directory with `tar=false`.
+    Oci { dest: PathBuf, tar: bool },
+    /// A Docker archive for `docker load`.
+    Docker { dest: PathBuf },
+    /// Keep in the local store under `names`; push them when `push`.
+    Image { names: Vec<String>, push: bool },
+}
+
+fn parse_output(spec: &str, tags: &[String]) -> anyhow::Result<Output> {
+    let mut kv = BTreeMap::new();
+    for part in spec.split(',') {
+        let (k, v) = part.split_once('=').unwrap_or((part, ""));
+        kv.insert(k.trim().to_string(), v.trim().to_string());
+    }
+    // `-o DIR` is buildx's short form of type=local.
+    let kind = match kv.get("type") {
+        Some(t) => t.clone(),
+        None if kv.len() == 1 => bail!("--output {spec}: type=local (a plain directory) is not supported; use type=oci,dest=..."),
+        None => bail!("--output {spec}: missing type="),
+    };
+    let dest = || -> anyhow::Result<PathBuf> {
+        kv.get("dest").filter(|d| !d.is_empty()).map(PathBuf::from).with_context(|| format!("--output {spec}: dest= is required"))
+    };
+    let truthy = |k: &str| kv.get(k).is_some_and(|v| v.is_empty() || v == "true" || v == "1");
+    Ok(match kind.as_str() {
+        "oci" => Output::Oci { dest: dest()?, tar: kv.get("tar").map(|v| v != "false").unwrap_or(true) },
+        "docker" => Output::Docker { dest: dest()? },
+        "image" | "registry" => {
+            let names = match kv.get("name") {
+                Some(n) if !n.is_empty() => n.split(',').map(str::to_string).collect(),
+                _ => tags.to_vec(),
+            };
+            if names.is_empty() {
+                bail!("--output {spec}: give name= or --tag");
+            }
+            Output::Image { names, push: kind == "registry" || truthy("push") }
+        }
+        "local" | "tar" => bail!("--output type={kind} is not supported yet: use type=oci or type=docker"),
+        other => bail!("--output {spec}: unknown type {other:?} (expected oci, docker, image or registry)"),
+    })
+}
+
+fn parse_build_args(args: &[String]) -> anyhow::Result<BTreeMap<String, String>> {
+    let mut out = BTreeMap::new();
+    for a in args {
+        match a.split_once('=') {
+            Some((k, v)) => out.insert(k.to_string(), v.to_string()),
+            // `--build-arg NAME` takes the value from the environment, or is ignored.
+            None => match std::env::var(a) {
+                Ok(v) => out.insert(a.clone(), v),
+                Err(_) => continue,
+            },
+        };
+    }
+    Ok(out)
+}
+
+fn parse_labels(labels: &[String]) -> anyhow::Result<BTreeMap<String, String>> {
+    labels
+        .iter()
+        .map(|l| l.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())).with_context(|| format!("--label {l}: expected KEY=value")))
+        .collect()
+}
+
+/// `--secret id=ID[,src=PATH|,env=VAR]` (buildx's forms; `type=file|env` too).
+fn parse_secrets(specs: &[String]) -> anyhow::Result<BTreeMap<String, Vec<u8>>> {
+    let mut out = BTreeMap::new();
+    for spec in specs {
+        let mut kv = BTreeMap::new();
+        for part in spec.split(',') {
+            let (k, v) = part.split_once('=').with_context(|| format!("--secret: {part:?} is not KEY=VALUE"))?;
+            kv.insert(k.trim(), v.trim());
+        }
+        let id = kv.get("id").copied().with_context(|| "--secret needs id=")?;
+        let src = kv.get("src").or_else(|| kv.get("source")).copied();
+        let env = kv.get("env").copied();
+        let value = match (kv.get("type").copied(), src, env) {
+            (Some("env") | None, None, Some(var)) | (Some("env"), Some(var), None) => {
+                std::env::var(var).with_context(|| format!("--secret id={id}: the environment variable {var} is not set"))?.into_bytes()
+            }
+            (Some("file") | None, Some(path), None) => {
+                std::fs::read(path).with_context(|| format!("--secret id={id}: reading {path}"))?
+            }
+            // buildx: with neither, the value comes from an env var named like the id.
+            (None, None, None) => {
+                std::env::var(id).with_context(|| format!("--secret id={id}: give src=FILE or env=VAR"))?.into_bytes()
+            }
+            _ => bail!("--secret id={id}: give one of src= or env="),
+        };
+        out.insert(id.to_string(), value);
+    }
+    Ok(out)
+}
+
+/// SOURCE_DATE_EPOCH from the environment or `--build-arg`, as buildx reads it.
+fn source_date_epoch(build_args: &BTreeMap<String, String>) -> anyhow::Result<Option<i64>> {
+    let raw = build_args.get("SOURCE_DATE_EPOCH").cloned().or_else(|| std::env::var("SOURCE_DATE_EPOCH").ok());
+    match raw.filter(|v| !v.is_empty()) {
+        None => Ok(None),
+        Some(v) => Ok(Some(v.parse().with_context(|| format!("SOURCE_DATE_EPOCH={v} is not a number of seconds"))?)),
+    }
+}
+
+/// A Dockerfile read from stdin, kept in a private temp dir for the build.
+struct StdinDockerfile {
+    dir: tempfile::TempDir,
+}
+
+pub fn run(args: BuildArgs, cancel: &'static std::sync::atomic::AtomicBool) -> anyhow::Result<ExitCode> {
+    let network_none = match args.network.as_str() {
+        "default" => false,
+        "none" => true,
+        other => bail!("--network {other}: expected default or none"),
+    };
+    let tags: Vec<String> = args
+        .tags
+        .iter()
+        .map(|t| Reference::parse(t).map(|r| r.to_string()).with_context(|| format!("--tag {t}: invalid reference")))
+        .collect::<anyhow::Result<_>>()?;
+    let mut outputs: Vec<Output> = args.outputs.iter().map(|o| parse_output(o, &tags)).collect::<anyhow::Result<_>>()?;
+    if args.push {
+        if tags.is_empty() {
+            bail!("--push needs a --tag to push to");
+        }
+        outputs.push(Output::Image { names: tags.clone(), push: true });
+    }
+    if (args.load || !tags.is_empty()) && !outputs.iter().any(|o| matches!(o, Output::Image { .. })) {
+        outputs.push(Output::Image { names: tags.clone(), push: false });
+    }
+
+    let stdin_df;
+    let (context, dockerfile) = if args.context == "-" {
+        let mut text = String::new();
+        std::io::stdin().read_to_string(&mut text).context("reading the Dockerfile from stdin")?;
+        let dir = tempfile::Builder::new().prefix("kiln-build-").tempdir()?;
+        std::fs::write(dir.path().join("Dockerfile"), text)?;
+        stdin_df = StdinDockerfile { dir };
+        (stdin_df.dir.path().join("context"), stdin_df.dir.path().join("Dockerfile"))
+    } else if args.context.contains("://") || args.context.starts_with("git@") {
+        bail!("{}: remote build contexts are not supported yet; clone it and build the directory", args.context);
+    } else {
+        let context = PathBuf::from(&args.context);
+        if !context.is_dir() {
+            bail!("{}: the build context is not a directory", context.display());
+        }
+        let dockerfile = match &args.file {
+            Some(f) if f.as_os_str() == "-" => bail!("-f -: reading the Dockerfile from stdin with a context is not supported yet"),
+            Some(f) => f.clone(),
+            None => context.join("Dockerfile"),
+        };
+        (context, dockerfile)
+    };
+    if args.context == "-" {
+        std::fs::create_dir_all(&context)?;
+    }
+
+    let build_args = parse_build_args(&args.build_args)?;
+    let mut platforms: Vec<Platform> = Vec::new();
+    for p in &args.platform {
+        if !platforms.contains(p) {
+            platforms.push(p.clone());
+        }
+    }
+    if platforms.is_empty() {
+        platforms.push(Platform::host());
+    }
+    if platforms.len() > 1 && outputs.iter().any(|o| matches!(o, Output::Docker { .. })) {
+        bail!("--output type=docker holds one platform; use type=oci for a multi-platform image");
+    }
+    let req = BuildRequest {
+        dockerfile,
+        context,
+        target: args.target.clone(),
+        source_date_epoch: source_date_epoch(&build_args)?,
+        build_args,
+        platform: platforms[0].clone(),
+        no_cache: args.no_cache,
+        pull: args.pull,
+        labels: parse_labels(&args.labels)?,
+        network_none,
+        memory_mib: args.memory,
+        cpus: args.cpus.unwrap_or_else(|| crate::vm::VmConfig::new(Platform::host()).cpus),
+        compression: args.compression,
+        registry: ClientOptions {
+            insecure_registries: args.insecure.clone(),
+            docker_config: Some(crate::registry::auth::default_config_path()),
+            ..Default::default()
+        },
+        secrets: parse_secrets(&args.secret)?,
+    };
+    let quiet = args.quiet || args.progress == ProgressMode::Quiet;
+    let mut mode = if quiet { ProgressMode::Quiet } else { args.progress };
+    // The live tty view follows one step at a time; concurrent platforms print plain lines.
+    if platforms.len() > 1 && matches!(mode, ProgressMode::Auto | ProgressMode::Tty) {
+        mode = ProgressMode::Plain;
+    }
+    let progress = Arc::new(Mutex::new(Progress::new(mode)));
+    let store = Store::open_default().context("opening the image store")?;
+    let started = std::time::Instant::now();
+    let outcomes = build_platforms(&store, &req, &platforms, &progress, cancel)?;
+    let result = if outcomes.len() == 1 {
+        outcomes[0].manifest.clone()
+    } else {
+        write_index(&store, &outcomes)?
+    };
+    let mut progress = progress.lock().unwrap_or_else(|e| e.into_inner());
+    deliver(&store, &result, &outputs, &req, &mut progress)?;
+
+    // Like buildx: the image ID is the config digest, or the index digest for several platforms.
+    let image_id = if outcomes.len() == 1 { outcomes[0].config_digest.clone() } else { result.digest().to_string() };
+    if let Some(path) = &args.iidfile {
+        write_atomically(path, image_id.as_bytes())?;
+    }
+    if let Some(path) = &args.metadata_file {
+        let mut meta = serde_json::json!({
+            "containerimage.digest": result.digest().to_string(),
+            "containerimage.descriptor": result,
+            "image.name": tags.join(","),
+        });
+        if outcomes.len() == 1 {
+            meta["containerimage.config.digest"] = outcomes[0].config_digest.clone().into();
+        }
+        write_atomically(path, serde_json::to_string_pretty(&meta)?.as_bytes())?;
+    }
+    if quiet {
+        println!("{image_id}");
+    } else {
+        let steps: usize = outcomes.iter().map(|o| o.steps).sum();
+        let cached: usize = outcomes.iter().map(|o| o.cached).sum();
+        let vm = if outcomes.iter().any(|o| o.vm_booted) { "" } else { ", no VM booted" };
+        let names: Vec<String> = platforms.iter().map(|p| p.to_string()).collect();
+        progress.note(&format!(
+            "built {} in {:.1}s: {steps} steps, {cached} cached{vm}; {}",
+            names.join(", "),
+            started.elapsed().as_secs_f64(),
+            result.digest()
+        ));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Builds every platform, each in its own VM, at most as many at once as
+/// the host has cores and memory for. A failure is reported once the builds
+/// running beside it end.
+fn build_platforms(
+    store: &Store,
+    req: &BuildRequest,
+    platforms: &[Platform],
+    progress: &Arc<Mutex<Progress>>,
+    cancel: &'static std::sync::atomic::AtomicBool,
+) -> anyhow::Result<Vec<BuildOutcome>> {
+    if platforms.len() == 1 {
+        return Ok(vec![Builder::new(store, progress.clone(), "", cancel, req).build()?]);
+    }
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let memory_slots = host_memory_mib().map(|m| (m / req.memory_mib.max(256)) as usize).unwrap_or(1);
+    let parallel = cores.min(memory_slots).clamp(1, platforms.len());
+    let mut outcomes: Vec<Option<BuildOutcome>> = vec![None; platforms.len()];
+    for chunk in (0..platforms.len()).collect::<Vec<_>>().chunks(parallel) {
+        let results: Vec<(usize, Result<BuildOutcome, crate::build::BuildError>)> = std::thread::scope(|scope| {
+            let handles: Vec<_> = chunk
+                .iter()
+                .map(|&i| {
+                    let req = BuildRequest { platform: platforms[i].clone(), ..req.clone() };
+                    let progress = progress.clone();
+                    let prefix = format!("{} ", platforms[i]);
+                    scope.spawn(move || (i, Builder::new(store, progress, &prefix, cancel, &req).build()))
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().expect("a build thread panicked")).collect()
+        });
+        for (i, result) in results {
+            let outcome = result.with_context(|| format!("building {}", platforms[i]))?;
+            outcomes[i] = Some(outcome);
+        }
+    }
+    Ok(outcomes.into_iter().map(|o| o.expect("every platform was built")).collect())
+}
+
+#[cfg(target_os = "linux")]
+fn host_memory_mib() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = info.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    Some(line.split_whitespace().nth(1)?.parse::<u64>().ok()? / 1024)
+}
+
+#[cfg(not(target_os = "linux"))]
+fn host_memory_mib() -> Option<u64> {
+    None
+}
+
+/// One OCI index over the per-platform manifests.
+fn write_index(store: &Store, outcomes: &[BuildOutcome]) -> anyhow::Result<crate::oci::Descriptor> {
+    let index = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": crate::oci::media::OCI_INDEX,
+        "manifests": outcomes.iter().map(|o| &o.manifest).collect::<Vec<_>>(),
+    });
+    Ok(store.put_json(&index, crate::oci::MediaType::ImageIndex)?)
+}
+
+/// Loads, exports and pushes the built image. Tags are set only here, after
+/// the whole build succeeded.
+fn deliver(
+    store: &Store,
+    image: &crate::oci::Descriptor,
+    outputs: &[Output],
+    req: &BuildRequest,
+    progress: &mut Progress,
+) -> anyhow::Result<()> {
+    let mut runtime = None;
+    for output in outputs {
+        match output {
+            Output::Image { names, push } => {
+                for name in names {
+                    store.tag(name, image)?;
+                    progress.note(&format!("naming to {name}"));
+                }
+                if *push {
+                    let client = Client::new(req.registry.clone())?;
+                    let rt = match &mut runtime {
+                        Some(rt) => rt,
+                        None => runtime.insert(tokio::runtime::Builder::new_multi_thread().enable_all().build()?),
+                    };
+                    for name in names {
+                        let dest = Reference::parse(name)?;
+                        let report = rt.block_on(client.push(store, image, &dest, &PushOptions::default()))?;
+                        progress.note(&format!("pushed {dest} ({})", report.digest));
+                    }
+                }
+            }
+            Output::Oci { dest, tar } => {
+                let format = if *tar { Format::OciTar } else { Format::OciDir };
+                export(store, image, format, dest, outputs)?;
+                progress.note(&format!("exported an OCI layout to {}", dest.display()));
+            }
+            Output::Docker { dest } => {
+                export(store, image, Format::DockerArchive, dest, outputs)?;
+                progress.note(&format!("exported a Docker archive to {}", dest.display()));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn export(store: &Store, image: &crate::oci::Descriptor, format: Format, dest: &Path, outputs: &[Output]) -> anyhow::Result<()> {
+    let name = outputs.iter().find_map(|o| match o {
+        Output::Image { names, .. } => names.first().cloned(),
+        _ => None,
+    });
+    let ref_name = name.as_ref().and_then(|n| Reference::parse(n).ok()).and_then(|r| r.tag).or_else(|| Some("latest".into()));
+    let entry = ExportEntry { descriptor: image.clone(), ref_name, repo_tag: name };
+    if dest.exists() && dest.is_file() {
+        std::fs::remove_file(dest).with_context(|| format!("replacing {}", dest.display()))?;
+    }
+    layout::export(store, &[entry], format, dest, None)?;
+    Ok(())
+}
+
+fn write_atomically(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let mut tmp = tempfile::NamedTempFile::new_in(dir).with_context(|| format!("writing {}", path.display()))?;
+    std::io::Write::write_all(&mut tmp, bytes)?;
+    tmp.persist(path).with_context(|| format!("writing {}", path.display()))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn outputs_parse_like_buildx() {
+        let tags = vec!["docker.io/library/x:latest".to_string()];
+        assert_eq!(parse_output("type=oci,dest=out.tar", &tags).unwrap(), Output::Oci { dest: "out.tar".into(), tar: true });
+        assert_eq!(parse_output("type=oci,dest=d,tar=false", &tags).unwrap(), Output::Oci { dest: "d".into(), tar: false });
+        assert_eq!(parse_output("type=image,push=true", &tags).unwrap(), Output::Image { names: tags.clone(), push: true });
+        assert_eq!(
+            parse_output("type=registry,name=a/b:c", &tags).unwrap(),
+            Output::Image { names: vec!["a/b:c".into()], push: true }
+        );
+        assert!(parse_output("type=oci", &tags).unwrap_err().to_string().contains("dest="));
+        assert!(parse_output("type=bogus,dest=x", &tags).is_err());
+        assert!(parse_output("type=image", &[]).is_err());
+    }
+
+    #[test]
+    fn build_args_and_epoch() {
+        let args = parse_build_args(&["A=1".into(), "B=".into(), "KILN_SURELY_UNSET_VAR".into()]).unwrap();
+        assert_eq!(args.get("A").map(String::as_str), Some("1"));
+        assert_eq!(args.get("B").map(String::as_str), Some(""));
+        assert!(!args.contains_key("KILN_SURELY_UNSET_VAR"));
+        let mut with_epoch = BTreeMap::new();
+        with_epoch.insert("SOURCE_DATE_EPOCH".to_string(), "1700000000".to_string());
+        assert_eq!(source_date_epoch(&with_epoch).unwrap(), Some(1_700_000_000));
+        with_epoch.insert("SOURCE_DATE_EPOCH".to_string(), "soon".to_string());
+        assert!(source_date_epoch(&with_epoch).is_err());
+    }
+}

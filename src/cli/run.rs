@@ -1,0 +1,117 @@
+//! `kiln run`: docker run's everyday flags mapped onto [`crate::run::RunRequest`].
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use anyhow::{bail, Context};
+use clap::Args;
+
+use crate::oci::Store;
+use crate::platform::Platform;
+use crate::run::{run_image, RunRequest};
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Platform of a multi-platform image
+    #[arg(long)]
+    pub platform: Option<Platform>,
+    /// Publish a guest TCP port on the host's 127.0.0.1: HOST:GUEST (or PORT for both)
+    #[arg(short = 'p', long = "publish")]
+    pub publish: Vec<String>,
+    /// Set an environment variable (KEY=VALUE, or KEY to take it from kiln's environment)
+    #[arg(short = 'e', long = "env")]
+    pub env: Vec<String>,
+    /// Remove the container when it exits (always the case: the VM's disk is disposable)
+    #[arg(long)]
+    pub rm: bool,
+    /// Keep standard input open
+    #[arg(short = 'i', long)]
+    pub interactive: bool,
+    /// Allocate a pseudo-TTY
+    #[arg(short = 't', long)]
+    pub tty: bool,
+    /// Overwrite the image's ENTRYPOINT
+    #[arg(long)]
+    pub entrypoint: Option<String>,
+    /// Username or UID[:GID] to run as
+    #[arg(short = 'u', long)]
+    pub user: Option<String>,
+    /// Working directory inside the container
+    #[arg(short = 'w', long)]
+    pub workdir: Option<String>,
+    /// Guest memory, MiB
+    #[arg(long, default_value_t = 2048)]
+    pub memory: u64,
+    /// Guest CPUs (default: the host's, at most 4)
+    #[arg(long)]
+    pub cpus: Option<u32>,
+    pub image: String,
+    /// Command and arguments (replace the image's CMD)
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    pub command: Vec<String>,
+}
+
+fn parse_publish(spec: &str) -> anyhow::Result<(u16, u16)> {
+    let spec = spec.strip_prefix("127.0.0.1:").unwrap_or(spec);
+    let spec = spec.strip_suffix("/tcp").unwrap_or(spec);
+    let port = |s: &str| s.parse::<u16>().with_context(|| format!("-p {spec}: {s:?} is not a port"));
+    match spec.split_once(':') {
+        Some((h, g)) => Ok((port(h)?, port(g)?)),
+        None => {
+            let p = port(spec)?;
+            Ok((p, p))
+        }
+    }
+}
+
+pub fn run(args: RunArgs, cancel: &'static std::sync::atomic::AtomicBool) -> anyhow::Result<ExitCode> {
+    if args.tty {
+        bail!("-t (a pseudo-TTY) is not supported yet; use -i for an interactive shell without a TTY");
+    }
+    let ports = args.publish.iter().map(|p| parse_publish(p)).collect::<anyhow::Result<Vec<_>>>()?;
+    let env = args
+        .env
+        .iter()
+        .filter_map(|e| match e.split_once('=') {
+            Some(_) => Some(e.clone()),
+            None => std::env::var(e).ok().map(|v| format!("{e}={v}")),
+        })
+        .collect();
+    let req = RunRequest {
+        image: args.image.clone(),
+        platform: args.platform.clone(),
+        ports,
+        env,
+        command: args.command.clone(),
+        entrypoint: args.entrypoint.clone(),
+        user: args.user.clone(),
+        workdir: args.workdir.clone(),
+        interactive: args.interactive,
+        memory_mib: args.memory,
+        cpus: args.cpus.unwrap_or_else(|| crate::vm::VmConfig::new(Platform::host()).cpus),
+    };
+    let store = Store::open_default().context("opening the image store")?;
+    let (mut out, mut err) = (std::io::stdout(), std::io::stderr());
+    let mut sink = |stream: u8, bytes: &[u8]| {
+        let _ = if stream == kiln_protocol::stream::STDERR {
+            err.write_all(bytes).and_then(|_| err.flush())
+        } else {
+            out.write_all(bytes).and_then(|_| out.flush())
+        };
+    };
+    let code = run_image(&store, &req, &mut sink, cancel)?;
+    Ok(ExitCode::from(code.clamp(0, 255) as u8))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn publish_forms() {
+        assert_eq!(parse_publish("8080:80").unwrap(), (8080, 80));
+        assert_eq!(parse_publish("127.0.0.1:8080:80/tcp").unwrap(), (8080, 80));
+        assert_eq!(parse_publish("5000").unwrap(), (5000, 5000));
+        assert!(parse_publish("x:80").is_err());
+    }
+}

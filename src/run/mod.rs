@@ -1,0 +1,138 @@
+//! `kiln run`: an image's entrypoint and command, with its env, user and
+//! workdir, in a VM of the image's platform. The layers become overlay lowers
+//! in the guest (nothing is unpacked on the host); `-p` forwards host TCP
+//! ports on 127.0.0.1 through QEMU's user network.
+
+use std::sync::atomic::AtomicBool;
+
+use crate::build::image_config::{ImageConfigFile, DEFAULT_PATH_ENV};
+use crate::build::rootfs::{LayerStack, RootfsError};
+use crate::build::users::{self, UserError};
+use crate::build::vm_session::{LayerRef, RunSpec, Session, SessionError};
+use crate::oci::store::{Store, StoreError};
+use crate::platform::Platform;
+use crate::vm::{BootFilesError, VmConfig};
+
+#[derive(Debug, Clone)]
+pub struct RunRequest {
+    pub image: String,
+    /// Which platform of a multi-platform image (default: the host's, else the only one).
+    pub platform: Option<Platform>,
+    /// `(host port, guest port)` TCP forwards on 127.0.0.1.
+    pub ports: Vec<(u16, u16)>,
+    /// Extra `KEY=VALUE` entries over the image's ENV.
+    pub env: Vec<String>,
+    /// Replaces the image's CMD when not empty.
+    pub command: Vec<String>,
+    /// Replaces the image's ENTRYPOINT (`Some("")` clears it).
+    pub entrypoint: Option<String>,
+    pub user: Option<String>,
+    pub workdir: Option<String>,
+    pub interactive: bool,
+    pub memory_mib: u64,
+    pub cpus: u32,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Session(#[from] SessionError),
+    #[error(transparent)]
+    BootFiles(#[from] BootFilesError),
+    #[error(transparent)]
+    Rootfs(#[from] RootfsError),
+    #[error(transparent)]
+    User(#[from] UserError),
+    #[error("{image}: {message}")]
+    Image { image: String, message: String },
+}
+
+/// Runs the image and returns the command's exit code (128+signal when killed).
+pub fn run_image(store: &Store, req: &RunRequest, sink: &mut dyn FnMut(u8, &[u8]), cancel: &AtomicBool) -> Result<i32, RunError> {
+    let bad = |message: String| RunError::Image { image: req.image.clone(), message };
+    let (_, desc) = crate::registry::reference::resolve_local(store, &req.image)?;
+    let image = match &req.platform {
+        Some(p) => store.image(&desc, Some(p))?,
+        None => store.image(&desc, None).or_else(|_| single_platform(store, &desc))?,
+    };
+    let config: ImageConfigFile =
+        serde_json::from_slice(&image.config_bytes).map_err(|e| bad(format!("the image config is not valid: {e}")))?;
+    let layers: Vec<LayerRef> = image
+        .manifest
+        .layers()
+        .iter()
+        .zip(&config.rootfs.diff_ids)
+        .map(|(d, id)| LayerRef { descriptor: d.clone(), diff_id: id.clone() })
+        .collect();
+
+    let c = &config.config;
+    let mut argv: Vec<String> = match &req.entrypoint {
+        Some(e) if e.is_empty() => Vec::new(),
+        Some(e) => vec![e.clone()],
+        None => c.entrypoint.clone().unwrap_or_default(),
+    };
+    if !req.command.is_empty() {
+        argv.extend(req.command.iter().cloned());
+    } else if req.entrypoint.is_none() || req.entrypoint.as_deref() == Some("") {
+        argv.extend(c.cmd.clone().unwrap_or_default());
+    }
+    if argv.is_empty() {
+        return Err(bad("no command: the image has no ENTRYPOINT or CMD, give one".into()));
+    }
+    let mut env = c.env.clone();
+    for e in &req.env {
+        let key = e.split('=').next().unwrap_or(e);
+        env.retain(|x| x.split('=').next() != Some(key));
+        env.push(e.clone());
+    }
+    if !env.iter().any(|e| e.starts_with("PATH=")) {
+        env.push(DEFAULT_PATH_ENV.to_string());
+    }
+    let user = req.user.clone().unwrap_or_else(|| c.user.clone());
+    let identity = if user.is_empty() || user == "root" || user == "0" {
+        users::Identity::default()
+    } else {
+        let descriptors: Vec<_> = layers.iter().map(|l| l.descriptor.clone()).collect();
+        let stack = LayerStack::open(store, &descriptors)?;
+        let read = |p: &str| -> Result<Option<String>, RootfsError> {
+            Ok(stack.read_file(store, p)?.map(|b| String::from_utf8_lossy(&b).into_owned()))
+        };
+        users::resolve(&user, read("etc/passwd")?.as_deref(), read("etc/group")?.as_deref())?
+    };
+    let cwd = req.workdir.clone().unwrap_or_else(|| c.working_dir.clone());
+
+    let platform = image.platform();
+    let mut vm_config = VmConfig::new(platform.clone());
+    vm_config.memory_mib = req.memory_mib;
+    vm_config.cpus = req.cpus;
+    vm_config.netdev_extra = req.ports.iter().map(|(h, g)| format!("hostfwd=tcp:127.0.0.1:{h}-:{g}")).collect();
+    let files = crate::vm::boot_files(&platform, None)?;
+    let mut session = Session::boot(&vm_config, &files, cancel)?;
+    let spec = RunSpec {
+        argv,
+        env,
+        cwd: if cwd.is_empty() { "/".into() } else { cwd },
+        uid: identity.uid,
+        gid: identity.gid,
+        groups: identity.groups,
+        no_network: false,
+        mounts: Vec::new(),
+        layers: &layers,
+    };
+    let stdin: Option<Box<dyn std::io::Read + Send>> = if req.interactive { Some(Box::new(std::io::stdin())) } else { None };
+    let status = session.exec(store, spec, stdin, sink, cancel);
+    session.shutdown();
+    Ok(status?.shell_code())
+}
+
+/// An index with exactly one image: run that one whatever the host is.
+fn single_platform(store: &Store, desc: &oci_spec::image::Descriptor) -> Result<crate::oci::Image, StoreError> {
+    let (manifest, _) = store.read_manifest(desc)?;
+    let children = manifest.children();
+    match children.as_slice() {
+        [only] => store.image(only, None),
+        _ => store.image(desc, None),
+    }
+}

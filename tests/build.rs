@@ -1,0 +1,338 @@
+//! `kiln build` end to end, as a user runs it: real Dockerfiles built for
+//! linux/arm64 under TCG from the Debian base image that
+//! scripts/make-debian-base.sh makes (and a busybox image for the quick
+//! failure cases), each result checked on the host with umoci and skopeo,
+//! never with kiln itself.
+
+use std::io::{BufRead, BufReader};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn fixtures() -> PathBuf {
+    std::env::var_os("KILN_TEST_FIXTURES").map(PathBuf::from).unwrap_or_else(|| repo().join(".cache/fixtures"))
+}
+
+fn fixture(name: &str, how: &str) -> PathBuf {
+    let path = fixtures().join(name);
+    assert!(path.exists(), "{} is missing: {how} (scripts/test.sh does)", path.display());
+    path
+}
+
+const DEBIAN: &str = "kiln.local/debian:bookworm";
+const BUSYBOX: &str = "kiln.local/busybox:test";
+
+/// A private store, TMPDIR and context per test; the kernel cache is shared.
+struct Env {
+    dir: tempfile::TempDir,
+}
+
+impl Env {
+    fn new() -> Env {
+        let env = Env { dir: tempfile::tempdir().unwrap() };
+        for d in ["data", "tmp", "ctx"] {
+            std::fs::create_dir(env.dir.path().join(d)).unwrap();
+        }
+        env
+    }
+
+    fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    fn ctx(&self) -> PathBuf {
+        self.path("ctx")
+    }
+
+    fn write(&self, rel: &str, content: &str) {
+        let p = self.ctx().join(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, content).unwrap();
+    }
+
+    fn kiln(&self) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_kiln"));
+        cmd.env("KILN_DATA_DIR", self.path("data")).env("TMPDIR", self.path("tmp")).env_remove("SOURCE_DATE_EPOCH");
+        cmd
+    }
+
+    fn kiln_ok(&self, args: &[&str]) -> Output {
+        let out = self.kiln().args(args).output().unwrap();
+        assert!(out.status.success(), "kiln {args:?} failed:\n{}", String::from_utf8_lossy(&out.stderr));
+        out
+    }
+
+    /// Puts the Debian base image (an OCI layout made by make-debian-base.sh) into the store.
+    fn load_debian(&self, arch: &str) {
+        let dir = fixture(&format!("debian-{arch}"), &format!("run scripts/make-debian-base.sh {arch}"));
+        self.kiln_ok(&["load", "--name", DEBIAN, dir.to_str().unwrap()]);
+    }
+
+    fn import_busybox(&self, arch: &str) {
+        let tar = fixture(&format!("busybox-{arch}.tar"), &format!("run scripts/make-busybox-rootfs.sh {arch}"));
+        self.kiln_ok(&["import", "--platform", &format!("linux/{arch}"), tar.to_str().unwrap(), BUSYBOX]);
+    }
+
+    fn build(&self, extra: &[&str]) -> Output {
+        let mut cmd = self.kiln();
+        cmd.args(["build", "--progress", "plain", "--platform", "linux/arm64"]).args(extra).arg(self.ctx());
+        cmd.output().unwrap()
+    }
+
+    fn tags(&self) -> String {
+        String::from_utf8(self.kiln_ok(&["images"]).stdout).unwrap()
+    }
+
+    fn assert_tmp_empty(&self) {
+        let left: Vec<_> = std::fs::read_dir(self.path("tmp")).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert!(left.is_empty(), "temporary files left behind: {left:?}");
+    }
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// `umoci unpack` of `image` exported from the env's store; returns the rootfs.
+fn unpack_with_umoci(env: &Env, image: &str, tag: &str) -> PathBuf {
+    let layout = env.path("layout");
+    let _ = std::fs::remove_dir_all(&layout);
+    env.kiln_ok(&["save", "--format", "oci-dir", "-o", layout.to_str().unwrap(), image]);
+    let bundle = env.path("bundle");
+    let _ = std::fs::remove_dir_all(&bundle);
+    let mut cmd = Command::new("umoci");
+    cmd.arg("unpack");
+    // As root (CI), umoci restores owners, xattrs and device nodes, which is what these tests check.
+    if !nix::unistd::Uid::effective().is_root() {
+        cmd.arg("--rootless");
+    }
+    let out = cmd.arg("--image").arg(format!("{}:{tag}", layout.display())).arg(&bundle).output().expect("umoci is installed");
+    assert!(out.status.success(), "umoci unpack failed: {}", String::from_utf8_lossy(&out.stderr));
+    bundle.join("rootfs")
+}
+
+fn xattr(path: &Path, name: &str) -> Option<Vec<u8>> {
+    use std::os::unix::ffi::OsStrExt;
+    let p = std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap();
+    let n = std::ffi::CString::new(name).unwrap();
+    let mut buf = vec![0u8; 256];
+    // SAFETY: valid C strings and a buffer of the given length.
+    let len = unsafe { libc::lgetxattr(p.as_ptr(), n.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+    (len >= 0).then(|| buf[..len as usize].to_vec())
+}
+
+#[test]
+fn debian_arm64_build_keeps_every_kind_of_change() {
+    let env = Env::new();
+    env.load_debian("arm64");
+    env.write("app.txt", "from the context\n");
+    env.write(
+        "Dockerfile",
+        r#"ARG BASE=kiln.local/debian:bookworm
+FROM ${BASE}
+RUN useradd -m -u 1234 app \
+ && mkdir -p /data/keep /data/gone /opaque \
+ && echo one > /data/keep/changed && echo x > /data/gone/f && echo del > /data/del && touch /opaque/old
+RUN echo two > /data/keep/changed && rm /data/del && rm -rf /data/gone /opaque && mkdir /opaque && touch /opaque/new \
+ && cp /bin/true /usr/local/bin/capped && setcap cap_net_bind_service+ep /usr/local/bin/capped \
+ && cp /bin/true /usr/local/bin/suid && chmod 4755 /usr/local/bin/suid \
+ && echo h > /h1 && ln /h1 /h2 && ln -s /h1 /sym && mknod /nulldev c 1 3 \
+ && chown app:app /data/keep/changed && uname -m > /arch
+COPY app.txt /srv/
+USER app
+WORKDIR /home/app/work
+RUN touch by-app && test "$(id -u)" = 1234 && echo "pid $$" > pid
+"#,
+    );
+    let out = env.build(&["-t", "test/fs:1"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let root = unpack_with_umoci(&env, "test/fs:1", "1");
+
+    let read = |p: &str| std::fs::read_to_string(root.join(p)).unwrap();
+    let meta = |p: &str| std::fs::symlink_metadata(root.join(p)).unwrap();
+    assert_eq!(read("arch"), "aarch64\n", "RUN ran on an arm64 guest");
+    assert_eq!(read("data/keep/changed"), "two\n");
+    assert!(!root.join("data/del").exists(), "a deleted file is whited out");
+    assert!(!root.join("data/gone").exists(), "a deleted directory is whited out");
+    assert!(root.join("opaque/new").exists());
+    assert!(!root.join("opaque/old").exists(), "a recreated directory hides the old contents (opaque)");
+    assert_eq!(meta("usr/local/bin/suid").permissions().mode() & 0o7777, 0o4755);
+    assert_eq!(meta("h1").ino(), meta("h2").ino(), "hardlinks stay hardlinks");
+    assert_eq!(std::fs::read_link(root.join("sym")).unwrap(), Path::new("/h1"));
+    assert_eq!(read("srv/app.txt"), "from the context\n");
+    assert_eq!(read("home/app/work/pid"), "pid 1\n", "RUN is PID 1 of its own namespace");
+    if nix::unistd::Uid::effective().is_root() {
+        assert_eq!(meta("data/keep/changed").uid(), 1234, "owner from useradd");
+        assert_eq!(meta("home/app/work/by-app").uid(), 1234, "RUN ran as USER app");
+        assert_eq!(meta("home/app/work").uid(), 1234, "WORKDIR is created for the USER");
+        let dev = meta("nulldev");
+        assert!(dev.file_type().is_char_device());
+        assert_eq!(dev.rdev(), libc::makedev(1, 3));
+        let cap = xattr(&root.join("usr/local/bin/capped"), "security.capability").expect("security.capability is kept");
+        assert_eq!(cap.len(), 20, "a v2 file capability");
+    }
+
+    let inspect = Command::new("skopeo")
+        .args(["inspect", "--override-arch", "arm64"])
+        .arg(format!("oci:{}:1", env.path("layout").display()))
+        .output()
+        .unwrap();
+    let info: serde_json::Value = serde_json::from_slice(&inspect.stdout).unwrap();
+    assert_eq!(info["Architecture"], "arm64");
+    assert_eq!(info["Os"], "linux");
+    env.assert_tmp_empty();
+}
+
+#[test]
+fn cache_and_reproducibility() {
+    let env = Env::new();
+    env.import_busybox("arm64");
+    env.write("a.txt", "a\n");
+    env.write("b.txt", "b\n");
+    env.write(
+        "Dockerfile",
+        &format!("FROM {BUSYBOX}\nCOPY a.txt /a.txt\nRUN cat /a.txt /a.txt > /aa.txt && mkdir /made\nCOPY b.txt /b.txt\n"),
+    );
+    let build = |extra: &[&str]| {
+        let mut cmd = env.kiln();
+        cmd.env("SOURCE_DATE_EPOCH", "1700000000")
+            .args(["build", "--progress", "plain", "--platform", "linux/arm64", "--metadata-file"])
+            .arg(env.path("meta.json"))
+            .args(extra)
+            .arg(env.ctx());
+        let out = cmd.output().unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+        let meta: serde_json::Value = serde_json::from_slice(&std::fs::read(env.path("meta.json")).unwrap()).unwrap();
+        (meta["containerimage.digest"].as_str().unwrap().to_string(), stderr(&out))
+    };
+    let (first, log) = build(&["-t", "test/cache:1"]);
+    assert!(log.contains("booting"), "the first build runs RUN in a VM:\n{log}");
+
+    let (second, log) = build(&["-t", "test/cache:2"]);
+    assert_eq!(second, first);
+    assert!(!log.contains("booting"), "a fully cached build boots no VM:\n{log}");
+    assert_eq!(log.matches("CACHED").count(), 3, "{log}");
+    assert!(log.contains("no VM booted"), "{log}");
+
+    let (third, _) = build(&["--no-cache"]);
+    assert_eq!(third, first, "SOURCE_DATE_EPOCH makes a rebuild from scratch byte-identical");
+
+    // Changing the file only the last COPY reads rebuilds only that step.
+    env.write("b.txt", "changed\n");
+    let (fourth, log) = build(&[]);
+    assert_ne!(fourth, first);
+    assert_eq!(log.matches("CACHED").count(), 2, "{log}");
+    assert!(!log.contains("booting"), "{log}");
+    env.assert_tmp_empty();
+}
+
+#[test]
+fn failing_run_reports_the_step_and_tags_nothing() {
+    let env = Env::new();
+    env.import_busybox("arm64");
+    env.write("Dockerfile", &format!("FROM {BUSYBOX}\nRUN echo preparing && echo boom >&2 && exit 3\n"));
+    let out = env.build(&["-t", "test/fail:1"]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(err.contains("Dockerfile:2"), "names the file and line: {err}");
+    assert!(err.contains("exit code 3"), "{err}");
+    assert!(err.contains("boom"), "shows the output tail: {err}");
+    assert!(!env.tags().contains("test/fail"), "nothing is tagged");
+    env.assert_tmp_empty();
+}
+
+#[test]
+fn ctrl_c_during_run_leaves_no_vm_no_tag_and_the_next_build_works() {
+    let env = Env::new();
+    env.import_busybox("arm64");
+    env.write("Dockerfile", &format!("FROM {BUSYBOX}\nRUN echo started && sleep 600\n"));
+    let mut child = env
+        .kiln()
+        .args(["build", "--progress", "plain", "--platform", "linux/arm64", "-t", "test/int:1"])
+        .arg(env.ctx())
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let line = lines.next().expect("kiln ended before the RUN started").unwrap();
+        if line.ends_with(" started") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the RUN never started");
+    }
+    let qemu: Vec<u32> = children(child.id());
+    assert!(!qemu.is_empty(), "qemu runs as kiln's child");
+    Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    let status = child.wait().unwrap();
+    let rest: Vec<String> = lines.map_while(Result::ok).collect();
+    assert!(!status.success());
+    assert!(rest.iter().any(|l| l.contains("interrupted")), "{rest:?}");
+    for pid in qemu {
+        assert!(!Path::new(&format!("/proc/{pid}")).exists() || is_zombie(pid), "process {pid} outlived kiln");
+    }
+    assert!(!env.tags().contains("test/int"));
+    env.assert_tmp_empty();
+
+    env.write("Dockerfile", &format!("FROM {BUSYBOX}\nRUN echo fine > /ok\n"));
+    let out = env.build(&["-t", "test/int:2"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+}
+
+fn children(pid: u32) -> Vec<u32> {
+    let out = Command::new("pgrep").args(["-P", &pid.to_string()]).output().unwrap();
+    String::from_utf8_lossy(&out.stdout).lines().filter_map(|l| l.trim().parse().ok()).collect()
+}
+
+fn is_zombie(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| s.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z'))
+        .unwrap_or(true)
+}
+
+#[test]
+fn copy_errors_name_the_file_line_and_source() {
+    let env = Env::new();
+    std::fs::write(env.path("outside.txt"), "secret").unwrap();
+    for (source, expect) in [("../outside.txt", "outside the build context"), ("missing.txt", "missing.txt")] {
+        env.write("Dockerfile", &format!("FROM scratch\nCOPY {source} /x\n"));
+        let out = env.build(&["-t", "test/copy:1"]);
+        assert!(!out.status.success());
+        let err = stderr(&out);
+        assert!(err.contains("Dockerfile:2"), "{err}");
+        assert!(err.contains(expect), "{err}");
+        assert!(!err.contains("secret"));
+    }
+    assert!(!env.tags().contains("test/copy"));
+    env.assert_tmp_empty();
+}
+
+#[test]
+fn metadata_instructions_shape_the_config_like_docker() {
+    let env = Env::new();
+    env.write(
+        "Dockerfile",
+        "FROM scratch\nENV A=1 B=\"two words\"\nLABEL org.example=x\nEXPOSE 80 53/udp\nCMD [\"/app\"]\nENTRYPOINT [\"/bin/sh\",\"-c\"]\nSTOPSIGNAL SIGTERM\nVOLUME /data\nUSER 1000:1000\n",
+    );
+    let out = env.build(&["-t", "test/meta:1", "--label", "extra=y"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let inspect = env.kiln_ok(&["inspect", "test/meta:1"]);
+    let config: serde_json::Value = serde_json::from_slice(&inspect.stdout).unwrap();
+    let c = &config["config"];
+    assert!(c["Env"].as_array().unwrap().iter().any(|e| e == "B=two words"));
+    assert_eq!(c["Labels"]["org.example"], "x");
+    assert_eq!(c["Labels"]["extra"], "y");
+    assert!(c["ExposedPorts"].get("53/udp").is_some());
+    assert_eq!(c["Entrypoint"], serde_json::json!(["/bin/sh", "-c"]));
+    assert!(c.get("Cmd").is_none(), "ENTRYPOINT resets CMD, as in Docker");
+    assert_eq!(c["User"], "1000:1000");
+    assert_eq!(config["architecture"], "arm64");
+    assert_eq!(config["history"].as_array().unwrap().len(), 8);
+}
