@@ -91,7 +91,7 @@ impl BuildContext {
         if !self.visible(rel, meta.is_dir()) {
             return Ok(None);
         }
-        to_entry(rel, &host, &meta).map(Some)
+        to_entry(rel, &host, &meta)
     }
 
     /// A directory excluded by .dockerignore still exists when a `!` pattern
@@ -184,7 +184,9 @@ pub(crate) fn join(dir: &str, name: &str) -> String {
     }
 }
 
-fn to_entry(rel: &str, host: &Path, meta: &Metadata) -> Result<ContextEntry, ContextError> {
+/// `None` for a socket: it cannot be copied, and like Docker's context tar
+/// a COPY skips it rather than failing.
+fn to_entry(rel: &str, host: &Path, meta: &Metadata) -> Result<Option<ContextEntry>, ContextError> {
     let ft = meta.file_type();
     let (mode, mtime, mtime_nsec, inode) = unix_bits(meta);
     let kind = if ft.is_symlink() {
@@ -198,19 +200,14 @@ fn to_entry(rel: &str, host: &Path, meta: &Metadata) -> Result<ContextEntry, Con
     } else {
         match special_kind(meta) {
             Some(k) => k,
-            None => {
-                return Err(ContextError::Invalid {
-                    path: host.to_path_buf(),
-                    message: "sockets cannot be copied into an image".into(),
-                })
-            }
+            None => return Ok(None),
         }
     };
     let inode = if matches!(kind, EntryKind::File { .. }) { inode } else { None };
-    Ok(ContextEntry {
+    Ok(Some(ContextEntry {
         entry: LayerEntry { path: rel.to_string(), kind, mode, uid: 0, gid: 0, mtime, mtime_nsec, xattrs: Vec::new() },
         inode,
-    })
+    }))
 }
 
 /// (permission bits, mtime seconds, mtime nanoseconds, (dev, ino) if nlink > 1).
@@ -323,5 +320,16 @@ mod tests {
         assert_eq!(c.resolve("../../x").unwrap(), "x");
         assert_eq!(c.resolve("missing/a/b").unwrap(), "missing/a/b");
         assert!(matches!(c.resolve("loop"), Err(ContextError::SymlinkLoop { .. })));
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn sockets_are_skipped_and_fifos_kept() {
+        let (d, c) = ctx(&[("f", "")], None);
+        let _sock = std::os::unix::net::UnixListener::bind(d.path().join("sock")).unwrap();
+        let fifo = std::ffi::CString::new(d.path().join("fifo").to_str().unwrap()).unwrap();
+        assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o644) }, 0);
+        let kinds: Vec<(String, EntryKind)> = c.read_dir("").unwrap().into_iter().map(|e| (e.entry.path, e.entry.kind)).collect();
+        assert_eq!(kinds, vec![("f".into(), EntryKind::File { size: 0, link: None }), ("fifo".into(), EntryKind::Fifo)]);
     }
 }

@@ -4,7 +4,7 @@
 //! URLs are downloaded into the spool, checked against `--checksum`.
 
 use std::collections::HashMap;
-use std::io::{self, Read};
+use std::io::{self, Read, Seek, SeekFrom};
 use std::path::Path;
 use std::time::Duration;
 
@@ -284,20 +284,17 @@ impl Planner<'_> {
         }
         let dest = self.dest.rel.clone();
         if unpack {
-            let file = local.into_reader().map_err(|e| CopyError::Download { url: url.to_string(), message: e.to_string() })?;
-            let kind = {
-                let f = file.try_clone().map_err(|e| CopyError::Download { url: url.to_string(), message: e.to_string() })?;
-                sniff_spooled(f).map_err(|e| CopyError::Download { url: url.to_string(), message: e.to_string() })?
-            };
+            let dl_err = |e: io::Error| CopyError::Download { url: url.to_string(), message: e.to_string() };
+            let mut file = local.into_reader().map_err(dl_err)?;
+            let kind = sniff_spooled(file.try_clone().map_err(dl_err)?).map_err(dl_err)?;
+            // The clones share the file offset: rewind after sniffing.
+            file.seek(SeekFrom::Start(0)).map_err(dl_err)?;
             if let Some(kind) = kind {
                 self.ensure_dir(&dest)?;
                 return self.extract(kind, Box::new(file), url, &dest);
             }
             // Not an archive after all: copy it as a file from the private spool.
-            let (c, len, h) = self
-                .spool
-                .append(&mut { file })
-                .map_err(|e| CopyError::Download { url: url.to_string(), message: e.to_string() })?;
+            let (c, len, h) = self.spool.append(&mut file).map_err(dl_err)?;
             return self.place_download(url, c, len, h, got.last_modified);
         }
         let content = self.spool.since(offset);
@@ -339,7 +336,6 @@ impl Planner<'_> {
 
 /// Sniffs a spooled download (the file is read from its start).
 fn sniff_spooled(file: std::fs::File) -> io::Result<Option<ArchiveKind>> {
-    use std::io::{Seek, SeekFrom};
     let file = std::cell::RefCell::new(file);
     sniff(|| {
         let mut f = file.borrow().try_clone()?;

@@ -117,7 +117,7 @@ pub fn plan(input: &CopyInput<'_>, source: CopySource<'_>) -> Result<CopyPlan, C
         CopySource::Stack { stack, store } => Fs::Stack { stack, store },
     };
     let count = input.sources.len() + input.inline.len();
-    let dest = Dest::new(input, verb)?;
+    let dest = Dest::new(input)?;
     if count > 1 && !dest.trailing {
         return Err(CopyError::Dest {
             verb,
@@ -181,14 +181,13 @@ struct Dest {
 }
 
 impl Dest {
-    fn new(input: &CopyInput<'_>, verb: &'static str) -> Result<Self, CopyError> {
+    fn new(input: &CopyInput<'_>) -> Result<Self, CopyError> {
         let d = input.dest;
         let trailing = d.is_empty() || d == "." || d.ends_with('/') || d.ends_with("/.");
         let abs = if d.starts_with('/') { d.to_string() } else { format!("{}/{}", input.workdir, d) };
         let cleaned = clean(&abs);
         let rel = cleaned.trim_start_matches('/');
         let rel = if rel.is_empty() || rel == "." { String::new() } else { input.dest_root.resolve(rel)? };
-        let _ = verb;
         Ok(Dest { rel, trailing })
     }
 }

@@ -627,11 +627,11 @@ fn add_refuses_archive_entries_that_climb_out() {
 // ---------------------------------------------------------------- ADD: URLs
 
 /// A one-shot-per-connection HTTP server on localhost serving `body` at any path.
-fn serve(body: Vec<u8>, last_modified: Option<&'static str>) -> (String, std::thread::JoinHandle<()>) {
+fn serve(body: Vec<u8>, archive: Vec<u8>, last_modified: Option<&'static str>) -> (String, std::thread::JoinHandle<()>) {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     let handle = std::thread::spawn(move || {
-        for stream in listener.incoming().take(4) {
+        for stream in listener.incoming().take(16) {
             let Ok(mut stream) = stream else { return };
             let mut buf = [0u8; 4096];
             let mut req = Vec::new();
@@ -645,7 +645,13 @@ fn serve(body: Vec<u8>, last_modified: Option<&'static str>) -> (String, std::th
             if req.starts_with("GET /stop") {
                 return;
             }
-            let (status, body) = if req.starts_with("GET /missing") { ("404 Not Found", Vec::new()) } else { ("200 OK", body.clone()) };
+            let (status, body) = if req.starts_with("GET /missing") {
+                ("404 Not Found", Vec::new())
+            } else if req.starts_with("GET /archive") {
+                ("200 OK", archive.clone())
+            } else {
+                ("200 OK", body.clone())
+            };
             let mut head = format!("HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n", body.len());
             if let Some(lm) = last_modified {
                 head.push_str(&format!("Last-Modified: {lm}\r\n"));
@@ -666,7 +672,7 @@ fn stop(base: &str, h: std::thread::JoinHandle<()>) {
 #[test]
 fn add_downloads_urls_with_checksum() {
     let body = b"downloaded bytes\n".to_vec();
-    let (base, h) = serve(body.clone(), Some("Sun, 06 Nov 1994 08:49:37 GMT"));
+    let (base, h) = serve(body.clone(), compress("gz", &tar_bytes()), Some("Sun, 06 Nov 1994 08:49:37 GMT"));
     let (_d, ctx) = context(&[]);
     let good = format!("sha256:{}", hex::encode(Sha256::digest(&body)));
     let url = format!("{base}/files/tool.sh?v=1");
@@ -682,6 +688,14 @@ fn add_downloads_urls_with_checksum() {
     assert!(err.to_string().contains(&bad) && err.to_string().contains(&good), "{err}");
     let err = add(&[&format!("{base}/missing")], "/x/").run(&ctx).err().unwrap();
     assert!(err.to_string().contains("404"), "{err}");
+    // Remote archives stay archives unless --unpack=true.
+    let tgz = format!("{base}/archive/pkg.tgz");
+    assert_eq!(paths(&add(&[&tgz], "/dl/").run(&ctx).unwrap()), vec!["dl", "dl/pkg.tgz"]);
+    let mut p = Step { unpack: Some(true), ..add(&[&tgz], "/dl/") }.run(&ctx).unwrap();
+    assert!(paths(&p).contains(&"dl/pkg/bin/run".to_string()), "{:?}", paths(&p));
+    assert_eq!(text(&mut p, "dl/pkg/again"), "run!\n");
+    let p = Step { unpack: Some(true), ..add(&[&url], "/dl/") }.run(&ctx).unwrap();
+    assert_eq!(paths(&p), vec!["dl", "dl/tool.sh"], "--unpack=true on a non-archive copies the file");
     stop(&base, h);
 }
 
