@@ -3,6 +3,7 @@
 //! measured in the same run on the same files:
 //! - plan (walk, .dockerignore, sha256 of every byte) vs `tar -c | sha256sum`;
 //! - plan + gzip layer write vs `tar -c | gzip -6`.
+//!
 //! Run: `cargo bench --bench copy`.
 
 use std::process::{Command, Stdio};

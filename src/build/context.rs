@@ -10,7 +10,7 @@ use std::fs::{File, Metadata};
 use std::io;
 use std::path::{Path, PathBuf};
 
-use kiln_protocol::{EntryKind, LayerEntry};
+use kiln_protocol::{EntryKind, LayerEntry, Xattr};
 
 use crate::dockerfile::dockerignore::IgnoreMatcher;
 
@@ -204,8 +204,9 @@ fn to_entry(rel: &str, host: &Path, meta: &Metadata) -> Result<Option<ContextEnt
         }
     };
     let inode = if matches!(kind, EntryKind::File { .. }) { inode } else { None };
+    let xattrs = if matches!(kind, EntryKind::Symlink { .. }) { Vec::new() } else { xattrs(host)? };
     Ok(Some(ContextEntry {
-        entry: LayerEntry { path: rel.to_string(), kind, mode, uid: 0, gid: 0, mtime, mtime_nsec, xattrs: Vec::new() },
+        entry: LayerEntry { path: rel.to_string(), kind, mode, uid: 0, gid: 0, mtime, mtime_nsec, xattrs },
         inode,
     }))
 }
@@ -226,6 +227,65 @@ fn unix_bits(meta: &Metadata) -> (u32, i64, u32, Option<(u64, u64)>) {
         None => (0, 0),
     };
     (mode, secs, nsec, None)
+}
+
+/// The extended attributes an image may carry from the context (BuildKit
+/// sends them too): `user.*` and file capabilities. SELinux labels and ACLs
+/// describe the host, not the image.
+#[cfg(target_os = "linux")]
+fn xattrs(host: &Path) -> Result<Vec<Xattr>, ContextError> {
+    use std::ffi::{CStr, CString};
+    use std::os::unix::ffi::OsStrExt;
+    let io_err = |source| ContextError::Io { path: host.to_path_buf(), source };
+    let c_path = CString::new(host.as_os_str().as_bytes()).map_err(|_| io_err(io::ErrorKind::InvalidInput.into()))?;
+    let mut names = vec![0u8; 1024];
+    let len = loop {
+        // SAFETY: the buffer is valid for names.len() bytes.
+        let n = unsafe { libc::llistxattr(c_path.as_ptr(), names.as_mut_ptr().cast(), names.len()) };
+        if n >= 0 {
+            break n as usize;
+        }
+        let e = io::Error::last_os_error();
+        match e.raw_os_error() {
+            Some(libc::ERANGE) => names.resize(names.len() * 4, 0),
+            Some(libc::ENOTSUP) => return Ok(Vec::new()),
+            _ => return Err(io_err(e)),
+        }
+    };
+    let mut out = Vec::new();
+    for name in names[..len].split(|b| *b == 0).filter(|n| !n.is_empty()) {
+        if !(name.starts_with(b"user.") || name == b"security.capability") {
+            continue;
+        }
+        let c_name = CString::new(name).expect("split at NUL");
+        let mut value = vec![0u8; 256];
+        let n = loop {
+            // SAFETY: both strings are NUL-terminated; the buffer is valid for value.len() bytes.
+            let n = unsafe { libc::lgetxattr(c_path.as_ptr(), c_name.as_ptr(), value.as_mut_ptr().cast(), value.len()) };
+            if n >= 0 {
+                break n as usize;
+            }
+            let e = io::Error::last_os_error();
+            match e.raw_os_error() {
+                Some(libc::ERANGE) => value.resize(value.len() * 4, 0),
+                Some(libc::ENODATA) => break usize::MAX,
+                _ => return Err(io_err(e)),
+            }
+        };
+        if n == usize::MAX {
+            continue; // removed between list and get
+        }
+        value.truncate(n);
+        let name = CStr::from_bytes_with_nul(c_name.as_bytes_with_nul()).expect("NUL-terminated").to_string_lossy().into_owned();
+        out.push(Xattr { name, value });
+    }
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(out)
+}
+
+#[cfg(not(target_os = "linux"))]
+fn xattrs(_host: &Path) -> Result<Vec<Xattr>, ContextError> {
+    Ok(Vec::new())
 }
 
 #[cfg(unix)]
@@ -320,6 +380,24 @@ mod tests {
         assert_eq!(c.resolve("../../x").unwrap(), "x");
         assert_eq!(c.resolve("missing/a/b").unwrap(), "missing/a/b");
         assert!(matches!(c.resolve("loop"), Err(ContextError::SymlinkLoop { .. })));
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn user_xattrs_and_capabilities_come_along() {
+        let (d, c) = ctx(&[("bin", "elf")], None);
+        let path = std::ffi::CString::new(d.path().join("bin").to_str().unwrap()).unwrap();
+        let set = |name: &str, value: &[u8]| {
+            let name = std::ffi::CString::new(name).unwrap();
+            // SAFETY: valid NUL-terminated strings and a valid buffer.
+            unsafe { libc::setxattr(path.as_ptr(), name.as_ptr(), value.as_ptr().cast(), value.len(), 0) }
+        };
+        if set("user.kiln.test", b"v\0\xff") != 0 {
+            eprintln!("skipping: the temp dir's file system has no user xattrs");
+            return;
+        }
+        let e = c.entry("bin").unwrap().unwrap().entry;
+        assert_eq!(e.xattrs, vec![Xattr { name: "user.kiln.test".into(), value: b"v\0\xff".to_vec() }]);
     }
 
     #[cfg(unix)]
