@@ -162,17 +162,57 @@ impl BuildContext {
 
     /// Opens the regular file at `rel` (already resolved) for reading.
     pub fn open_file(&self, rel: &str) -> io::Result<File> {
-        let host = self.host_path(rel);
-        let mut opts = std::fs::OpenOptions::new();
-        opts.read(true);
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::OpenOptionsExt;
-            // The walk saw a regular file here; never follow a link swapped in since.
-            opts.custom_flags(libc::O_NOFOLLOW);
-        }
-        opts.open(host)
+        open_in_root(&self.root, rel)
     }
+}
+
+/// Opens the file `rel` below `root` for reading without following any
+/// symlink, so a link swapped in after the walk cannot lead outside the
+/// root: `openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS)` on Linux 5.6+,
+/// else (and on other systems) `O_NOFOLLOW` on the last component.
+pub fn open_in_root(root: &Path, rel: &str) -> io::Result<File> {
+    #[cfg(target_os = "linux")]
+    match open_beneath(root, rel) {
+        // ENOSYS: an older kernel; EPERM: a seccomp filter that does not know openat2.
+        Err(e) if matches!(e.raw_os_error(), Some(libc::ENOSYS) | Some(libc::EPERM)) => {}
+        other => return other,
+    }
+    let mut opts = std::fs::OpenOptions::new();
+    opts.read(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.custom_flags(libc::O_NOFOLLOW);
+    }
+    opts.open(root.join(rel))
+}
+
+#[cfg(target_os = "linux")]
+fn open_beneath(root: &Path, rel: &str) -> io::Result<File> {
+    use std::os::fd::{AsRawFd, FromRawFd};
+    let dir = File::open(root)?;
+    let c_rel = std::ffi::CString::new(rel).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    /// The kernel's `struct open_how` (libc's is non-exhaustive).
+    #[repr(C)]
+    struct OpenHow {
+        flags: u64,
+        mode: u64,
+        resolve: u64,
+    }
+    let how = OpenHow {
+        flags: (libc::O_RDONLY | libc::O_CLOEXEC) as u64,
+        mode: 0,
+        resolve: libc::RESOLVE_BENEATH | libc::RESOLVE_NO_SYMLINKS,
+    };
+    // SAFETY: valid fd, NUL-terminated path, and `how` lives across the call with its exact size.
+    let fd = unsafe {
+        libc::syscall(libc::SYS_openat2, dir.as_raw_fd(), c_rel.as_ptr(), &how as *const OpenHow, std::mem::size_of::<OpenHow>())
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: openat2 returned a new fd that nothing else owns.
+    Ok(unsafe { File::from_raw_fd(fd as i32) })
 }
 
 /// `dir/name`, or `name` at the root.
@@ -380,6 +420,21 @@ mod tests {
         assert_eq!(c.resolve("../../x").unwrap(), "x");
         assert_eq!(c.resolve("missing/a/b").unwrap(), "missing/a/b");
         assert!(matches!(c.resolve("loop"), Err(ContextError::SymlinkLoop { .. })));
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn open_file_never_follows_links() {
+        let outside = tempfile::tempdir().unwrap();
+        std::fs::write(outside.path().join("secret"), "host").unwrap();
+        let (d, c) = ctx(&[("dir/f", "inside")], None);
+        std::os::unix::fs::symlink(outside.path(), d.path().join("out")).unwrap();
+        std::os::unix::fs::symlink("dir/f", d.path().join("lf")).unwrap();
+        let mut s = String::new();
+        std::io::Read::read_to_string(&mut c.open_file("dir/f").unwrap(), &mut s).unwrap();
+        assert_eq!(s, "inside");
+        assert!(c.open_file("out/secret").is_err(), "a symlinked parent is refused");
+        assert!(c.open_file("lf").is_err(), "a symlink as the file is refused");
     }
 
     #[cfg(target_os = "linux")]

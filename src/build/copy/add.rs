@@ -131,9 +131,9 @@ fn sniff(mut open: impl FnMut() -> io::Result<Box<dyn Read>>) -> io::Result<Opti
     Ok(is_tar_header(&block[..got]).then_some(kind))
 }
 
-/// The archive kind of the host file at `path`, if it is one.
-pub(super) fn sniff_file(path: &Path) -> io::Result<Option<ArchiveKind>> {
-    sniff(|| Ok(Box::new(super::content::open_host(path)?) as Box<dyn Read>))
+/// The archive kind of the context file `rel`, if it is one.
+pub(super) fn sniff_file(root: &Path, rel: &str) -> io::Result<Option<ArchiveKind>> {
+    sniff(|| Ok(Box::new(crate::build::context::open_in_root(root, rel)?) as Box<dyn Read>))
 }
 
 /// An archive member's path, relative and clean; `None` for the root

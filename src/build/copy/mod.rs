@@ -26,9 +26,9 @@ use kiln_protocol::{EntryKind, LayerEntry};
 use sha2::{Digest, Sha256};
 
 use self::chmod::Chmod;
-use self::content::{hash_reader, open_host, Content, PlanContents, Spool};
+use self::content::{hash_reader, Content, PlanContents, Spool};
 use self::source::{Fs, SrcEntry};
-use super::context::{join, BuildContext, ContextError};
+use super::context::{join, open_in_root, BuildContext, ContextError};
 use super::layer_tar::ContentSource;
 use super::rootfs::{LayerStack, RootfsError};
 use super::users::Identity;
@@ -434,10 +434,10 @@ impl<'a> Planner<'a> {
         }
         if self.input.add && self.input.unpack != Some(false) && matches!(src.entry.kind, EntryKind::File { .. }) {
             if let Fs::Context(ctx) = self.fs {
-                let host = ctx.root().join(&resolved);
-                if let Some(kind) = add::sniff_file(&host).map_err(|source| CopyError::Io { path: path.to_string(), source })? {
+                let io_err = |source| CopyError::Io { path: format!("/{path}"), source };
+                if let Some(kind) = add::sniff_file(ctx.root(), &resolved).map_err(io_err)? {
                     self.ensure_dir(&dest)?;
-                    let file = open_host(&host).map_err(|source| CopyError::Io { path: path.to_string(), source })?;
+                    let file = ctx.open_file(&resolved).map_err(io_err)?;
                     return self.extract(kind, Box::new(file), &format!("/{path}"), &dest);
                 }
             }
@@ -606,8 +606,8 @@ impl<'a> Planner<'a> {
             }
             let (len, hash) = match &p.content {
                 None => continue,
-                Some(Content::Host(host)) => {
-                    let mut f = open_host(host).map_err(|source| CopyError::Io { path: format!("/{}", p.entry.path), source })?;
+                Some(Content::Host(root, rel)) => {
+                    let mut f = open_in_root(root, rel).map_err(|source| CopyError::Io { path: format!("/{}", p.entry.path), source })?;
                     hash_reader(&mut f)
                 }
                 Some(Content::Inline(bytes)) => hash_reader(&mut &bytes[..]),
