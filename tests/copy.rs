@@ -1,3 +1,4 @@
+#![cfg(unix)]
 //! COPY and ADD end to end without a VM: a `FROM scratch` build through the
 //! kiln binary, exported as an OCI layout and unpacked by umoci (Debian
 //! package `umoci`), checked file by file.

@@ -156,6 +156,52 @@ fn member_path(raw: &str, archive: &str) -> Result<Option<String>, CopyError> {
 }
 
 impl Planner<'_> {
+    /// Where the archive member `rel` lands below `dest`: its parent with
+    /// the symlinks planned so far or present in the stage resolved,
+    /// confined to the root.
+    fn member_target(&self, dest: &str, rel: &str) -> Result<String, CopyError> {
+        let dir = if parent(rel).is_empty() { dest.to_string() } else { join(dest, parent(rel)) };
+        let mut todo: Vec<String> = dir.split('/').rev().filter(|c| !c.is_empty()).map(str::to_string).collect();
+        let mut done: Vec<String> = Vec::new();
+        let mut links = 0;
+        while let Some(c) = todo.pop() {
+            match c.as_str() {
+                "." => continue,
+                ".." => {
+                    done.pop();
+                    continue;
+                }
+                _ => {}
+            }
+            done.push(c);
+            let here = done.join("/");
+            let kind = match self.out.get(&here) {
+                Some(p) => Some(&p.entry.kind),
+                None => self.input.dest_root.entry(&here).map(|e| &e.kind),
+            };
+            match kind {
+                Some(EntryKind::Symlink { target }) => {
+                    links += 1;
+                    if links > 40 {
+                        return Err(self.dest_err(format!("too many levels of symbolic links below /{dest} for {rel}")));
+                    }
+                    done.pop();
+                    if target.starts_with('/') {
+                        done.clear();
+                    }
+                    todo.extend(target.split('/').rev().filter(|c| !c.is_empty()).map(str::to_string));
+                }
+                // Nothing there yet: the rest is created as written.
+                None => {
+                    done.extend(todo.drain(..).rev());
+                    break;
+                }
+                Some(_) => {}
+            }
+        }
+        Ok(join(&done.join("/"), basename(rel)))
+    }
+
     /// Adds the members of a tar archive below `dest` (already a directory).
     pub(super) fn extract(&mut self, kind: ArchiveKind, file: Box<dyn Read>, archive: &str, dest: &str) -> Result<(), CopyError> {
         let arch_err = |message: String| CopyError::Archive { archive: archive.to_string(), message };
@@ -168,7 +214,9 @@ impl Planner<'_> {
             let raw = member.path_bytes();
             let raw = std::str::from_utf8(&raw).map_err(|_| arch_err("an entry's name is not valid UTF-8".into()))?.to_string();
             let Some(rel) = member_path(&raw, archive)? else { continue };
-            let target = join(dest, &rel);
+            // Docker's untar writes through symlinks already on the way
+            // (e.g. `lib -> usr/lib` on a usrmerged base), inside the root.
+            let target = self.member_target(dest, &rel)?;
             let name = basename(&rel);
             // Whiteouts act in the layer exactly as Docker's untar applies them.
             if name == ".wh..wh..opq" {
@@ -224,7 +272,10 @@ impl Planner<'_> {
                 T::Link => {
                     let link = member.link_name_bytes().ok_or_else(|| arch_err(format!("{raw}: a hardlink without a target")))?;
                     let link = std::str::from_utf8(&link).map_err(|_| arch_err(format!("{raw}: the link target is not UTF-8")))?;
-                    let to = member_path(link, archive)?.map(|l| join(dest, &l)).unwrap_or_default();
+                    let to = match member_path(link, archive)? {
+                        Some(l) => self.member_target(dest, &l)?,
+                        None => String::new(),
+                    };
                     let (g, size) = files
                         .get(&to)
                         .cloned()

@@ -604,6 +604,32 @@ fn add_archive_options() {
 }
 
 #[test]
+fn add_unpacks_through_symlinks_of_the_stage_like_docker() {
+    // A usrmerged base: /lib -> usr/lib. An archive with lib/x (and no lib/ header) lands in /usr/lib/x.
+    let (_sd, s) = store();
+    let base = image(&s, vec![dir("usr", 0o755, 0), dir("usr/lib", 0o755, 0), link("lib", "usr/lib")], &[]);
+    let mut b = tar::Builder::new(Vec::new());
+    let mut h = tar::Header::new_gnu();
+    h.set_mode(0o644);
+    h.set_size(1);
+    b.append_data(&mut h, "lib/libx.so", &b"x"[..]).unwrap();
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(tar::EntryType::Link);
+    h.set_size(0);
+    b.append_link(&mut h, "lib/liby.so", "lib/libx.so").unwrap();
+    let (d, _) = context(&[]);
+    std::fs::write(d.path().join("root.tar"), b.into_inner().unwrap()).unwrap();
+    let mut p = add(&["root.tar"], "/").run_on(&reopen(&d), &base).unwrap();
+    assert_eq!(kinds(&p).into_iter().collect::<Vec<_>>(), vec![
+        ("usr".into(), "d".into()),
+        ("usr/lib".into(), "d".into()),
+        ("usr/lib/libx.so".into(), "f".into()),
+        ("usr/lib/liby.so".into(), "h:usr/lib/libx.so".into()),
+    ]);
+    assert_eq!(text(&mut p, "usr/lib/libx.so"), "x");
+}
+
+#[test]
 fn add_refuses_archive_entries_that_climb_out() {
     let mut raw = Vec::new();
     {
