@@ -1,7 +1,13 @@
 #!/usr/bin/env bash
-# The main job as far as kiln goes today: on an x86_64 host, without root in
-# kiln and without binfmt_misc, boot an arm64 guest and run a command in a
-# busybox root file system. (kiln build arrives with the build-engine issue.)
+# kiln's main job: on an x86_64 host, with no root in kiln and no binfmt_misc,
+# build the nginx example (examples/nginx) as a linux/arm64 image, the way
+# `docker buildx build --platform linux/arm64 -t nginx-arm64 .` would.
+#
+# Set-up (idempotent, needs root): host packages, guest agents, the release
+# kiln, and a Debian bookworm base image made without any registry
+# (scripts/make-debian-base.sh; cached in ~/.cache/kiln-fixtures).
+# Then: kiln build, and an OCI layout of the result in target/nginx-arm64.
+# Serve it with: target/release/kiln run -p 8080:80 nginx-arm64
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
@@ -10,7 +16,9 @@ arch="${platform#linux/}"
 scripts/setup-host.sh
 scripts/build-agents.sh
 cargo build --quiet --release
-mkdir -p .cache/fixtures
-[ -s ".cache/fixtures/busybox-$arch.tar" ] || scripts/make-busybox-rootfs.sh "$arch" ".cache/fixtures/busybox-$arch.tar"
-exec target/release/kiln vm exec --timings --platform "$platform" \
-  --rootfs ".cache/fixtures/busybox-$arch.tar" -- /bin/busybox uname -m
+kiln=target/release/kiln
+KILN="$kiln" scripts/make-debian-base.sh "$arch" "kiln.local/debian:bookworm-$arch"
+"$kiln" build --platform "$platform" -t "nginx-$arch" examples/nginx
+rm -rf "target/nginx-$arch"
+"$kiln" save --format oci-dir -o "target/nginx-$arch" "nginx-$arch"
+skopeo inspect --override-arch "$arch" "oci:target/nginx-$arch:latest" | grep -E '"(Architecture|Os)"'

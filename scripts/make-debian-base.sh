@@ -113,6 +113,7 @@ stage2='set -e
 rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin /var/cache/apt/archives/*.deb /var/cache/apt/archives/partial/*
 rm -f /var/cache/debconf/*-old /var/lib/dpkg/*-old /var/log/dpkg.log /var/log/alternatives.log /var/log/bootstrap.log /var/log/apt/*
 echo localhost > /etc/hostname
+chmod 644 /etc/hostname
 # As in Docker'"'"'s Debian images: package installs never start services.
 printf "#!/bin/sh\nexit 101\n" > /usr/sbin/policy-rc.d
 chmod 755 /usr/sbin/policy-rc.d
@@ -143,7 +144,12 @@ import_s=$(since "$t")
 log "imported $tag ($digest) in ${import_s}s"
 
 mkdir -p "$cache_dir"
-# kiln save writes under a temp name and renames, so a cache entry is whole or absent.
-"$kiln" save -o "$cache" "$tag" >&2
+# kiln save writes under a temp name and renames, so a cache entry is whole
+# or absent; a concurrent run that saved first is as good.
+"$kiln" save -o "$cache" "$tag" >&2 || [ -f "$cache" ]
+# Entries made by older versions of this script are never read again.
+for old in "$cache_dir/debian-$suite-minbase-$arch-"*.oci.tar; do
+  [ "$old" = "$cache" ] || rm -f "$old"
+done
 log "cached as $cache"
 echo "make-debian-base: timings $arch: stage1 ${stage1_s}s stage2 ${stage2_s}s import ${import_s}s" >&2

@@ -16,6 +16,17 @@ for arch in arm64 amd64; do
 done
 cargo build --quiet --bins
 ./target/debug/kiln kernel fetch --platform linux/arm64,linux/amd64 >/dev/null
+# The Debian base images the build tests start from (made once per machine:
+# make-debian-base.sh caches them in ~/.cache/kiln-fixtures), as OCI layouts.
+for arch in arm64 amd64; do
+  if [ ! -s ".cache/fixtures/debian-$arch/index.json" ]; then
+    store="$(mktemp -d)"
+    KILN_DATA_DIR="$store" scripts/make-debian-base.sh "$arch" "kiln.local/debian:bookworm-$arch"
+    rm -rf ".cache/fixtures/debian-$arch"
+    KILN_DATA_DIR="$store" ./target/debug/kiln save --format oci-dir -o ".cache/fixtures/debian-$arch" "kiln.local/debian:bookworm-$arch" >/dev/null
+    rm -rf "$store"
+  fi
+done
 
 scripts/conformance.sh
 # Two at a time: VM tests each run a TCG guest on this 2-core machine.

@@ -394,6 +394,8 @@ fn run_steps_in_overlays_and_snapshot_their_upper_dirs() {
         cat /usr/new.txt
         grep -q ' /mnt/cache tmpfs ' /proc/mounts && echo "tmpfs mounted"
         echo x > /ro/f 2>/dev/null || echo "ro refused"
+        echo "dev=$(ls /dev | tr '\n' ' ')"
+        stat -c '%a %t:%T' /dev/null
         set -e
         echo hello > /new.txt
         echo changed >> /etc/passwd
@@ -413,7 +415,8 @@ fn run_steps_in_overlays_and_snapshot_their_upper_dirs() {
     let lines: Vec<&str> = out.lines().collect();
     assert_eq!(
         lines,
-        ["pid=1", "ifaces=lo ", "group hidden", "usr/bin hidden", "from layer 1", "tmpfs mounted", "ro refused"],
+        ["pid=1", "ifaces=lo ", "group hidden", "usr/bin hidden", "from layer 1", "tmpfs mounted", "ro refused",
+         "dev=fd full null ptmx pts random shm stderr stdin stdout tty urandom zero ", "666 1:3"],
         "stderr:\n{err}"
     );
 
@@ -457,11 +460,29 @@ fn run_steps_in_overlays_and_snapshot_their_upper_dirs() {
     assert!(passwd.ends_with("changed\n"), "{passwd:?}");
     assert_eq!(passwd.len() as u64, passwd_len);
     assert!(!image.exists("/u/1/etc/resolv.conf").unwrap());
+    // Writing requests are refused while frozen instead of hanging the agent.
+    let err = vm.unpack("l/9", &mut std::io::Cursor::new(oci_layer()), &no).unwrap_err().to_string();
+    assert!(err.contains("frozen"), "{err}");
+    let req = ExecRequest {
+        argv: vec!["/bin/true".into()],
+        root: Some(RootSpec::Overlay { lowers: vec!["l/0".into()], upper: "u/y".into(), work: "w/y".into() }),
+        ..Default::default()
+    };
+    let err = vm.exec(req, None, &mut |_, _| {}, &no).unwrap_err().to_string();
+    assert!(err.contains("frozen"), "{err}");
     vm.thaw(&no).expect("thaw");
     let err = vm.thaw(&no).unwrap_err().to_string();
     assert!(err.contains("not frozen"), "{err}");
     let err = vm.snapshot("u/nope", &no).unwrap_err().to_string();
     assert!(err.contains("does not exist"), "{err}");
+    let req = ExecRequest {
+        argv: vec!["/bin/true".into()],
+        cwd: "/nope".into(),
+        root: Some(RootSpec::Overlay { lowers: vec!["l/0".into()], upper: "u/x".into(), work: "w/x".into() }),
+        ..Default::default()
+    };
+    let err = vm.exec(req, None, &mut |_, _| {}, &no).unwrap_err().to_string();
+    assert!(err.contains("working directory /nope"), "{err}");
 
     // The next step sees the first one's changes; the escaped process never
     // wrote. It only reads, and its /etc/resolv.conf mount point made
@@ -488,6 +509,12 @@ fn run_steps_in_overlays_and_snapshot_their_upper_dirs() {
     );
     let entries = vm.snapshot("u/2", &no).expect("snapshot");
     assert!(entries.is_empty(), "a read-only step leaves an empty upper dir: {entries:?}");
-    vm.thaw(&no).unwrap();
+
+    // A host that drops a VM while its scratch disk is frozen (an aborted
+    // build) still gets a prompt, clean power-off.
+    let qemu = vm.qemu_pid();
+    let started = Instant::now();
     vm.shutdown();
+    assert!(started.elapsed() < Duration::from_secs(8), "shutdown while frozen took {:?}", started.elapsed());
+    wait_gone(&[qemu], Duration::from_secs(5));
 }

@@ -37,7 +37,10 @@ pub enum HostMsg {
     /// overlay step: the agent syncs and freezes the scratch file system,
     /// streams the manifest on [`stream::MANIFEST`] of `id`, then answers
     /// [`AgentMsg::Done`]. The file system stays frozen (so the host can read
-    /// file contents from the disk image) until [`HostMsg::Thaw`].
+    /// file contents from the disk image) until [`HostMsg::Thaw`]. Entries
+    /// come sorted by the bytes of their path (parents before children); the
+    /// upper directory itself is not listed. Freezes nest: the file system
+    /// thaws with the last `Thaw`, and always before the VM powers off.
     Snapshot { id: u32, upper: String },
     /// Thaw the scratch file system frozen by [`HostMsg::Snapshot`]; answered by `Done`.
     Thaw { id: u32 },
@@ -84,10 +87,24 @@ pub enum RootSpec {
     /// writable `upper` (created empty if missing) with `work` as overlayfs'
     /// work directory, run the command in it in its own PID namespace, and
     /// unmount it when the command's process group is gone.
+    ///
+    /// As in a docker RUN: the command is PID 1 (every process it leaves
+    /// behind dies with it), /proc, /sys, a private /dev (null, zero, full,
+    /// random, urandom, tty, pts, shm) and the VM's resolv.conf and hosts
+    /// (private copies, when the image has /etc) are mounted; /tmp is the
+    /// image's own. Mount points the image lacks are created for the run and
+    /// removed from `upper` afterwards, along with directories overlayfs
+    /// copied up only to hold them, so `upper` holds exactly the command's
+    /// changes. Lower paths should be short (`l/N`): all overlay options
+    /// must fit the kernel's 4095 bytes (about 260 lowers like `l/NNN`).
+    /// Layer directories made by [`HostMsg::Unpack`] can be lowers as they
+    /// are (OCI whiteouts become overlayfs ones while unpacking).
     Overlay { lowers: Vec<String>, upper: String, work: String },
 }
 
-/// A mount inside a command's root (`target` is an absolute path in the root).
+/// A mount inside a command's root (`target` is an absolute path in the
+/// root; symlinks in it resolve inside the root, and missing parts are
+/// created, then removed after an overlay run).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum MountSpec {

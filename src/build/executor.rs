@@ -190,7 +190,12 @@ impl<'a> Builder<'a> {
         let is_vertex = |k: &InstructionKind| {
             matches!(k, InstructionKind::Run(_) | InstructionKind::Copy(_) | InstructionKind::Add(_) | InstructionKind::Workdir(_))
         };
-        let from_text = instruction_text(df, stage.span);
+        // Shown expanded, as BuildKit does: "FROM docker.io/library/debian:bookworm".
+        let from_text = match (&node.base, &stage.name) {
+            (BaseRef::Image(name), Some(alias)) => format!("FROM {name} AS {alias}"),
+            (BaseRef::Image(name), None) => format!("FROM {name}"),
+            _ => instruction_text(df, stage.span),
+        };
 
         let total_of = |instrs: &[Instruction]| 1 + instrs.iter().filter(|i| is_vertex(&i.kind)).count();
         let total = total_of(&stage.instructions);
@@ -211,6 +216,8 @@ impl<'a> Builder<'a> {
         };
         self.progress.end(step, StepEnd::Done, started.elapsed());
 
+        // A new stage: CMD counts as set only once this stage sets it.
+        state.config.config.cmd_set = false;
         // The base image's ONBUILD triggers run first, then are dropped.
         let triggers = std::mem::take(&mut state.config.config.on_build);
         let mut instructions: Vec<Instruction> = Vec::new();
@@ -263,21 +270,10 @@ impl<'a> Builder<'a> {
             });
         };
         match &instr.kind {
-            InstructionKind::Env(kvs) => config.apply_env(kvs),
-            InstructionKind::Label(kvs) => config.apply_labels(kvs),
-            InstructionKind::Expose(ports) => config.apply_expose(ports).map_err(|e| self.at(df, span, e))?,
-            InstructionKind::Volume(v) => config.apply_volumes(v),
-            InstructionKind::User(u) => config.user = u.clone(),
-            InstructionKind::StopSignal(s) => config.stop_signal = s.clone(),
-            InstructionKind::Healthcheck(h) => config.apply_healthcheck(h),
-            InstructionKind::Shell(argv) => config.shell = argv.clone(),
-            InstructionKind::Cmd(c) => config.apply_cmd(c),
-            InstructionKind::Entrypoint(c) => config.apply_entrypoint(c),
-            InstructionKind::Onbuild(t) => config.on_build.push(t.clone()),
             InstructionKind::Maintainer(m) => state.config.author = m.clone(),
             InstructionKind::Arg(_) => return Ok(()),
-            InstructionKind::Workdir(dir) => {
-                config.apply_workdir(dir);
+            InstructionKind::Workdir(_) => {
+                config.apply(&instr.kind).map_err(|e| self.at(df, span, e))?;
                 let step = self.progress.start(name);
                 let started = Instant::now();
                 let result = self.workdir(df, span, state, text);
@@ -297,6 +293,9 @@ impl<'a> Builder<'a> {
                 let result = self.copy(df, graph, platform, scope, state, built, instr, text);
                 self.finish(step, started, result)?;
                 return Ok(());
+            }
+            kind => {
+                config.apply(kind).map_err(|e| self.at(df, span, e))?;
             }
         }
         meta(state);
@@ -531,7 +530,7 @@ impl<'a> Builder<'a> {
                     }
                 }
                 MountType::Cache => {
-                    let volume = run_mounts::CacheVolume::for_mount(m, &cwd, platform, &crate::dirs::cache_dir(), volumes.len() + 1000 * self.steps);
+                    let volume = run_mounts::CacheVolume::for_mount(m, &cwd, platform, self.store.root(), volumes.len() + 1000 * self.steps);
                     session.ensure_cache(&volume, self.cancel)?;
                     mounts.push(MountSpec::Bind {
                         source: volume.scratch_dir.clone(),
@@ -811,19 +810,8 @@ impl<'a> Builder<'a> {
             "layers": state.layers.iter().map(|l| &l.descriptor).collect::<Vec<_>>(),
         });
         let mut desc = self.store.put_json(&manifest, MediaType::Other(media::OCI_MANIFEST.into()))?;
-        let platform = oci_spec::image::PlatformBuilder::default()
-            .architecture(config.architecture.as_str())
-            .os(config.os.as_str())
-            .build()
-            .expect("architecture and os are set");
-        let platform = match &config.variant {
-            Some(v) => {
-                let mut p = platform;
-                p.set_variant(Some(v.clone()));
-                p
-            }
-            None => platform,
-        };
+        let platform = Platform::new(&config.os, &config.architecture, config.variant.as_deref());
+        let platform = crate::oci::model::oci_platform(&platform);
         desc.set_platform(Some(platform));
         Ok((desc, config_desc.digest().to_string()))
     }

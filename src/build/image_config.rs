@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::dockerfile::instructions::{Healthcheck, KeyValue};
+use crate::dockerfile::instructions::{Healthcheck, InstructionKind, KeyValue};
 use crate::dockerfile::ShellOrExec;
 use crate::platform::Platform;
 
@@ -41,6 +41,9 @@ pub struct RunConfig {
     pub shell: Vec<String>,
     #[serde(flatten)]
     pub other: BTreeMap<String, Value>,
+    /// Whether this stage set CMD itself (then ENTRYPOINT keeps it); not stored.
+    #[serde(skip)]
+    pub cmd_set: bool,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -177,6 +180,27 @@ impl RunConfig {
         }
     }
 
+    /// Applies an instruction that only changes the config (ENV, LABEL, CMD,
+    /// ...); returns Ok(false) for any other instruction.
+    pub fn apply(&mut self, kind: &InstructionKind) -> Result<bool, String> {
+        match kind {
+            InstructionKind::Env(kvs) => self.apply_env(kvs),
+            InstructionKind::Label(kvs) => self.apply_labels(kvs),
+            InstructionKind::Expose(ports) => self.apply_expose(ports)?,
+            InstructionKind::Volume(v) => self.apply_volumes(v),
+            InstructionKind::User(u) => self.user = u.clone(),
+            InstructionKind::StopSignal(s) => self.stop_signal = s.clone(),
+            InstructionKind::Healthcheck(h) => self.apply_healthcheck(h),
+            InstructionKind::Shell(argv) => self.shell = argv.clone(),
+            InstructionKind::Cmd(c) => self.apply_cmd(c),
+            InstructionKind::Entrypoint(c) => self.apply_entrypoint(c),
+            InstructionKind::Onbuild(t) => self.on_build.push(t.clone()),
+            InstructionKind::Workdir(dir) => self.apply_workdir(dir),
+            _ => return Ok(false),
+        }
+        Ok(true)
+    }
+
     pub fn apply_env(&mut self, kvs: &[KeyValue]) {
         for kv in kvs {
             self.env_set(&kv.key, &kv.value);
@@ -223,12 +247,16 @@ impl RunConfig {
     /// CMD in shell form runs through the stage's SHELL, as Docker stores it.
     pub fn apply_cmd(&mut self, cmd: &ShellOrExec) {
         self.cmd = Some(self.command_argv(cmd));
+        self.cmd_set = true;
     }
 
-    /// ENTRYPOINT also resets an inherited CMD (Docker does the same).
+    /// ENTRYPOINT also resets a CMD inherited from the base (not one this
+    /// stage set), as Docker does.
     pub fn apply_entrypoint(&mut self, cmd: &ShellOrExec) {
         self.entrypoint = Some(self.command_argv(cmd));
-        self.cmd = None;
+        if !self.cmd_set {
+            self.cmd = None;
+        }
     }
 
     /// WORKDIR: relative paths join the current one.
@@ -310,16 +338,20 @@ mod tests {
         assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
         assert_eq!(rfc3339(1_700_000_000), "2023-11-14T22:13:20Z");
         assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
+        assert_eq!(rfc3339(-1), "1969-12-31T23:59:59Z");
     }
 
     #[test]
-    fn entrypoint_resets_cmd_and_shell_form_uses_shell() {
+    fn entrypoint_resets_only_an_inherited_cmd_and_shell_form_uses_shell() {
         let mut c = RunConfig { shell: vec!["/bin/bash".into(), "-c".into()], ..Default::default() };
         c.apply_cmd(&ShellOrExec::Shell("echo hi".into()));
         assert_eq!(c.cmd.as_deref().unwrap(), ["/bin/bash", "-c", "echo hi"]);
         c.apply_entrypoint(&ShellOrExec::Exec(vec!["/app".into()]));
-        assert_eq!(c.cmd, None);
+        assert_eq!(c.cmd.as_deref().unwrap(), ["/bin/bash", "-c", "echo hi"], "set in this stage: kept");
         assert_eq!(c.entrypoint.as_deref().unwrap(), ["/app"]);
+        let mut inherited: RunConfig = serde_json::from_str(r#"{"Cmd":["bash"]}"#).unwrap();
+        inherited.apply_entrypoint(&ShellOrExec::Exec(vec!["/app".into()]));
+        assert_eq!(inherited.cmd, None, "inherited from the base: reset");
     }
 
     #[test]

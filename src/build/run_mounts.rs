@@ -2,7 +2,7 @@
 //! before any VM exists) and what it becomes inside the VM.
 //!
 //! - `cache`: a volume per id and platform kept on the host as a tar in
-//!   kiln's cache dir, unpacked once per VM into a scratch directory, bound
+//!   the image store's folder (beside the build cache), unpacked once per VM into a scratch directory, bound
 //!   into the step, and written back after a successful step. Its contents
 //!   never reach a layer or the cache key.
 //! - `bind`: from another stage or an image (a read-only overlay of its

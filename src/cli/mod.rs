@@ -10,6 +10,7 @@ pub mod debug;
 pub mod image;
 pub mod import;
 pub mod kernel;
+pub mod manifest;
 pub mod run;
 pub mod signals;
 pub mod vm;
@@ -28,6 +29,9 @@ pub enum Command {
     Build(build::BuildArgs),
     /// Run a command in a new container (a VM of the image's platform)
     Run(run::RunArgs),
+    /// Combine local single-platform images under one multi-platform name
+    #[command(subcommand)]
+    Manifest(manifest::ManifestCommand),
     /// Run commands in a guest VM
     #[command(subcommand)]
     Vm(vm::VmCommand),
@@ -47,6 +51,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Build(args) => build::run(args, signals::install()),
         Command::Run(args) => run::run(args, signals::install()),
+        Command::Manifest(cmd) => manifest::run(cmd),
         Command::Vm(cmd) => vm::run(cmd),
         Command::Kernel(cmd) => kernel::run(cmd),
         Command::Image(cmd) => image::run(cmd),

@@ -11,14 +11,14 @@
 //! [`crate::dockerfile`] (the same code a build uses), then applied to the
 //! image config.
 
-use std::collections::BTreeMap;
 use std::io::{self, BufRead, BufReader, Read, Write};
 
 use oci_spec::image::{Descriptor, MediaType};
-use serde_json::{json, Map, Value};
+use serde_json::json;
 
 use crate::dockerfile::expand::{BuildOptions, Evaluator};
-use crate::dockerfile::{self, InstructionKind, ShellOrExec};
+use crate::build::image_config::{rfc3339, History, ImageConfigFile, RootFs, RunConfig};
+use crate::dockerfile;
 use crate::oci::layer::{Compression, LayerWriter};
 use crate::oci::media;
 use crate::oci::store::{Store, StoreError};
@@ -32,7 +32,7 @@ pub enum ImportError {
     NotATar { source_name: String, reason: String },
     #[error("{source_name}: {format}-compressed input is not supported; decompress it first (plain tar, gzip, zstd and xz are)")]
     UnsupportedCompression { source_name: String, format: &'static str },
-    #[error("{source_name}: tar entry {entry:?} has a '..' component and would escape the root file system")]
+    #[error("{source_name}: tar entry path or hard link target {entry:?} has a '..' component and would escape the root file system")]
     UnsafePath { source_name: String, entry: String },
     #[error("{0}")]
     Change(dockerfile::Error),
@@ -58,6 +58,7 @@ pub struct ImportOptions {
 
 /// Instructions `--change` accepts: the ones that only change the config.
 const CHANGE_KEYWORDS: &str = "CMD, ENTRYPOINT, ENV, EXPOSE, LABEL, STOPSIGNAL, USER, VOLUME, WORKDIR";
+const CHANGE_KINDS: [&str; 9] = ["CMD", "ENTRYPOINT", "ENV", "EXPOSE", "LABEL", "STOPSIGNAL", "USER", "VOLUME", "WORKDIR"];
 
 /// Reads a root file system tar from `input` (named `source_name` in errors)
 /// and stores it as a one-layer image; returns the manifest's descriptor.
@@ -70,24 +71,23 @@ pub fn import_tar(store: &Store, input: impl Read, source_name: &str, opts: &Imp
     copy_checked_tar(input, source_name, &mut layer)?;
     let layer = layer.finish()?;
 
-    let created = rfc3339_utc(opts.created);
-    let mut history = Map::new();
-    history.insert("created".into(), json!(created));
-    history.insert("created_by".into(), json!("import"));
-    if let Some(m) = &opts.message {
-        history.insert("comment".into(), json!(m));
-    }
-    let mut config = Map::new();
-    config.insert("created".into(), json!(created));
-    config.insert("architecture".into(), json!(opts.platform.architecture));
-    config.insert("os".into(), json!(opts.platform.os));
-    if let Some(v) = &opts.platform.variant {
-        config.insert("variant".into(), json!(v));
-    }
-    config.insert("config".into(), Value::Object(container_config));
-    config.insert("rootfs".into(), json!({"type": "layers", "diff_ids": [layer.diff_id.to_string()]}));
-    config.insert("history".into(), json!([history]));
-    let config = serde_json::to_vec(&Value::Object(config)).expect("JSON values serialise");
+    let created = rfc3339(opts.created);
+    let config = ImageConfigFile {
+        created: Some(created.clone()),
+        architecture: opts.platform.architecture.clone(),
+        os: opts.platform.os.clone(),
+        variant: opts.platform.variant.clone(),
+        config: container_config,
+        rootfs: RootFs { kind: "layers".into(), diff_ids: vec![layer.diff_id.to_string()] },
+        history: vec![History {
+            created: Some(created),
+            created_by: "import".into(),
+            comment: opts.message.clone().unwrap_or_default(),
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    let config = serde_json::to_vec(&config).expect("configs serialise");
     let config = ingest.put_bytes(&config, MediaType::Other(media::OCI_CONFIG.into()), None)?;
 
     let manifest = json!({
@@ -124,10 +124,14 @@ fn copy_checked_tar(input: impl Read, source_name: &str, out: &mut impl Write) -
     for entry in archive.entries().map_err(not_tar)? {
         // A read error of the underlying input is reported as such, not as "not a tar".
         let entry = entry.map_err(|e| if is_format_error(&e) { not_tar(e) } else { read_err(e) })?;
-        let path = entry.path_bytes();
-        if path.split(|&b| b == b'/').any(|c| c == b"..") {
-            let entry = String::from_utf8_lossy(&path).into_owned();
-            return Err(ImportError::UnsafePath { source_name: source_name.to_string(), entry });
+        // Hard link targets are paths in the archive too; symlink targets are
+        // resolved inside the root by whoever unpacks, so they may say anything.
+        let link = (entry.header().entry_type() == tar::EntryType::Link).then(|| entry.link_name_bytes()).flatten();
+        for path in std::iter::once(entry.path_bytes()).chain(link) {
+            if path.split(|&b| b == b'/').any(|c| c == b"..") {
+                let entry = String::from_utf8_lossy(&path).into_owned();
+                return Err(ImportError::UnsafePath { source_name: source_name.to_string(), entry });
+            }
         }
         entries += 1;
     }
@@ -159,9 +163,10 @@ impl<R: Read, W: Write> Read for Tee<'_, R, W> {
     }
 }
 
-/// The image config's `config` object after applying `changes` in order.
-fn container_config(changes: &[String], platform: &Platform) -> Result<Map<String, Value>> {
-    let mut cfg = ContainerConfig::default();
+/// The image config's `config` object after applying `changes` in order,
+/// with the build's own rules ([`RunConfig::apply`]).
+fn container_config(changes: &[String], platform: &Platform) -> Result<RunConfig> {
+    let mut cfg = RunConfig::default();
     for (i, change) in changes.iter().enumerate() {
         let bad = |reason: String| ImportError::BadChange { change: change.clone(), reason };
         if change.contains(['\n', '\r']) {
@@ -175,133 +180,22 @@ fn container_config(changes: &[String], platform: &Platform) -> Result<Map<Strin
         let [instruction] = df.stages[0].instructions.as_slice() else {
             return Err(bad("expected exactly one instruction".into()));
         };
+        if !CHANGE_KINDS.contains(&instruction.kind.keyword()) {
+            return Err(bad(format!(
+                "{} cannot be used in a change; use one of {CHANGE_KEYWORDS}",
+                instruction.kind.keyword()
+            )));
+        }
         let opts = BuildOptions::new(platform.clone());
         let eval = Evaluator::new(&df, &opts).map_err(ImportError::Change)?;
-        let mut scope = eval.scope(&cfg.env);
+        let mut scope = eval.scope(&cfg.env_pairs());
         let expanded = scope.expand(instruction).map_err(|mut e| {
             e.pos.line = e.pos.line.saturating_sub(1);
             ImportError::Change(e.in_file(format!("--change #{}", i + 1)))
         })?;
-        cfg.apply(expanded.kind).map_err(bad)?;
+        cfg.apply(&expanded.kind).map_err(bad)?;
     }
-    Ok(cfg.into_json())
-}
-
-/// The runtime part of an image config, built up by `--change` instructions.
-#[derive(Debug, Default)]
-struct ContainerConfig {
-    env: Vec<(String, String)>,
-    cmd: Option<Vec<String>>,
-    entrypoint: Option<Vec<String>>,
-    workdir: Option<String>,
-    user: Option<String>,
-    labels: BTreeMap<String, String>,
-    exposed: BTreeMap<String, ()>,
-    volumes: BTreeMap<String, ()>,
-    stop_signal: Option<String>,
-}
-
-impl ContainerConfig {
-    fn apply(&mut self, kind: InstructionKind) -> Result<(), String> {
-        // Shell form runs through the default Linux shell, as in a build.
-        let argv = |c: ShellOrExec| match c {
-            ShellOrExec::Exec(v) => v,
-            ShellOrExec::Shell(s) => vec!["/bin/sh".into(), "-c".into(), s],
-        };
-        match kind {
-            InstructionKind::Cmd(c) => self.cmd = Some(argv(c)),
-            InstructionKind::Entrypoint(c) => self.entrypoint = Some(argv(c)),
-            InstructionKind::Env(kvs) => {
-                for kv in kvs {
-                    match self.env.iter_mut().find(|(k, _)| *k == kv.key) {
-                        Some(e) => e.1 = kv.value,
-                        None => self.env.push((kv.key, kv.value)),
-                    }
-                }
-            }
-            InstructionKind::Label(kvs) => self.labels.extend(kvs.into_iter().map(|kv| (kv.key, kv.value))),
-            InstructionKind::Expose(ports) => {
-                for p in ports {
-                    self.exposed.insert(normalize_port(&p)?, ());
-                }
-            }
-            InstructionKind::Volume(v) => self.volumes.extend(v.into_iter().map(|v| (v, ()))),
-            InstructionKind::User(u) => self.user = Some(u),
-            InstructionKind::Workdir(w) => {
-                let base = self.workdir.as_deref().unwrap_or("/");
-                self.workdir = Some(if w.starts_with('/') { w } else { format!("{}/{w}", base.trim_end_matches('/')) });
-            }
-            InstructionKind::StopSignal(s) => self.stop_signal = Some(s),
-            other => return Err(format!("{} cannot be used in a change; use one of {CHANGE_KEYWORDS}", other.keyword())),
-        }
-        Ok(())
-    }
-
-    fn into_json(self) -> Map<String, Value> {
-        let mut m = Map::new();
-        let set = |m: &mut Map<String, Value>, k: &str, v: Value| {
-            m.insert(k.to_string(), v);
-        };
-        if let Some(u) = self.user {
-            set(&mut m, "User", json!(u));
-        }
-        if !self.exposed.is_empty() {
-            set(&mut m, "ExposedPorts", json!(self.exposed.keys().map(|k| (k.clone(), json!({}))).collect::<Map<_, _>>()));
-        }
-        if !self.env.is_empty() {
-            set(&mut m, "Env", json!(self.env.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>()));
-        }
-        if let Some(e) = self.entrypoint {
-            set(&mut m, "Entrypoint", json!(e));
-        }
-        if let Some(c) = self.cmd {
-            set(&mut m, "Cmd", json!(c));
-        }
-        if !self.volumes.is_empty() {
-            set(&mut m, "Volumes", json!(self.volumes.keys().map(|k| (k.clone(), json!({}))).collect::<Map<_, _>>()));
-        }
-        if let Some(w) = self.workdir {
-            set(&mut m, "WorkingDir", json!(w));
-        }
-        if !self.labels.is_empty() {
-            set(&mut m, "Labels", json!(self.labels));
-        }
-        if let Some(s) = self.stop_signal {
-            set(&mut m, "StopSignal", json!(s));
-        }
-        m
-    }
-}
-
-/// `80` → `80/tcp`; checks the port (or range) and protocol.
-fn normalize_port(p: &str) -> Result<String, String> {
-    let (port, proto) = p.split_once('/').unwrap_or((p, "tcp"));
-    let proto = proto.to_ascii_lowercase();
-    if !matches!(proto.as_str(), "tcp" | "udp" | "sctp") {
-        return Err(format!("EXPOSE {p}: unknown protocol {proto:?}: expected tcp, udp or sctp"));
-    }
-    let (lo, hi) = port.split_once('-').unwrap_or((port, port));
-    match (lo.parse::<u16>(), hi.parse::<u16>()) {
-        (Ok(l), Ok(h)) if l <= h => Ok(format!("{port}/{proto}")),
-        _ => Err(format!("EXPOSE {p}: invalid port: expected a number or range from 0 to 65535")),
-    }
-}
-
-/// Seconds since the epoch as an RFC 3339 UTC timestamp, e.g. `2024-05-01T12:00:00Z`.
-pub fn rfc3339_utc(secs: i64) -> String {
-    let days = secs.div_euclid(86_400);
-    let rem = secs.rem_euclid(86_400);
-    // Civil date from a day count (proleptic Gregorian), after Howard Hinnant's derivation.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!("{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
+    Ok(cfg)
 }
 
 #[cfg(test)]
@@ -323,6 +217,18 @@ mod tests {
         b.into_inner().unwrap()
     }
 
+    fn hardlink_tar(path: &str, target: &str) -> Vec<u8> {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Link);
+        h.set_size(0);
+        h.set_path(path).unwrap();
+        h.as_mut_bytes()[157..157 + target.len()].copy_from_slice(target.as_bytes());
+        h.set_cksum();
+        let mut b = tar::Builder::new(Vec::new());
+        b.append(&h, &[][..]).unwrap();
+        b.into_inner().unwrap()
+    }
+
     fn opts(changes: &[&str]) -> ImportOptions {
         ImportOptions {
             platform: "linux/arm64".parse().unwrap(),
@@ -332,15 +238,7 @@ mod tests {
         }
     }
 
-    #[test]
-    fn timestamps_are_rfc3339() {
-        assert_eq!(rfc3339_utc(0), "1970-01-01T00:00:00Z");
-        assert_eq!(rfc3339_utc(1_700_000_000), "2023-11-14T22:13:20Z");
-        assert_eq!(rfc3339_utc(951_782_400), "2000-02-29T00:00:00Z");
-        assert_eq!(rfc3339_utc(-1), "1969-12-31T23:59:59Z");
-    }
-
-    #[test]
+        #[test]
     fn compressed_inputs_give_the_diff_id_of_the_plain_tar() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
@@ -361,7 +259,7 @@ mod tests {
         for input in [&tar, &gz, &zst, &xz] {
             let d = import_tar(&store, &input[..], "t.tar", &opts(&[])).unwrap();
             let img = store.image(&d, None).unwrap();
-            assert_eq!(img.diff_ids(), [want.clone()]);
+            assert_eq!(img.diff_ids(), std::slice::from_ref(&want));
             assert_eq!(img.manifest.layers()[0].media_type().as_ref(), media::OCI_LAYER_GZIP);
             manifests.push(d.digest().clone());
         }
@@ -389,7 +287,7 @@ mod tests {
         ];
         let d = import_tar(&store, &tar[..], "t.tar", &opts(&changes)).unwrap();
         let img = store.image(&d, None).unwrap();
-        let v: Value = serde_json::from_slice(&img.config_bytes).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&img.config_bytes).unwrap();
         let c = &v["config"];
         assert_eq!(c["Cmd"], json!(["/bin/bash"]));
         assert_eq!(c["Env"], json!(["PATH=/opt/bin:/usr/sbin:/usr/bin", "A=1"]));
@@ -421,6 +319,7 @@ mod tests {
             (Vec::new(), vec![], "the input is empty"),
             (b"BZh91AY&SY".to_vec(), vec![], "bzip2"),
             (tar_of(&[("../escape", b"x")]), vec![], "'..'"),
+            (hardlink_tar("etc/passwd-link", "../../etc/passwd"), vec![], "'..'"),
             (tar[..700].to_vec(), vec![], "t.tar"),
         ];
         for (input, changes, want) in cases {

@@ -80,6 +80,17 @@ pub fn descriptor_platform(d: &Descriptor) -> Option<Platform> {
     Some(Platform::new(&p.os().to_string(), &p.architecture().to_string(), p.variant().as_deref()))
 }
 
+/// kiln's platform as an OCI descriptor platform.
+pub fn oci_platform(p: &Platform) -> oci_spec::image::Platform {
+    let mut out = oci_spec::image::PlatformBuilder::default()
+        .architecture(p.architecture.as_str())
+        .os(p.os.as_str())
+        .build()
+        .expect("architecture and os are set");
+    out.set_variant(p.variant.clone());
+    out
+}
+
 /// The platform an image config declares.
 pub fn config_platform(c: &ImageConfiguration) -> Platform {
     Platform::new(&c.os().to_string(), &c.architecture().to_string(), c.variant().as_deref())

@@ -14,7 +14,8 @@ use std::time::Duration;
 use kiln_protocol::{stream, AgentMsg, ExecRequest, ExitStatus};
 
 use super::reaper::Reaper;
-use super::root::{self, PreparedRoot, RawMount};
+use super::mounts::RawStep;
+use super::root::{self, PreparedRoot};
 use super::server::{send, send_data, Out};
 use super::SCRATCH;
 
@@ -214,7 +215,7 @@ struct ChildSetup {
 
 struct ChildRoot {
     dir: CString,
-    mounts: Vec<RawMount>,
+    mounts: Vec<RawStep>,
 }
 
 impl ChildSetup {
@@ -223,7 +224,7 @@ impl ChildSetup {
             None => None,
             Some(root) => Some(ChildRoot {
                 dir: CString::new(root.dir.as_os_str().as_bytes()).map_err(|_| "root path contains a NUL byte")?,
-                mounts: root.mounts.iter().map(RawMount::clone).collect(),
+                mounts: root.mounts.clone(),
             }),
         };
         let cwd = if req.cwd.is_empty() { "/" } else { req.cwd.as_str() };

@@ -3,9 +3,11 @@
 mod exec;
 mod init;
 mod reaper;
+mod mounts;
 mod root;
 mod server;
 mod snapshot;
+mod stubs;
 mod transport;
 mod unpack;
 mod xattr;

@@ -1,72 +1,32 @@
-//! A command's root file system: the overlay mount of a RUN step, the mount
-//! points the agent's own mounts need, and their removal afterwards so the
-//! step's upper directory holds only what the command changed.
+//! A command's root file system: a plain directory, or the overlay of a RUN
+//! step mounted for it; the mounts the child makes in it (the standard ones,
+//! then the request's); and the teardown once the command is gone.
 
-use std::collections::BTreeMap;
-use std::ffi::{CString, OsString};
+use std::ffi::CString;
 use std::io;
-use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Component, Path, PathBuf};
 
 use kiln_protocol::{ExecRequest, MountSpec, RootSpec};
 
 use super::exec::scratch_path;
+use super::mounts::{cstr, private_dev, raw, RawStep};
+use super::stubs::{check_cwd, Stubs};
 
 /// Private mount points and per-command files live here (the agent's tmpfs).
 const RUN_DIR: &str = "/run/kiln";
-/// The kernel copies mount(2) options into one page, NUL included.
+/// The kernel copies mount(2) options into one page, NUL included. With
+/// lower layers named like `l/NNN` (`/scratch/l/NNN`, 15 bytes with the
+/// separator) that allows about 260 of them; docker allows 127.
 const MAX_MOUNT_OPTIONS: usize = 4095;
 /// overlayfs' own limit on lower layers (OVL_MAX_STACK).
 const MAX_LOWERS: usize = 500;
-/// Symlinks followed while resolving one mount target, as the kernel's MAXSYMLINKS.
-const MAX_SYMLINKS: u32 = 40;
-
-/// One mount(2) the child makes, prepared before fork.
-#[derive(Clone)]
-pub struct RawMount {
-    source: CString,
-    target: CString,
-    fstype: Option<CString>,
-    flags: libc::c_ulong,
-    data: Option<CString>,
-    /// Bind mounts become read-only only through a second, remounting call.
-    readonly_bind: bool,
-}
-
-impl RawMount {
-    /// Runs in the child after fork: raw syscalls on prepared memory only.
-    pub fn apply(&self) -> io::Result<()> {
-        let ptr = |c: &Option<CString>| c.as_ref().map_or(std::ptr::null(), |c| c.as_ptr());
-        // SAFETY: every pointer is a live CString or null.
-        unsafe {
-            if libc::mount(
-                self.source.as_ptr(),
-                self.target.as_ptr(),
-                ptr(&self.fstype),
-                self.flags,
-                ptr(&self.data).cast(),
-            ) < 0
-            {
-                return Err(io::Error::last_os_error());
-            }
-            if self.readonly_bind {
-                let flags = libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY | (self.flags & libc::MS_REC);
-                if libc::mount(std::ptr::null(), self.target.as_ptr(), std::ptr::null(), flags, std::ptr::null()) < 0 {
-                    return Err(io::Error::last_os_error());
-                }
-            }
-        }
-        Ok(())
-    }
-}
 
 /// The root a command runs in, ready for the child to mount into and chroot.
 pub struct PreparedRoot {
     /// The directory to chroot into, in the agent's view.
     pub dir: PathBuf,
-    /// Mounts for the child, in order.
-    pub mounts: Vec<RawMount>,
+    /// Mounts (and /dev contents) for the child, in order.
+    pub mounts: Vec<RawStep>,
     /// Run the command as PID 1 of its own PID namespace.
     pub new_pid_ns: bool,
     overlay: Option<Overlay>,
@@ -93,6 +53,7 @@ pub fn prepare(req: &ExecRequest) -> Result<Option<PreparedRoot>, String> {
             let mut root = PreparedRoot { dir, mounts: Vec::new(), new_pid_ns: false, overlay: None };
             // A plain directory root is the agent's own: mount points it needs stay.
             let mut stubs = Stubs::default();
+            check_cwd(&root.dir, &req.cwd)?;
             let result =
                 root.standard_mounts(&mut stubs, true, None).and_then(|()| root.extra_mounts(&req.mounts, &mut stubs, None));
             result.map(|()| Some(root))
@@ -103,8 +64,8 @@ pub fn prepare(req: &ExecRequest) -> Result<Option<PreparedRoot>, String> {
                 PreparedRoot { dir: overlay.mountpoint.clone(), mounts: Vec::new(), new_pid_ns: true, overlay: None };
             let mut stubs = Stubs::default();
             let run_dir = overlay.run_dir.clone();
-            let result = root
-                .standard_mounts(&mut stubs, false, Some(&run_dir))
+            let result = check_cwd(&root.dir, &req.cwd)
+                .and_then(|()| root.standard_mounts(&mut stubs, false, Some(&run_dir)))
                 .and_then(|()| root.extra_mounts(&req.mounts, &mut stubs, Some(&run_dir)));
             root.overlay = Some(Overlay { stubs, ..overlay });
             match result {
@@ -125,26 +86,30 @@ impl PreparedRoot {
     /// part of the image, as with docker), and the VM's name resolution.
     fn standard_mounts(&mut self, stubs: &mut Stubs, tmpfs_tmp: bool, private: Option<&Path>) -> Result<(), String> {
         let proc_ = self.mount_point("/proc", true, stubs)?;
-        self.mounts.push(raw(
+        self.mounts.push(RawStep::Mount(raw(
             "proc",
             &proc_,
             Some("proc"),
             libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
             None,
-        )?);
+        )?));
         let sys = self.mount_point("/sys", true, stubs)?;
-        self.mounts.push(raw(
+        self.mounts.push(RawStep::Mount(raw(
             "sysfs",
             &sys,
             Some("sysfs"),
             libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
             None,
-        )?);
+        )?));
         let dev = self.mount_point("/dev", true, stubs)?;
-        self.mounts.push(raw("/dev", &dev, None, libc::MS_BIND | libc::MS_REC, None)?);
+        match private {
+            Some(_) => self.mounts.extend(private_dev(&dev)?),
+            // A plain directory root (kiln vm exec) shares the VM's devices.
+            None => self.mounts.push(RawStep::Mount(raw("/dev", &dev, None, libc::MS_BIND | libc::MS_REC, None)?)),
+        }
         if tmpfs_tmp {
             let tmp = self.mount_point("/tmp", true, stubs)?;
-            self.mounts.push(raw("tmpfs", &tmp, Some("tmpfs"), 0, Some("mode=1777"))?);
+            self.mounts.push(RawStep::Mount(raw("tmpfs", &tmp, Some("tmpfs"), 0, Some("mode=1777"))?));
         }
         // Only images with an /etc get the VM's resolv.conf and hosts.
         if std::fs::symlink_metadata(self.dir.join("etc")).is_ok() {
@@ -164,7 +129,7 @@ impl PreparedRoot {
                     None => vm_copy,
                 };
                 let target = self.mount_point(&format!("/etc/{file}"), false, stubs)?;
-                self.mounts.push(raw(&source, &target, None, libc::MS_BIND, None)?);
+                self.mounts.push(RawStep::Mount(raw(&source, &target, None, libc::MS_BIND, None)?));
             }
         }
         Ok(())
@@ -180,9 +145,8 @@ impl PreparedRoot {
                     let src = scratch_path(source)?;
                     let meta = std::fs::metadata(&src).map_err(|e| format!("bind source {source:?}: {e}"))?;
                     let dst = self.mount_point(target, meta.is_dir(), stubs)?;
-                    let mut mount = raw(&src, &dst, None, libc::MS_BIND | libc::MS_REC, None)?;
-                    mount.readonly_bind = *readonly;
-                    self.mounts.push(mount);
+                    let mount = raw(&src, &dst, None, libc::MS_BIND | libc::MS_REC, None)?.readonly(*readonly);
+                    self.mounts.push(RawStep::Mount(mount));
                 }
                 MountSpec::Tmpfs { target, size_bytes } => {
                     let dst = self.mount_point(target, true, stubs)?;
@@ -190,7 +154,8 @@ impl PreparedRoot {
                         Some(n) => format!("mode=1777,size={n}"),
                         None => "mode=1777".to_string(),
                     };
-                    self.mounts.push(raw("tmpfs", &dst, Some("tmpfs"), libc::MS_NOSUID | libc::MS_NODEV, Some(&data))?);
+                    let mount = raw("tmpfs", &dst, Some("tmpfs"), libc::MS_NOSUID | libc::MS_NODEV, Some(&data))?;
+                    self.mounts.push(RawStep::Mount(mount));
                 }
                 MountSpec::Overlay { lowers, subpath, target } => {
                     let private = need_private()?;
@@ -201,9 +166,8 @@ impl PreparedRoot {
                     match lowers.as_slice() {
                         [] => {}
                         [only] => {
-                            let mut m = raw(only, &stage, None, libc::MS_BIND | libc::MS_REC, None)?;
-                            m.readonly_bind = true;
-                            self.mounts.push(m);
+                            let m = raw(only, &stage, None, libc::MS_BIND | libc::MS_REC, None)?.readonly(true);
+                            self.mounts.push(RawStep::Mount(m));
                         }
                         _ => {
                             let dirs: Vec<&str> = lowers.iter().filter_map(|p| p.to_str()).collect();
@@ -211,23 +175,21 @@ impl PreparedRoot {
                             if data.len() > MAX_MOUNT_OPTIONS {
                                 return Err(format!("mount of {target}: too many layers for one overlay ({})", lowers.len()));
                             }
-                            self.mounts.push(raw("overlay", &stage, Some("overlay"), libc::MS_RDONLY, Some(&data))?);
+                            self.mounts.push(RawStep::Mount(raw("overlay", &stage, Some("overlay"), libc::MS_RDONLY, Some(&data))?));
                         }
                     }
                     let source = confined_join(&stage, subpath)?;
                     let dst = self.mount_point(target, true, stubs)?;
-                    let mut m = raw(&source, &dst, None, libc::MS_BIND | libc::MS_REC, None)?;
-                    m.readonly_bind = true;
-                    self.mounts.push(m);
+                    let m = raw(&source, &dst, None, libc::MS_BIND | libc::MS_REC, None)?.readonly(true);
+                    self.mounts.push(RawStep::Mount(m));
                 }
                 MountSpec::Secret { target, data, mode, uid, gid } => {
                     let private = need_private()?;
                     let file = private.join(format!("secret{n}"));
                     write_secret(&file, data, *mode, *uid, *gid).map_err(|e| format!("secret for {target}: {e}"))?;
                     let dst = self.mount_point(target, false, stubs)?;
-                    let mut m = raw(&file, &dst, None, libc::MS_BIND, None)?;
-                    m.readonly_bind = true;
-                    self.mounts.push(m);
+                    let m = raw(&file, &dst, None, libc::MS_BIND, None)?.readonly(true);
+                    self.mounts.push(RawStep::Mount(m));
                 }
             }
         }
@@ -247,7 +209,11 @@ impl PreparedRoot {
     pub fn teardown(&mut self) -> Result<(), String> {
         let Some(overlay) = self.overlay.take() else { return Ok(()) };
         unmount(&overlay.mountpoint)?;
-        let _ = std::fs::remove_dir_all(&overlay.run_dir);
+        // Entry by entry, never recursively: nothing here may reach into a mount.
+        for file in ["resolv.conf", "hosts"] {
+            let _ = std::fs::remove_file(overlay.run_dir.join(file));
+        }
+        let _ = std::fs::remove_dir(&overlay.run_dir);
         overlay.stubs.remove_from(&overlay.upper)
     }
 }
@@ -270,28 +236,6 @@ fn write_secret(path: &Path, data: &[u8], mode: u32, uid: u32, gid: u32) -> io::
     io::Write::write_all(&mut f, data)?;
     std::os::unix::fs::chown(path, Some(uid), Some(gid))?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode & 0o7777))
-}
-
-fn cstr(p: impl AsRef<Path>) -> Result<CString, String> {
-    let p = p.as_ref();
-    CString::new(p.as_os_str().as_bytes()).map_err(|_| format!("path {p:?} contains a NUL byte"))
-}
-
-fn raw(
-    source: impl AsRef<Path>,
-    target: &Path,
-    fstype: Option<&str>,
-    flags: libc::c_ulong,
-    data: Option<&str>,
-) -> Result<RawMount, String> {
-    Ok(RawMount {
-        source: cstr(source)?,
-        target: cstr(target)?,
-        fstype: fstype.map(|t| CString::new(t).expect("static fs type")),
-        flags,
-        data: data.map(|d| CString::new(d).map_err(|_| "mount options contain a NUL byte".to_string())).transpose()?,
-        readonly_bind: false,
-    })
 }
 
 /// The overlay options for `lowers` (topmost first) over `upper`.
@@ -378,199 +322,6 @@ fn unmount(target: &Path) -> Result<(), String> {
     Err(format!("unmounting the overlay root {}: still busy after 2 s", target.display()))
 }
 
-/// Mount points created by the agent, and the state of the directories they
-/// were created in, so both can be put back.
-#[derive(Default)]
-pub struct Stubs {
-    /// Root-relative paths in creation order (parents first).
-    created: Vec<(PathBuf, bool)>,
-    /// Existing directories a stub was created in (their ancestors too),
-    /// as they were before.
-    parents: BTreeMap<PathBuf, DirState>,
-}
-
-#[derive(Clone, Copy, PartialEq, Eq)]
-struct DirState {
-    mode: u32,
-    uid: u32,
-    gid: u32,
-    mtime: i64,
-    mtime_nsec: i64,
-}
-
-impl DirState {
-    fn of(meta: &std::fs::Metadata) -> DirState {
-        DirState {
-            mode: meta.mode(),
-            uid: meta.uid(),
-            gid: meta.gid(),
-            mtime: meta.mtime(),
-            mtime_nsec: meta.mtime_nsec(),
-        }
-    }
-}
-
-impl Stubs {
-    /// Resolves `target` under `root` like the kernel would inside a chroot
-    /// (`..` stops at the root, absolute symlinks restart at it) and creates
-    /// missing parts: directories, and for the last part a directory or an
-    /// empty file. Returns the resolved root-relative path.
-    pub fn create(&mut self, root: &Path, target: &str, dir: bool) -> io::Result<PathBuf> {
-        let mut pending: Vec<OsString> = Vec::new();
-        push_components(&mut pending, Path::new(target));
-        let mut resolved = PathBuf::new();
-        let mut links = 0;
-        while let Some(part) = pending.pop() {
-            if part == ".." {
-                resolved.pop();
-                continue;
-            }
-            let candidate = resolved.join(&part);
-            let full = root.join(&candidate);
-            match std::fs::symlink_metadata(&full) {
-                Ok(meta) if meta.file_type().is_symlink() => {
-                    links += 1;
-                    if links > MAX_SYMLINKS {
-                        return Err(io::Error::other("too many levels of symbolic links"));
-                    }
-                    let link = std::fs::read_link(&full)?;
-                    if link.is_absolute() {
-                        resolved.clear();
-                    }
-                    push_components(&mut pending, &link);
-                }
-                Ok(meta) => {
-                    if !pending.is_empty() && !meta.is_dir() {
-                        return Err(io::Error::other(format!("/{} is not a directory", candidate.display())));
-                    }
-                    resolved = candidate;
-                }
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                    self.note_parents(root, &resolved)?;
-                    if pending.is_empty() && !dir {
-                        std::fs::OpenOptions::new().write(true).create_new(true).open(&full)?;
-                    } else {
-                        std::fs::create_dir(&full)?;
-                    }
-                    self.created.push((candidate.clone(), pending.is_empty() && !dir));
-                    self.restore_mtime(root, &resolved)?;
-                    resolved = candidate;
-                }
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(resolved)
-    }
-
-    /// Records `dir` and its ancestors (except the root, which is not part
-    /// of a layer) as they are before a stub goes into `dir`.
-    fn note_parents(&mut self, root: &Path, dir: &Path) -> io::Result<()> {
-        let mut cur = dir.to_path_buf();
-        while cur.parent().is_some() {
-            if !self.parents.contains_key(&cur) && !self.created.iter().any(|(p, _)| p == &cur) {
-                let meta = std::fs::symlink_metadata(root.join(&cur))?;
-                self.parents.insert(cur.clone(), DirState::of(&meta));
-            }
-            cur.pop();
-        }
-        Ok(())
-    }
-
-    /// Creating an entry changed `dir`'s mtime; put the original back.
-    fn restore_mtime(&self, root: &Path, dir: &Path) -> io::Result<()> {
-        match self.parents.get(dir) {
-            Some(state) => set_mtime(&root.join(dir), state.mtime, state.mtime_nsec),
-            None => Ok(()),
-        }
-    }
-
-    /// After the overlay is unmounted: removes the stubs from the upper
-    /// directory, then the parent directories that overlayfs copied up only
-    /// because a stub went into them (empty, not opaque, unchanged).
-    pub fn remove_from(&self, upper: &Path) -> Result<(), String> {
-        // A parent whose mtime still is the original saw no change by the command.
-        let untouched: BTreeMap<&PathBuf, bool> = self
-            .parents
-            .iter()
-            .map(|(rel, state)| {
-                let same = std::fs::symlink_metadata(upper.join(rel))
-                    .map(|m| m.mtime() == state.mtime && m.mtime_nsec() == state.mtime_nsec)
-                    .unwrap_or(true);
-                (rel, same)
-            })
-            .collect();
-        for (rel, file) in self.created.iter().rev() {
-            let path = upper.join(rel);
-            let result = if *file {
-                match std::fs::symlink_metadata(&path) {
-                    Ok(m) if m.is_file() && m.len() == 0 => std::fs::remove_file(&path),
-                    _ => Ok(()),
-                }
-            } else {
-                std::fs::remove_dir(&path)
-            };
-            match result {
-                Ok(()) => {}
-                // Gone already, or the command put something there: it stays.
-                Err(e) if e.kind() == io::ErrorKind::NotFound || e.raw_os_error() == Some(libc::ENOTEMPTY) => {}
-                Err(e) => return Err(format!("removing the mount point /{} from the upper directory: {e}", rel.display())),
-            }
-        }
-        // Deepest first, so removing a directory is followed by fixing its parent.
-        for (rel, state) in self.parents.iter().rev() {
-            if !untouched[rel] {
-                continue;
-            }
-            let path = upper.join(rel);
-            let Ok(meta) = std::fs::symlink_metadata(&path) else { continue };
-            if !meta.is_dir() {
-                continue;
-            }
-            set_mtime(&path, state.mtime, state.mtime_nsec)
-                .map_err(|e| format!("restoring the mtime of /{}: {e}", rel.display()))?;
-            let empty = std::fs::read_dir(&path).map(|mut d| d.next().is_none()).unwrap_or(false);
-            let same = DirState::of(&meta) == DirState { mtime: meta.mtime(), mtime_nsec: meta.mtime_nsec(), ..*state };
-            if empty && same && !is_opaque(&path) {
-                std::fs::remove_dir(&path).map_err(|e| format!("removing the copied-up /{}: {e}", rel.display()))?;
-            }
-        }
-        Ok(())
-    }
-}
-
-/// Pushes `path`'s parts onto a stack so that popping yields them in order.
-fn push_components(stack: &mut Vec<OsString>, path: &Path) {
-    let parts: Vec<OsString> = path
-        .components()
-        .filter_map(|c| match c {
-            Component::Normal(p) => Some(p.to_os_string()),
-            Component::ParentDir => Some(OsString::from("..")),
-            _ => None,
-        })
-        .collect();
-    stack.extend(parts.into_iter().rev());
-}
-
-fn set_mtime(path: &Path, sec: i64, nsec: i64) -> io::Result<()> {
-    let c = CString::new(path.as_os_str().as_bytes()).map_err(io::Error::other)?;
-    let times = [
-        libc::timespec { tv_sec: 0, tv_nsec: libc::UTIME_OMIT },
-        libc::timespec { tv_sec: sec as libc::time_t, tv_nsec: nsec as _ },
-    ];
-    // SAFETY: utimensat(2) with a live C string and a two-element array.
-    if unsafe { libc::utimensat(libc::AT_FDCWD, c.as_ptr(), times.as_ptr(), libc::AT_SYMLINK_NOFOLLOW) } < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
-}
-
-/// overlayfs marks a directory that hides its lower namesakes with this xattr.
-pub const OPAQUE_XATTR: &str = "trusted.overlay.opaque";
-
-pub fn is_opaque(path: &Path) -> bool {
-    super::xattr::get(path, OPAQUE_XATTR).ok().flatten().as_deref() == Some(b"y")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -599,49 +350,5 @@ mod tests {
         assert!(err.contains("4095-byte limit"), "{err}");
         let short: Vec<PathBuf> = (0..250).map(|i| PathBuf::from(format!("/scratch/l/{i}"))).collect();
         assert!(overlay_options(&short, Path::new("/scratch/u/1"), Path::new("/scratch/w/1")).is_ok());
-    }
-
-    #[test]
-    fn mount_points_resolve_symlinks_inside_the_root() {
-        let dir = tempfile::tempdir().unwrap();
-        let root = dir.path();
-        std::fs::create_dir_all(root.join("etc")).unwrap();
-        std::os::unix::fs::symlink("../../../run/stub", root.join("etc/resolv.conf")).unwrap();
-        std::os::unix::fs::symlink("/", root.join("up")).unwrap();
-        let mut stubs = Stubs::default();
-        let rel = stubs.create(root, "/etc/resolv.conf", false).unwrap();
-        assert_eq!(rel, Path::new("run/stub"));
-        assert!(root.join("run/stub").is_file(), "created inside the root, not outside");
-        let rel = stubs.create(root, "/up/../up/proc", true).unwrap();
-        assert_eq!(rel, Path::new("proc"));
-        assert_eq!(
-            stubs.created,
-            vec![(PathBuf::from("run"), false), (PathBuf::from("run/stub"), true), (PathBuf::from("proc"), false)]
-        );
-    }
-
-    #[test]
-    fn stubs_and_copied_up_parents_are_removed() {
-        // The upper directory after a step whose only change was a stub in /etc
-        // (as overlayfs copies /etc up) plus a file the command wrote in /var.
-        let dir = tempfile::tempdir().unwrap();
-        let (root, upper) = (dir.path().join("root"), dir.path().join("upper"));
-        for d in ["etc", "var", "proc"] {
-            std::fs::create_dir_all(root.join(d)).unwrap();
-        }
-        set_mtime(&root.join("etc"), 1000, 0).unwrap();
-        set_mtime(&root.join("var"), 2000, 0).unwrap();
-        let mut stubs = Stubs::default();
-        stubs.create(&root, "/etc/hosts", false).unwrap();
-        stubs.create(&root, "/var/cache/x", true).unwrap();
-        stubs.create(&root, "/proc", true).unwrap();
-        assert_eq!(std::fs::metadata(root.join("etc")).unwrap().mtime(), 1000, "mtime put back after the stub");
-        std::fs::create_dir_all(&upper).unwrap();
-        std::fs::rename(root.join("etc"), upper.join("etc")).unwrap();
-        std::fs::rename(root.join("var"), upper.join("var")).unwrap();
-        std::fs::write(upper.join("var/new"), b"x").unwrap();
-        stubs.remove_from(&upper).unwrap();
-        assert!(!upper.join("etc").exists(), "an untouched copied-up parent goes");
-        assert!(upper.join("var/new").exists() && !upper.join("var/cache").exists());
     }
 }

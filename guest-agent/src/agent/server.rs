@@ -111,7 +111,9 @@ impl State {
         match msg {
             HostMsg::Exec(req) => {
                 let id = req.id;
-                match exec::do_exec(req, out.clone(), reaper) {
+                // Preparing a root writes to /scratch (upper dir, mount points).
+                let writable = if req.root.is_some() { self.freezer.check_writable() } else { Ok(()) };
+                match writable.and_then(|()| exec::do_exec(req, out.clone(), reaper)) {
                     Ok(running) => {
                         self.running.insert(id, running);
                     }
@@ -123,7 +125,11 @@ impl State {
                     running.signal(signal);
                 }
             }
-            HostMsg::Unpack { id, dest } => match unpack::do_unpack(id, &dest, out.clone()) {
+            HostMsg::Unpack { id, dest } => match self
+                .freezer
+                .check_writable()
+                .and_then(|()| unpack::do_unpack(id, &dest, out.clone()))
+            {
                 Ok(tx) => {
                     self.unpacking.insert(id, tx);
                 }

@@ -15,9 +15,9 @@ use kiln_protocol::frame::DATA_CHUNK;
 use kiln_protocol::{stream, AgentMsg, EntryKind, LayerEntry, Xattr};
 
 use super::exec::scratch_path;
-use super::root::is_opaque;
 use super::server::{send, send_data, Out};
-use super::{xattr, SCRATCH};
+use super::xattr::{self, is_opaque};
+use super::SCRATCH;
 
 /// `_IOWR('X', 119, int)` and `_IOWR('X', 120, int)`, the same on every Linux architecture kiln runs.
 const FIFREEZE: u32 = 0xC004_5877;
@@ -81,6 +81,8 @@ pub fn manifest(upper: &Path) -> Result<Vec<LayerEntry>, String> {
                 xattrs.push(Xattr { name, value });
             }
         }
+        // listxattr's order is the file system's; layers must not depend on it.
+        xattrs.sort_by(|a, b| a.name.cmp(&b.name));
         let kind = entry_kind(&full, &path, &meta, &mut first_link)?;
         entries.push(LayerEntry {
             path,
@@ -195,6 +197,15 @@ impl Freezer {
                 Ok(())
             }
         }
+    }
+
+    /// Fails while /scratch is frozen: a write to it would block the
+    /// request loop, which then could never read the `Thaw`.
+    pub fn check_writable(&self) -> Result<(), String> {
+        if self.0.lock().unwrap().holders > 0 {
+            return Err(format!("{SCRATCH} is frozen by a snapshot; send Thaw first"));
+        }
+        Ok(())
     }
 
     /// Thaws for good before power-off.

@@ -13,8 +13,7 @@ use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use kiln_protocol::AgentMsg;
 
 use super::exec::scratch_path;
-use super::root::OPAQUE_XATTR;
-use super::xattr;
+use super::xattr::{self, OPAQUE_XATTR};
 use super::server::{send, Out};
 
 pub fn do_unpack(id: u32, dest: &str, out: Out) -> Result<SyncSender<Vec<u8>>, String> {
@@ -180,5 +179,36 @@ impl Read for ChannelReader {
         out[..n].copy_from_slice(&self.buf[self.pos..self.pos + n]);
         self.pos += n;
         Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kind(path: &str) -> Option<String> {
+        Whiteout::of(Path::new(path)).map(|w| match w {
+            Whiteout::Entry(name) => format!("hide {}", name.to_string_lossy()),
+            Whiteout::Opaque => "opaque".into(),
+            Whiteout::Internal => "internal".into(),
+        })
+    }
+
+    #[test]
+    fn oci_whiteout_names() {
+        assert_eq!(kind("etc/.wh.group").as_deref(), Some("hide group"));
+        assert_eq!(kind(".wh.top").as_deref(), Some("hide top"));
+        assert_eq!(kind("usr/.wh..wh..opq").as_deref(), Some("opaque"));
+        assert_eq!(kind("a/.wh..wh.plnk").as_deref(), Some("internal"));
+        assert_eq!(kind("etc/group"), None);
+        assert_eq!(kind("etc/.wh."), None, "a bare prefix hides nothing");
+        assert_eq!(kind("etc/x.wh.y"), None);
+    }
+
+    #[test]
+    fn whiteouts_stay_confined() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = Whiteout::of(Path::new("a/.wh...")).unwrap().apply(dir.path(), Path::new("a/.wh...")).unwrap_err();
+        assert!(err.to_string().contains("leaves the root"), "{err}");
     }
 }

@@ -81,3 +81,10 @@ pub fn set(path: &Path, name: &str, value: &[u8]) -> io::Result<()> {
     }
     Ok(())
 }
+
+/// overlayfs marks a directory that hides its lower namesakes with this xattr.
+pub const OPAQUE_XATTR: &str = "trusted.overlay.opaque";
+
+pub fn is_opaque(path: &Path) -> bool {
+    get(path, OPAQUE_XATTR).ok().flatten().as_deref() == Some(b"y")
+}
