@@ -10,7 +10,7 @@ use std::fs::{File, Metadata};
 use std::io;
 use std::path::{Path, PathBuf};
 
-use kiln_protocol::{EntryKind, LayerEntry};
+use kiln_protocol::{EntryKind, LayerEntry, Xattr};
 
 use crate::dockerfile::dockerignore::IgnoreMatcher;
 
@@ -91,7 +91,7 @@ impl BuildContext {
         if !self.visible(rel, meta.is_dir()) {
             return Ok(None);
         }
-        to_entry(rel, &host, &meta).map(Some)
+        to_entry(rel, &host, &meta)
     }
 
     /// A directory excluded by .dockerignore still exists when a `!` pattern
@@ -162,17 +162,57 @@ impl BuildContext {
 
     /// Opens the regular file at `rel` (already resolved) for reading.
     pub fn open_file(&self, rel: &str) -> io::Result<File> {
-        let host = self.host_path(rel);
-        let mut opts = std::fs::OpenOptions::new();
-        opts.read(true);
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::OpenOptionsExt;
-            // The walk saw a regular file here; never follow a link swapped in since.
-            opts.custom_flags(libc::O_NOFOLLOW);
-        }
-        opts.open(host)
+        open_in_root(&self.root, rel)
     }
+}
+
+/// Opens the file `rel` below `root` for reading without following any
+/// symlink, so a link swapped in after the walk cannot lead outside the
+/// root: `openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS)` on Linux 5.6+,
+/// else (and on other systems) `O_NOFOLLOW` on the last component.
+pub fn open_in_root(root: &Path, rel: &str) -> io::Result<File> {
+    #[cfg(target_os = "linux")]
+    match open_beneath(root, rel) {
+        // ENOSYS: an older kernel; EPERM: a seccomp filter that does not know openat2.
+        Err(e) if matches!(e.raw_os_error(), Some(libc::ENOSYS) | Some(libc::EPERM)) => {}
+        other => return other,
+    }
+    let mut opts = std::fs::OpenOptions::new();
+    opts.read(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.custom_flags(libc::O_NOFOLLOW);
+    }
+    opts.open(root.join(rel))
+}
+
+#[cfg(target_os = "linux")]
+fn open_beneath(root: &Path, rel: &str) -> io::Result<File> {
+    use std::os::fd::{AsRawFd, FromRawFd};
+    let dir = File::open(root)?;
+    let c_rel = std::ffi::CString::new(rel).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    /// The kernel's `struct open_how` (libc's is non-exhaustive).
+    #[repr(C)]
+    struct OpenHow {
+        flags: u64,
+        mode: u64,
+        resolve: u64,
+    }
+    let how = OpenHow {
+        flags: (libc::O_RDONLY | libc::O_CLOEXEC) as u64,
+        mode: 0,
+        resolve: libc::RESOLVE_BENEATH | libc::RESOLVE_NO_SYMLINKS,
+    };
+    // SAFETY: valid fd, NUL-terminated path, and `how` lives across the call with its exact size.
+    let fd = unsafe {
+        libc::syscall(libc::SYS_openat2, dir.as_raw_fd(), c_rel.as_ptr(), &how as *const OpenHow, std::mem::size_of::<OpenHow>())
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: openat2 returned a new fd that nothing else owns.
+    Ok(unsafe { File::from_raw_fd(fd as i32) })
 }
 
 /// `dir/name`, or `name` at the root.
@@ -184,7 +224,9 @@ pub(crate) fn join(dir: &str, name: &str) -> String {
     }
 }
 
-fn to_entry(rel: &str, host: &Path, meta: &Metadata) -> Result<ContextEntry, ContextError> {
+/// `None` for a socket: it cannot be copied, and like Docker's context tar
+/// a COPY skips it rather than failing.
+fn to_entry(rel: &str, host: &Path, meta: &Metadata) -> Result<Option<ContextEntry>, ContextError> {
     let ft = meta.file_type();
     let (mode, mtime, mtime_nsec, inode) = unix_bits(meta);
     let kind = if ft.is_symlink() {
@@ -198,19 +240,15 @@ fn to_entry(rel: &str, host: &Path, meta: &Metadata) -> Result<ContextEntry, Con
     } else {
         match special_kind(meta) {
             Some(k) => k,
-            None => {
-                return Err(ContextError::Invalid {
-                    path: host.to_path_buf(),
-                    message: "sockets cannot be copied into an image".into(),
-                })
-            }
+            None => return Ok(None),
         }
     };
     let inode = if matches!(kind, EntryKind::File { .. }) { inode } else { None };
-    Ok(ContextEntry {
-        entry: LayerEntry { path: rel.to_string(), kind, mode, uid: 0, gid: 0, mtime, mtime_nsec, xattrs: Vec::new() },
+    let xattrs = if matches!(kind, EntryKind::Symlink { .. }) { Vec::new() } else { xattrs(host)? };
+    Ok(Some(ContextEntry {
+        entry: LayerEntry { path: rel.to_string(), kind, mode, uid: 0, gid: 0, mtime, mtime_nsec, xattrs },
         inode,
-    })
+    }))
 }
 
 /// (permission bits, mtime seconds, mtime nanoseconds, (dev, ino) if nlink > 1).
@@ -229,6 +267,65 @@ fn unix_bits(meta: &Metadata) -> (u32, i64, u32, Option<(u64, u64)>) {
         None => (0, 0),
     };
     (mode, secs, nsec, None)
+}
+
+/// The extended attributes an image may carry from the context (BuildKit
+/// sends them too): `user.*` and file capabilities. SELinux labels and ACLs
+/// describe the host, not the image.
+#[cfg(target_os = "linux")]
+fn xattrs(host: &Path) -> Result<Vec<Xattr>, ContextError> {
+    use std::ffi::{CStr, CString};
+    use std::os::unix::ffi::OsStrExt;
+    let io_err = |source| ContextError::Io { path: host.to_path_buf(), source };
+    let c_path = CString::new(host.as_os_str().as_bytes()).map_err(|_| io_err(io::ErrorKind::InvalidInput.into()))?;
+    let mut names = vec![0u8; 1024];
+    let len = loop {
+        // SAFETY: the buffer is valid for names.len() bytes.
+        let n = unsafe { libc::llistxattr(c_path.as_ptr(), names.as_mut_ptr().cast(), names.len()) };
+        if n >= 0 {
+            break n as usize;
+        }
+        let e = io::Error::last_os_error();
+        match e.raw_os_error() {
+            Some(libc::ERANGE) => names.resize(names.len() * 4, 0),
+            Some(libc::ENOTSUP) => return Ok(Vec::new()),
+            _ => return Err(io_err(e)),
+        }
+    };
+    let mut out = Vec::new();
+    for name in names[..len].split(|b| *b == 0).filter(|n| !n.is_empty()) {
+        if !(name.starts_with(b"user.") || name == b"security.capability") {
+            continue;
+        }
+        let c_name = CString::new(name).expect("split at NUL");
+        let mut value = vec![0u8; 256];
+        let n = loop {
+            // SAFETY: both strings are NUL-terminated; the buffer is valid for value.len() bytes.
+            let n = unsafe { libc::lgetxattr(c_path.as_ptr(), c_name.as_ptr(), value.as_mut_ptr().cast(), value.len()) };
+            if n >= 0 {
+                break n as usize;
+            }
+            let e = io::Error::last_os_error();
+            match e.raw_os_error() {
+                Some(libc::ERANGE) => value.resize(value.len() * 4, 0),
+                Some(libc::ENODATA) => break usize::MAX,
+                _ => return Err(io_err(e)),
+            }
+        };
+        if n == usize::MAX {
+            continue; // removed between list and get
+        }
+        value.truncate(n);
+        let name = CStr::from_bytes_with_nul(c_name.as_bytes_with_nul()).expect("NUL-terminated").to_string_lossy().into_owned();
+        out.push(Xattr { name, value });
+    }
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(out)
+}
+
+#[cfg(not(target_os = "linux"))]
+fn xattrs(_host: &Path) -> Result<Vec<Xattr>, ContextError> {
+    Ok(Vec::new())
 }
 
 #[cfg(unix)]
@@ -323,5 +420,49 @@ mod tests {
         assert_eq!(c.resolve("../../x").unwrap(), "x");
         assert_eq!(c.resolve("missing/a/b").unwrap(), "missing/a/b");
         assert!(matches!(c.resolve("loop"), Err(ContextError::SymlinkLoop { .. })));
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn open_file_never_follows_links() {
+        let outside = tempfile::tempdir().unwrap();
+        std::fs::write(outside.path().join("secret"), "host").unwrap();
+        let (d, c) = ctx(&[("dir/f", "inside")], None);
+        std::os::unix::fs::symlink(outside.path(), d.path().join("out")).unwrap();
+        std::os::unix::fs::symlink("dir/f", d.path().join("lf")).unwrap();
+        let mut s = String::new();
+        std::io::Read::read_to_string(&mut c.open_file("dir/f").unwrap(), &mut s).unwrap();
+        assert_eq!(s, "inside");
+        assert!(c.open_file("out/secret").is_err(), "a symlinked parent is refused");
+        assert!(c.open_file("lf").is_err(), "a symlink as the file is refused");
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn user_xattrs_and_capabilities_come_along() {
+        let (d, c) = ctx(&[("bin", "elf")], None);
+        let path = std::ffi::CString::new(d.path().join("bin").to_str().unwrap()).unwrap();
+        let set = |name: &str, value: &[u8]| {
+            let name = std::ffi::CString::new(name).unwrap();
+            // SAFETY: valid NUL-terminated strings and a valid buffer.
+            unsafe { libc::setxattr(path.as_ptr(), name.as_ptr(), value.as_ptr().cast(), value.len(), 0) }
+        };
+        if set("user.kiln.test", b"v\0\xff") != 0 {
+            eprintln!("skipping: the temp dir's file system has no user xattrs");
+            return;
+        }
+        let e = c.entry("bin").unwrap().unwrap().entry;
+        assert_eq!(e.xattrs, vec![Xattr { name: "user.kiln.test".into(), value: b"v\0\xff".to_vec() }]);
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn sockets_are_skipped_and_fifos_kept() {
+        let (d, c) = ctx(&[("f", "")], None);
+        let _sock = std::os::unix::net::UnixListener::bind(d.path().join("sock")).unwrap();
+        let fifo = std::ffi::CString::new(d.path().join("fifo").to_str().unwrap()).unwrap();
+        assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o644) }, 0);
+        let kinds: Vec<(String, EntryKind)> = c.read_dir("").unwrap().into_iter().map(|e| (e.entry.path, e.entry.kind)).collect();
+        assert_eq!(kinds, vec![("f".into(), EntryKind::File { size: 0, link: None }), ("fifo".into(), EntryKind::Fifo)]);
     }
 }

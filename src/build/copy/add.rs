@@ -4,7 +4,7 @@
 //! URLs are downloaded into the spool, checked against `--checksum`.
 
 use std::collections::HashMap;
-use std::io::{self, Read};
+use std::io::{self, Read, Seek, SeekFrom};
 use std::path::Path;
 use std::time::Duration;
 
@@ -131,9 +131,9 @@ fn sniff(mut open: impl FnMut() -> io::Result<Box<dyn Read>>) -> io::Result<Opti
     Ok(is_tar_header(&block[..got]).then_some(kind))
 }
 
-/// The archive kind of the host file at `path`, if it is one.
-pub(super) fn sniff_file(path: &Path) -> io::Result<Option<ArchiveKind>> {
-    sniff(|| Ok(Box::new(super::content::open_host(path)?) as Box<dyn Read>))
+/// The archive kind of the context file `rel`, if it is one.
+pub(super) fn sniff_file(root: &Path, rel: &str) -> io::Result<Option<ArchiveKind>> {
+    sniff(|| Ok(Box::new(crate::build::context::open_in_root(root, rel)?) as Box<dyn Read>))
 }
 
 /// An archive member's path, relative and clean; `None` for the root
@@ -156,6 +156,52 @@ fn member_path(raw: &str, archive: &str) -> Result<Option<String>, CopyError> {
 }
 
 impl Planner<'_> {
+    /// Where the archive member `rel` lands below `dest`: its parent with
+    /// the symlinks planned so far or present in the stage resolved,
+    /// confined to the root.
+    fn member_target(&self, dest: &str, rel: &str) -> Result<String, CopyError> {
+        let dir = if parent(rel).is_empty() { dest.to_string() } else { join(dest, parent(rel)) };
+        let mut todo: Vec<String> = dir.split('/').rev().filter(|c| !c.is_empty()).map(str::to_string).collect();
+        let mut done: Vec<String> = Vec::new();
+        let mut links = 0;
+        while let Some(c) = todo.pop() {
+            match c.as_str() {
+                "." => continue,
+                ".." => {
+                    done.pop();
+                    continue;
+                }
+                _ => {}
+            }
+            done.push(c);
+            let here = done.join("/");
+            let kind = match self.out.get(&here) {
+                Some(p) => Some(&p.entry.kind),
+                None => self.input.dest_root.entry(&here).map(|e| &e.kind),
+            };
+            match kind {
+                Some(EntryKind::Symlink { target }) => {
+                    links += 1;
+                    if links > 40 {
+                        return Err(self.dest_err(format!("too many levels of symbolic links below /{dest} for {rel}")));
+                    }
+                    done.pop();
+                    if target.starts_with('/') {
+                        done.clear();
+                    }
+                    todo.extend(target.split('/').rev().filter(|c| !c.is_empty()).map(str::to_string));
+                }
+                // Nothing there yet: the rest is created as written.
+                None => {
+                    done.extend(todo.drain(..).rev());
+                    break;
+                }
+                Some(_) => {}
+            }
+        }
+        Ok(join(&done.join("/"), basename(rel)))
+    }
+
     /// Adds the members of a tar archive below `dest` (already a directory).
     pub(super) fn extract(&mut self, kind: ArchiveKind, file: Box<dyn Read>, archive: &str, dest: &str) -> Result<(), CopyError> {
         let arch_err = |message: String| CopyError::Archive { archive: archive.to_string(), message };
@@ -168,7 +214,9 @@ impl Planner<'_> {
             let raw = member.path_bytes();
             let raw = std::str::from_utf8(&raw).map_err(|_| arch_err("an entry's name is not valid UTF-8".into()))?.to_string();
             let Some(rel) = member_path(&raw, archive)? else { continue };
-            let target = join(dest, &rel);
+            // Docker's untar writes through symlinks already on the way
+            // (e.g. `lib -> usr/lib` on a usrmerged base), inside the root.
+            let target = self.member_target(dest, &rel)?;
             let name = basename(&rel);
             // Whiteouts act in the layer exactly as Docker's untar applies them.
             if name == ".wh..wh..opq" {
@@ -181,10 +229,8 @@ impl Planner<'_> {
             }
             self.ensure_dir(parent(&target))?;
             let header = member.header().clone();
-            let (uid, gid) = self.owner_of(
-                header.uid().map_err(io_err)? as u32,
-                header.gid().map_err(io_err)? as u32,
-            );
+            // Blank numeric fields read as 0, as Go's archive/tar reads them.
+            let (uid, gid) = self.owner_of(header.uid().unwrap_or(0) as u32, header.gid().unwrap_or(0) as u32);
             let mut xattrs = Vec::new();
             if let Some(exts) = member.pax_extensions().map_err(io_err)? {
                 for ext in exts {
@@ -197,10 +243,10 @@ impl Planner<'_> {
             let mut entry = LayerEntry {
                 path: target.clone(),
                 kind: EntryKind::Dir { opaque: false },
-                mode: header.mode().map_err(io_err)? & 0o7777,
+                mode: header.mode().unwrap_or(0o644) & 0o7777,
                 uid,
                 gid,
-                mtime: header.mtime().map_err(io_err)? as i64,
+                mtime: header.mtime().unwrap_or(0) as i64,
                 mtime_nsec: 0,
                 xattrs,
             };
@@ -226,7 +272,10 @@ impl Planner<'_> {
                 T::Link => {
                     let link = member.link_name_bytes().ok_or_else(|| arch_err(format!("{raw}: a hardlink without a target")))?;
                     let link = std::str::from_utf8(&link).map_err(|_| arch_err(format!("{raw}: the link target is not UTF-8")))?;
-                    let to = member_path(link, archive)?.map(|l| join(dest, &l)).unwrap_or_default();
+                    let to = match member_path(link, archive)? {
+                        Some(l) => self.member_target(dest, &l)?,
+                        None => String::new(),
+                    };
                     let (g, size) = files
                         .get(&to)
                         .cloned()
@@ -286,20 +335,17 @@ impl Planner<'_> {
         }
         let dest = self.dest.rel.clone();
         if unpack {
-            let file = local.into_reader().map_err(|e| CopyError::Download { url: url.to_string(), message: e.to_string() })?;
-            let kind = {
-                let f = file.try_clone().map_err(|e| CopyError::Download { url: url.to_string(), message: e.to_string() })?;
-                sniff_spooled(f).map_err(|e| CopyError::Download { url: url.to_string(), message: e.to_string() })?
-            };
+            let dl_err = |e: io::Error| CopyError::Download { url: url.to_string(), message: e.to_string() };
+            let mut file = local.into_reader().map_err(dl_err)?;
+            let kind = sniff_spooled(file.try_clone().map_err(dl_err)?).map_err(dl_err)?;
+            // The clones share the file offset: rewind after sniffing.
+            file.seek(SeekFrom::Start(0)).map_err(dl_err)?;
             if let Some(kind) = kind {
                 self.ensure_dir(&dest)?;
                 return self.extract(kind, Box::new(file), url, &dest);
             }
             // Not an archive after all: copy it as a file from the private spool.
-            let (c, len, h) = self
-                .spool
-                .append(&mut { file })
-                .map_err(|e| CopyError::Download { url: url.to_string(), message: e.to_string() })?;
+            let (c, len, h) = self.spool.append(&mut file).map_err(dl_err)?;
             return self.place_download(url, c, len, h, got.last_modified);
         }
         let content = self.spool.since(offset);
@@ -341,7 +387,6 @@ impl Planner<'_> {
 
 /// Sniffs a spooled download (the file is read from its start).
 fn sniff_spooled(file: std::fs::File) -> io::Result<Option<ArchiveKind>> {
-    use std::io::{Seek, SeekFrom};
     let file = std::cell::RefCell::new(file);
     sniff(|| {
         let mut f = file.borrow().try_clone()?;
@@ -366,13 +411,14 @@ fn url_file_name(url: &str) -> String {
 }
 
 fn percent_decode(s: &str) -> String {
+    let hex = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
-        if b[i] == b'%' && i + 2 < b.len() + 0 && i + 2 <= b.len() - 1 {
-            if let Ok(v) = u8::from_str_radix(&s[i + 1..i + 3], 16) {
-                out.push(v);
+        if b[i] == b'%' && i + 2 < b.len() {
+            if let (Some(hi), Some(lo)) = (hex(b[i + 1]), hex(b[i + 2])) {
+                out.push(hi << 4 | lo);
                 i += 3;
                 continue;
             }

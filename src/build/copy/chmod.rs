@@ -103,7 +103,7 @@ impl Chmod {
                                 _ => {}
                             }
                         }
-                        (rwx * 0o111 | special) & clause.who
+                        ((rwx * 0o111) | special) & clause.who
                     }
                     Perm::Copy(c) => {
                         let rwx = match c {

@@ -6,17 +6,19 @@
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom, Write};
-use std::path::PathBuf;
+use std::path::Path;
+use std::sync::Arc;
 
 use kiln_protocol::LayerEntry;
 use sha2::{Digest, Sha256};
 
+use crate::build::context::open_in_root;
 use crate::build::layer_tar::ContentSource;
 
 #[derive(Debug, Clone)]
 pub(super) enum Content {
-    /// A regular file in the build context (host path).
-    Host(PathBuf),
+    /// A regular file in the build context: (context root, resolved relative path).
+    Host(Arc<Path>, String),
     Inline(Vec<u8>),
     Spool { offset: u64, len: u64 },
     /// The source stack's entry (its own path), read through the stack's spool.
@@ -101,7 +103,7 @@ impl ContentSource for PlanContents {
             .get(&entry.path)
             .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, format!("no content planned for {}", entry.path)))?;
         match content {
-            Content::Host(path) => Ok(Box::new(open_host(path)?)),
+            Content::Host(root, rel) => Ok(Box::new(open_in_root(root, rel)?)),
             Content::Inline(bytes) => Ok(Box::new(&bytes[..])),
             Content::Spool { offset, len } => {
                 let mut file = self.spool.as_ref().ok_or_else(|| io::Error::other("the spool file is gone"))?;
@@ -116,14 +118,3 @@ impl ContentSource for PlanContents {
     }
 }
 
-/// Opens a context file without following a symlink swapped in after the walk.
-pub(super) fn open_host(path: &std::path::Path) -> io::Result<File> {
-    let mut opts = std::fs::OpenOptions::new();
-    opts.read(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        opts.custom_flags(libc::O_NOFOLLOW);
-    }
-    opts.open(path)
-}

@@ -26,9 +26,9 @@ use kiln_protocol::{EntryKind, LayerEntry};
 use sha2::{Digest, Sha256};
 
 use self::chmod::Chmod;
-use self::content::{hash_reader, open_host, Content, PlanContents, Spool};
+use self::content::{hash_reader, Content, PlanContents, Spool};
 use self::source::{Fs, SrcEntry};
-use super::context::{join, BuildContext, ContextError};
+use super::context::{join, open_in_root, BuildContext, ContextError};
 use super::layer_tar::ContentSource;
 use super::rootfs::{LayerStack, RootfsError};
 use super::users::Identity;
@@ -117,7 +117,7 @@ pub fn plan(input: &CopyInput<'_>, source: CopySource<'_>) -> Result<CopyPlan, C
         CopySource::Stack { stack, store } => Fs::Stack { stack, store },
     };
     let count = input.sources.len() + input.inline.len();
-    let dest = Dest::new(input, verb)?;
+    let dest = Dest::new(input)?;
     if count > 1 && !dest.trailing {
         return Err(CopyError::Dest {
             verb,
@@ -181,14 +181,13 @@ struct Dest {
 }
 
 impl Dest {
-    fn new(input: &CopyInput<'_>, verb: &'static str) -> Result<Self, CopyError> {
+    fn new(input: &CopyInput<'_>) -> Result<Self, CopyError> {
         let d = input.dest;
         let trailing = d.is_empty() || d == "." || d.ends_with('/') || d.ends_with("/.");
         let abs = if d.starts_with('/') { d.to_string() } else { format!("{}/{}", input.workdir, d) };
         let cleaned = clean(&abs);
         let rel = cleaned.trim_start_matches('/');
         let rel = if rel.is_empty() || rel == "." { String::new() } else { input.dest_root.resolve(rel)? };
-        let _ = verb;
         Ok(Dest { rel, trailing })
     }
 }
@@ -236,8 +235,9 @@ impl<'a> Planner<'a> {
     /// `src` as a clean path relative to the source root; `..` that would
     /// climb above it is an error (not silently clamped).
     fn normalize(&self, src: &str) -> Result<String, CopyError> {
-        let cleaned = clean(src);
-        let rel = cleaned.trim_start_matches('/');
+        // Relative to the root even when written absolute, so `/../x` climbs too.
+        let cleaned = clean(src.trim_start_matches('/'));
+        let rel = cleaned.as_str();
         if rel == ".." || rel.starts_with("../") {
             let root = if matches!(self.fs, Fs::Context(_)) { "build context" } else { "source stage's root" };
             return Err(CopyError::Outside { verb: self.verb, source_path: src.to_string(), root });
@@ -257,7 +257,7 @@ impl<'a> Planner<'a> {
         }
         match self.out.get(path) {
             Some(p) => Some(is_dir(&p.entry)),
-            None => self.input.dest_root.entry(path).map(|e| is_dir(e)),
+            None => self.input.dest_root.entry(path).map(is_dir),
         }
     }
 
@@ -434,10 +434,10 @@ impl<'a> Planner<'a> {
         }
         if self.input.add && self.input.unpack != Some(false) && matches!(src.entry.kind, EntryKind::File { .. }) {
             if let Fs::Context(ctx) = self.fs {
-                let host = ctx.root().join(&resolved);
-                if let Some(kind) = add::sniff_file(&host).map_err(|source| CopyError::Io { path: path.to_string(), source })? {
+                let io_err = |source| CopyError::Io { path: format!("/{path}"), source };
+                if let Some(kind) = add::sniff_file(ctx.root(), &resolved).map_err(io_err)? {
                     self.ensure_dir(&dest)?;
-                    let file = open_host(&host).map_err(|source| CopyError::Io { path: path.to_string(), source })?;
+                    let file = ctx.open_file(&resolved).map_err(io_err)?;
                     return self.extract(kind, Box::new(file), &format!("/{path}"), &dest);
                 }
             }
@@ -606,8 +606,8 @@ impl<'a> Planner<'a> {
             }
             let (len, hash) = match &p.content {
                 None => continue,
-                Some(Content::Host(host)) => {
-                    let mut f = open_host(host).map_err(|source| CopyError::Io { path: format!("/{}", p.entry.path), source })?;
+                Some(Content::Host(root, rel)) => {
+                    let mut f = open_in_root(root, rel).map_err(|source| CopyError::Io { path: format!("/{}", p.entry.path), source })?;
                     hash_reader(&mut f)
                 }
                 Some(Content::Inline(bytes)) => hash_reader(&mut &bytes[..]),
@@ -679,7 +679,7 @@ impl<'a> Planner<'a> {
 /// layers hash alike.
 fn checksum(out: &BTreeMap<String, Planned>) -> String {
     let mut h = Sha256::new();
-    let mut field = |h: &mut Sha256, b: &[u8]| {
+    let field = |h: &mut Sha256, b: &[u8]| {
         h.update((b.len() as u64).to_le_bytes());
         h.update(b);
     };

@@ -25,22 +25,6 @@ pub fn has_wildcards(s: &str) -> bool {
     false
 }
 
-/// Removes the `\` escapes from a path element without wildcards.
-pub fn unescape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    let mut chars = s.chars();
-    while let Some(c) = chars.next() {
-        if c == '\\' {
-            if let Some(n) = chars.next() {
-                out.push(n);
-                continue;
-            }
-        }
-        out.push(c);
-    }
-    out
-}
-
 fn compile(p: &str) -> Option<Vec<Tok>> {
     let chars: Vec<char> = p.chars().collect();
     let mut toks = Vec::new();
@@ -155,6 +139,5 @@ mod tests {
         assert!(!matches("[", "[") && !matches("[]", "]"), "bad patterns match nothing");
         assert!(!matches("*", "a/b"));
         assert!(has_wildcards("a*") && has_wildcards("[ab]") && !has_wildcards("a\\*b") && !has_wildcards("plain"));
-        assert_eq!(unescape("a\\*b"), "a*b");
     }
 }

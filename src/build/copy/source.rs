@@ -86,7 +86,7 @@ impl<'a> Fs<'a> {
     /// Where the bytes of the regular file `e` come from.
     pub fn content(&self, e: &SrcEntry) -> Content {
         match self {
-            Fs::Context(c) => Content::Host(c.root().join(&e.entry.path)),
+            Fs::Context(c) => Content::Host(c.root().into(), e.entry.path.clone()),
             Fs::Stack { stack, .. } => {
                 // A hardlink's bytes are its group's first file's.
                 let group = e.inode.as_deref().and_then(|g| g.strip_prefix("s:"));

@@ -1,0 +1,99 @@
+#![cfg(unix)]
+//! COPY and ADD end to end without a VM: a `FROM scratch` build through the
+//! kiln binary, exported as an OCI layout and unpacked by umoci (Debian
+//! package `umoci`), checked file by file.
+
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::Path;
+use std::process::Command;
+
+fn kiln(dir: &Path) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_kiln"));
+    cmd.env("KILN_DATA_DIR", dir.join("data")).env("TMPDIR", dir.join("tmp")).env_remove("SOURCE_DATE_EPOCH");
+    cmd
+}
+
+fn ok(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap();
+    assert!(out.status.success(), "{cmd:?} failed:\n{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn write(root: &Path, rel: &str, content: &[u8]) {
+    let p = root.join(rel);
+    std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+    std::fs::write(p, content).unwrap();
+}
+
+fn tgz() -> Vec<u8> {
+    let mut b = tar::Builder::new(flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast()));
+    let mut h = tar::Header::new_gnu();
+    h.set_mode(0o755);
+    h.set_size(5);
+    b.append_data(&mut h, "pkg/bin/run", &b"run!\n"[..]).unwrap();
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(tar::EntryType::Link);
+    h.set_size(0);
+    b.append_link(&mut h, "pkg/again", "pkg/bin/run").unwrap();
+    b.into_inner().unwrap().finish().unwrap()
+}
+
+#[test]
+fn scratch_image_with_copy_and_add_unpacks_as_written() {
+    let dir = tempfile::tempdir().unwrap();
+    for d in ["data", "tmp", "ctx"] {
+        std::fs::create_dir(dir.path().join(d)).unwrap();
+    }
+    let ctx = dir.path().join("ctx");
+    write(&ctx, "app/main.txt", b"main");
+    write(&ctx, "app/secret.env", b"KEY=1");
+    std::os::unix::fs::symlink("main.txt", ctx.join("app/link")).unwrap();
+    write(&ctx, "run.sh", b"#!/bin/sh\n");
+    write(&ctx, "conf/nginx/site.conf", b"server {}");
+    write(&ctx, "conf/nginx/notes.md", b"no");
+    write(&ctx, "pkg.data", &tgz());
+    write(&ctx, ".dockerignore", b"**/*.env\n");
+    write(
+        &ctx,
+        "Dockerfile",
+        b"FROM scratch\n\
+          COPY --chown=10:20 app/ /srv/app/\n\
+          COPY --chmod=755 run.sh /usr/local/bin/\n\
+          ADD pkg.data /opt/\n\
+          COPY <<EOF /etc/motd\nhello\nEOF\n\
+          COPY --parents conf/./nginx/*.conf /etc/\n",
+    );
+    ok(kiln(dir.path()).args(["build", "--progress", "plain", "--platform", "linux/arm64", "-t", "test/copy:1"]).arg(&ctx));
+    let layout = dir.path().join("layout");
+    ok(kiln(dir.path()).args(["save", "--format", "oci-dir", "-o", layout.to_str().unwrap(), "test/copy:1"]));
+    let bundle = dir.path().join("bundle");
+    let mut umoci = Command::new("umoci");
+    umoci.arg("unpack");
+    let root_user = nix::unistd::Uid::effective().is_root();
+    if !root_user {
+        umoci.arg("--rootless");
+    }
+    ok(umoci.arg("--image").arg(format!("{}:1", layout.display())).arg(&bundle));
+    let rootfs = bundle.join("rootfs");
+
+    assert_eq!(std::fs::read(rootfs.join("srv/app/main.txt")).unwrap(), b"main");
+    assert!(!rootfs.join("srv/app/secret.env").exists(), ".dockerignore keeps it out");
+    assert_eq!(std::fs::read_link(rootfs.join("srv/app/link")).unwrap(), Path::new("main.txt"));
+    if root_user {
+        let m = std::fs::metadata(rootfs.join("srv/app/main.txt")).unwrap();
+        assert_eq!((m.uid(), m.gid()), (10, 20));
+        let m = std::fs::metadata(rootfs.join("srv")).unwrap();
+        assert_eq!((m.uid(), m.gid()), (10, 20), "BuildKit chowns the parents it creates");
+    }
+    let run = std::fs::metadata(rootfs.join("usr/local/bin/run.sh")).unwrap();
+    assert_eq!(run.permissions().mode() & 0o7777, 0o755);
+    assert_eq!(std::fs::read(rootfs.join("opt/pkg/bin/run")).unwrap(), b"run!\n");
+    let (a, b) = (std::fs::metadata(rootfs.join("opt/pkg/again")).unwrap(), std::fs::metadata(rootfs.join("opt/pkg/bin/run")).unwrap());
+    assert_eq!(a.ino(), b.ino(), "the archive's hardlink stays a hardlink");
+    assert!(!rootfs.join("opt/pkg.data").exists(), "ADD unpacked the archive");
+    assert_eq!(std::fs::read_to_string(rootfs.join("etc/motd")).unwrap(), "hello\n");
+    assert_eq!(std::fs::read(rootfs.join("etc/nginx/site.conf")).unwrap(), b"server {}");
+    assert!(!rootfs.join("etc/nginx/notes.md").exists() && !rootfs.join("etc/conf").exists());
+    let left: Vec<_> = std::fs::read_dir(dir.path().join("tmp")).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert!(left.is_empty(), "temporary files left behind: {left:?}");
+}
