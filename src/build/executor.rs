@@ -782,6 +782,7 @@ impl<'a> Builder<'a> {
         }
         self.stack(state)?;
         let workdir = if state.config.config.working_dir.is_empty() { "/".to_string() } else { state.config.config.working_dir.clone() };
+        let empty_root = LayerStack::empty();
         let plan = {
             let input = CopyInput {
                 add,
@@ -795,7 +796,8 @@ impl<'a> Builder<'a> {
                 exclude,
                 checksum: checksum.as_deref(),
                 unpack,
-                dest_root: state.stack.as_ref().expect("indexed above"),
+                // A --link layer may not depend on what is below it.
+                dest_root: if link { &empty_root } else { state.stack.as_ref().expect("indexed above") },
             };
             let source = match &from_state {
                 Some(s) => CopySource::Stack { stack: s.stack.as_ref().expect("indexed above"), store: self.store },
