@@ -13,6 +13,8 @@ pub mod kernel;
 pub mod manifest;
 pub mod run;
 pub mod signals;
+#[cfg(unix)]
+pub mod terminal;
 pub mod vm;
 
 /// Build OCI images from Dockerfiles for any architecture, without binfmt_misc or root.

@@ -8,7 +8,10 @@ use clap::Args;
 
 use crate::oci::Store;
 use crate::platform::Platform;
-use crate::run::{run_image, RunRequest};
+use crate::run::{run_image, RunIo, RunRequest};
+#[cfg(unix)]
+use super::{signals, terminal};
+use kiln_protocol::TtySize;
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
@@ -65,8 +68,14 @@ fn parse_publish(spec: &str) -> anyhow::Result<(u16, u16)> {
 }
 
 pub fn run(args: RunArgs, cancel: &'static std::sync::atomic::AtomicBool) -> anyhow::Result<ExitCode> {
+    #[cfg(not(unix))]
     if args.tty {
-        bail!("-t (a pseudo-TTY) is not supported yet; use -i for an interactive shell without a TTY");
+        bail!("-t (a pseudo-TTY) is not supported on this platform");
+    }
+    #[cfg(unix)]
+    if args.tty && args.interactive && !terminal::stdin_is_terminal() {
+        // docker's wording: -it needs a terminal to put into raw mode.
+        bail!("the input device is not a TTY");
     }
     let ports = args.publish.iter().map(|p| parse_publish(p)).collect::<anyhow::Result<Vec<_>>>()?;
     let env = args
@@ -86,7 +95,7 @@ pub fn run(args: RunArgs, cancel: &'static std::sync::atomic::AtomicBool) -> any
         entrypoint: args.entrypoint.clone(),
         user: args.user.clone(),
         workdir: args.workdir.clone(),
-        interactive: args.interactive,
+        tty: args.tty.then(|| tty_size().unwrap_or(DEFAULT_TTY_SIZE)),
         memory_mib: args.memory,
         cpus: args.cpus.unwrap_or_else(|| crate::vm::VmConfig::new(Platform::host()).cpus),
     };
@@ -99,8 +108,37 @@ pub fn run(args: RunArgs, cancel: &'static std::sync::atomic::AtomicBool) -> any
             out.write_all(bytes).and_then(|_| out.flush())
         };
     };
-    let code = run_image(&store, &req, &mut sink, cancel)?;
+    // Dropped (restoring the terminal) on every way out of this function.
+    #[cfg(unix)]
+    let raw = (args.tty && args.interactive).then(terminal::RawTerminal::new);
+    let stdin: Option<Box<dyn std::io::Read + Send>> = match () {
+        #[cfg(unix)]
+        _ if raw.is_some() => raw.as_ref().map(|r| r.input()),
+        _ if args.interactive => Some(Box::new(std::io::stdin())),
+        _ => None,
+    };
+    #[cfg(unix)]
+    let resized = args.tty.then(signals::watch_resize);
+    let mut resizes = || {
+        #[cfg(unix)]
+        if resized.is_some_and(|r| r.swap(false, std::sync::atomic::Ordering::SeqCst)) {
+            return tty_size();
+        }
+        None
+    };
+    let io = RunIo { stdin, sink: &mut sink, resizes: &mut resizes };
+    let code = run_image(&store, &req, io, cancel)?;
     Ok(ExitCode::from(code.clamp(0, 255) as u8))
+}
+
+/// A guest terminal's size when kiln's own output is not a terminal.
+const DEFAULT_TTY_SIZE: TtySize = TtySize { rows: 24, cols: 80 };
+
+fn tty_size() -> Option<TtySize> {
+    #[cfg(unix)]
+    return terminal::size();
+    #[cfg(not(unix))]
+    None
 }
 
 #[cfg(test)]
