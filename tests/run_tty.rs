@@ -59,14 +59,17 @@ fn run_it_gives_an_interactive_shell_on_a_terminal() {
             None => script.env_remove(key),
         };
     }
-    let mut child = script.env("TERM", "xterm").stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
+    let mut child = script.env("TERM", "dumb").stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
     let screen = Screen::follow(&mut child);
     let mut keys = child.stdin.take().unwrap();
     // busybox sh's prompt for root in /.
     screen.wait_for("/ # ", &mut child);
-    keys.write_all(b"echo round-$((40+2)); stty size\n").unwrap();
+    keys.write_all(b"echo round-$((40+2)); stty size; tty; echo term-$TERM\n").unwrap();
     screen.wait_for("round-42", &mut child);
     screen.wait_for("30 90", &mut child);
+    // The first terminal of the container's own devpts, as with docker.
+    screen.wait_for("/dev/pts/0", &mut child);
+    screen.wait_for("term-xterm", &mut child);
     // Ctrl-C is a byte for the guest's terminal, which interrupts its
     // foreground job (not kiln).
     keys.write_all(b"sleep 100\n").unwrap();

@@ -103,6 +103,10 @@ pub fn run_image(store: &Store, req: &RunRequest, io: RunIo<'_>, cancel: &Atomic
     if !env.iter().any(|e| e.starts_with("PATH=")) {
         env.push(DEFAULT_PATH_ENV.to_string());
     }
+    // As docker does for -t: programs need to know what the terminal speaks.
+    if req.tty.is_some() && !env.iter().any(|e| e.starts_with("TERM=")) {
+        env.push("TERM=xterm".to_string());
+    }
     let user = req.user.clone().unwrap_or_else(|| c.user.clone());
     let identity = if user.is_empty() || user == "root" || user == "0" {
         users::Identity::default()
