@@ -13,7 +13,6 @@ pub mod kernel;
 pub mod manifest;
 pub mod run;
 pub mod signals;
-#[cfg(unix)]
 pub mod terminal;
 pub mod vm;
 

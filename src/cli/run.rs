@@ -6,12 +6,10 @@ use std::process::ExitCode;
 use anyhow::{bail, Context};
 use clap::Args;
 
+use super::terminal;
 use crate::oci::Store;
 use crate::platform::Platform;
 use crate::run::{run_image, RunIo, RunRequest};
-#[cfg(unix)]
-use super::{signals, terminal};
-use kiln_protocol::TtySize;
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
@@ -72,7 +70,6 @@ pub fn run(args: RunArgs, cancel: &'static std::sync::atomic::AtomicBool) -> any
     if args.tty {
         bail!("-t (a pseudo-TTY) is not supported on this platform");
     }
-    #[cfg(unix)]
     if args.tty && args.interactive && !terminal::stdin_is_terminal() {
         // docker's wording: -it needs a terminal to put into raw mode.
         bail!("the input device is not a TTY");
@@ -95,7 +92,7 @@ pub fn run(args: RunArgs, cancel: &'static std::sync::atomic::AtomicBool) -> any
         entrypoint: args.entrypoint.clone(),
         user: args.user.clone(),
         workdir: args.workdir.clone(),
-        tty: args.tty.then(|| tty_size().unwrap_or(DEFAULT_TTY_SIZE)),
+        tty: args.tty.then(terminal::initial_size),
         memory_mib: args.memory,
         cpus: args.cpus.unwrap_or_else(|| crate::vm::VmConfig::new(Platform::host()).cpus),
     };
@@ -108,37 +105,12 @@ pub fn run(args: RunArgs, cancel: &'static std::sync::atomic::AtomicBool) -> any
             out.write_all(bytes).and_then(|_| out.flush())
         };
     };
-    // Dropped (restoring the terminal) on every way out of this function.
-    #[cfg(unix)]
-    let raw = (args.tty && args.interactive).then(terminal::RawTerminal::new);
-    let stdin: Option<Box<dyn std::io::Read + Send>> = match () {
-        #[cfg(unix)]
-        _ if raw.is_some() => raw.as_ref().map(|r| r.input()),
-        _ if args.interactive => Some(Box::new(std::io::stdin())),
-        _ => None,
-    };
-    #[cfg(unix)]
-    let resized = args.tty.then(signals::watch_resize);
-    let mut resizes = || {
-        #[cfg(unix)]
-        if resized.is_some_and(|r| r.swap(false, std::sync::atomic::Ordering::SeqCst)) {
-            return tty_size();
-        }
-        None
-    };
+    // `_raw` restores the terminal when dropped, on every way out of here.
+    let (_raw, stdin) = terminal::guest_stdin(args.interactive, args.tty);
+    let mut resizes = terminal::resizes(args.tty);
     let io = RunIo { stdin, sink: &mut sink, resizes: &mut resizes };
     let code = run_image(&store, &req, io, cancel)?;
     Ok(ExitCode::from(code.clamp(0, 255) as u8))
-}
-
-/// A guest terminal's size when kiln's own output is not a terminal.
-const DEFAULT_TTY_SIZE: TtySize = TtySize { rows: 24, cols: 80 };
-
-fn tty_size() -> Option<TtySize> {
-    #[cfg(unix)]
-    return terminal::size();
-    #[cfg(not(unix))]
-    None
 }
 
 #[cfg(test)]

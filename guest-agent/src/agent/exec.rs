@@ -57,6 +57,11 @@ impl Running {
     }
 }
 
+/// Where the command's standard input is written.
+type Input = Box<dyn Write + Send>;
+/// One output of the command and the stream it goes out on.
+type Output = (Box<dyn Read + Send>, u8);
+
 pub fn do_exec(req: ExecRequest, out: Out, reaper: &Reaper) -> Result<Running, String> {
     if req.argv.is_empty() {
         return Err("empty command".into());
@@ -78,9 +83,9 @@ pub fn do_exec(req: ExecRequest, out: Out, reaper: &Reaper) -> Result<Running, S
 
     // With a terminal everything the command writes comes out of its
     // master (which reads EIO once the last holder of the slave is gone).
-    let (outputs, input, terminal): (Vec<(Box<dyn Read + Send>, u8)>, Option<Box<dyn Write + Send>>, _) = match terminal {
+    let (outputs, input, terminal): (Vec<Output>, Option<Input>, _) = match terminal {
         Some(ends) => {
-            let input = if req.stdin { Some(Box::new(ends.input) as Box<dyn Write + Send>) } else { None };
+            let input = if req.stdin { Some(Box::new(ends.input) as Input) } else { None };
             (vec![(Box::new(ends.output), stream::STDOUT)], input, Some(ends.control))
         }
         None => (
@@ -88,7 +93,7 @@ pub fn do_exec(req: ExecRequest, out: Out, reaper: &Reaper) -> Result<Running, S
                 (Box::new(child.stdout.take().expect("piped")), stream::STDOUT),
                 (Box::new(child.stderr.take().expect("piped")), stream::STDERR),
             ],
-            child.stdin.take().map(|p| Box::new(p) as Box<dyn Write + Send>),
+            child.stdin.take().map(|p| Box::new(p) as Input),
             None,
         ),
     };
