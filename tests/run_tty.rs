@@ -52,7 +52,11 @@ fn run_it_gives_an_interactive_shell_on_a_terminal() {
     let kiln = env!("CARGO_BIN_EXE_kiln");
     // script puts kiln on a fresh pty; the stty gives it a known size.
     let mut script = Command::new("script");
-    script.args(["-qec", &format!("stty rows 30 cols 90; exec {kiln} run -it bb sh"), "/dev/null"]);
+    // After kiln, the terminal must be back in canonical (cooked) mode.
+    let line = format!(
+        "stty rows 30 cols 90; {kiln} run -it bb sh; code=$?; stty -a | grep -q ' icanon' && echo restored-cooked; exit $code"
+    );
+    script.args(["-qec", &line, "/dev/null"]);
     for (key, value) in env.kiln().get_envs() {
         match value {
             Some(value) => script.env(key, value),
@@ -87,6 +91,7 @@ fn run_it_gives_an_interactive_shell_on_a_terminal() {
         std::thread::sleep(Duration::from_millis(50));
     };
     assert_eq!(status.code(), Some(7), "{}", screen.text());
+    assert!(screen.text().contains("restored-cooked"), "kiln left the terminal raw:\n{}", screen.text());
     env.assert_tmp_empty();
 }
 

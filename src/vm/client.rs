@@ -401,6 +401,30 @@ mod tests {
     }
 
     #[test]
+    fn terminal_resizes_reach_the_agent_for_the_running_command() {
+        let (parts, agent) = pair();
+        let fake = std::thread::spawn(move || {
+            let mut w = FrameWriter::new(agent.try_clone().unwrap());
+            let mut r = FrameReader::new(agent);
+            w.send(&agent_hello(PROTOCOL_VERSION)).unwrap();
+            let _ = r.read_frame(); // host hello
+            let Frame::Control(json) = r.read_frame().unwrap() else { panic!() };
+            let HostMsg::Exec(req) = decode::<HostMsg>(&json).unwrap() else { panic!() };
+            assert_eq!(req.tty, Some(TtySize { rows: 24, cols: 80 }));
+            let Frame::Control(json) = r.read_frame().unwrap() else { panic!() };
+            let resize = decode::<HostMsg>(&json).unwrap();
+            assert!(matches!(resize, HostMsg::Resize { id, rows: 50, cols: 132 } if id == req.id), "{resize:?}");
+            w.send(&AgentMsg::Exited { id: req.id, status: ExitStatus::Code { code: 0 } }).unwrap();
+        });
+        let mut client = connect(parts).unwrap();
+        let req = ExecRequest { argv: vec!["sh".into()], tty: Some(TtySize { rows: 24, cols: 80 }), ..Default::default() };
+        let mut pending = Some(TtySize { rows: 50, cols: 132 });
+        let status = client.exec_resizable(req, None, &mut |_, _| {}, &mut || pending.take(), &mut || Ok(())).unwrap();
+        assert_eq!(status, ExitStatus::Code { code: 0 });
+        fake.join().unwrap();
+    }
+
+    #[test]
     fn version_mismatch_is_reported() {
         let (parts, agent) = pair();
         FrameWriter::new(agent.try_clone().unwrap()).send(&agent_hello(PROTOCOL_VERSION + 1)).unwrap();
