@@ -518,3 +518,56 @@ fn run_steps_in_overlays_and_snapshot_their_upper_dirs() {
     assert!(started.elapsed() < Duration::from_secs(8), "shutdown while frozen took {:?}", started.elapsed());
     wait_gone(&[qemu], Duration::from_secs(5));
 }
+
+/// A command with a terminal: it is the controlling tty of an interactive
+/// shell, has the size asked for and follows resizes, input is typed into
+/// it and the shell's exit code comes back.
+#[test]
+fn exec_with_a_terminal() {
+    use kiln_protocol::TtySize;
+    use std::cell::Cell;
+    let mut vm = boot("linux/arm64", TransportChoice::Auto);
+    let mut tar = std::fs::File::open(rootfs("arm64")).unwrap();
+    vm.unpack("rootfs", &mut tar, &AtomicBool::new(false)).unwrap();
+    let req = ExecRequest {
+        argv: vec!["/bin/sh".into()],
+        env: vec!["PATH=/bin".into(), "TERM=xterm".into()],
+        cwd: "/".into(),
+        root: Some(RootSpec::Dir { path: "rootfs".into() }),
+        tty: Some(TtySize { rows: 33, cols: 101 }),
+        timeout_ms: Some(120_000),
+        ..Default::default()
+    };
+    // Typed ahead: the terminal buffers it until the shell reads.
+    let typed = b"tty; stty size; sleep 3; stty size; exit 3\n".to_vec();
+    let stdin = Box::new(std::io::Cursor::new(typed)) as Box<dyn Read + Send>;
+    let (out, other) = (std::cell::RefCell::new(Vec::new()), Cell::new(false));
+    let resized = Cell::new(false);
+    let status = vm
+        .exec_resizable(
+            req,
+            Some(stdin),
+            &mut |s, b| {
+                if s == stream::STDOUT {
+                    out.borrow_mut().extend_from_slice(b)
+                } else {
+                    other.set(true)
+                }
+            },
+            // Once the first size is out, the user's terminal grows.
+            &mut || {
+                let first_seen = String::from_utf8_lossy(&out.borrow()).contains("33 101");
+                (first_seen && !resized.replace(true)).then_some(TtySize { rows: 50, cols: 120 })
+            },
+            &AtomicBool::new(false),
+        )
+        .expect("exec");
+    let out = String::from_utf8_lossy(&out.into_inner()).into_owned();
+    assert_eq!(status, ExitStatus::Code { code: 3 }, "{out}");
+    assert!(out.contains("/dev/pts/"), "tty should name a pty: {out:?}");
+    assert!(!out.contains("not a tty"), "{out:?}");
+    assert!(out.contains("33 101\r\n"), "initial size: {out:?}");
+    assert!(out.contains("50 120\r\n"), "size after the resize: {out:?}");
+    assert!(!other.get(), "with a terminal everything comes on stdout");
+    vm.shutdown();
+}

@@ -29,6 +29,9 @@ pub enum HostMsg {
     Exec(ExecRequest),
     /// Send a signal to a running command's process group.
     Signal { id: u32, signal: i32 },
+    /// The terminal of a command started with [`ExecRequest::tty`] changed
+    /// size; its foreground process group gets SIGWINCH.
+    Resize { id: u32, rows: u16, cols: u16 },
     /// Unpack the tar that follows on stream [`stream::TAR`] of `id` into
     /// `dest` (a path under the agent's scratch root). Answered by
     /// [`AgentMsg::Done`] or [`AgentMsg::Failed`].
@@ -74,6 +77,18 @@ pub struct ExecRequest {
     /// ones (proc, sys, dev, tmp).
     #[serde(default)]
     pub mounts: Vec<MountSpec>,
+    /// Run the command on a pseudo-terminal of this size: it is the
+    /// command's controlling terminal and its stdin, stdout and stderr, all
+    /// output comes on stream STDOUT, and STDIN data is typed into it.
+    #[serde(default)]
+    pub tty: Option<TtySize>,
+}
+
+/// A terminal's size in character cells.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TtySize {
+    pub rows: u16,
+    pub cols: u16,
 }
 
 /// Where a command's root comes from. Every path is relative to the
@@ -241,5 +256,18 @@ mod tests {
         assert_eq!(json, r#"{"type":"signal","id":3,"signal":15}"#);
         let back: AgentMsg = decode(br#"{"type":"exited","id":1,"status":{"how":"code","code":0}}"#).unwrap();
         assert!(matches!(back, AgentMsg::Exited { id: 1, status: ExitStatus::Code { code: 0 } }));
+    }
+
+    #[test]
+    fn tty_is_optional_on_the_wire() {
+        // A request from a host that predates terminals still decodes.
+        let old = r#"{"type":"exec","id":1,"argv":["sh"],"env":[],"cwd":"/","uid":0,"gid":0,"groups":[],"stdin":true,"timeout_ms":null,"root":null}"#;
+        let HostMsg::Exec(req) = decode::<HostMsg>(old.as_bytes()).unwrap() else { panic!() };
+        assert_eq!(req.tty, None);
+        let req = ExecRequest { tty: Some(TtySize { rows: 40, cols: 132 }), ..Default::default() };
+        let json = serde_json::to_string(&HostMsg::Exec(req)).unwrap();
+        assert!(json.contains(r#""tty":{"rows":40,"cols":132}"#), "{json}");
+        let json = serde_json::to_string(&HostMsg::Resize { id: 2, rows: 50, cols: 100 }).unwrap();
+        assert_eq!(json, r#"{"type":"resize","id":2,"rows":50,"cols":100}"#);
     }
 }

@@ -7,12 +7,13 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::AtomicBool;
 
-use kiln_protocol::{ExecRequest, ExitStatus, LayerEntry, MountSpec, RootSpec};
+use kiln_protocol::{ExecRequest, ExitStatus, LayerEntry, MountSpec, RootSpec, TtySize};
 use oci_spec::image::Descriptor;
 
 use super::run_mounts::CacheVolume;
 use crate::oci::layer::open_layer;
 use crate::oci::store::{Store, StoreError};
+use crate::vm::client::Resizes;
 use crate::vm::{BootFiles, BootFilesError, Vm, VmConfig, VmError};
 
 #[derive(Debug, thiserror::Error)]
@@ -69,18 +70,22 @@ pub struct Session {
 
 impl Session {
     /// Runs a command in an overlay over `spec.layers` without keeping its
-    /// changes (`kiln run`): stdin is forwarded when given.
+    /// changes (`kiln run`): stdin is forwarded when given; with `tty` the
+    /// command gets a terminal of that size, resized as `resizes` reports.
+    #[allow(clippy::too_many_arguments)]
     pub fn exec(
         &mut self,
         store: &Store,
         spec: RunSpec<'_>,
         stdin: Option<Box<dyn std::io::Read + Send>>,
+        tty: Option<TtySize>,
         sink: &mut dyn FnMut(u8, &[u8]),
+        resizes: Resizes,
         cancel: &AtomicBool,
     ) -> Result<ExitStatus, SessionError> {
         let (req, _upper) = self.request(store, spec, cancel)?;
-        let req = ExecRequest { stdin: stdin.is_some(), ..req };
-        Ok(self.vm.exec(req, stdin, sink, cancel)?)
+        let req = ExecRequest { stdin: stdin.is_some(), tty, ..req };
+        Ok(self.vm.exec_resizable(req, stdin, sink, resizes, cancel)?)
     }
 
     /// The exec request for `spec` in a fresh overlay; returns it and its upper dir.

@@ -13,6 +13,7 @@ pub mod kernel;
 pub mod manifest;
 pub mod run;
 pub mod signals;
+pub mod terminal;
 pub mod vm;
 
 /// Build OCI images from Dockerfiles for any architecture, without binfmt_misc or root.

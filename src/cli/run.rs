@@ -6,9 +6,10 @@ use std::process::ExitCode;
 use anyhow::{bail, Context};
 use clap::Args;
 
+use super::terminal;
 use crate::oci::Store;
 use crate::platform::Platform;
-use crate::run::{run_image, RunRequest};
+use crate::run::{run_image, RunIo, RunRequest};
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
@@ -65,8 +66,13 @@ fn parse_publish(spec: &str) -> anyhow::Result<(u16, u16)> {
 }
 
 pub fn run(args: RunArgs, cancel: &'static std::sync::atomic::AtomicBool) -> anyhow::Result<ExitCode> {
+    #[cfg(not(unix))]
     if args.tty {
-        bail!("-t (a pseudo-TTY) is not supported yet; use -i for an interactive shell without a TTY");
+        bail!("-t (a pseudo-TTY) is not supported on this platform");
+    }
+    if args.tty && args.interactive && !terminal::stdin_is_terminal() {
+        // docker's wording: -it needs a terminal to put into raw mode.
+        bail!("the input device is not a TTY");
     }
     let ports = args.publish.iter().map(|p| parse_publish(p)).collect::<anyhow::Result<Vec<_>>>()?;
     let env = args
@@ -86,7 +92,7 @@ pub fn run(args: RunArgs, cancel: &'static std::sync::atomic::AtomicBool) -> any
         entrypoint: args.entrypoint.clone(),
         user: args.user.clone(),
         workdir: args.workdir.clone(),
-        interactive: args.interactive,
+        tty: args.tty.then(terminal::initial_size),
         memory_mib: args.memory,
         cpus: args.cpus.unwrap_or_else(|| crate::vm::VmConfig::new(Platform::host()).cpus),
     };
@@ -99,7 +105,11 @@ pub fn run(args: RunArgs, cancel: &'static std::sync::atomic::AtomicBool) -> any
             out.write_all(bytes).and_then(|_| out.flush())
         };
     };
-    let code = run_image(&store, &req, &mut sink, cancel)?;
+    // `_raw` restores the terminal when dropped, on every way out of here.
+    let (_raw, stdin) = terminal::guest_stdin(args.interactive, args.tty);
+    let mut resizes = terminal::resizes(args.tty);
+    let io = RunIo { stdin, sink: &mut sink, resizes: &mut resizes };
+    let code = run_image(&store, &req, io, cancel)?;
     Ok(ExitCode::from(code.clamp(0, 255) as u8))
 }
 

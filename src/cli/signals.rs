@@ -21,3 +21,21 @@ pub fn install() -> &'static AtomicBool {
     }
     &CANCEL
 }
+
+static RESIZED: AtomicBool = AtomicBool::new(false);
+
+/// Installs a SIGWINCH handler and returns the flag it sets when the
+/// user's terminal changes size (`kiln run -t` polls and clears it).
+pub fn watch_resize() -> &'static AtomicBool {
+    #[cfg(unix)]
+    {
+        use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
+        extern "C" fn on_winch(_: libc::c_int) {
+            RESIZED.store(true, Ordering::SeqCst);
+        }
+        let action = SigAction::new(SigHandler::Handler(on_winch), SaFlags::SA_RESTART, SigSet::empty());
+        // SAFETY: the handler only stores to an atomic.
+        let _ = unsafe { sigaction(Signal::SIGWINCH, &action) };
+    }
+    &RESIZED
+}

@@ -11,7 +11,9 @@ use crate::build::users::{self, UserError};
 use crate::build::vm_session::{LayerRef, RunSpec, Session, SessionError};
 use crate::oci::store::{Store, StoreError};
 use crate::platform::Platform;
+use crate::vm::client::Resizes;
 use crate::vm::{BootFilesError, VmConfig};
+use kiln_protocol::TtySize;
 
 #[derive(Debug, Clone)]
 pub struct RunRequest {
@@ -28,7 +30,8 @@ pub struct RunRequest {
     pub entrypoint: Option<String>,
     pub user: Option<String>,
     pub workdir: Option<String>,
-    pub interactive: bool,
+    /// Give the command a terminal of this size (`-t`).
+    pub tty: Option<TtySize>,
     pub memory_mib: u64,
     pub cpus: u32,
 }
@@ -49,8 +52,18 @@ pub enum RunError {
     Image { image: String, message: String },
 }
 
+/// The command's side of the user's terminal.
+pub struct RunIo<'a> {
+    /// Forwarded as the command's input when given (`-i`).
+    pub stdin: Option<Box<dyn std::io::Read + Send>>,
+    /// Output by stream (all of it on STDOUT with a terminal).
+    pub sink: &'a mut dyn FnMut(u8, &[u8]),
+    /// Polled for the terminal's new sizes (with `RunRequest::tty`).
+    pub resizes: Resizes<'a>,
+}
+
 /// Runs the image and returns the command's exit code (128+signal when killed).
-pub fn run_image(store: &Store, req: &RunRequest, sink: &mut dyn FnMut(u8, &[u8]), cancel: &AtomicBool) -> Result<i32, RunError> {
+pub fn run_image(store: &Store, req: &RunRequest, io: RunIo<'_>, cancel: &AtomicBool) -> Result<i32, RunError> {
     let bad = |message: String| RunError::Image { image: req.image.clone(), message };
     let (_, desc) = crate::registry::reference::resolve_local(store, &req.image)?;
     let image = match &req.platform {
@@ -90,6 +103,10 @@ pub fn run_image(store: &Store, req: &RunRequest, sink: &mut dyn FnMut(u8, &[u8]
     if !env.iter().any(|e| e.starts_with("PATH=")) {
         env.push(DEFAULT_PATH_ENV.to_string());
     }
+    // As docker does for -t: programs need to know what the terminal speaks.
+    if req.tty.is_some() && !env.iter().any(|e| e.starts_with("TERM=")) {
+        env.push("TERM=xterm".to_string());
+    }
     let user = req.user.clone().unwrap_or_else(|| c.user.clone());
     let identity = if user.is_empty() || user == "root" || user == "0" {
         users::Identity::default()
@@ -121,8 +138,7 @@ pub fn run_image(store: &Store, req: &RunRequest, sink: &mut dyn FnMut(u8, &[u8]
         mounts: Vec::new(),
         layers: &layers,
     };
-    let stdin: Option<Box<dyn std::io::Read + Send>> = if req.interactive { Some(Box::new(std::io::stdin())) } else { None };
-    let status = session.exec(store, spec, stdin, sink, cancel);
+    let status = session.exec(store, spec, io.stdin, req.tty, io.sink, io.resizes, cancel);
     session.shutdown();
     Ok(status?.shell_code())
 }

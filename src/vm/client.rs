@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use kiln_protocol::{
     check_hello, decode, stream, AgentHello, AgentMsg, ExecRequest, ExitStatus, Frame, FrameError, FrameReader,
-    FrameWriter, HandshakeError, HostMsg, LayerEntry,
+    FrameWriter, HandshakeError, HostMsg, LayerEntry, TtySize,
 };
 
 /// How often long waits check the watch (QEMU alive, Ctrl-C).
@@ -41,6 +41,10 @@ pub enum ClientError {
 
 /// Checked while waiting; an `Err` aborts the wait with that message.
 pub type Watch<'a> = &'a mut dyn FnMut() -> Result<(), String>;
+
+/// Polled while a command with a terminal runs: its new size, when the
+/// user's terminal changed.
+pub type Resizes<'a> = &'a mut dyn FnMut() -> Option<TtySize>;
 
 type SharedWriter = Arc<Mutex<FrameWriter<Box<dyn Write + Send>>>>;
 
@@ -118,9 +122,22 @@ impl AgentClient {
     /// arrives; `stdin`, when given, is streamed to the command from a thread.
     pub fn exec(
         &mut self,
+        req: ExecRequest,
+        stdin: Option<Box<dyn Read + Send>>,
+        sink: &mut dyn FnMut(u8, &[u8]),
+        watch: Watch,
+    ) -> Result<ExitStatus, ClientError> {
+        self.exec_resizable(req, stdin, sink, &mut || None, watch)
+    }
+
+    /// [`AgentClient::exec`] for a command with a terminal (`req.tty`):
+    /// sizes from `resizes` are passed on as they come.
+    pub fn exec_resizable(
+        &mut self,
         mut req: ExecRequest,
         stdin: Option<Box<dyn Read + Send>>,
         sink: &mut dyn FnMut(u8, &[u8]),
+        resizes: Resizes,
         watch: Watch,
     ) -> Result<ExitStatus, ClientError> {
         let id = self.new_id();
@@ -144,8 +161,16 @@ impl AgentClient {
                 }
             });
         }
+        // Resizes ride on the watch, which is polled however busy the output is.
+        let writer = self.writer.clone();
+        let mut watch = || {
+            if let Some(TtySize { rows, cols }) = resizes() {
+                writer.lock().unwrap().send(&HostMsg::Resize { id, rows, cols }).map_err(|e| e.to_string())?;
+            }
+            watch()
+        };
         loop {
-            let frame = match self.next_frame(watch) {
+            let frame = match self.next_frame(&mut watch) {
                 Ok(frame) => frame,
                 Err(err) => {
                     // Don't leave the command running behind an aborted wait.
@@ -372,6 +397,30 @@ mod tests {
         let status = client.exec(req, None, &mut |s, b| out.push((s, b.to_vec())), &mut || Ok(())).unwrap();
         assert_eq!(status, ExitStatus::Code { code: 42 });
         assert_eq!(out, vec![(stream::STDOUT, b"hi\n".to_vec()), (stream::STDERR, b"warn\n".to_vec())]);
+        fake.join().unwrap();
+    }
+
+    #[test]
+    fn terminal_resizes_reach_the_agent_for_the_running_command() {
+        let (parts, agent) = pair();
+        let fake = std::thread::spawn(move || {
+            let mut w = FrameWriter::new(agent.try_clone().unwrap());
+            let mut r = FrameReader::new(agent);
+            w.send(&agent_hello(PROTOCOL_VERSION)).unwrap();
+            let _ = r.read_frame(); // host hello
+            let Frame::Control(json) = r.read_frame().unwrap() else { panic!() };
+            let HostMsg::Exec(req) = decode::<HostMsg>(&json).unwrap() else { panic!() };
+            assert_eq!(req.tty, Some(TtySize { rows: 24, cols: 80 }));
+            let Frame::Control(json) = r.read_frame().unwrap() else { panic!() };
+            let resize = decode::<HostMsg>(&json).unwrap();
+            assert!(matches!(resize, HostMsg::Resize { id, rows: 50, cols: 132 } if id == req.id), "{resize:?}");
+            w.send(&AgentMsg::Exited { id: req.id, status: ExitStatus::Code { code: 0 } }).unwrap();
+        });
+        let mut client = connect(parts).unwrap();
+        let req = ExecRequest { argv: vec!["sh".into()], tty: Some(TtySize { rows: 24, cols: 80 }), ..Default::default() };
+        let mut pending = Some(TtySize { rows: 50, cols: 132 });
+        let status = client.exec_resizable(req, None, &mut |_, _| {}, &mut || pending.take(), &mut || Ok(())).unwrap();
+        assert_eq!(status, ExitStatus::Code { code: 0 });
         fake.join().unwrap();
     }
 

@@ -232,8 +232,21 @@ impl Vm {
         sink: &mut dyn FnMut(u8, &[u8]),
         cancel: &AtomicBool,
     ) -> Result<ExitStatus, VmError> {
+        self.exec_resizable(req, stdin, sink, &mut || None, cancel)
+    }
+
+    /// [`Vm::exec`] for a command with a terminal (`req.tty`), passing on
+    /// the sizes `resizes` reports while it runs.
+    pub fn exec_resizable(
+        &mut self,
+        req: ExecRequest,
+        stdin: Option<Box<dyn Read + Send>>,
+        sink: &mut dyn FnMut(u8, &[u8]),
+        resizes: client::Resizes,
+        cancel: &AtomicBool,
+    ) -> Result<ExitStatus, VmError> {
         let mut watcher = Watcher::new(&mut self.qemu, self.run_dir.path(), cancel);
-        let result = self.client.exec(req, stdin, sink, &mut || watcher.check());
+        let result = self.client.exec_resizable(req, stdin, sink, resizes, &mut || watcher.check());
         result.map_err(|e| watcher.error(e, &self.run_dir.path().join("console.log")))
     }
 

@@ -1,6 +1,7 @@
 //! `do_exec`: run one command, stream its output, report how it ended.
 
 use std::ffi::CString;
+use std::fs::File;
 use std::io::{Read, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::CommandExt;
@@ -11,10 +12,11 @@ use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender};
 use std::sync::Arc;
 use std::time::Duration;
 
-use kiln_protocol::{stream, AgentMsg, ExecRequest, ExitStatus};
+use kiln_protocol::{stream, AgentMsg, ExecRequest, ExitStatus, TtySize};
 
-use super::reaper::Reaper;
 use super::mounts::RawStep;
+use super::pty;
+use super::reaper::Reaper;
 use super::root::{self, PreparedRoot};
 use super::server::{send, send_data, Out};
 use super::SCRATCH;
@@ -23,10 +25,15 @@ use super::SCRATCH;
 /// processes it left behind, which are killed) before the agent stops reading.
 const DRAIN_AFTER_EXIT: Duration = Duration::from_secs(2);
 
+/// The VM's own devpts, which commands in plain directory roots share.
+const VM_DEVPTS: &str = "/dev/pts";
+
 pub struct Running {
     pub stdin: Option<SyncSender<Vec<u8>>>,
     pgid: i32,
     done: Arc<AtomicBool>,
+    /// The master side of the command's terminal, for resizing.
+    terminal: Option<File>,
 }
 
 impl Running {
@@ -41,7 +48,19 @@ impl Running {
             unsafe { libc::kill(-self.pgid, signal) };
         }
     }
+
+    /// Resizes the command's terminal; commands without one ignore it.
+    pub fn resize(&self, size: TtySize) {
+        if let Some(master) = &self.terminal {
+            let _ = pty::set_size(master, size);
+        }
+    }
 }
+
+/// Where the command's standard input is written.
+type Input = Box<dyn Write + Send>;
+/// One output of the command and the stream it goes out on.
+type Output = (Box<dyn Read + Send>, u8);
 
 pub fn do_exec(req: ExecRequest, out: Out, reaper: &Reaper) -> Result<Running, String> {
     if req.argv.is_empty() {
@@ -49,7 +68,7 @@ pub fn do_exec(req: ExecRequest, out: Out, reaper: &Reaper) -> Result<Running, S
     }
     let mut root = root::prepare(&req)?;
     let spawned = spawn(&req, root.as_ref(), reaper);
-    let (mut child, exited) = match spawned {
+    let (mut child, terminal, exited) = match spawned {
         Ok(spawned) => spawned,
         Err(e) => {
             let teardown = root.as_mut().map_or(Ok(()), |r| r.teardown());
@@ -62,13 +81,26 @@ pub fn do_exec(req: ExecRequest, out: Out, reaper: &Reaper) -> Result<Running, S
     let pid = child.id() as i32;
     send(&out, &AgentMsg::Started { id: req.id, pid });
 
-    let (drained_tx, drained_rx) = sync_channel::<()>(2);
-    for (pipe, kind) in [
-        (child.stdout.take().map(|p| Box::new(p) as Box<dyn Read + Send>), stream::STDOUT),
-        (child.stderr.take().map(|p| Box::new(p) as Box<dyn Read + Send>), stream::STDERR),
-    ] {
+    // With a terminal everything the command writes comes out of its
+    // master (which reads EIO once the last holder of the slave is gone).
+    let (outputs, input, terminal): (Vec<Output>, Option<Input>, _) = match terminal {
+        Some(ends) => {
+            let input = if req.stdin { Some(Box::new(ends.input) as Input) } else { None };
+            (vec![(Box::new(ends.output), stream::STDOUT)], input, Some(ends.control))
+        }
+        None => (
+            vec![
+                (Box::new(child.stdout.take().expect("piped")), stream::STDOUT),
+                (Box::new(child.stderr.take().expect("piped")), stream::STDERR),
+            ],
+            child.stdin.take().map(|p| Box::new(p) as Input),
+            None,
+        ),
+    };
+    let pumps = outputs.len();
+    let (drained_tx, drained_rx) = sync_channel::<()>(pumps);
+    for (mut pipe, kind) in outputs {
         let (out, tx) = (out.clone(), drained_tx.clone());
-        let mut pipe = pipe.expect("piped");
         std::thread::spawn(move || {
             pump_output(&mut *pipe, &out, req.id, kind);
             let _ = tx.send(());
@@ -76,7 +108,7 @@ pub fn do_exec(req: ExecRequest, out: Out, reaper: &Reaper) -> Result<Running, S
     }
     drop(drained_tx);
 
-    let stdin = child.stdin.take().map(|mut pipe| {
+    let stdin = input.map(|mut pipe| {
         let (tx, rx) = sync_channel::<Vec<u8>>(16);
         std::thread::spawn(move || {
             for chunk in rx {
@@ -89,7 +121,7 @@ pub fn do_exec(req: ExecRequest, out: Out, reaper: &Reaper) -> Result<Running, S
     });
 
     let done = Arc::new(AtomicBool::new(false));
-    let running = Running { stdin, pgid: pid, done: done.clone() };
+    let running = Running { stdin, pgid: pid, done: done.clone(), terminal };
     let timeout = req.timeout_ms.map(Duration::from_millis);
     let id = req.id;
     std::thread::spawn(move || {
@@ -98,7 +130,7 @@ pub fn do_exec(req: ExecRequest, out: Out, reaper: &Reaper) -> Result<Running, S
         // container (in its own PID namespace the kernel already saw to that).
         // SAFETY: kill(2) on the process group we created.
         unsafe { libc::kill(-pid, libc::SIGKILL) };
-        for _ in 0..2 {
+        for _ in 0..pumps {
             if drained_rx.recv_timeout(DRAIN_AFTER_EXIT).is_err() {
                 break;
             }
@@ -116,8 +148,20 @@ pub fn do_exec(req: ExecRequest, out: Out, reaper: &Reaper) -> Result<Running, S
 }
 
 /// Starts the command; in a new PID namespace when the root asks for one.
-fn spawn(req: &ExecRequest, root: Option<&PreparedRoot>, reaper: &Reaper) -> Result<(Child, Receiver<ExitStatus>), String> {
+/// With a terminal, also returns the agent's ends of its master.
+fn spawn(
+    req: &ExecRequest,
+    root: Option<&PreparedRoot>,
+    reaper: &Reaper,
+) -> Result<(Child, Option<pty::MasterEnds>, Receiver<ExitStatus>), String> {
     let setup = ChildSetup::new(root, req)?;
+    let terminal = match req.tty {
+        None => None,
+        Some(size) => {
+            let devpts = root.and_then(|r| r.devpts.as_deref()).unwrap_or(Path::new(VM_DEVPTS));
+            Some(pty::open(devpts, size, req.uid)?.split()?)
+        }
+    };
     let mut cmd = Command::new(&req.argv[0]);
     cmd.args(&req.argv[1..]).env_clear();
     for entry in &req.env {
@@ -126,9 +170,22 @@ fn spawn(req: &ExecRequest, root: Option<&PreparedRoot>, reaper: &Reaper) -> Res
             None => cmd.env(entry, ""),
         };
     }
-    cmd.stdin(if req.stdin { Stdio::piped() } else { Stdio::null() })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+    let (terminal, slave) = match terminal {
+        Some((ends, slave)) => (Some(ends), Some(slave)),
+        None => (None, None),
+    };
+    match slave {
+        Some(slave) => {
+            // The command's copies; the agent's close when `cmd` is dropped.
+            let copy = || slave.try_clone().map(Stdio::from).map_err(|e| format!("duplicating the terminal: {e}"));
+            cmd.stdin(copy()?).stdout(copy()?).stderr(Stdio::from(slave));
+        }
+        None => {
+            cmd.stdin(if req.stdin { Stdio::piped() } else { Stdio::null() })
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped());
+        }
+    }
     // SAFETY: the closure only makes raw syscalls on memory prepared before fork.
     unsafe { cmd.pre_exec(move || setup.apply()) };
     let mut start = || {
@@ -156,7 +213,8 @@ fn spawn(req: &ExecRequest, root: Option<&PreparedRoot>, reaper: &Reaper) -> Res
     } else {
         start()
     };
-    result.map_err(|e| format!("cannot start {:?}: {e}", req.argv[0]))
+    let (child, exited) = result.map_err(|e| format!("cannot start {:?}: {e}", req.argv[0]))?;
+    Ok((child, terminal, exited))
 }
 
 fn wait_with_timeout(exited: &Receiver<ExitStatus>, timeout: Option<Duration>, pid: i32) -> ExitStatus {
@@ -211,6 +269,8 @@ struct ChildSetup {
     uid: u32,
     gid: u32,
     groups: Vec<libc::gid_t>,
+    /// stdin is a terminal to make the controlling one of the new session.
+    controlling_tty: bool,
 }
 
 struct ChildRoot {
@@ -235,6 +295,7 @@ impl ChildSetup {
             uid: req.uid,
             gid: req.gid,
             groups: req.groups.clone(),
+            controlling_tty: req.tty.is_some(),
         })
     }
 
@@ -244,6 +305,10 @@ impl ChildSetup {
         // SAFETY: every pointer is a live CString owned by self.
         unsafe {
             check(libc::setsid())?;
+            if self.controlling_tty {
+                // Job control and ^C need the terminal to belong to the session.
+                check(libc::ioctl(0, libc::TIOCSCTTY, 0))?;
+            }
             if self.no_network {
                 check(libc::unshare(libc::CLONE_NEWNET))?;
                 loopback_up()?;

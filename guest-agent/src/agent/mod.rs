@@ -4,6 +4,7 @@ mod exec;
 mod init;
 mod reaper;
 mod mounts;
+mod pty;
 mod root;
 mod server;
 mod snapshot;

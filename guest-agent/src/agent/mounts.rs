@@ -91,9 +91,14 @@ const DEV_LINKS: [(&str, &str); 5] = [
     ("ptmx", "pts/ptmx"),
 ];
 
+/// A private devpts instance, as docker mounts it.
+pub const DEVPTS_OPTIONS: &str = "newinstance,ptmxmode=0666,mode=0620,gid=5";
+
 /// A fresh /dev at `dev`: a tmpfs with the usual nodes, its own devpts and
 /// shm. The VM's disks (the scratch disk holding every layer) stay out of reach.
-pub fn private_dev(dev: &Path) -> Result<Vec<RawStep>, String> {
+/// `devpts`, when given, is a devpts instance the agent mounted for the
+/// command (its terminal lives there), bound in place of a fresh one.
+pub fn private_dev(dev: &Path, devpts: Option<&Path>) -> Result<Vec<RawStep>, String> {
     let c = |p: &Path| cstr(p);
     let mut steps = vec![RawStep::Mount(raw(
         "tmpfs",
@@ -111,13 +116,10 @@ pub fn private_dev(dev: &Path) -> Result<Vec<RawStep>, String> {
     for name in ["pts", "shm"] {
         steps.push(RawStep::Dir { path: c(&dev.join(name))? });
     }
-    steps.push(RawStep::Mount(raw(
-        "devpts",
-        &dev.join("pts"),
-        Some("devpts"),
-        libc::MS_NOSUID | libc::MS_NOEXEC,
-        Some("newinstance,ptmxmode=0666,mode=0620,gid=5"),
-    )?));
+    steps.push(RawStep::Mount(match devpts {
+        Some(instance) => raw(instance, &dev.join("pts"), None, libc::MS_BIND, None)?,
+        None => raw("devpts", &dev.join("pts"), Some("devpts"), libc::MS_NOSUID | libc::MS_NOEXEC, Some(DEVPTS_OPTIONS))?,
+    }));
     steps.push(RawStep::Mount(raw(
         "shm",
         &dev.join("shm"),

@@ -9,7 +9,7 @@ use std::path::{Component, Path, PathBuf};
 use kiln_protocol::{ExecRequest, MountSpec, RootSpec};
 
 use super::exec::scratch_path;
-use super::mounts::{cstr, private_dev, raw, RawStep};
+use super::mounts::{cstr, private_dev, raw, RawStep, DEVPTS_OPTIONS};
 use super::stubs::{check_cwd, Stubs};
 
 /// Private mount points and per-command files live here (the agent's tmpfs).
@@ -29,6 +29,9 @@ pub struct PreparedRoot {
     pub mounts: Vec<RawStep>,
     /// Run the command as PID 1 of its own PID namespace.
     pub new_pid_ns: bool,
+    /// The devpts instance the command sees, mounted in the agent's view so
+    /// its terminal can be allocated there; `None` means the VM's /dev/pts.
+    pub devpts: Option<PathBuf>,
     overlay: Option<Overlay>,
 }
 
@@ -50,7 +53,7 @@ pub fn prepare(req: &ExecRequest) -> Result<Option<PreparedRoot>, String> {
             if !dir.is_dir() {
                 return Err(format!("root file system {} does not exist", dir.display()));
             }
-            let mut root = PreparedRoot { dir, mounts: Vec::new(), new_pid_ns: false, overlay: None };
+            let mut root = PreparedRoot { dir, mounts: Vec::new(), new_pid_ns: false, devpts: None, overlay: None };
             // A plain directory root is the agent's own: mount points it needs stay.
             let mut stubs = Stubs::default();
             check_cwd(&root.dir, &req.cwd)?;
@@ -60,11 +63,18 @@ pub fn prepare(req: &ExecRequest) -> Result<Option<PreparedRoot>, String> {
         }
         Some(RootSpec::Overlay { lowers, upper, work }) => {
             let overlay = mount_overlay(req.id, lowers, upper, work)?;
-            let mut root =
-                PreparedRoot { dir: overlay.mountpoint.clone(), mounts: Vec::new(), new_pid_ns: true, overlay: None };
+            let mut root = PreparedRoot {
+                dir: overlay.mountpoint.clone(),
+                mounts: Vec::new(),
+                new_pid_ns: true,
+                devpts: None,
+                overlay: None,
+            };
             let mut stubs = Stubs::default();
             let run_dir = overlay.run_dir.clone();
-            let result = check_cwd(&root.dir, &req.cwd)
+            let devpts = if req.tty.is_some() { root.mount_devpts(&run_dir) } else { Ok(()) };
+            let result = devpts
+                .and_then(|()| check_cwd(&root.dir, &req.cwd))
                 .and_then(|()| root.standard_mounts(&mut stubs, false, Some(&run_dir)))
                 .and_then(|()| root.extra_mounts(&req.mounts, &mut stubs, Some(&run_dir)));
             root.overlay = Some(Overlay { stubs, ..overlay });
@@ -103,7 +113,7 @@ impl PreparedRoot {
         )?));
         let dev = self.mount_point("/dev", true, stubs)?;
         match private {
-            Some(_) => self.mounts.extend(private_dev(&dev)?),
+            Some(_) => self.mounts.extend(private_dev(&dev, self.devpts.as_deref())?),
             // A plain directory root (kiln vm exec) shares the VM's devices.
             None => self.mounts.push(RawStep::Mount(raw("/dev", &dev, None, libc::MS_BIND | libc::MS_REC, None)?)),
         }
@@ -203,10 +213,44 @@ impl PreparedRoot {
         Ok(self.dir.join(rel))
     }
 
+    /// Mounts the command's own devpts instance under its run directory
+    /// (the child binds it as /dev/pts).
+    fn mount_devpts(&mut self, run_dir: &Path) -> Result<(), String> {
+        let dir = run_dir.join("pts");
+        std::fs::create_dir(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+        let (target, data) = (cstr(&dir)?, CString::new(DEVPTS_OPTIONS).expect("static options"));
+        // SAFETY: plain mount(2) with live C strings.
+        let rc = unsafe {
+            libc::mount(
+                c"devpts".as_ptr(),
+                target.as_ptr(),
+                c"devpts".as_ptr(),
+                libc::MS_NOSUID | libc::MS_NOEXEC,
+                data.as_ptr().cast(),
+            )
+        };
+        if rc < 0 {
+            let err = io::Error::last_os_error();
+            let _ = std::fs::remove_dir(&dir);
+            return Err(format!("mounting a devpts for the terminal on {}: {err}", dir.display()));
+        }
+        self.devpts = Some(dir);
+        Ok(())
+    }
+
     /// Unmounts the overlay (the command's own mount namespace is gone with
     /// its last process) and removes the mount points the agent created from
     /// the upper directory. Plain directory roots need nothing.
     pub fn teardown(&mut self) -> Result<(), String> {
+        if let Some(devpts) = self.devpts.take() {
+            // Detached: the agent may still hold the terminal's master open.
+            let c = cstr(&devpts)?;
+            // SAFETY: umount2(2) with a live C string.
+            if unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) } < 0 {
+                return Err(format!("unmounting {}: {}", devpts.display(), io::Error::last_os_error()));
+            }
+            let _ = std::fs::remove_dir(&devpts);
+        }
         let Some(overlay) = self.overlay.take() else { return Ok(()) };
         unmount(&overlay.mountpoint)?;
         // Entry by entry, never recursively: nothing here may reach into a mount.

@@ -6,7 +6,7 @@ use std::sync::mpsc::SyncSender;
 use std::sync::{Arc, Mutex};
 
 use kiln_protocol::{
-    check_hello, decode, stream, AgentHello, AgentMsg, Frame, FrameError, FrameReader, FrameWriter, HostMsg,
+    check_hello, decode, stream, AgentHello, AgentMsg, Frame, FrameError, FrameReader, FrameWriter, HostMsg, TtySize,
     AGENT_VERSION, MAGIC, PROTOCOL_VERSION,
 };
 
@@ -123,6 +123,11 @@ impl State {
             HostMsg::Signal { id, signal } => {
                 if let Some(running) = self.running.get(&id) {
                     running.signal(signal);
+                }
+            }
+            HostMsg::Resize { id, rows, cols } => {
+                if let Some(running) = self.running.get(&id) {
+                    running.resize(TtySize { rows, cols });
                 }
             }
             HostMsg::Unpack { id, dest } => match self
