@@ -1,6 +1,7 @@
 //! Per-architecture machine definitions behind one interface.
 
 mod aarch64;
+mod arm;
 mod x86_64;
 
 use std::path::{Path, PathBuf};
@@ -52,18 +53,19 @@ pub trait GuestArch: Send + Sync {
     fn machine_args(&self, accel: Accel) -> Vec<String>;
     /// The kernel's serial console device.
     fn console(&self) -> &'static str;
-    /// The key of the embedded agent and kernel manifest (`arm64`, `amd64`).
+    /// The key of the embedded agent and kernel manifest (`arm64`, `amd64`, `armv7`).
     fn key(&self) -> &'static str;
 }
 
 #[derive(Debug, thiserror::Error)]
-#[error("no guest support for platform {0}: kiln can build for linux/arm64 and linux/amd64")]
+#[error("no guest support for platform {0}: kiln can build for linux/arm64, linux/amd64 and linux/arm/v7")]
 pub struct UnsupportedPlatform(pub String);
 
 pub fn for_platform(platform: &Platform) -> Result<&'static dyn GuestArch, UnsupportedPlatform> {
     match (platform.os.as_str(), platform.architecture.as_str()) {
         ("linux", "arm64") => Ok(&aarch64::Aarch64),
         ("linux", "amd64") => Ok(&x86_64::X86_64),
+        ("linux", "arm") if platform.variant.as_deref() == Some("v7") => Ok(&arm::Armv7),
         _ => Err(UnsupportedPlatform(platform.to_string())),
     }
 }
