@@ -124,3 +124,38 @@ fn host_accel() -> Option<Accel> {
 fn host_accel() -> Option<Accel> {
     None
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn arch(platform: &str) -> Result<&'static dyn GuestArch, UnsupportedPlatform> {
+        for_platform(&platform.parse::<Platform>().unwrap())
+    }
+
+    #[test]
+    fn every_supported_platform_has_its_emulator_and_keys() {
+        for (platform, binary, key) in [
+            ("linux/arm64", "qemu-system-aarch64", "arm64"),
+            ("linux/amd64", "qemu-system-x86_64", "amd64"),
+            ("linux/arm/v7", "qemu-system-arm", "armv7"),
+            // containerd's spellings of the same platforms
+            ("linux/arm", "qemu-system-arm", "armv7"),
+            ("linux/armhf", "qemu-system-arm", "armv7"),
+        ] {
+            let arch = arch(platform).unwrap_or_else(|e| panic!("{platform}: {e}"));
+            assert_eq!(arch.qemu_binary(), binary, "{platform}");
+            assert_eq!(arch.key(), key, "{platform}");
+            // The agent and kernel manifest are looked up by this key.
+            assert_eq!(arch.key(), platform.parse::<Platform>().unwrap().arch_key(), "{platform}");
+        }
+    }
+
+    #[test]
+    fn armv6_and_other_arches_are_refused_by_name() {
+        for platform in ["linux/arm/v6", "linux/riscv64", "windows/amd64"] {
+            let err = arch(platform).err().unwrap_or_else(|| panic!("{platform} accepted"));
+            assert!(err.to_string().contains(&platform.parse::<Platform>().unwrap().to_string()), "{err}");
+        }
+    }
+}
