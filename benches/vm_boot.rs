@@ -27,6 +27,8 @@ fn main() {
         ("linux/arm64", None, TransportChoice::Vsock),
         ("linux/amd64", None, TransportChoice::Serial),
         ("linux/amd64", Some("tcg"), TransportChoice::Serial),
+        ("linux/arm/v7", None, TransportChoice::Serial),
+        ("linux/arm/v7", None, TransportChoice::Vsock),
     ];
     for &(platform, force_accel, transport) in cases {
         let platform: Platform = platform.parse().unwrap();

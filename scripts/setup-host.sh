@@ -25,7 +25,7 @@ if ! grep -rqs 'bookworm-backports' /etc/apt/sources.list /etc/apt/sources.list.
 fi
 
 need_apt=0
-for bin in qemu-system-aarch64 qemu-system-x86_64 aarch64-linux-gnu-gcc docker-registry \
+for bin in qemu-system-aarch64 qemu-system-arm qemu-system-x86_64 aarch64-linux-gnu-gcc arm-linux-gnueabihf-gcc docker-registry \
            skopeo umoci htpasswd oci-image-tool mke2fs zstd xz curl runc debootstrap; do
   command -v "$bin" >/dev/null 2>&1 || need_apt=1
 done
@@ -35,7 +35,7 @@ if [ "$need_apt" = 1 ]; then
   apt-get update -qq
   apt-get install -y -qq -t bookworm-backports qemu-system-arm qemu-system-x86 >/dev/null
   apt-get install -y -qq --no-install-recommends \
-    gcc-aarch64-linux-gnu libc6-dev-arm64-cross \
+    gcc-aarch64-linux-gnu libc6-dev-arm64-cross gcc-arm-linux-gnueabihf libc6-dev-armhf-cross \
     docker-registry skopeo umoci oci-image-tool apache2-utils runc \
     e2fsprogs zstd xz-utils curl ca-certificates python3 debootstrap openssl >/dev/null
 fi
@@ -46,6 +46,7 @@ if ! command -v vhost-device-vsock >/dev/null 2>&1; then
   cargo install --locked --quiet vhost-device-vsock --version 0.3.0
 fi
 
-# A Rust toolchain that can build the aarch64 guest agent.
-"$(dirname "$0")/setup-cross-rust.sh"
+# Rust toolchains that can build the aarch64 and armv7 guest agents.
+"$(dirname "$0")/setup-cross-rust.sh" arm64
+"$(dirname "$0")/setup-cross-rust.sh" armhf
 log "host set-up done"

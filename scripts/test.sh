@@ -11,11 +11,11 @@ cd "$root"
 scripts/setup-host.sh
 scripts/build-agents.sh
 mkdir -p .cache/fixtures
-for arch in arm64 amd64; do
+for arch in arm64 amd64 armv7; do
   [ -s ".cache/fixtures/busybox-$arch.tar" ] || scripts/make-busybox-rootfs.sh "$arch" ".cache/fixtures/busybox-$arch.tar"
 done
 cargo build --quiet --bins
-./target/debug/kiln kernel fetch --platform linux/arm64,linux/amd64 >/dev/null
+./target/debug/kiln kernel fetch --platform linux/arm64,linux/amd64,linux/arm/v7 >/dev/null
 # The Debian base images the build tests start from (made once per machine:
 # make-debian-base.sh caches them in ~/.cache/kiln-fixtures), as OCI layouts.
 for arch in arm64 amd64; do

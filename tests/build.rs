@@ -169,6 +169,27 @@ fn cache_and_reproducibility() {
     env.assert_tmp_empty();
 }
 
+/// A 32-bit arm build runs its RUN in an armv7 guest and makes an arm/v7 image.
+#[test]
+fn armv7_build_runs_in_an_armv7_guest() {
+    let env = Env::new();
+    let tar = support::build_env::fixture("busybox-armv7.tar", "run scripts/make-busybox-rootfs.sh armv7");
+    env.ok(&["import", "--platform", "linux/arm/v7", tar.to_str().unwrap(), "kiln.local/busybox:armv7"]);
+    env.write("Dockerfile", "FROM kiln.local/busybox:armv7\nRUN uname -m > /arch\n");
+    let out = env.kiln().args(["build", "--progress", "plain", "--platform", "linux/arm/v7", "-t", "test/armv7:1"]).arg(env.ctx()).output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let root = unpack_with_umoci(&env, "test/armv7:1", "1");
+    assert_eq!(std::fs::read_to_string(root.join("arch")).unwrap(), "armv7l\n");
+    let inspect = Command::new("skopeo")
+        .args(["inspect", "--override-arch", "arm", "--override-variant", "v7", "--config"])
+        .arg(format!("oci:{}:1", env.path("layout").display()))
+        .output()
+        .unwrap();
+    let config: serde_json::Value = serde_json::from_slice(&inspect.stdout).unwrap();
+    assert_eq!((config["architecture"].as_str(), config["variant"].as_str()), (Some("arm"), Some("v7")));
+    env.assert_tmp_empty();
+}
+
 #[test]
 fn failing_run_reports_the_step_and_tags_nothing() {
     let env = Env::new();

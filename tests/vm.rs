@@ -1,5 +1,5 @@
-//! VM integration tests: real guests under QEMU (arm64 under TCG, amd64 with
-//! KVM where usable), over both transports.
+//! VM integration tests: real guests under QEMU (arm64 and arm/v7 under TCG,
+//! amd64 with KVM where usable), over both transports.
 //!
 //! Needs what scripts/test.sh prepares: QEMU, vhost-device-vsock, the guest
 //! agents embedded in kiln (scripts/build-agents.sh), network access to the
@@ -166,8 +166,7 @@ fn vm_exec(tmp: &Tmp, platform: &str, args: &[&str]) -> Output {
 }
 
 fn vm_exec_with(tmp: &Tmp, platform: &str, options: &[&str], args: &[&str]) -> Output {
-    let arch = platform.rsplit('/').next().unwrap();
-    let rootfs = rootfs(arch);
+    let rootfs = rootfs(&platform.parse::<Platform>().unwrap().arch_key());
     let mut cmd = kiln(tmp);
     cmd.args(["vm", "exec", "--platform", platform]).args(options).arg("--rootfs").arg(&rootfs);
     cmd.arg("--").args(args).output().unwrap()
@@ -188,6 +187,15 @@ fn cli_uname_amd64() {
     let out = vm_exec(&tmp, "linux/amd64", &["/bin/busybox", "uname", "-m"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(String::from_utf8_lossy(&out.stdout), "x86_64\n");
+    tmp.assert_empty();
+}
+
+#[test]
+fn cli_uname_armv7() {
+    let tmp = Tmp::new();
+    let out = vm_exec(&tmp, "linux/arm/v7", &["/bin/busybox", "uname", "-m"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "armv7l\n");
     tmp.assert_empty();
 }
 

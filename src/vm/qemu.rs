@@ -190,6 +190,31 @@ mod tests {
     }
 
     #[test]
+    fn armv7_command_line() {
+        let arch = crate::vm::arch::for_platform(&"linux/arm/v7".parse::<Platform>().unwrap()).unwrap();
+        let cfg = QemuConfig {
+            arch,
+            accel: Accel::Tcg,
+            memory_mib: 2048,
+            cpus: 2,
+            kernel: Path::new("/k"),
+            initramfs: Path::new("/i"),
+            scratch: Some(Path::new("/s.img")),
+            console_log: Path::new("/c.log"),
+            transport: Transport::Serial,
+            transport_args: &[],
+            network: false,
+            netdev_extra: &[],
+            extra_cmdline: "",
+        };
+        let args = cfg.args().join(" ");
+        // cortex-a15 has the LPAE the armmp-lpae kernel needs.
+        assert!(args.contains("-M virt -cpu cortex-a15 -accel tcg,thread=multi"), "{args}");
+        assert!(args.contains("console=ttyAMA0"), "{args}");
+        assert!(args.contains("-m 2048M"), "{args}");
+    }
+
+    #[test]
     fn tail_returns_last_lines() {
         let dir = tempfile::tempdir().unwrap();
         let log = dir.path().join("console.log");

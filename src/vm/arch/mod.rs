@@ -1,6 +1,7 @@
 //! Per-architecture machine definitions behind one interface.
 
 mod aarch64;
+mod arm;
 mod x86_64;
 
 use std::path::{Path, PathBuf};
@@ -52,18 +53,19 @@ pub trait GuestArch: Send + Sync {
     fn machine_args(&self, accel: Accel) -> Vec<String>;
     /// The kernel's serial console device.
     fn console(&self) -> &'static str;
-    /// The key of the embedded agent and kernel manifest (`arm64`, `amd64`).
+    /// The key of the embedded agent and kernel manifest (`arm64`, `amd64`, `armv7`).
     fn key(&self) -> &'static str;
 }
 
 #[derive(Debug, thiserror::Error)]
-#[error("no guest support for platform {0}: kiln can build for linux/arm64 and linux/amd64")]
+#[error("no guest support for platform {0}: kiln can build for linux/arm64, linux/amd64 and linux/arm/v7")]
 pub struct UnsupportedPlatform(pub String);
 
 pub fn for_platform(platform: &Platform) -> Result<&'static dyn GuestArch, UnsupportedPlatform> {
     match (platform.os.as_str(), platform.architecture.as_str()) {
         ("linux", "arm64") => Ok(&aarch64::Aarch64),
         ("linux", "amd64") => Ok(&x86_64::X86_64),
+        ("linux", "arm") if platform.variant.as_deref() == Some("v7") => Ok(&arm::Armv7),
         _ => Err(UnsupportedPlatform(platform.to_string())),
     }
 }
@@ -121,4 +123,39 @@ fn host_accel() -> Option<Accel> {
 #[cfg(not(any(target_os = "linux", target_os = "macos", target_os = "windows")))]
 fn host_accel() -> Option<Accel> {
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn arch(platform: &str) -> Result<&'static dyn GuestArch, UnsupportedPlatform> {
+        for_platform(&platform.parse::<Platform>().unwrap())
+    }
+
+    #[test]
+    fn every_supported_platform_has_its_emulator_and_keys() {
+        for (platform, binary, key) in [
+            ("linux/arm64", "qemu-system-aarch64", "arm64"),
+            ("linux/amd64", "qemu-system-x86_64", "amd64"),
+            ("linux/arm/v7", "qemu-system-arm", "armv7"),
+            // containerd's spellings of the same platforms
+            ("linux/arm", "qemu-system-arm", "armv7"),
+            ("linux/armhf", "qemu-system-arm", "armv7"),
+        ] {
+            let arch = arch(platform).unwrap_or_else(|e| panic!("{platform}: {e}"));
+            assert_eq!(arch.qemu_binary(), binary, "{platform}");
+            assert_eq!(arch.key(), key, "{platform}");
+            // The agent and kernel manifest are looked up by this key.
+            assert_eq!(arch.key(), platform.parse::<Platform>().unwrap().arch_key(), "{platform}");
+        }
+    }
+
+    #[test]
+    fn armv6_and_other_arches_are_refused_by_name() {
+        for platform in ["linux/arm/v6", "linux/riscv64", "windows/amd64"] {
+            let err = arch(platform).err().unwrap_or_else(|| panic!("{platform} accepted"));
+            assert!(err.to_string().contains(&platform.parse::<Platform>().unwrap().to_string()), "{err}");
+        }
+    }
 }
