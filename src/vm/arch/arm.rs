@@ -1,6 +1,6 @@
 //! 32-bit arm (linux/arm/v7) guests on QEMU's `virt` board.
 
-use super::{Accel, GuestArch};
+use super::{virt_board_args, Accel, GuestArch};
 
 pub struct Armv7;
 
@@ -10,18 +10,10 @@ impl GuestArch for Armv7 {
     }
 
     fn machine_args(&self, accel: Accel) -> Vec<String> {
-        let cpu = match accel {
-            // cortex-a15 has LPAE, which the armmp-lpae kernel needs.
-            Accel::Tcg => "cortex-a15",
-            // Only a 32-bit arm host with KVM gets here (best_accel picks
-            // TCG for every other host).
-            _ => "host",
-        };
-        let accel = match accel {
-            Accel::Tcg => "tcg,thread=multi".to_string(),
-            other => other.name().to_string(),
-        };
-        ["-M", "virt", "-cpu", cpu, "-accel", &accel].map(String::from).to_vec()
+        // cortex-a15 has LPAE, which the armmp-lpae kernel needs. ("host"
+        // only applies on a 32-bit arm host with KVM: best_accel picks TCG
+        // everywhere else.)
+        virt_board_args("cortex-a15", accel)
     }
 
     fn console(&self) -> &'static str {

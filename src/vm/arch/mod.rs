@@ -159,3 +159,13 @@ mod tests {
         }
     }
 }
+
+/// QEMU's `virt` board (arm and arm64): `tcg_cpu` under TCG, the host's CPU
+/// under a hardware accelerator.
+pub(crate) fn virt_board_args(tcg_cpu: &str, accel: Accel) -> Vec<String> {
+    let (cpu, accel) = match accel {
+        Accel::Tcg => (tcg_cpu, "tcg,thread=multi".to_string()),
+        other => ("host", other.name().to_string()),
+    };
+    ["-M", "virt", "-cpu", cpu, "-accel", &accel].map(String::from).to_vec()
+}
