@@ -5,7 +5,7 @@
 //! atomically; a hit is used only when its layer blob is present and whole.
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use oci_spec::image::Descriptor;
 use serde::{Deserialize, Serialize};
@@ -71,10 +71,6 @@ impl BuildCache {
         BuildCache { dir: store.root().join("build-cache") }
     }
 
-    pub fn at(dir: impl Into<PathBuf>) -> Self {
-        BuildCache { dir: dir.into() }
-    }
-
     fn path(&self, key: &CacheKey) -> PathBuf {
         self.dir.join(&key.0[..2]).join(format!("{}.json", key.0))
     }
@@ -112,10 +108,6 @@ impl BuildCache {
         tmp.as_file().sync_data().map_err(io)?;
         tmp.persist(&path).map_err(|e| io(e.error))?;
         Ok(())
-    }
-
-    pub fn dir(&self) -> &Path {
-        &self.dir
     }
 }
 

@@ -239,7 +239,7 @@ impl<'a> Builder<'a> {
                 number += 1;
             }
             let name = format!("[{label}{number}/{total}] {text}");
-            self.step(df, graph, &platform, &mut scope, &mut state, built, &expanded, &text, &name)?;
+            self.step(df, &platform, &mut scope, &mut state, built, &expanded, &text, &name)?;
         }
         Ok(state)
     }
@@ -248,7 +248,6 @@ impl<'a> Builder<'a> {
     fn step(
         &mut self,
         df: &Dockerfile,
-        graph: &StageGraph,
         platform: &Platform,
         scope: &mut Scope<'_, '_>,
         state: &mut StageState,
@@ -290,7 +289,7 @@ impl<'a> Builder<'a> {
             InstructionKind::Copy(_) | InstructionKind::Add(_) => {
                 let step = self.progress.start(name);
                 let started = Instant::now();
-                let result = self.copy(df, graph, platform, scope, state, built, instr, text);
+                let result = self.copy(df, platform, scope, state, built, instr, text);
                 self.finish(step, started, result)?;
                 return Ok(());
             }
@@ -336,7 +335,7 @@ impl<'a> Builder<'a> {
             return Ok(false);
         }
         let Some(entry) = self.cache.get(self.store, key) else { return Ok(false) };
-        let mut history = entry.history.clone();
+        let mut history = entry.history;
         if self.req.source_date_epoch.is_some() {
             history.created = Some(self.created());
         }
@@ -386,19 +385,11 @@ impl<'a> Builder<'a> {
 
     /// The identity of `spec` (a USER or --chown value) in the stage's files.
     fn identity(&self, state: &mut StageState, spec: &str) -> Result<Identity, BuildError> {
-        let numeric = |s: &str| s.is_empty() || s.parse::<u32>().is_ok();
-        let (user, group) = spec.split_once(':').unwrap_or((spec, ""));
-        if spec.is_empty() || (numeric(user) && numeric(group)) || spec == "root" {
-            // Numbers need no passwd lookup, except a bare uid's groups.
-            if spec.is_empty() || spec == "root" {
-                return Ok(Identity::default());
-            }
+        if spec.is_empty() || spec == "root" {
+            return Ok(Identity::default());
         }
         let store = self.store;
-        let stack = self.stack(state)?;
-        let passwd = stack.read_file(store, "etc/passwd")?.map(|b| String::from_utf8_lossy(&b).into_owned());
-        let group = stack.read_file(store, "etc/group")?.map(|b| String::from_utf8_lossy(&b).into_owned());
-        Ok(users::resolve(spec, passwd.as_deref(), group.as_deref())?)
+        Ok(users::resolve_in(self.stack(state)?, store, spec)?)
     }
 
     fn workdir(&mut self, df: &Dockerfile, span: Span, state: &mut StageState, text: &str) -> Result<bool, BuildError> {
@@ -538,7 +529,7 @@ impl<'a> Builder<'a> {
                     }
                 }
                 MountType::Cache => {
-                    let volume = run_mounts::CacheVolume::for_mount(m, &cwd, platform, self.store.root(), volumes.len() + 1000 * self.steps);
+                    let volume = run_mounts::CacheVolume::for_mount(m, &cwd, platform, self.store.root());
                     self.sessions.get_mut(&platform_key).expect("booted above").ensure_cache(&volume, self.cancel)?;
                     mounts.push(MountSpec::Bind {
                         source: volume.scratch_dir.clone(),
@@ -730,7 +721,6 @@ impl<'a> Builder<'a> {
     fn copy(
         &mut self,
         df: &Dockerfile,
-        graph: &StageGraph,
         platform: &Platform,
         scope: &Scope<'_, '_>,
         state: &mut StageState,
@@ -772,7 +762,6 @@ impl<'a> Builder<'a> {
                 }
             }),
         };
-        let _ = graph;
         if let Some(s) = from_state.as_mut() {
             self.stack(s)?;
         }

@@ -51,10 +51,3 @@ pub enum BuildError {
     #[error("reading the RUN step's files from the scratch disk: {0}")]
     Snapshot(String),
 }
-
-impl BuildError {
-    /// Whether the build stopped because the user interrupted it.
-    pub fn is_interrupted(&self) -> bool {
-        matches!(self, BuildError::Session(vm_session::SessionError::Vm(crate::vm::VmError::Interrupted)))
-    }
-}

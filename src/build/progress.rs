@@ -74,10 +74,6 @@ impl Progress {
         Progress { mode, out, started: Instant::now(), next_id: 1, live: None }
     }
 
-    pub fn mode(&self) -> ProgressMode {
-        self.mode
-    }
-
     /// Starts a step and returns its number (`#N`).
     pub fn start(&mut self, name: &str) -> usize {
         let id = self.next_id;
@@ -88,7 +84,7 @@ impl Progress {
             }
             ProgressMode::Tty => {
                 self.finish_live();
-                let _ = write!(self.out, "\x1b[1m=> {name}\x1b[0m\n");
+                let _ = writeln!(self.out, "\x1b[1m=> {name}\x1b[0m");
                 self.live = Some(Live {
                     id,
                     name: name.to_string(),
@@ -200,7 +196,7 @@ impl Progress {
         let width = terminal_width();
         for line in &live.window {
             let shown: String = line.chars().filter(|c| !c.is_control() || *c == '\t').take(width.saturating_sub(12)).collect();
-            let _ = write!(self.out, "\x1b[2m  {t:>6.1} {shown}\x1b[0m\n");
+            let _ = writeln!(self.out, "\x1b[2m  {t:>6.1} {shown}\x1b[0m");
         }
         live.drawn = live.window.len();
     }

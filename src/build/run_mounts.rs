@@ -17,7 +17,7 @@ use std::path::PathBuf;
 use kiln_protocol::MountSpec;
 use sha2::{Digest as _, Sha256};
 
-use crate::dockerfile::mount::{Mount, MountType, Sharing};
+use crate::dockerfile::mount::{Mount, MountType};
 use crate::platform::Platform;
 
 /// A cache volume used by a step.
@@ -25,12 +25,9 @@ use crate::platform::Platform;
 pub struct CacheVolume {
     /// Where it lives on the host between builds.
     pub host_tar: PathBuf,
-    /// Its directory on the VM's scratch disk.
+    /// Its directory on the VM's scratch disk: one per volume, so steps of
+    /// one VM share it and it is unpacked once.
     pub scratch_dir: String,
-    pub sharing: Sharing,
-    pub mode: u32,
-    pub uid: u32,
-    pub gid: u32,
 }
 
 /// Resolves a mount target: absolute, or relative to the WORKDIR.
@@ -96,16 +93,11 @@ pub fn key_part(m: &Mount, workdir: &str) -> String {
 }
 
 impl CacheVolume {
-    pub fn for_mount(m: &Mount, workdir: &str, platform: &Platform, cache_root: &std::path::Path, n: usize) -> Self {
+    pub fn for_mount(m: &Mount, workdir: &str, platform: &Platform, cache_root: &std::path::Path) -> Self {
         let id = m.id.clone().unwrap_or_else(|| target_path(m, workdir, ""));
-        CacheVolume {
-            host_tar: cache_volume_path(cache_root, platform, &id),
-            scratch_dir: format!("c/{n}"),
-            sharing: m.sharing.unwrap_or(Sharing::Shared),
-            mode: m.mode.unwrap_or(0o755),
-            uid: m.uid.unwrap_or(0),
-            gid: m.gid.unwrap_or(0),
-        }
+        let host_tar = cache_volume_path(cache_root, platform, &id);
+        let name = host_tar.file_stem().and_then(|n| n.to_str()).expect("volume names are hex");
+        CacheVolume { scratch_dir: format!("c/{name}"), host_tar }
     }
 }
 

@@ -21,6 +21,21 @@ pub enum UserError {
     NoUser(String),
     #[error("unable to find group {0}: no matching entries in group file")]
     NoGroup(String),
+    #[error(transparent)]
+    Files(#[from] super::rootfs::RootfsError),
+}
+
+/// Resolves `spec` through the /etc/passwd and /etc/group of an image's
+/// file system (a stage's, or the image `kiln run` starts).
+pub fn resolve_in(
+    stack: &super::rootfs::LayerStack,
+    store: &crate::oci::store::Store,
+    spec: &str,
+) -> Result<Identity, UserError> {
+    let text = |path: &str| -> Result<Option<String>, UserError> {
+        Ok(stack.read_file(store, path)?.map(|b| String::from_utf8_lossy(&b).into_owned()))
+    };
+    resolve(spec, text("etc/passwd")?.as_deref(), text("etc/group")?.as_deref())
 }
 
 /// The fields of a passwd or group line; missing fields are empty.

@@ -114,10 +114,6 @@ impl Session {
         Ok(Session { vm, lowers: HashMap::new(), caches: HashSet::new(), next: 0 })
     }
 
-    pub fn vm(&self) -> &Vm {
-        &self.vm
-    }
-
     /// Makes every layer of `layers` available as a lower directory (the
     /// agent unpacks the ones it does not have yet) and returns their
     /// directories topmost first, as overlayfs wants them.

@@ -193,11 +193,6 @@ fn source_date_epoch(build_args: &BTreeMap<String, String>) -> anyhow::Result<Op
     }
 }
 
-/// A Dockerfile read from stdin, kept in a private temp dir for the build.
-struct StdinDockerfile {
-    dir: tempfile::TempDir,
-}
-
 pub fn run(args: BuildArgs, cancel: &'static std::sync::atomic::AtomicBool) -> anyhow::Result<ExitCode> {
     let network_none = match args.network.as_str() {
         "default" => false,
@@ -220,14 +215,15 @@ pub fn run(args: BuildArgs, cancel: &'static std::sync::atomic::AtomicBool) -> a
         outputs.push(Output::Image { names: tags.clone(), push: false });
     }
 
-    let stdin_df;
+    // A Dockerfile from stdin lives in a private temp dir, with an empty context beside it.
+    let stdin_dir;
     let (context, dockerfile) = if args.context == "-" {
         let mut text = String::new();
         std::io::stdin().read_to_string(&mut text).context("reading the Dockerfile from stdin")?;
-        let dir = tempfile::Builder::new().prefix("kiln-build-").tempdir()?;
-        std::fs::write(dir.path().join("Dockerfile"), text)?;
-        stdin_df = StdinDockerfile { dir };
-        (stdin_df.dir.path().join("context"), stdin_df.dir.path().join("Dockerfile"))
+        stdin_dir = tempfile::Builder::new().prefix("kiln-build-").tempdir()?;
+        std::fs::write(stdin_dir.path().join("Dockerfile"), text)?;
+        std::fs::create_dir(stdin_dir.path().join("context"))?;
+        (stdin_dir.path().join("context"), stdin_dir.path().join("Dockerfile"))
     } else if args.context.contains("://") || args.context.starts_with("git@") {
         bail!("{}: remote build contexts are not supported yet; clone it and build the directory", args.context);
     } else {
@@ -242,10 +238,6 @@ pub fn run(args: BuildArgs, cancel: &'static std::sync::atomic::AtomicBool) -> a
         };
         (context, dockerfile)
     };
-    if args.context == "-" {
-        std::fs::create_dir_all(&context)?;
-    }
-
     let build_args = parse_build_args(&args.build_args)?;
     let mut platforms: Vec<Platform> = Vec::new();
     for p in &args.platform {

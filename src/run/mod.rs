@@ -112,11 +112,7 @@ pub fn run_image(store: &Store, req: &RunRequest, io: RunIo<'_>, cancel: &Atomic
         users::Identity::default()
     } else {
         let descriptors: Vec<_> = layers.iter().map(|l| l.descriptor.clone()).collect();
-        let stack = LayerStack::open(store, &descriptors)?;
-        let read = |p: &str| -> Result<Option<String>, RootfsError> {
-            Ok(stack.read_file(store, p)?.map(|b| String::from_utf8_lossy(&b).into_owned()))
-        };
-        users::resolve(&user, read("etc/passwd")?.as_deref(), read("etc/group")?.as_deref())?
+        users::resolve_in(&LayerStack::open(store, &descriptors)?, store, &user)?
     };
     let cwd = req.workdir.clone().unwrap_or_else(|| c.working_dir.clone());
 

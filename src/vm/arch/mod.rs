@@ -125,6 +125,16 @@ fn host_accel() -> Option<Accel> {
     None
 }
 
+/// QEMU's `virt` board (arm and arm64): `tcg_cpu` under TCG, the host's CPU
+/// under a hardware accelerator.
+pub(crate) fn virt_board_args(tcg_cpu: &str, accel: Accel) -> Vec<String> {
+    let (cpu, accel) = match accel {
+        Accel::Tcg => (tcg_cpu, "tcg,thread=multi".to_string()),
+        other => ("host", other.name().to_string()),
+    };
+    ["-M", "virt", "-cpu", cpu, "-accel", &accel].map(String::from).to_vec()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -158,14 +168,4 @@ mod tests {
             assert!(err.to_string().contains(&platform.parse::<Platform>().unwrap().to_string()), "{err}");
         }
     }
-}
-
-/// QEMU's `virt` board (arm and arm64): `tcg_cpu` under TCG, the host's CPU
-/// under a hardware accelerator.
-pub(crate) fn virt_board_args(tcg_cpu: &str, accel: Accel) -> Vec<String> {
-    let (cpu, accel) = match accel {
-        Accel::Tcg => (tcg_cpu, "tcg,thread=multi".to_string()),
-        other => ("host", other.name().to_string()),
-    };
-    ["-M", "virt", "-cpu", cpu, "-accel", &accel].map(String::from).to_vec()
 }
