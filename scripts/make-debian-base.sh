@@ -9,7 +9,11 @@
 # How:
 #   1. stage 1 on the host: `debootstrap --foreign --variant=minbase` (needs
 #      root, like all test set-up scripts; it only downloads and unpacks .debs,
-#      so no foreign code runs on the host), tarred with numeric owners;
+#      so no foreign code runs on the host), tarred with numeric owners.
+#      Inside a container (/.dockerenv, a docker cgroup) debootstrap replaces
+#      the target's /proc with a symlink `proc -> /proc`; the agent mounts
+#      /proc over such a self-link as docker users expect, so stage 2 and
+#      the image come out the same on bare hosts and in containers;
 #   2. stage 2 in kiln's own VM: `kiln vm exec --rootfs stage1.tar` runs
 #      `debootstrap --second-stage` chrooted into the unpacked tar (the agent
 #      mounts /proc, /sys, /dev and a tmpfs /tmp there, which is all it
@@ -21,15 +25,21 @@
 #      with CMD ["bash"] and the usual PATH.
 #
 # Cache: the image is kept as an OCI archive (`kiln save`) in
-# ${XDG_CACHE_HOME:-$HOME/.cache}/kiln-fixtures/, keyed by this script's
-# sha256 and ARCH; later runs just `kiln load` it (a few seconds). Editing
-# this script makes a new key. Delete the folder to force a rebuild.
+# ${XDG_CACHE_HOME:-$HOME/.cache}/kiln-fixtures/, keyed by every input that
+# makes it (`scripts/fixture-key.sh debian-base ARCH` lists them: this
+# script, the guest agent, kiln's VM and import code, the kernel pins);
+# later runs just `kiln load` it (a few seconds). Changing any input makes
+# a new key. Delete the folder to force a rebuild.
 #
 # Environment:
 #   KILN                 kiln binary (default: target/debug/kiln)
 #   KILN_DEBIAN_MIRROR   Debian mirror URL (default: the one apt uses, from
 #                        /etc/apt/sources.list.d/debian.sources or sources.list)
 #   KILN_BASE_MEMORY     guest memory in MiB for stage 2 (default 2048)
+#   KILN_BASE_AS_IN_CONTAINER=1   run stage 1 as debootstrap runs it inside a
+#                        docker container (its container detection forced, in
+#                        a private mount namespace), so a bare host checks
+#                        that path too; scripts/test.sh sets it
 #   KILN_DATA_DIR, KILN_CACHE_DIR   as for kiln itself
 #
 # Timings (stage 1, stage 2, import) are printed to stderr.
@@ -47,9 +57,9 @@ kiln="${KILN:-$root/target/debug/kiln}"
 suite=bookworm
 memory="${KILN_BASE_MEMORY:-2048}"
 
-script_sum="$(sha256sum "$0" | cut -d' ' -f1)"
+key="$("$root/scripts/fixture-key.sh" debian-base "$arch")"
 cache_dir="${XDG_CACHE_HOME:-$HOME/.cache}/kiln-fixtures"
-cache="$cache_dir/debian-$suite-minbase-$arch-${script_sum:0:16}.oci.tar"
+cache="$cache_dir/debian-$suite-minbase-$arch-$key.oci.tar"
 
 now() { date +%s.%N; }
 since() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.1f", b - a }'; }
@@ -94,11 +104,22 @@ command -v debootstrap >/dev/null || { echo "$0: debootstrap is not installed (a
 
 log "stage 1: debootstrap --foreign --variant=minbase --arch=$arch $suite from $mirror"
 t=$(now)
-debootstrap --foreign --variant=minbase --arch="$arch" "$suite" "$work/stage1" "$mirror" > "$work/stage1.log" 2>&1 || {
+stage1=(debootstrap --foreign --variant=minbase --arch="$arch" "$suite" "$work/stage1" "$mirror")
+if [ "${KILN_BASE_AS_IN_CONTAINER:-0}" = 1 ]; then
+  # debootstrap's detect_container looks for a docker cgroup in
+  # /proc/1/mountinfo; show it one in a private mount namespace.
+  echo "0 0 0:0 / /sys/fs/cgroup rw - cgroup cgroup /docker/kiln/sys/fs/cgroup" > "$work/mountinfo"
+  stage1=(unshare --mount --propagation private sh -c 'mount --bind "$0" /proc/1/mountinfo && exec "$@"' "$work/mountinfo" "${stage1[@]}")
+fi
+"${stage1[@]}" > "$work/stage1.log" 2>&1 || {
   tail -n 30 "$work/stage1.log" >&2
   echo "$0: debootstrap stage 1 failed (log above)" >&2
   exit 1
 }
+if [ "${KILN_BASE_AS_IN_CONTAINER:-0}" = 1 ] && [ ! -L "$work/stage1/proc" ]; then
+  echo "$0: KILN_BASE_AS_IN_CONTAINER=1, but debootstrap did not take its container path (no proc -> /proc)" >&2
+  exit 1
+fi
 tar --numeric-owner -cf "$work/stage1.tar" -C "$work/stage1" .
 rm -rf "$work/stage1"
 stage1_s=$(since "$t")
@@ -131,6 +152,11 @@ t=$(now)
   exit 1
 }
 rm -f "$work/stage1.tar"
+# The mount points are plain directories in the image, whatever stage 1 left.
+for d in proc sys dev tmp; do
+  tar -tvf "$work/rootfs.tar" "./$d" --no-recursion 2>/dev/null | grep -q '^d' \
+    || { echo "$0: /$d in the finished root file system is not a directory" >&2; exit 1; }
+done
 stage2_s=$(since "$t")
 log "stage 2 done in ${stage2_s}s ($(du -m "$work/rootfs.tar" | cut -f1) MB)"
 
@@ -138,7 +164,7 @@ t=$(now)
 digest=$("$kiln" import --platform "linux/$arch" \
   -c 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
   -c 'CMD ["bash"]' \
-  -m "debootstrap --variant=minbase $suite ($arch), scripts/make-debian-base.sh ${script_sum:0:16}" \
+  -m "debootstrap --variant=minbase $suite ($arch), scripts/make-debian-base.sh $key" \
   "$work/rootfs.tar" "$tag")
 import_s=$(since "$t")
 log "imported $tag ($digest) in ${import_s}s"

@@ -26,7 +26,7 @@ fi
 
 need_apt=0
 for bin in qemu-system-aarch64 qemu-system-arm qemu-system-x86_64 aarch64-linux-gnu-gcc arm-linux-gnueabihf-gcc docker-registry \
-           skopeo umoci htpasswd oci-image-tool mke2fs zstd xz curl runc debootstrap; do
+           skopeo umoci htpasswd oci-image-tool mke2fs zstd xz curl runc debootstrap musl-gcc unshare; do
   command -v "$bin" >/dev/null 2>&1 || need_apt=1
 done
 if [ "$need_apt" = 1 ]; then
@@ -37,7 +37,7 @@ if [ "$need_apt" = 1 ]; then
   apt-get install -y -qq --no-install-recommends \
     gcc-aarch64-linux-gnu libc6-dev-arm64-cross gcc-arm-linux-gnueabihf libc6-dev-armhf-cross \
     docker-registry skopeo umoci oci-image-tool apache2-utils runc \
-    e2fsprogs zstd xz-utils curl ca-certificates python3 debootstrap openssl >/dev/null
+    e2fsprogs zstd xz-utils curl ca-certificates python3 debootstrap openssl musl-tools util-linux >/dev/null
 fi
 
 # User-space vsock (kernel vhost-vsock is unavailable here, and on macOS/Windows).
@@ -45,6 +45,11 @@ if ! command -v vhost-device-vsock >/dev/null 2>&1; then
   log "building vhost-device-vsock (about 2.5 min)"
   cargo install --locked --quiet vhost-device-vsock --version 0.3.0
 fi
+
+# The static kiln (README "Static binary") links with rustup's musl target;
+# its C parts (ring, zstd, xz) build with musl-tools' musl-gcc (.cargo/config.toml).
+rustup target list --installed 2>/dev/null | grep -qx x86_64-unknown-linux-musl \
+  || rustup target add x86_64-unknown-linux-musl >/dev/null
 
 # Rust toolchains that can build the aarch64 and armv7 guest agents.
 "$(dirname "$0")/setup-cross-rust.sh" arm64

@@ -1,32 +1,56 @@
 #!/usr/bin/env bash
 # kiln's test command (README.md, .ci/run): installs what is missing on a
 # Debian 12 host, builds the guest agents, prepares fixtures and kernels,
-# then runs the conformance suites and every cargo test (unit, registry,
-# OCI layout, VM). Kernels are cached in kiln's cache dir (~/.cache/kiln),
-# so a second run on the same machine downloads nothing.
+# checks the static binary, then runs the conformance suites and every cargo
+# test (unit, registry, OCI layout, VM). Kernels are cached in kiln's cache
+# dir (~/.cache/kiln), so a second run on the same machine downloads nothing.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
 
 scripts/setup-host.sh
 scripts/build-agents.sh
-mkdir -p .cache/fixtures
+
+# Fixtures are reused only while every input that made them is unchanged:
+# each is stored with its key (scripts/fixture-key.sh lists the inputs) and
+# made again when the key differs.
+fixtures=.cache/fixtures
+mkdir -p "$fixtures"
+fresh() { [ -e "$1" ] && [ "$(cat "$1.key" 2>/dev/null)" = "$2" ]; }
 for arch in arm64 amd64 armv7; do
-  [ -s ".cache/fixtures/busybox-$arch.tar" ] || scripts/make-busybox-rootfs.sh "$arch" ".cache/fixtures/busybox-$arch.tar"
+  out="$fixtures/busybox-$arch.tar"
+  key="$(scripts/fixture-key.sh busybox "$arch")"
+  fresh "$out" "$key" || { scripts/make-busybox-rootfs.sh "$arch" "$out" && echo "$key" > "$out.key"; }
 done
 cargo build --quiet --bins
 ./target/debug/kiln kernel fetch --platform linux/arm64,linux/amd64,linux/arm/v7 >/dev/null
-# The Debian base images the build tests start from (made once per machine:
-# make-debian-base.sh caches them in ~/.cache/kiln-fixtures), as OCI layouts.
+# The Debian base images the build tests start from, as OCI layouts
+# (make-debian-base.sh also caches them per machine in ~/.cache/kiln-fixtures).
+# Stage 1 runs as debootstrap runs it inside a docker container, so the
+# container path (proc -> /proc) is checked on every host.
 for arch in arm64 amd64; do
-  if [ ! -s ".cache/fixtures/debian-$arch/index.json" ]; then
+  out="$fixtures/debian-$arch"
+  key="$(scripts/fixture-key.sh debian-base "$arch")"
+  if ! fresh "$out" "$key"; then
     store="$(mktemp -d)"
-    KILN_DATA_DIR="$store" scripts/make-debian-base.sh "$arch" "kiln.local/debian:bookworm-$arch"
-    rm -rf ".cache/fixtures/debian-$arch"
-    KILN_DATA_DIR="$store" ./target/debug/kiln save --format oci-dir -o ".cache/fixtures/debian-$arch" "kiln.local/debian:bookworm-$arch" >/dev/null
+    KILN_BASE_AS_IN_CONTAINER=1 KILN_DATA_DIR="$store" scripts/make-debian-base.sh "$arch" "kiln.local/debian:bookworm-$arch"
+    rm -rf "$out" "$out.key"
+    KILN_DATA_DIR="$store" ./target/debug/kiln save --format oci-dir -o "$out" "kiln.local/debian:bookworm-$arch" >/dev/null
     rm -rf "$store"
+    echo "$key" > "$out.key"
   fi
 done
+
+# The static binary (README "Static binary"): built from nothing, linked
+# statically, and booting a linux/arm64 guest.
+cargo build --quiet --release --target x86_64-unknown-linux-musl
+static=target/x86_64-unknown-linux-musl/release/kiln
+if ldd "$static" >/dev/null 2>&1; then
+  echo "test.sh: $static is dynamically linked:" >&2; ldd "$static" >&2; exit 1
+fi
+machine="$("$static" vm exec --platform linux/arm64 --rootfs "$fixtures/busybox-arm64.tar" -- /bin/uname -m)"
+[ "$machine" = aarch64 ] || { echo "test.sh: the static kiln's arm64 guest said '$machine', not aarch64" >&2; exit 1; }
+echo "static kiln: $(stat -c %s "$static") bytes, arm64 guest ok" >&2
 
 scripts/conformance.sh
 # Two at a time: VM tests each run a TCG guest on this 2-core machine.

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 mod support;
 use support::build_env::Env;
+use support::rootfs_links::with_links;
 
 const BUSYBOX: &str = "kiln.local/busybox:test";
 
@@ -187,6 +188,64 @@ fn armv7_build_runs_in_an_armv7_guest() {
         .unwrap();
     let config: serde_json::Value = serde_json::from_slice(&inspect.stdout).unwrap();
     assert_eq!((config["architecture"].as_str(), config["variant"].as_str()), (Some("arm"), Some("v7")));
+    env.assert_tmp_empty();
+}
+
+/// The paths in the topmost layer of `image` (from an OCI layout export).
+fn top_layer_paths(env: &Env, image: &str) -> Vec<String> {
+    let layout = env.path("top-layer");
+    let _ = std::fs::remove_dir_all(&layout);
+    env.ok(&["save", "--format", "oci-dir", "-o", layout.to_str().unwrap(), image]);
+    let blob = |digest: &str| layout.join("blobs/sha256").join(digest.trim_start_matches("sha256:"));
+    let json = |path: PathBuf| -> serde_json::Value { serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap() };
+    let index = json(layout.join("index.json"));
+    let manifest = json(blob(index["manifests"][0]["digest"].as_str().unwrap()));
+    let layer = manifest["layers"].as_array().unwrap().last().unwrap()["digest"].as_str().unwrap().to_string();
+    let gz = flate2::read::GzDecoder::new(std::fs::File::open(blob(&layer)).unwrap());
+    let mut paths: Vec<String> =
+        tar::Archive::new(gz).entries().unwrap().map(|e| e.unwrap().path().unwrap().display().to_string()).collect();
+    paths.sort();
+    std::fs::remove_dir_all(&layout).unwrap();
+    paths
+}
+
+/// A base whose mount points are symlinks (debootstrap's `proc -> /proc` in
+/// containers, relative self-links, links elsewhere): RUN and `kiln run` get
+/// working mounts, and the RUN's layer holds only what the command wrote.
+#[test]
+fn run_on_a_base_with_symlinked_mount_points() {
+    let env = Env::new();
+    let tar = support::build_env::fixture("busybox-arm64.tar", "run scripts/make-busybox-rootfs.sh arm64");
+    let linked = env.path("links.tar");
+    with_links(
+        &tar,
+        &linked,
+        &[
+            ("proc", "../../proc"),
+            ("sys", "/sys"),
+            ("dev", "dev"),
+            ("tmp", "/tmp"),
+            ("etc/hosts", "hosts"),
+            ("etc/resolv.conf", "/run/resolv.conf"),
+        ],
+    );
+    env.ok(&["import", "--platform", "linux/arm64", linked.to_str().unwrap(), "kiln.local/links:1"]);
+    env.write(
+        "Dockerfile",
+        "FROM kiln.local/links:1\n\
+         RUN read -r pid rest < /proc/self/stat && [ -d /proc/1 ] && [ -e /sys/kernel ] && [ -c /dev/null ] \\\n\
+          && grep -q localhost /etc/hosts && grep -q nameserver /etc/resolv.conf && echo \"$pid\" > /out\n",
+    );
+    let out = env.build(&["-t", "test/links:1"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(top_layer_paths(&env, "test/links:1"), ["out"], "the RUN's layer holds only its own change");
+    let root = unpack_with_umoci(&env, "test/links:1", "1");
+    assert_eq!(std::fs::read_link(root.join("proc")).unwrap(), Path::new("../../proc"), "the image's links stay");
+    assert_eq!(std::fs::read_link(root.join("etc/hosts")).unwrap(), Path::new("hosts"));
+    assert!(!root.join("run/resolv.conf").exists(), "no mount point stub is left in the image");
+
+    let out = env.ok(&["run", "test/links:1", "sh", "-c", "cat /proc/1/comm; ls /sys/kernel >/dev/null && echo sys"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "sh\nsys\n");
     env.assert_tmp_empty();
 }
 

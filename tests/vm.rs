@@ -18,6 +18,9 @@ use kiln::vm::{Vm, VmConfig};
 use kiln_protocol::{stream, EntryKind, ExecRequest, ExitStatus, MountSpec, RootSpec, Xattr};
 use sha2::{Digest, Sha256};
 
+#[path = "support/rootfs_links.rs"]
+mod rootfs_links;
+
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
@@ -196,6 +199,41 @@ fn cli_uname_armv7() {
     let out = vm_exec(&tmp, "linux/arm/v7", &["/bin/busybox", "uname", "-m"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(String::from_utf8_lossy(&out.stdout), "armv7l\n");
+    tmp.assert_empty();
+}
+
+/// debootstrap in a container leaves `proc -> /proc`; distributions ship
+/// `etc/resolv.conf -> ../run/...`. The command still gets working mounts,
+/// and no link leads out of the root.
+#[test]
+fn cli_root_with_symlinked_mount_points() {
+    let tmp = Tmp::new();
+    let work = tempfile::tempdir().unwrap();
+    let root = work.path().join("links.tar");
+    rootfs_links::with_links(
+        &rootfs("arm64"),
+        &root,
+        &[
+            ("proc", "/proc"),
+            ("sys", "../sys"),
+            ("dev/pts", "/dev/pts"),
+            ("tmp", "../../../var/tmp"),
+            ("etc/resolv.conf", "../../../../run/systemd/resolve/stub-resolv.conf"),
+            ("etc/hosts", "/etc/hosts"),
+        ],
+    );
+    let script = "set -e; \
+        read -r pid rest < /proc/self/stat; [ \"$pid\" -gt 1 ]; echo proc ok; \
+        [ -d /proc/1 ] && [ -e /sys/kernel ] && echo sys ok; \
+        [ -c /dev/null ] && [ -e /dev/pts/ptmx ] && echo dev ok; \
+        echo x > /tmp/f && [ \"$(cat /var/tmp/f)\" = x ] && [ \"$(readlink /tmp)\" = ../../../var/tmp ] && echo tmp ok; \
+        [ -f /run/systemd/resolve/stub-resolv.conf ] && grep -q nameserver /etc/resolv.conf && echo resolv ok; \
+        grep -q localhost /etc/hosts && echo hosts ok";
+    let mut cmd = kiln(&tmp);
+    cmd.args(["vm", "exec", "--platform", "linux/arm64", "--rootfs"]).arg(&root);
+    let out = cmd.args(["--", "/bin/sh", "-c", script]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "proc ok\nsys ok\ndev ok\ntmp ok\nresolv ok\nhosts ok\n");
     tmp.assert_empty();
 }
 

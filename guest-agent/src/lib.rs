@@ -20,6 +20,7 @@
 //! [`PROTOCOL_VERSION`] and a magic string so garbage on the line (a console
 //! message, a wrong port) is reported as such and not misparsed.
 
+pub mod confined_path;
 pub mod frame;
 pub mod message;
 pub mod layer_entry;

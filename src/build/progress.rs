@@ -3,6 +3,7 @@
 //! the running step's last lines live and collapses them when it is done,
 //! `quiet`, and `rawjson` (one JSON event per line) for machines.
 
+use std::collections::HashMap;
 use std::io::{IsTerminal, Write};
 use std::time::{Duration, Instant};
 
@@ -40,14 +41,19 @@ pub enum StepEnd {
 /// Lines of a running step's output the tty view keeps on screen.
 const TTY_WINDOW: usize = 6;
 
+/// A partial line longer than this is shown without waiting for its end.
+const MAX_PARTIAL: usize = 16 * 1024;
+
 /// Receives build events; writes to stderr (or any writer, for tests).
 pub struct Progress {
     mode: ProgressMode,
     out: Box<dyn Write + Send>,
     started: Instant,
     next_id: usize,
-    /// The running step (tty view): id, name, start, visible lines, partial line.
+    /// The running step (tty view): id, name, start, visible lines.
     live: Option<Live>,
+    /// Each step's and stream's unfinished line, with the time it began.
+    partial: HashMap<(usize, u8), (Vec<u8>, f64)>,
 }
 
 struct Live {
@@ -55,7 +61,6 @@ struct Live {
     name: String,
     started: Instant,
     window: Vec<String>,
-    partial: Vec<u8>,
     /// Lines currently drawn below the header.
     drawn: usize,
 }
@@ -71,7 +76,7 @@ impl Progress {
     }
 
     pub fn to_writer(mode: ProgressMode, out: Box<dyn Write + Send>) -> Self {
-        Progress { mode, out, started: Instant::now(), next_id: 1, live: None }
+        Progress { mode, out, started: Instant::now(), next_id: 1, live: None, partial: HashMap::new() }
     }
 
     /// Starts a step and returns its number (`#N`).
@@ -90,7 +95,6 @@ impl Progress {
                     name: name.to_string(),
                     started: Instant::now(),
                     window: Vec::new(),
-                    partial: Vec::new(),
                     drawn: 0,
                 });
             }
@@ -104,26 +108,24 @@ impl Progress {
     /// Output of step `id` (any chunking; lines are reassembled where shown).
     pub fn output(&mut self, id: usize, stream: u8, bytes: &[u8]) {
         match self.mode {
-            ProgressMode::Plain => {
-                let t = self.started.elapsed().as_secs_f64();
-                for line in String::from_utf8_lossy(bytes).split_inclusive('\n') {
-                    let _ = write!(self.out, "#{id} {t:.3} {line}");
-                    if !line.ends_with('\n') {
-                        let _ = writeln!(self.out);
-                    }
+            ProgressMode::Plain | ProgressMode::Tty => {
+                let now = self.started.elapsed().as_secs_f64();
+                let (partial, began) = self.partial.entry((id, stream)).or_insert_with(|| (Vec::new(), now));
+                if partial.is_empty() {
+                    *began = now;
                 }
-            }
-            ProgressMode::Tty => {
-                if let Some(live) = self.live.as_mut().filter(|l| l.id == id) {
-                    live.partial.extend_from_slice(bytes);
-                    while let Some(pos) = live.partial.iter().position(|&b| b == b'\n') {
-                        let line: Vec<u8> = live.partial.drain(..=pos).collect();
-                        live.window.push(String::from_utf8_lossy(&line[..line.len() - 1]).into_owned());
-                        if live.window.len() > TTY_WINDOW {
-                            live.window.remove(0);
-                        }
-                    }
-                    self.redraw();
+                partial.extend_from_slice(bytes);
+                let mut lines = Vec::new();
+                while let Some(pos) = partial.iter().position(|&b| b == b'\n') {
+                    let line: Vec<u8> = partial.drain(..=pos).collect();
+                    lines.push((line, *began));
+                    *began = now;
+                }
+                if partial.len() > MAX_PARTIAL {
+                    lines.push((std::mem::take(partial), *began));
+                }
+                for (line, at) in lines {
+                    self.show_line(id, &line, at);
                 }
             }
             ProgressMode::RawJson => self.json(serde_json::json!({
@@ -134,8 +136,41 @@ impl Progress {
         let _ = self.out.flush();
     }
 
+    /// Shows one line of step `id`'s output that began at `at` seconds.
+    fn show_line(&mut self, id: usize, line: &[u8], at: f64) {
+        let Some(text) = settled_line(&String::from_utf8_lossy(line)) else { return };
+        match self.mode {
+            ProgressMode::Plain => {
+                let _ = writeln!(self.out, "#{id} {at:.3} {text}");
+            }
+            ProgressMode::Tty => {
+                if let Some(live) = self.live.as_mut().filter(|l| l.id == id) {
+                    live.window.push(text);
+                    if live.window.len() > TTY_WINDOW {
+                        live.window.remove(0);
+                    }
+                    self.redraw();
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Shows what is left of step `id`'s unfinished lines.
+    fn flush_partial(&mut self, id: usize) {
+        let keys: Vec<(usize, u8)> = self.partial.keys().filter(|(step, _)| *step == id).copied().collect();
+        for key in keys {
+            if let Some((line, at)) = self.partial.remove(&key) {
+                if !line.is_empty() {
+                    self.show_line(id, &line, at);
+                }
+            }
+        }
+    }
+
     /// Ends step `id`.
     pub fn end(&mut self, id: usize, how: StepEnd, elapsed: Duration) {
+        self.flush_partial(id);
         let secs = elapsed.as_secs_f64();
         match self.mode {
             ProgressMode::Plain => {
@@ -217,6 +252,17 @@ impl Progress {
     }
 }
 
+/// What a terminal would show for one line of output: progress redrawn
+/// with carriage returns (apt, dpkg, curl) shows its last non-blank state,
+/// as in BuildKit's plain output. `None` for a line that only erased itself.
+fn settled_line(line: &str) -> Option<String> {
+    let line = line.strip_suffix('\n').unwrap_or(line);
+    if !line.contains('\r') {
+        return Some(line.to_string());
+    }
+    line.split('\r').rev().find(|part| !part.trim().is_empty()).map(str::to_string)
+}
+
 fn terminal_width() -> usize {
     std::env::var("COLUMNS").ok().and_then(|c| c.parse().ok()).unwrap_or(100)
 }
@@ -255,6 +301,47 @@ mod tests {
         assert!(lines[3].starts_with("#2 ") && lines[3].ends_with(" hi"), "{}", lines[3]);
         assert!(lines[4].ends_with(" there"));
         assert_eq!(lines[5], "#2 DONE 1.5s");
+    }
+
+    #[test]
+    fn plain_mode_reassembles_lines_and_settles_carriage_returns() {
+        let buf = Shared::default();
+        let mut p = Progress::to_writer(ProgressMode::Plain, Box::new(buf.clone()));
+        let a = p.start("[1/1] RUN apt-get install -y nginx");
+        // As apt and dpkg write: lines split across writes, the newline alone,
+        // progress redrawn with \r, a line erased with blanks, CRLF.
+        for chunk in [
+            &b"Reading package "[..],
+            b"lists...",
+            b"\n",
+            b"(Reading database ... 5%\r(Reading database ... 50%\r",
+            b"(Reading database ... 6789 files and directories currently installed.)\n",
+            b"0% [Working]\r            \r",
+            b"Get:1 http://deb.example/debian bookworm/main nginx [1 kB]\n",
+            b"\r            \r\n",
+            b"\n",
+            b"done\r\n",
+            b"no newline at the end",
+        ] {
+            p.output(a, 1, chunk);
+        }
+        p.end(a, StepEnd::Done, Duration::from_secs(2));
+        let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+        let shown: Vec<&str> = text.lines().skip(1).map(|l| l.splitn(3, ' ').nth(2).unwrap_or("")).collect();
+        assert_eq!(
+            shown,
+            [
+                "Reading package lists...",
+                "(Reading database ... 6789 files and directories currently installed.)",
+                "Get:1 http://deb.example/debian bookworm/main nginx [1 kB]",
+                "",
+                "done",
+                "no newline at the end",
+                "2.0s",
+            ],
+            "{text}"
+        );
+        assert!(!text.contains('\r'), "{text:?}");
     }
 
     #[test]

@@ -4,16 +4,15 @@
 //! the command changed.
 
 use std::collections::BTreeMap;
-use std::ffi::{CString, OsString};
+use std::ffi::CString;
 use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
+
+use kiln_protocol::confined_path::{resolve_existing, resolve_in_root, Gap};
 
 use super::xattr::is_opaque;
-
-/// Symlinks followed while resolving one path, as the kernel's MAXSYMLINKS.
-const MAX_SYMLINKS: u32 = 40;
 
 /// Mount points created by the agent, and the state of the directories they
 /// were created in, so both can be put back.
@@ -51,10 +50,18 @@ impl Stubs {
     /// Resolves `target` under `root` (see [`resolve_in_root`]) and creates
     /// missing parts: directories, and for the last part a directory or an
     /// empty file. Returns the resolved root-relative path.
+    ///
+    /// A mount point that is a symlink looping back to itself (debootstrap
+    /// leaves `proc -> /proc` in containers) cannot be mounted on, so it is
+    /// replaced by a stub like a missing one; in an overlay root the stub's
+    /// removal from the upper directory brings the image's link back.
     pub fn create(&mut self, root: &Path, target: &str, dir: bool) -> io::Result<PathBuf> {
-        resolve_in_root(root, target, &mut |parent, candidate, last| {
+        resolve_in_root(root, target, &mut |gap, parent, candidate, last| {
             self.note_parents(root, parent)?;
             let full = root.join(candidate);
+            if gap == Gap::LoopingLink {
+                std::fs::remove_file(&full)?;
+            }
             if last && !dir {
                 std::fs::OpenOptions::new().write(true).create_new(true).open(&full)?;
             } else {
@@ -141,77 +148,15 @@ impl Stubs {
     }
 }
 
-/// Resolves `target` under `root` like the kernel would inside a chroot
-/// (`..` stops at the root, absolute symlinks restart at it). For a part
-/// that does not exist, `missing(parent, candidate, is_last)` (root-relative
-/// paths) must create it or fail. Returns the resolved root-relative path.
-pub fn resolve_in_root(
-    root: &Path,
-    target: &str,
-    missing: &mut dyn FnMut(&Path, &Path, bool) -> io::Result<()>,
-) -> io::Result<PathBuf> {
-    let mut pending: Vec<OsString> = Vec::new();
-    push_components(&mut pending, Path::new(target));
-    let mut resolved = PathBuf::new();
-    let mut links = 0;
-    while let Some(part) = pending.pop() {
-        if part == ".." {
-            resolved.pop();
-            continue;
-        }
-        let candidate = resolved.join(&part);
-        let full = root.join(&candidate);
-        match std::fs::symlink_metadata(&full) {
-            Ok(meta) if meta.file_type().is_symlink() => {
-                links += 1;
-                if links > MAX_SYMLINKS {
-                    return Err(io::Error::other("too many levels of symbolic links"));
-                }
-                let link = std::fs::read_link(&full)?;
-                if link.is_absolute() {
-                    resolved.clear();
-                }
-                push_components(&mut pending, &link);
-            }
-            Ok(meta) => {
-                if !pending.is_empty() && !meta.is_dir() {
-                    return Err(io::Error::other(format!("/{} is not a directory", candidate.display())));
-                }
-                resolved = candidate;
-            }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                missing(&resolved, &candidate, pending.is_empty())?;
-                resolved = candidate;
-            }
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(resolved)
-}
-
 /// Checks that the working directory `cwd` exists in the root, so a missing
 /// one is reported as such and not as a failure to start the command.
 pub fn check_cwd(root: &Path, cwd: &str) -> Result<(), String> {
-    let not_found = |_: &Path, c: &Path, _| Err(io::Error::other(format!("/{} does not exist", c.display())));
-    let rel = resolve_in_root(root, cwd, &mut { not_found })
+    let rel = resolve_existing(root, cwd)
         .map_err(|e| format!("working directory {cwd} is not usable in the root: {e}"))?;
     if !root.join(&rel).is_dir() {
         return Err(format!("working directory {cwd} is not a directory in the root"));
     }
     Ok(())
-}
-
-/// Pushes `path`'s parts onto a stack so that popping yields them in order.
-fn push_components(stack: &mut Vec<OsString>, path: &Path) {
-    let parts: Vec<OsString> = path
-        .components()
-        .filter_map(|c| match c {
-            Component::Normal(p) => Some(p.to_os_string()),
-            Component::ParentDir => Some(OsString::from("..")),
-            _ => None,
-        })
-        .collect();
-    stack.extend(parts.into_iter().rev());
 }
 
 fn set_mtime(path: &Path, sec: i64, nsec: i64) -> io::Result<()> {
@@ -248,6 +193,30 @@ mod tests {
             stubs.created,
             vec![(PathBuf::from("run"), false), (PathBuf::from("run/stub"), true), (PathBuf::from("proc"), false)]
         );
+    }
+
+    #[test]
+    fn looping_mount_point_links_become_stubs_and_go_again() {
+        // debootstrap's container layout (proc -> /proc) and relative self-links.
+        let dir = tempfile::tempdir().unwrap();
+        let (root, upper) = (dir.path().join("root"), dir.path().join("upper"));
+        std::fs::create_dir_all(root.join("etc")).unwrap();
+        std::os::unix::fs::symlink("/proc", root.join("proc")).unwrap();
+        std::os::unix::fs::symlink("../sys", root.join("sys")).unwrap();
+        std::os::unix::fs::symlink("hosts", root.join("etc/hosts")).unwrap();
+        let mut stubs = Stubs::default();
+        assert_eq!(stubs.create(&root, "/proc", true).unwrap(), Path::new("proc"));
+        assert_eq!(stubs.create(&root, "/sys", true).unwrap(), Path::new("sys"));
+        assert_eq!(stubs.create(&root, "/etc/hosts", false).unwrap(), Path::new("etc/hosts"));
+        assert!(root.join("proc").is_dir() && !root.join("proc").is_symlink());
+        assert!(root.join("etc/hosts").is_file() && !root.join("etc/hosts").is_symlink());
+        // As in an overlay's upper directory after the command: only the stubs.
+        std::fs::create_dir_all(&upper).unwrap();
+        for d in ["proc", "sys", "etc"] {
+            std::fs::rename(root.join(d), upper.join(d)).unwrap();
+        }
+        stubs.remove_from(&upper).unwrap();
+        assert_eq!(std::fs::read_dir(&upper).unwrap().count(), 0, "the upper directory holds no change");
     }
 
     #[test]

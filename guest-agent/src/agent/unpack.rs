@@ -27,7 +27,7 @@ pub fn do_unpack(id: u32, dest: &str, out: Out) -> Result<SyncSender<Vec<u8>>, S
         let _ = io::copy(&mut reader, &mut io::sink());
         match result {
             Ok(()) => send(&out, &AgentMsg::Done { id }),
-            Err(e) => send(&out, &AgentMsg::Failed { id, message: format!("unpacking into {}: {e}", dest.display()) }),
+            Err(e) => send(&out, &AgentMsg::Failed { id, message: format!("unpacking into {}: {}", dest.display(), with_causes(&e)) }),
         }
     });
     Ok(tx)
@@ -53,6 +53,17 @@ fn unpack(reader: &mut dyn Read, dest: &Path) -> io::Result<()> {
         }
     }
     Ok(())
+}
+
+/// `e` and the errors under it (the tar crate puts the OS error one level down).
+fn with_causes(e: &io::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = std::error::Error::source(e);
+    while let Some(c) = cause {
+        text.push_str(&format!(": {c}"));
+        cause = c.source();
+    }
+    text
 }
 
 /// An OCI whiteout file (`.wh.NAME`, or `.wh..wh..opq` for an opaque directory).
