@@ -10,12 +10,14 @@
 //! - [`context`] and [`copy`] implement COPY/ADD from the build context,
 //!   another stage or an image.
 
+mod base_image;
 pub mod cache;
 pub mod context;
 pub mod copy;
 pub mod executor;
 pub mod image_config;
 pub mod layer_tar;
+mod manifest;
 pub mod progress;
 pub mod rootfs;
 pub mod run_mounts;
@@ -37,6 +39,8 @@ pub enum BuildError {
     #[error(transparent)]
     Session(#[from] vm_session::SessionError),
     #[error(transparent)]
+    Mount(#[from] run_mounts::MountError),
+    #[error(transparent)]
     Store(#[from] crate::oci::StoreError),
     #[error(transparent)]
     Cache(#[from] cache::CacheError),
@@ -48,6 +52,4 @@ pub enum BuildError {
     User(#[from] users::UserError),
     #[error(transparent)]
     Context(#[from] context::ContextError),
-    #[error("reading the RUN step's files from the scratch disk: {0}")]
-    Snapshot(String),
 }

@@ -5,6 +5,7 @@
 
 use std::collections::HashMap;
 use std::io::{IsTerminal, Write};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -249,6 +250,50 @@ impl Progress {
     fn finish_live(&mut self) {
         self.erase_live();
         self.live = None;
+    }
+}
+
+/// One build's handle on the (possibly shared) progress display: with a
+/// prefix (e.g. `linux/arm64 `) its step names say which build they are.
+pub struct StepLog {
+    progress: Arc<Mutex<Progress>>,
+    prefix: String,
+}
+
+impl StepLog {
+    pub fn new(progress: Arc<Mutex<Progress>>, prefix: &str) -> Self {
+        StepLog { progress, prefix: prefix.to_string() }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Progress> {
+        // A panic elsewhere while printing must not hide this build's errors.
+        self.progress.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn start(&self, name: &str) -> usize {
+        let name = match name.strip_prefix('[') {
+            Some(rest) if !self.prefix.is_empty() => format!("[{}{rest}", self.prefix),
+            _ => name.to_string(),
+        };
+        self.lock().start(&name)
+    }
+
+    pub fn output(&self, id: usize, stream: u8, bytes: &[u8]) {
+        self.lock().output(id, stream, bytes)
+    }
+
+    pub fn end(&self, id: usize, how: StepEnd, elapsed: Duration) {
+        self.lock().end(id, how, elapsed)
+    }
+
+    /// Runs `work` as a step of its own named `name` (`[internal] ...`).
+    pub fn step<T, E>(&self, name: &str, work: impl FnOnce() -> Result<T, E>) -> Result<T, E> {
+        let id = self.start(name);
+        let started = Instant::now();
+        let result = work();
+        let how = if result.is_ok() { StepEnd::Done } else { StepEnd::Error };
+        self.end(id, how, started.elapsed());
+        result
     }
 }
 

@@ -1,5 +1,6 @@
-//! `RUN --mount`: what each mount adds to the step's cache key (decided
-//! before any VM exists) and what it becomes inside the VM.
+//! `RUN --mount`: what each mount reads and adds to the step's cache key
+//! (resolved before any VM exists, [`RunMounts::resolve`]) and what it
+//! becomes inside the VM ([`RunMounts::into_specs`]).
 //!
 //! - `cache`: a volume per id and platform kept on the host as a tar in
 //!   the image store's folder (beside the build cache), unpacked once per VM into a scratch directory, bound
@@ -12,22 +13,139 @@
 //!   it is in no layer, no history entry, no cache key and no log.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
 
-use kiln_protocol::MountSpec;
+use kiln_protocol::{EntryKind, LayerEntry, MountSpec};
 use sha2::{Digest as _, Sha256};
 
+use super::copy::CopyPlan;
+use super::layer_tar::{write_tar, LayerOptions, LayerTarError};
+use super::vm_session::{CacheVolume, LayerRef, Session, SessionError};
 use crate::dockerfile::mount::{Mount, MountType};
+use crate::oci::layer::Compression;
+use crate::oci::store::Store;
 use crate::platform::Platform;
 
-/// A cache volume used by a step.
-#[derive(Debug, Clone)]
-pub struct CacheVolume {
-    /// Where it lives on the host between builds.
-    pub host_tar: PathBuf,
-    /// Its directory on the VM's scratch disk: one per volume, so steps of
-    /// one VM share it and it is unpacked once.
-    pub scratch_dir: String,
+#[derive(Debug, thiserror::Error)]
+pub enum MountError {
+    /// A `--secret` problem, reported at the RUN's line.
+    #[error("{0}")]
+    Secret(String),
+    #[error(transparent)]
+    Session(#[from] SessionError),
+    #[error(transparent)]
+    Layer(#[from] LayerTarError),
+    #[error("staging a bind mount of the build context: {0}")]
+    Staging(std::io::Error),
+}
+
+/// Where a mount's files come from.
+pub enum MountSource {
+    /// tmpfs, cache and secret mounts read nothing of the build.
+    Nothing,
+    /// `from=` a stage or an image: its layers, as a read-only overlay.
+    Layers(Vec<LayerRef>),
+    /// The build context's files under `source`, planned like COPY;
+    /// `is_file` mounts a single file as that file.
+    Context { plan: CopyPlan, is_file: bool },
+}
+
+/// A RUN's mounts, their sources, and what they add to the step's key.
+pub struct RunMounts<'m> {
+    mounts: Vec<(&'m Mount, MountSource)>,
+    /// The mounts' part of the step's cache key.
+    pub key: String,
+}
+
+/// What the mounts of one step need to become real in the VM.
+pub struct MountTarget<'a> {
+    pub store: &'a Store,
+    pub platform: &'a Platform,
+    /// The step's WORKDIR; relative targets join it.
+    pub cwd: &'a str,
+    pub secrets: &'a BTreeMap<String, Vec<u8>>,
+    pub cancel: &'a AtomicBool,
+}
+
+impl<'m> RunMounts<'m> {
+    /// Resolves each mount's source with `source_of`, which returns it and
+    /// the text it adds to the key (a stage's key, the context's checksum).
+    pub fn resolve<E>(
+        mounts: &'m [Mount],
+        cwd: &str,
+        mut source_of: impl FnMut(&Mount) -> Result<(MountSource, String), E>,
+    ) -> Result<Self, E> {
+        let mut key = String::new();
+        let mut resolved = Vec::with_capacity(mounts.len());
+        for m in mounts {
+            key.push_str(&key_part(m, cwd));
+            key.push('\n');
+            let (source, key_text) = source_of(m)?;
+            key.push_str(&key_text);
+            resolved.push((m, source));
+        }
+        Ok(RunMounts { mounts: resolved, key })
+    }
+
+    /// Makes the mounts real in `session`'s VM. Returns their specs and the
+    /// cache volumes to save back once the step succeeded.
+    pub fn into_specs(self, session: &mut Session, to: &MountTarget<'_>) -> Result<(Vec<MountSpec>, Vec<CacheVolume>), MountError> {
+        // Secrets first: a missing required one fails before anything is sent.
+        let mut secrets = Vec::new();
+        for (m, _) in self.mounts.iter().filter(|(m, _)| m.kind == MountType::Secret) {
+            secrets.push(secret_for(m, to.secrets).map_err(MountError::Secret)?);
+        }
+        let mut secrets = secrets.into_iter();
+        let (mut specs, mut volumes) = (Vec::new(), Vec::new());
+        for (m, source) in self.mounts {
+            let target = target_path(m, to.cwd, "");
+            match (m.kind, source) {
+                (MountType::Tmpfs, _) => specs.push(MountSpec::Tmpfs { target, size_bytes: m.size }),
+                (MountType::Secret, _) => {
+                    if let Some((_, spec)) = secrets.next().expect("one per secret mount") {
+                        specs.push(spec);
+                    }
+                }
+                (MountType::Cache, _) => {
+                    let volume = CacheVolume::for_mount(m, to.cwd, to.platform, to.store.root());
+                    session.ensure_cache(&volume, to.cancel)?;
+                    specs.push(MountSpec::Bind { source: volume.scratch_dir.clone(), target, readonly: false });
+                    volumes.push(volume);
+                }
+                (MountType::Bind, MountSource::Context { plan, is_file }) => {
+                    let source = unpack_context(session, to, plan, is_file)?;
+                    specs.push(MountSpec::Bind { source, target, readonly: m.readonly });
+                }
+                (MountType::Bind, MountSource::Layers(layers)) => {
+                    let lowers = session.lowers_for(to.store, &layers, to.cancel)?;
+                    let subpath = m.source.clone().unwrap_or_default().trim_start_matches('/').to_string();
+                    specs.push(MountSpec::Overlay { lowers, subpath, target });
+                }
+                (kind, _) => unreachable!("{kind:?} mounts are resolved or refused before the VM"),
+            }
+        }
+        Ok((specs, volumes))
+    }
+}
+
+/// Sends a planned context bind into the VM; returns its scratch path.
+fn unpack_context(session: &mut Session, to: &MountTarget<'_>, plan: CopyPlan, is_file: bool) -> Result<String, MountError> {
+    let (mut entries, mut contents) = (plan.entries, plan.contents);
+    let single_file = match entries.as_slice() {
+        [LayerEntry { path, kind: EntryKind::File { .. }, .. }] if is_file => Some(path.clone()),
+        _ => None,
+    };
+    let mut tar = tempfile::tempfile_in(to.store.root().join("tmp")).map_err(MountError::Staging)?;
+    let opts = LayerOptions { compression: Compression::None, source_date_epoch: None };
+    write_tar(&mut entries, contents.as_mut(), &opts, &mut tar)?;
+    std::io::Seek::rewind(&mut tar).map_err(MountError::Staging)?;
+    let dir = session.unpack_fresh(&mut std::io::BufReader::new(tar), to.cancel)?;
+    // A single file is mounted as that file, a directory as the directory.
+    Ok(match single_file {
+        Some(name) => format!("{dir}/{name}"),
+        None => dir,
+    })
 }
 
 /// Resolves a mount target: absolute, or relative to the WORKDIR.
@@ -42,7 +160,7 @@ pub fn target_path(m: &Mount, workdir: &str, default: &str) -> String {
 
 /// The host file of cache volume `id` for `platform` (volumes are per
 /// platform: compiled artefacts of one arch are useless to another).
-pub fn cache_volume_path(cache_root: &std::path::Path, platform: &Platform, id: &str) -> PathBuf {
+pub fn cache_volume_path(cache_root: &Path, platform: &Platform, id: &str) -> PathBuf {
     let mut h = Sha256::new();
     h.update(platform.to_string().as_bytes());
     h.update([0]);
@@ -93,7 +211,8 @@ pub fn key_part(m: &Mount, workdir: &str) -> String {
 }
 
 impl CacheVolume {
-    pub fn for_mount(m: &Mount, workdir: &str, platform: &Platform, cache_root: &std::path::Path) -> Self {
+    /// The volume a `type=cache` mount names (by id, else by target).
+    pub fn for_mount(m: &Mount, workdir: &str, platform: &Platform, cache_root: &Path) -> Self {
         let id = m.id.clone().unwrap_or_else(|| target_path(m, workdir, ""));
         let host_tar = cache_volume_path(cache_root, platform, &id);
         let name = host_tar.file_stem().and_then(|n| n.to_str()).expect("volume names are hex");

@@ -1,18 +1,26 @@
-//! The build's guest: booted on the first RUN that misses the cache (a fully
-//! cached build boots nothing), then kept for the rest of the build. Layers
-//! are unpacked by the agent into their own lower directories on the scratch
-//! disk once per VM; a RUN's upper directory becomes the next step's lower
-//! as it is, without a round trip through the host.
+//! One guest for a build (or a `kiln run`), and the whole life of a RUN in
+//! it: layers become lower directories on the scratch disk (unpacked once
+//! per VM), the command runs in a fresh overlay, and on success the session
+//! freezes the scratch file system, reads the upper directory's manifest
+//! and contents, writes the layer, thaws, and keeps the upper directory as
+//! that layer's lower for the steps that follow. Callers never see a frozen
+//! disk: [`Session::capture`] is the one place that freezes and thaws.
 
 use std::collections::{HashMap, HashSet};
+use std::io::Read;
+use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
+use std::time::Instant;
 
-use kiln_protocol::{ExecRequest, ExitStatus, LayerEntry, MountSpec, RootSpec, TtySize};
+use kiln_protocol::{EntryKind, ExecRequest, ExitStatus, LayerEntry, RootSpec};
 use oci_spec::image::Descriptor;
 
-use super::run_mounts::CacheVolume;
-use crate::oci::layer::open_layer;
+use super::layer_tar::{write_layer, write_tar, LayerOptions, LayerTarError};
+use super::progress::StepLog;
+use super::snapshot::Ext4Contents;
+use crate::oci::layer::{open_layer, Compression};
 use crate::oci::store::{Store, StoreError};
+use crate::platform::Platform;
 use crate::vm::client::Resizes;
 use crate::vm::{BootFiles, BootFilesError, Vm, VmConfig, VmError};
 
@@ -24,8 +32,25 @@ pub enum SessionError {
     Vm(#[from] VmError),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    Layer(#[from] LayerTarError),
     #[error("the VM has no scratch disk")]
     NoScratch,
+    #[error("reading {dir} from the scratch disk: {source}")]
+    Read { dir: String, source: std::io::Error },
+    #[error("saving the cache volume {}: {source}", path.display())]
+    CacheVolume { path: PathBuf, source: std::io::Error },
+}
+
+/// A `RUN --mount=type=cache` volume: a host tar between builds, a
+/// directory on the scratch disk while a VM uses it.
+#[derive(Debug, Clone)]
+pub struct CacheVolume {
+    /// Where it lives on the host between builds.
+    pub host_tar: PathBuf,
+    /// Its directory on the VM's scratch disk: one per volume, so steps of
+    /// one VM share it and it is unpacked once.
+    pub scratch_dir: String,
 }
 
 /// A layer as the step chain knows it: its blob and its diff_id.
@@ -35,28 +60,38 @@ pub struct LayerRef {
     pub diff_id: String,
 }
 
-/// What one RUN needs from the VM.
+/// What one command needs from the VM: the request (argv, env, cwd, user,
+/// network, mounts; the session sets its root) and the layers it runs over.
 pub struct RunSpec<'a> {
-    pub argv: Vec<String>,
-    pub env: Vec<String>,
-    pub cwd: String,
-    pub uid: u32,
-    pub gid: u32,
-    pub groups: Vec<u32>,
-    pub no_network: bool,
-    pub mounts: Vec<MountSpec>,
+    pub request: ExecRequest,
     /// The stage's layers, bottom first.
     pub layers: &'a [LayerRef],
 }
 
-/// A finished RUN whose upper directory is described and frozen; call
-/// [`Session::thaw`] after reading its contents.
+/// The command's side of the user's terminal (`kiln run`).
+pub struct ExecIo<'a> {
+    /// Forwarded as the command's input when given (`-i`).
+    pub stdin: Option<Box<dyn Read + Send>>,
+    /// Output by stream (all of it on STDOUT with a terminal).
+    pub sink: &'a mut dyn FnMut(u8, &[u8]),
+    /// Polled for the terminal's new sizes (with `ExecRequest::tty`).
+    pub resizes: Resizes<'a>,
+}
+
+/// How a RUN ended; a successful one carries its snapshot.
 pub struct RunOutcome {
     pub status: ExitStatus,
-    /// When the command's exit was reported (the snapshot starts then).
-    pub exited_at: std::time::Instant,
-    /// Scratch-relative upper directory (already an overlay lower for what follows).
-    pub upper: String,
+    pub snapshot: Option<Snapshot>,
+}
+
+/// A successful RUN's changes, written as a layer (`None`: no changes).
+pub struct Snapshot {
+    pub layer: Option<LayerRef>,
+    pub entries: usize,
+    /// Bytes of regular files in the layer.
+    pub file_bytes: u64,
+    /// From the command's exit to the layer written and the disk thawed.
+    pub seconds: f64,
 }
 
 pub struct Session {
@@ -69,49 +104,46 @@ pub struct Session {
 }
 
 impl Session {
-    /// Runs a command in an overlay over `spec.layers` without keeping its
-    /// changes (`kiln run`): stdin is forwarded when given; with `tty` the
-    /// command gets a terminal of that size, resized as `resizes` reports.
-    #[allow(clippy::too_many_arguments)]
-    pub fn exec(
-        &mut self,
-        store: &Store,
-        spec: RunSpec<'_>,
-        stdin: Option<Box<dyn std::io::Read + Send>>,
-        tty: Option<TtySize>,
-        sink: &mut dyn FnMut(u8, &[u8]),
-        resizes: Resizes,
-        cancel: &AtomicBool,
-    ) -> Result<ExitStatus, SessionError> {
-        let (req, _upper) = self.request(store, spec, cancel)?;
-        let req = ExecRequest { stdin: stdin.is_some(), tty, ..req };
-        Ok(self.vm.exec_resizable(req, stdin, sink, resizes, cancel)?)
-    }
-
-    /// The exec request for `spec` in a fresh overlay; returns it and its upper dir.
-    fn request(&mut self, store: &Store, spec: RunSpec<'_>, cancel: &AtomicBool) -> Result<(ExecRequest, String), SessionError> {
-        let lowers = self.lowers_for(store, spec.layers, cancel)?;
-        let n = self.next;
-        self.next += 1;
-        let upper = format!("u/{n}");
-        let req = ExecRequest {
-            argv: spec.argv,
-            env: spec.env,
-            cwd: spec.cwd,
-            uid: spec.uid,
-            gid: spec.gid,
-            groups: spec.groups,
-            root: Some(RootSpec::Overlay { lowers, upper: upper.clone(), work: format!("w/{n}") }),
-            no_network: spec.no_network,
-            mounts: spec.mounts,
-            ..Default::default()
-        };
-        Ok((req, upper))
-    }
-
     pub fn boot(config: &VmConfig, files: &BootFiles, cancel: &AtomicBool) -> Result<Self, SessionError> {
         let vm = Vm::boot(config, files, cancel)?;
         Ok(Session { vm, lowers: HashMap::new(), caches: HashSet::new(), next: 0 })
+    }
+
+    /// Runs a command in an overlay over `spec.layers` without keeping its
+    /// changes (`kiln run`), wired to the user's terminal.
+    pub fn exec(&mut self, store: &Store, spec: RunSpec<'_>, io: ExecIo<'_>, cancel: &AtomicBool) -> Result<ExitStatus, SessionError> {
+        let (req, _upper) = self.request(store, spec, cancel)?;
+        let req = ExecRequest { stdin: io.stdin.is_some(), ..req };
+        Ok(self.vm.exec_resizable(req, io.stdin, io.sink, io.resizes, cancel)?)
+    }
+
+    /// Runs a RUN step's command in a fresh overlay over `spec.layers`,
+    /// streaming its output to `sink`. When it succeeds, its upper directory
+    /// becomes a layer in `store` and the lower of what follows.
+    pub fn run(
+        &mut self,
+        store: &Store,
+        spec: RunSpec<'_>,
+        layer_options: &LayerOptions,
+        sink: &mut dyn FnMut(u8, &[u8]),
+        cancel: &AtomicBool,
+    ) -> Result<RunOutcome, SessionError> {
+        let (req, upper) = self.request(store, spec, cancel)?;
+        let status = self.vm.exec(req, None, sink, cancel)?;
+        if status != (ExitStatus::Code { code: 0 }) {
+            return Ok(RunOutcome { status, snapshot: None });
+        }
+        let exited_at = Instant::now();
+        let (layer, entries, file_bytes) = self.capture(&upper, cancel, |entries, contents| {
+            let (count, bytes) = (entries.len(), file_bytes(entries));
+            let layer = write_layer(store, entries, contents, layer_options)?;
+            Ok((layer.map(|l| LayerRef { descriptor: l.descriptor, diff_id: l.diff_id.to_string() }), count, bytes))
+        })?;
+        if let Some(layer) = &layer {
+            self.lowers.insert(layer.diff_id.clone(), upper);
+        }
+        let seconds = exited_at.elapsed().as_secs_f64();
+        Ok(RunOutcome { status, snapshot: Some(Snapshot { layer, entries, file_bytes, seconds }) })
     }
 
     /// Makes every layer of `layers` available as a lower directory (the
@@ -123,8 +155,7 @@ impl Session {
             let dir = match self.lowers.get(&layer.diff_id) {
                 Some(dir) => dir.clone(),
                 None => {
-                    let dir = format!("l/{}", self.next);
-                    self.next += 1;
+                    let dir = self.fresh_dir("l");
                     let mut tar = open_layer(store, &layer.descriptor)?;
                     self.vm.unpack(&dir, &mut tar, cancel)?;
                     self.lowers.insert(layer.diff_id.clone(), dir.clone());
@@ -137,48 +168,13 @@ impl Session {
         Ok(dirs)
     }
 
-    /// Runs a command in an overlay over the stage's layers, streaming its
-    /// output to `sink`. On success the upper directory is snapshotted:
-    /// the manifest comes back and the scratch file system stays frozen.
-    pub fn run(
-        &mut self,
-        store: &Store,
-        spec: RunSpec<'_>,
-        sink: &mut dyn FnMut(u8, &[u8]),
-        cancel: &AtomicBool,
-    ) -> Result<(RunOutcome, Option<Vec<LayerEntry>>), SessionError> {
-        let (req, upper) = self.request(store, spec, cancel)?;
-        let status = self.vm.exec(req, None, sink, cancel)?;
-        let exited_at = std::time::Instant::now();
-        if status != (ExitStatus::Code { code: 0 }) {
-            return Ok((RunOutcome { status, exited_at, upper }, None));
-        }
-        let entries = self.vm.snapshot(&upper, cancel)?;
-        Ok((RunOutcome { status, exited_at, upper }, Some(entries)))
-    }
-
-    /// The scratch disk image the frozen upper directory can be read from.
-    pub fn scratch_image(&self) -> Result<&std::path::Path, SessionError> {
-        self.vm.scratch_image().ok_or(SessionError::NoScratch)
-    }
-
-    pub fn thaw(&mut self, cancel: &AtomicBool) -> Result<(), SessionError> {
-        Ok(self.vm.thaw(cancel)?)
-    }
-
-    /// Records that `upper` holds the files of the layer with `diff_id`, so
-    /// later steps use it as a lower without unpacking the blob again.
-    pub fn adopt(&mut self, diff_id: &str, upper: &str) {
-        self.lowers.insert(diff_id.to_string(), upper.to_string());
-    }
-
     /// Makes the cache volume's directory exist in the VM, unpacked from its
     /// host tar the first time this VM uses it.
     pub fn ensure_cache(&mut self, volume: &CacheVolume, cancel: &AtomicBool) -> Result<(), SessionError> {
         if self.caches.contains(&volume.scratch_dir) {
             return Ok(());
         }
-        let mut tar: Box<dyn std::io::Read> = match std::fs::File::open(&volume.host_tar) {
+        let mut tar: Box<dyn Read> = match std::fs::File::open(&volume.host_tar) {
             Ok(f) => Box::new(std::io::BufReader::new(f)),
             // A new volume: an empty archive just creates the directory.
             Err(_) => Box::new(std::io::Cursor::new(vec![0u8; 1024])),
@@ -188,21 +184,117 @@ impl Session {
         Ok(())
     }
 
-    /// Unpacks `tar` into a fresh scratch directory and returns its path
-    /// (the build context's files for a `--mount=type=bind`).
-    pub fn unpack_fresh(&mut self, tar: &mut dyn std::io::Read, cancel: &AtomicBool) -> Result<String, SessionError> {
-        let dir = format!("b/{}", self.next);
-        self.next += 1;
-        self.vm.unpack(&dir, tar, cancel)?;
-        Ok(dir)
+    /// Writes a cache volume back to its host tar: a temp file renamed over
+    /// the old one, so a crash leaves the previous volume whole.
+    pub fn save_cache(&mut self, volume: &CacheVolume, cancel: &AtomicBool) -> Result<(), SessionError> {
+        let io = |source| SessionError::CacheVolume { path: volume.host_tar.clone(), source };
+        let dir = volume.host_tar.parent().expect("volume paths have a parent");
+        std::fs::create_dir_all(dir).map_err(io)?;
+        let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(io)?;
+        self.capture(&volume.scratch_dir, cancel, |entries, contents| {
+            let opts = LayerOptions { compression: Compression::None, source_date_epoch: None };
+            Ok(write_tar(entries, contents, &opts, &mut std::io::BufWriter::new(tmp.as_file_mut()))?)
+        })?;
+        tmp.persist(&volume.host_tar).map_err(|e| io(e.error))?;
+        Ok(())
     }
 
-    /// Describes a scratch directory (freezing the scratch file system until [`Session::thaw`]).
-    pub fn snapshot_dir(&mut self, dir: &str, cancel: &AtomicBool) -> Result<Vec<LayerEntry>, SessionError> {
-        Ok(self.vm.snapshot(dir, cancel)?)
+    /// Unpacks `tar` into a fresh scratch directory and returns its path
+    /// (the build context's files for a `--mount=type=bind`).
+    pub fn unpack_fresh(&mut self, tar: &mut dyn Read, cancel: &AtomicBool) -> Result<String, SessionError> {
+        let dir = self.fresh_dir("b");
+        self.vm.unpack(&dir, tar, cancel)?;
+        Ok(dir)
     }
 
     pub fn shutdown(self) {
         self.vm.shutdown();
     }
+
+    /// The exec request for `spec` in a fresh overlay; returns it and its upper dir.
+    fn request(&mut self, store: &Store, spec: RunSpec<'_>, cancel: &AtomicBool) -> Result<(ExecRequest, String), SessionError> {
+        let lowers = self.lowers_for(store, spec.layers, cancel)?;
+        let n = self.next;
+        self.next += 1;
+        let upper = format!("u/{n}");
+        let root = RootSpec::Overlay { lowers, upper: upper.clone(), work: format!("w/{n}") };
+        Ok((ExecRequest { root: Some(root), ..spec.request }, upper))
+    }
+
+    /// A scratch directory name no other use of this VM has.
+    fn fresh_dir(&mut self, prefix: &str) -> String {
+        let dir = format!("{prefix}/{}", self.next);
+        self.next += 1;
+        dir
+    }
+
+    /// Freezes the scratch file system with `dir` described (the agent's
+    /// manifest), lets `read` take the entries and their contents from the
+    /// disk image on the host, and thaws whatever `read` returned.
+    fn capture<T>(
+        &mut self,
+        dir: &str,
+        cancel: &AtomicBool,
+        read: impl FnOnce(&mut Vec<LayerEntry>, &mut Ext4Contents) -> Result<T, SessionError>,
+    ) -> Result<T, SessionError> {
+        let mut entries = self.vm.snapshot(dir, cancel)?;
+        let read = self.vm.scratch_image().ok_or(SessionError::NoScratch).and_then(|image| {
+            let mut contents =
+                Ext4Contents::open(image, dir).map_err(|source| SessionError::Read { dir: dir.to_string(), source })?;
+            read(&mut entries, &mut contents)
+        });
+        // Thaw whatever happened, so the VM stays usable (and can shut down cleanly).
+        let thawed = self.vm.thaw(cancel);
+        let value = read?;
+        thawed?;
+        Ok(value)
+    }
+}
+
+/// A build's VMs: one per platform a stage runs on (`FROM
+/// --platform=$BUILDPLATFORM` stages get one of the build platform),
+/// booted on the first step that needs it.
+pub struct Sessions {
+    memory_mib: u64,
+    cpus: u32,
+    by_platform: HashMap<String, Session>,
+    booted: bool,
+}
+
+impl Sessions {
+    pub fn new(memory_mib: u64, cpus: u32) -> Self {
+        Sessions { memory_mib, cpus, by_platform: HashMap::new(), booted: false }
+    }
+
+    /// The VM for `platform`, booted now (shown as a step) if there is none.
+    pub fn get(&mut self, platform: &Platform, progress: &StepLog, cancel: &AtomicBool) -> Result<&mut Session, SessionError> {
+        let key = platform.to_string();
+        if !self.by_platform.contains_key(&key) {
+            let mut config = VmConfig::new(platform.clone());
+            config.memory_mib = self.memory_mib;
+            config.cpus = self.cpus;
+            let session = progress.step(&format!("[internal] booting a {platform} VM"), || {
+                let files = crate::vm::boot_files(platform, None)?;
+                Session::boot(&config, &files, cancel)
+            })?;
+            self.by_platform.insert(key.clone(), session);
+            self.booted = true;
+        }
+        Ok(self.by_platform.get_mut(&key).expect("inserted above"))
+    }
+
+    /// Whether any VM was booted (a fully cached build boots none).
+    pub fn booted(&self) -> bool {
+        self.booted
+    }
+
+    pub fn shutdown(&mut self) {
+        for (_, session) in self.by_platform.drain() {
+            session.shutdown();
+        }
+    }
+}
+
+fn file_bytes(entries: &[LayerEntry]) -> u64 {
+    entries.iter().map(|e| if let EntryKind::File { size, .. } = e.kind { size } else { 0 }).sum()
 }

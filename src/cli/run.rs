@@ -9,7 +9,8 @@ use clap::Args;
 use super::terminal;
 use crate::oci::Store;
 use crate::platform::Platform;
-use crate::run::{run_image, RunIo, RunRequest};
+use crate::build::vm_session::ExecIo;
+use crate::run::{run_image, RunRequest};
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
@@ -108,7 +109,7 @@ pub fn run(args: RunArgs, cancel: &'static std::sync::atomic::AtomicBool) -> any
     // `_raw` restores the terminal when dropped, on every way out of here.
     let (_raw, stdin) = terminal::guest_stdin(args.interactive, args.tty);
     let mut resizes = terminal::resizes(args.tty);
-    let io = RunIo { stdin, sink: &mut sink, resizes: &mut resizes };
+    let io = ExecIo { stdin, sink: &mut sink, resizes: &mut resizes };
     let code = run_image(&store, &req, io, cancel)?;
     Ok(ExitCode::from(code.clamp(0, 255) as u8))
 }

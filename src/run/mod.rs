@@ -8,12 +8,11 @@ use std::sync::atomic::AtomicBool;
 use crate::build::image_config::{ImageConfigFile, DEFAULT_PATH_ENV};
 use crate::build::rootfs::{LayerStack, RootfsError};
 use crate::build::users::{self, UserError};
-use crate::build::vm_session::{LayerRef, RunSpec, Session, SessionError};
+use crate::build::vm_session::{ExecIo, LayerRef, RunSpec, Session, SessionError};
 use crate::oci::store::{Store, StoreError};
 use crate::platform::Platform;
-use crate::vm::client::Resizes;
 use crate::vm::{BootFilesError, VmConfig};
-use kiln_protocol::TtySize;
+use kiln_protocol::{ExecRequest, TtySize};
 
 #[derive(Debug, Clone)]
 pub struct RunRequest {
@@ -52,18 +51,8 @@ pub enum RunError {
     Image { image: String, message: String },
 }
 
-/// The command's side of the user's terminal.
-pub struct RunIo<'a> {
-    /// Forwarded as the command's input when given (`-i`).
-    pub stdin: Option<Box<dyn std::io::Read + Send>>,
-    /// Output by stream (all of it on STDOUT with a terminal).
-    pub sink: &'a mut dyn FnMut(u8, &[u8]),
-    /// Polled for the terminal's new sizes (with `RunRequest::tty`).
-    pub resizes: Resizes<'a>,
-}
-
 /// Runs the image and returns the command's exit code (128+signal when killed).
-pub fn run_image(store: &Store, req: &RunRequest, io: RunIo<'_>, cancel: &AtomicBool) -> Result<i32, RunError> {
+pub fn run_image(store: &Store, req: &RunRequest, io: ExecIo<'_>, cancel: &AtomicBool) -> Result<i32, RunError> {
     let bad = |message: String| RunError::Image { image: req.image.clone(), message };
     let (_, desc) = crate::registry::reference::resolve_local(store, &req.image)?;
     let image = match &req.platform {
@@ -123,18 +112,17 @@ pub fn run_image(store: &Store, req: &RunRequest, io: RunIo<'_>, cancel: &Atomic
     vm_config.netdev_extra = req.ports.iter().map(|(h, g)| format!("hostfwd=tcp:127.0.0.1:{h}-:{g}")).collect();
     let files = crate::vm::boot_files(&platform, None)?;
     let mut session = Session::boot(&vm_config, &files, cancel)?;
-    let spec = RunSpec {
+    let request = ExecRequest {
         argv,
         env,
         cwd: if cwd.is_empty() { "/".into() } else { cwd },
         uid: identity.uid,
         gid: identity.gid,
         groups: identity.groups,
-        no_network: false,
-        mounts: Vec::new(),
-        layers: &layers,
+        tty: req.tty,
+        ..Default::default()
     };
-    let status = session.exec(store, spec, io.stdin, req.tty, io.sink, io.resizes, cancel);
+    let status = session.exec(store, RunSpec { request, layers: &layers }, io, cancel);
     session.shutdown();
     Ok(status?.shell_code())
 }

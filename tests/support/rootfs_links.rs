@@ -21,7 +21,7 @@ pub fn with_links(src: &Path, dst: &Path, links: &[(&str, &str)]) {
         let mut header = entry.header().clone();
         let mut data = Vec::new();
         std::io::Read::read_to_end(&mut entry, &mut data).unwrap();
-        out.append(&mut header, data.as_slice()).unwrap();
+        out.append(&header, data.as_slice()).unwrap();
     }
     for (path, target) in links {
         let mut header = tar::Header::new_gnu();

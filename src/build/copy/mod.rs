@@ -67,6 +67,27 @@ pub struct CopyInput<'a> {
     pub dest_root: &'a LayerStack,
 }
 
+impl<'a> CopyInput<'a> {
+    /// A plain COPY of `sources` to `dest`: no owner, mode, exclusions or
+    /// ADD options (set those fields on the result where they apply).
+    pub fn new(add: bool, sources: &'a [String], dest: &'a str, workdir: &'a str, dest_root: &'a LayerStack) -> Self {
+        CopyInput {
+            add,
+            sources,
+            inline: &[],
+            dest,
+            workdir,
+            owner: None,
+            chmod: None,
+            parents: false,
+            exclude: &[],
+            checksum: None,
+            unpack: None,
+            dest_root,
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum CopyError {
     #[error("{0}")]

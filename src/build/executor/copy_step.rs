@@ -1,0 +1,102 @@
+//! COPY and ADD (from the context, another stage or an image), and the
+//! context files of `RUN --mount=type=bind`, which are planned the same way.
+
+use super::{Builder, StageState, StepCx};
+use crate::build::cache::CacheKey;
+use crate::build::context::BuildContext;
+use crate::build::copy::{self, CopyInput, CopySource};
+use crate::build::rootfs::LayerStack;
+use crate::build::BuildError;
+use crate::dockerfile::expand::Scope;
+use crate::dockerfile::instructions::InstructionKind;
+
+impl Builder<'_> {
+    /// Runs a COPY or ADD (or takes it from the cache); returns whether it was cached.
+    pub(super) fn copy(&mut self, cx: &StepCx<'_>, scope: &Scope<'_, '_>, state: &mut StageState) -> Result<bool, BuildError> {
+        let span = cx.instr.span;
+        let (add, sources, dest, from, chown, chmod, link, parents, exclude, heredocs, checksum, unpack) = match &cx.instr.kind {
+            InstructionKind::Copy(c) => {
+                (false, &c.sources, &c.dest, c.from.clone(), &c.chown, &c.chmod, c.link, c.parents, &c.exclude, &c.heredocs, None, None)
+            }
+            InstructionKind::Add(a) => {
+                (true, &a.sources, &a.dest, None, &a.chown, &a.chmod, a.link, false, &a.exclude, &a.heredocs, a.checksum.clone(), a.unpack)
+            }
+            _ => unreachable!("copy() is called for COPY and ADD"),
+        };
+        let inline: Vec<(String, String)> = heredocs
+            .iter()
+            .map(|doc| Ok((doc.name.clone(), scope.heredoc_content(doc, span)?)))
+            .collect::<Result<_, crate::dockerfile::Error>>()
+            .map_err(|e| e.in_file(&self.req.dockerfile))?;
+        let owner = match chown {
+            Some(spec) => {
+                let mut id = self.identity(state, spec).map_err(|e| self.at(cx, format!("--chown={spec}: {e}")))?;
+                id.groups.clear();
+                Some(id)
+            }
+            None => None,
+        };
+        // The source side: the context, another stage or an image.
+        let mut from_state = match &from {
+            None => None,
+            Some(f) => Some(self.source_state(cx, f)?),
+        };
+        if let Some(s) = from_state.as_mut() {
+            self.stack(s)?;
+        } else {
+            self.open_context()?;
+        }
+        self.stack(state)?;
+        let workdir = if state.config.config.working_dir.is_empty() { "/".to_string() } else { state.config.config.working_dir.clone() };
+        let empty_root = LayerStack::empty();
+        // A --link layer may not depend on what is below it.
+        let dest_root = if link { &empty_root } else { state.stack.as_ref().expect("indexed above") };
+        let input = CopyInput {
+            owner,
+            chmod: chmod.as_deref(),
+            parents,
+            exclude,
+            checksum: checksum.as_deref(),
+            unpack,
+            inline: &inline,
+            ..CopyInput::new(add, sources, dest, &workdir, dest_root)
+        };
+        let source = match &from_state {
+            Some(s) => CopySource::Stack { stack: s.stack.as_ref().expect("indexed above"), store: self.store },
+            None => CopySource::Context(self.context.as_ref().expect("opened above")),
+        };
+        let plan = copy::plan(&input, source).map_err(|e| self.at(cx, e.to_string()))?;
+        // --link layers do not depend on what is below them.
+        let parent = if link { None } else { Some(&state.key) };
+        let key = CacheKey::derive(
+            parent,
+            &[if add { b"ADD" } else { b"COPY" }, plan.checksum.as_bytes(), cx.text.as_bytes(), workdir.as_bytes()],
+        );
+        let key = if link { CacheKey::derive(Some(&state.key), &[key.0.as_bytes()]) } else { key };
+        if self.try_cache(&key, state)? {
+            return Ok(true);
+        }
+        let (mut entries, mut contents) = (plan.entries, plan.contents);
+        let layer = self.write(&mut entries, contents.as_mut())?;
+        self.commit(key, state, layer, &format!("{} # buildkit", cx.text))?;
+        Ok(false)
+    }
+
+    /// Plans the build context's files under `source` for a bind mount.
+    pub(super) fn plan_context_bind(&mut self, cx: &StepCx<'_>, source: &str) -> Result<copy::CopyPlan, BuildError> {
+        self.open_context()?;
+        let sources = [source.to_string()];
+        let empty = LayerStack::empty();
+        let input = CopyInput::new(false, &sources, "/", "/", &empty);
+        let context = CopySource::Context(self.context.as_ref().expect("opened above"));
+        copy::plan(&input, context).map_err(|e| self.at(cx, format!("RUN --mount=type=bind,source={source}: {e}")))
+    }
+
+    /// Opens the build context (with its .dockerignore) on first use.
+    fn open_context(&mut self) -> Result<(), BuildError> {
+        if self.context.is_none() {
+            self.context = Some(BuildContext::open(&self.req.context, Some(&self.req.dockerfile))?);
+        }
+        Ok(())
+    }
+}

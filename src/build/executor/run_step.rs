@@ -1,0 +1,203 @@
+//! The RUN step: its command line and environment, its cache key (mounts
+//! included), then the command in the platform's VM, whose session turns
+//! the changes into a layer.
+
+use kiln_protocol::ExecRequest;
+
+use super::{Builder, StageState, StepCx};
+use crate::build::cache::CacheKey;
+use crate::build::image_config::{RunConfig, DEFAULT_PATH_ENV};
+use crate::build::run_mounts::{MountError, MountSource, MountTarget, RunMounts};
+use crate::build::vm_session::{RunSpec, SessionError};
+use crate::build::BuildError;
+use crate::dockerfile::expand::Scope;
+use crate::dockerfile::instructions::{Network, Run};
+use crate::dockerfile::mount::{Mount, MountType};
+use crate::dockerfile::{ShellOrExec, Span};
+
+impl Builder<'_> {
+    /// Runs `run` (or takes it from the cache); returns whether it was cached.
+    pub(super) fn run(&mut self, cx: &StepCx<'_>, scope: &Scope<'_, '_>, state: &mut StageState, run: &Run) -> Result<bool, BuildError> {
+        let span = cx.instr.span;
+        let config = &state.config.config;
+        let argv = run_argv(config, run, scope, span).map_err(|e| e.in_file(&self.req.dockerfile))?;
+        let mut env: Vec<String> = scope.run_env().0.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        if !env.iter().any(|e| e.starts_with("PATH=")) {
+            env.push(DEFAULT_PATH_ENV.to_string());
+        }
+        let cwd = if config.working_dir.is_empty() { "/".to_string() } else { config.working_dir.clone() };
+        let no_network = self.req.network_none || run.network == Network::None;
+        let user = config.user.clone();
+        // What mounts read from other stages, images or the context is resolved now, for the key.
+        let mounts = RunMounts::resolve(&run.mounts, &cwd, |m| self.mount_source(cx, m))?;
+        let key = CacheKey::derive(
+            Some(&state.key),
+            &[
+                b"RUN",
+                serde_json::to_string(&argv).expect("strings serialise").as_bytes(),
+                serde_json::to_string(&env).expect("strings serialise").as_bytes(),
+                user.as_bytes(),
+                cwd.as_bytes(),
+                if no_network { b"none" } else { b"default" },
+                mounts.key.as_bytes(),
+            ],
+        );
+        if self.try_cache(&key, state)? {
+            return Ok(true);
+        }
+        let id = self.identity(state, &user).map_err(|e| self.at(cx, e.to_string()))?;
+        let layer_options = self.layer_options();
+        let session = match self.sessions.get(cx.platform, &self.progress, self.cancel) {
+            Ok(session) => session,
+            // No kernel or agent for the platform: a problem of this step's line.
+            Err(SessionError::BootFiles(e)) => return Err(step_error(cx, &self.req.dockerfile, e.to_string())),
+            Err(e) => return Err(e.into()),
+        };
+        let target = MountTarget { store: self.store, platform: cx.platform, cwd: &cwd, secrets: &self.req.secrets, cancel: self.cancel };
+        let (mount_specs, volumes) = mounts.into_specs(session, &target).map_err(|e| match e {
+            MountError::Secret(message) => step_error(cx, &self.req.dockerfile, message),
+            e => e.into(),
+        })?;
+        let request = ExecRequest {
+            argv,
+            env,
+            cwd,
+            uid: id.uid,
+            gid: id.gid,
+            groups: id.groups,
+            no_network,
+            mounts: mount_specs,
+            ..Default::default()
+        };
+        let mut tail = OutputTail::default();
+        let progress = &self.progress;
+        let mut sink = |stream: u8, bytes: &[u8]| {
+            tail.push(bytes);
+            progress.output(cx.step, stream, bytes);
+        };
+        let spec = RunSpec { request, layers: &state.layers };
+        let outcome = session.run(self.store, spec, &layer_options, &mut sink, self.cancel)?;
+        let Some(snapshot) = outcome.snapshot else {
+            let command = match &run.command {
+                ShellOrExec::Shell(s) => s.clone(),
+                ShellOrExec::Exec(a) => serde_json::to_string(a).unwrap_or_default(),
+            };
+            let message = format!("process \"{command}\" did not complete successfully: {}\n{}", outcome.status, tail.render());
+            return Err(step_error(cx, &self.req.dockerfile, message));
+        };
+        // How long the snapshot took, for users and scripts/bench-snapshot.sh.
+        let (file_mb, seconds) = (snapshot.file_bytes as f64 / 1e6, snapshot.seconds);
+        let note = match &snapshot.layer {
+            Some(l) => format!(
+                "snapshot: {file_mb:.1} MB in {} entries -> {:.1} MB layer, {seconds:.2}s after the command exited ({:.1} MB/s)\n",
+                snapshot.entries,
+                l.descriptor.size() as f64 / 1e6,
+                file_mb / seconds.max(1e-3)
+            ),
+            None => format!("snapshot: no changes ({seconds:.2}s)\n"),
+        };
+        progress.output(cx.step, kiln_protocol::stream::STDERR, note.as_bytes());
+        for volume in &volumes {
+            session.save_cache(volume, self.cancel)?;
+        }
+        self.commit(key, state, snapshot.layer, &format!("{} # buildkit", cx.text))?;
+        Ok(false)
+    }
+
+    /// What a mount reads, and what that adds to the step's key.
+    fn mount_source(&mut self, cx: &StepCx<'_>, m: &Mount) -> Result<(MountSource, String), BuildError> {
+        match (&m.kind, &m.from) {
+            (MountType::Bind, Some(from)) => {
+                let source = self.source_state(cx, from)?;
+                Ok((MountSource::Layers(source.layers), source.key.0))
+            }
+            (MountType::Bind, None) => {
+                // The context's files, planned like `COPY <source> /`: their checksum is the key.
+                let source = m.source.as_deref().unwrap_or(".");
+                let plan = self.plan_context_bind(cx, source)?;
+                let checksum = plan.checksum.clone();
+                // Only to choose file or directory; the contents come from the confined plan.
+                let is_file = std::fs::metadata(self.req.context.join(source.trim_start_matches('/'))).is_ok_and(|m| m.is_file());
+                Ok((MountSource::Context { plan, is_file }, checksum))
+            }
+            (MountType::Ssh, _) => Err(self.at(cx, "RUN --mount=type=ssh is not supported yet")),
+            _ => Ok((MountSource::Nothing, String::new())),
+        }
+    }
+}
+
+/// A failure at the step's line (for use while the builder is borrowed).
+fn step_error(cx: &StepCx<'_>, dockerfile: &std::path::Path, message: String) -> BuildError {
+    let error = cx.df.error_at(cx.instr.span, crate::dockerfile::ErrorKind::Step(message));
+    BuildError::Step(error.in_file(dockerfile))
+}
+
+/// The argv of a RUN: exec form as is; shell form through the SHELL; a
+/// heredoc body as the script when the command is only `<<EOF`.
+fn run_argv(config: &RunConfig, run: &Run, scope: &Scope<'_, '_>, span: Span) -> Result<Vec<String>, crate::dockerfile::Error> {
+    match &run.command {
+        ShellOrExec::Exec(argv) => Ok(argv.clone()),
+        ShellOrExec::Shell(line) => {
+            let mut script = line.clone();
+            if let Some(first) = run.heredocs.first() {
+                let body = scope.heredoc_content(first, span)?;
+                if line.trim_start().starts_with("<<") && line.split_whitespace().count() == 1 {
+                    script = body;
+                } else {
+                    for doc in &run.heredocs {
+                        let body = scope.heredoc_content(doc, span)?;
+                        script.push('\n');
+                        script.push_str(&body);
+                        script.push_str(&doc.name);
+                    }
+                }
+            }
+            Ok(config.command_argv(&ShellOrExec::Shell(script)))
+        }
+    }
+}
+
+/// The last lines of a failed step's output, for the error message.
+#[derive(Default)]
+struct OutputTail {
+    bytes: Vec<u8>,
+}
+
+const TAIL_BYTES: usize = 64 * 1024;
+const TAIL_LINES: usize = 20;
+
+impl OutputTail {
+    fn push(&mut self, chunk: &[u8]) {
+        self.bytes.extend_from_slice(chunk);
+        if self.bytes.len() > 2 * TAIL_BYTES {
+            self.bytes.drain(..self.bytes.len() - TAIL_BYTES);
+        }
+    }
+
+    fn render(&self) -> String {
+        let text = String::from_utf8_lossy(&self.bytes);
+        let lines: Vec<&str> = text.lines().collect();
+        let start = lines.len().saturating_sub(TAIL_LINES);
+        let shown: Vec<String> = lines[start..].iter().map(|l| format!("  > {l}")).collect();
+        if shown.is_empty() {
+            "  (no output)".into()
+        } else {
+            format!("last output lines:\n{}", shown.join("\n"))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn output_tail_keeps_the_last_lines() {
+        let mut t = OutputTail::default();
+        for i in 0..100 {
+            t.push(format!("line {i}\n").as_bytes());
+        }
+        let r = t.render();
+        assert!(r.contains("line 99") && r.contains("line 80") && !r.contains("line 79\n"), "{r}");
+    }
+}
