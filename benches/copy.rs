@@ -70,20 +70,7 @@ fn main() {
     let ctx = BuildContext::open(&ctx_dir, None).expect("context");
     let dest_root = LayerStack::empty();
     let sources = vec![".".to_string()];
-    let input = CopyInput {
-        add: false,
-        sources: &sources,
-        inline: &[],
-        dest: "/app/",
-        workdir: "/",
-        owner: None,
-        chmod: None,
-        parents: false,
-        exclude: &[],
-        checksum: None,
-        unpack: None,
-        dest_root: &dest_root,
-    };
+    let input = CopyInput::new(false, &sources, "/app/", "/", &dest_root);
     let files = DIRS * FILES_PER_DIR;
     let mb = bytes as f64 / (1024.0 * 1024.0);
     println!("context: {files} files, {mb:.0} MiB");

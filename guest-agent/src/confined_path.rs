@@ -1,12 +1,13 @@
-//! Resolving a path inside a root directory the way the kernel would after
+//! Resolving a path inside a root the way the kernel would after
 //! `chroot(root)`: `..` stops at the root, absolute symlinks restart at it,
-//! and no lookup ever leaves it. Shared by the agent (mount points in an
-//! image's root) and usable by the host for the same job.
+//! and no lookup ever leaves it. One resolver for every tree kiln resolves
+//! in: a directory on disk (the agent's mount points, [`DirTree`]), and on
+//! the host an image's layers, the build context and an ADD's archive.
 //!
-//! Only `symlink_metadata` and `read_link` are used on each part, so a link
-//! is read, never followed by the OS; the caller must make sure nothing else
-//! changes the tree while it resolves (the agent resolves before the
-//! command starts).
+//! A [`Tree`] only answers what is at one path, so a link is read, never
+//! followed by the OS; for a directory on disk the caller must make sure
+//! nothing else changes it while it resolves (the agent resolves before
+//! the command starts).
 
 use std::ffi::OsString;
 use std::io;
@@ -15,11 +16,56 @@ use std::path::{Component, Path, PathBuf};
 /// Symlinks followed while resolving one path, as the kernel's MAXSYMLINKS.
 pub const MAX_SYMLINKS: u32 = 40;
 
+/// What is at one root-relative path, as far as resolving needs to know.
+pub enum Node {
+    Missing,
+    Dir,
+    Symlink(PathBuf),
+    /// A file, device, socket...
+    Other,
+}
+
+impl Node {
+    /// The node of a layer or context entry (`None`: nothing there).
+    pub fn of_entry(kind: Option<&crate::EntryKind>) -> Node {
+        match kind {
+            None => Node::Missing,
+            Some(crate::EntryKind::Dir { .. }) => Node::Dir,
+            Some(crate::EntryKind::Symlink { target }) => Node::Symlink(PathBuf::from(target)),
+            Some(_) => Node::Other,
+        }
+    }
+}
+
+/// A tree paths are resolved in.
+pub trait Tree {
+    /// What is at `rel` (relative, every part but the last resolved), links not followed.
+    fn node(&self, rel: &Path) -> io::Result<Node>;
+}
+
+/// A directory on disk as a [`Tree`].
+pub struct DirTree<'a>(pub &'a Path);
+
+impl Tree for DirTree<'_> {
+    fn node(&self, rel: &Path) -> io::Result<Node> {
+        let full = self.0.join(rel);
+        match std::fs::symlink_metadata(&full) {
+            Ok(meta) if meta.file_type().is_symlink() => Ok(Node::Symlink(std::fs::read_link(&full)?)),
+            Ok(meta) if meta.is_dir() => Ok(Node::Dir),
+            Ok(_) => Ok(Node::Other),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Node::Missing),
+            Err(e) => Err(e),
+        }
+    }
+}
+
 /// A part of the path that does not resolve to an existing entry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Gap {
     /// Nothing exists at this path.
     Missing,
+    /// Something that is not a directory, with more parts below it.
+    NotADirectory,
     /// A symlink that leads back to itself (`proc -> /proc`, `sys -> ../sys`,
     /// or a cycle through other links), met as the last part of the path:
     /// the kernel would answer ELOOP.
@@ -28,14 +74,21 @@ pub enum Gap {
 
 /// What a resolver does with a [`Gap`]: called with the gap, the resolved
 /// root-relative parent, the root-relative candidate, and whether it is the
-/// path's last part. `Ok(())` means the candidate now exists as a plain
-/// entry (the resolver takes it as resolved); an error stops resolution.
+/// path's last part. `Ok(())` takes the candidate as resolved (the handler
+/// created it, or the caller wants the rest of the path as written); an
+/// error stops resolution.
 pub type GapHandler<'a> = dyn FnMut(Gap, &Path, &Path, bool) -> io::Result<()> + 'a;
 
-/// Resolves `target` under `root` (see the module docs) and returns the
-/// root-relative path it names, with every symlink resolved. A looping link
-/// before the last part is an error; at the last part it goes to `on_gap`.
+/// [`resolve`] in a directory on disk.
 pub fn resolve_in_root(root: &Path, target: impl AsRef<Path>, on_gap: &mut GapHandler<'_>) -> io::Result<PathBuf> {
+    resolve(&DirTree(root), target, on_gap)
+}
+
+/// Resolves `target` in `tree` (see the module docs) and returns the
+/// root-relative path it names, with every symlink resolved. A looping link
+/// before the last part is an error; at the last part it goes to `on_gap`,
+/// as do missing parts and non-directories with parts below them.
+pub fn resolve(tree: &(impl Tree + ?Sized), target: impl AsRef<Path>, on_gap: &mut GapHandler<'_>) -> io::Result<PathBuf> {
     let mut pending: Vec<OsString> = Vec::new();
     push_components(&mut pending, target.as_ref());
     let mut resolved = PathBuf::new();
@@ -49,17 +102,13 @@ pub fn resolve_in_root(root: &Path, target: impl AsRef<Path>, on_gap: &mut GapHa
             continue;
         }
         let candidate = resolved.join(&part);
-        let full = root.join(&candidate);
-        match std::fs::symlink_metadata(&full) {
-            Ok(meta) if meta.file_type().is_symlink() => {
+        match tree.node(&candidate)? {
+            Node::Symlink(link) => {
                 let state = (candidate, pending.clone());
                 if seen.contains(&state) {
                     let candidate = state.0;
                     if !pending.is_empty() {
-                        return Err(io::Error::other(format!(
-                            "/{} is a symbolic link that loops back to itself",
-                            candidate.display()
-                        )));
+                        return Err(Gap::LoopingLink.error(&candidate));
                     }
                     on_gap(Gap::LoopingLink, &resolved, &candidate, true)?;
                     resolved = candidate;
@@ -70,39 +119,54 @@ pub fn resolve_in_root(root: &Path, target: impl AsRef<Path>, on_gap: &mut GapHa
                     return Err(io::Error::other("too many levels of symbolic links"));
                 }
                 seen.push(state);
-                let link = std::fs::read_link(&full)?;
                 if link.is_absolute() {
                     resolved.clear();
                 }
                 push_components(&mut pending, &link);
             }
-            Ok(meta) => {
-                if !pending.is_empty() && !meta.is_dir() {
-                    return Err(io::Error::other(format!("/{} is not a directory", candidate.display())));
+            Node::Dir => resolved = candidate,
+            Node::Other => {
+                if !pending.is_empty() {
+                    on_gap(Gap::NotADirectory, &resolved, &candidate, false)?;
                 }
                 resolved = candidate;
             }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            Node::Missing => {
                 on_gap(Gap::Missing, &resolved, &candidate, pending.is_empty())?;
                 resolved = candidate;
             }
-            Err(e) => return Err(e),
         }
     }
     Ok(resolved)
 }
 
 /// Resolves `target` under `root` to an existing entry; any gap is an error
-/// naming the part that is missing or loops.
+/// naming the part that is missing, not a directory, or loops.
 pub fn resolve_existing(root: &Path, target: impl AsRef<Path>) -> io::Result<PathBuf> {
-    resolve_in_root(root, target, &mut |gap, _, candidate, _| {
-        Err(match gap {
-            Gap::Missing => io::Error::new(io::ErrorKind::NotFound, format!("/{} does not exist", candidate.display())),
-            Gap::LoopingLink => {
-                io::Error::other(format!("/{} is a symbolic link that loops back to itself", candidate.display()))
-            }
-        })
+    resolve_in_root(root, target, &mut |gap, _, candidate, _| Err(gap.error(candidate)))
+}
+
+/// Resolves `target` in `tree`, taking missing parts and what lies below
+/// files as written (the result need not exist); only link loops are errors.
+pub fn resolve_lexically(tree: &(impl Tree + ?Sized), target: impl AsRef<Path>) -> io::Result<PathBuf> {
+    resolve(tree, target, &mut |gap, _, candidate, _| match gap {
+        Gap::LoopingLink => Err(gap.error(candidate)),
+        Gap::Missing | Gap::NotADirectory => Ok(()),
     })
+}
+
+impl Gap {
+    /// The error a caller that cannot fill the gap reports.
+    pub fn error(self, candidate: &Path) -> io::Error {
+        match self {
+            Gap::Missing => io::Error::new(io::ErrorKind::NotFound, format!("/{} does not exist", candidate.display())),
+            Gap::NotADirectory => io::Error::other(format!("/{} is not a directory", candidate.display())),
+            Gap::LoopingLink => io::Error::other(format!(
+                "too many levels of symbolic links: /{} is a symbolic link that loops back to itself",
+                candidate.display()
+            )),
+        }
+    }
 }
 
 /// Pushes `path`'s parts onto a stack so that popping yields them in order.

@@ -10,12 +10,10 @@ use std::fs::{File, Metadata};
 use std::io;
 use std::path::{Path, PathBuf};
 
+use kiln_protocol::confined_path::{resolve_lexically, Node, Tree};
 use kiln_protocol::{EntryKind, LayerEntry, Xattr};
 
 use crate::dockerfile::dockerignore::IgnoreMatcher;
-
-/// Symlinks followed in one lookup before it is called a loop (Linux's limit).
-const MAX_LINKS: usize = 40;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ContextError {
@@ -126,43 +124,26 @@ impl BuildContext {
     /// confined to the root: `..` stops at the root and absolute targets
     /// start at it. The result need not exist.
     pub fn resolve(&self, rel: &str) -> Result<String, ContextError> {
-        let mut todo: Vec<String> = rel.split('/').rev().filter(|c| !c.is_empty()).map(str::to_string).collect();
-        let mut done: Vec<String> = Vec::new();
-        let mut links = 0;
-        while let Some(part) = todo.pop() {
-            match part.as_str() {
-                "." => continue,
-                ".." => {
-                    done.pop();
-                    continue;
-                }
-                _ => {}
-            }
-            done.push(part);
-            let here = done.join("/");
-            let Some(e) = self.entry(&here)? else {
-                // Nothing there: the rest is taken literally.
-                done.extend(todo.drain(..).rev());
-                break;
-            };
-            if let EntryKind::Symlink { target } = &e.entry.kind {
-                links += 1;
-                if links > MAX_LINKS {
-                    return Err(ContextError::SymlinkLoop { path: rel.to_string() });
-                }
-                done.pop();
-                if target.starts_with('/') {
-                    done.clear();
-                }
-                todo.extend(target.split('/').rev().filter(|c| !c.is_empty()).map(str::to_string));
-            }
+        match resolve_lexically(self, rel) {
+            Ok(path) => Ok(path.to_str().expect("joined from UTF-8 parts").to_string()),
+            // A failed lookup comes back as it was; anything else is a loop.
+            Err(e) => match e.into_inner().map(|inner| inner.downcast::<ContextError>()) {
+                Some(Ok(lookup)) => Err(*lookup),
+                _ => Err(ContextError::SymlinkLoop { path: rel.to_string() }),
+            },
         }
-        Ok(done.join("/"))
     }
 
     /// Opens the regular file at `rel` (already resolved) for reading.
     pub fn open_file(&self, rel: &str) -> io::Result<File> {
         open_in_root(&self.root, rel)
+    }
+}
+
+impl Tree for BuildContext {
+    fn node(&self, rel: &Path) -> io::Result<Node> {
+        let entry = self.entry(rel.to_str().expect("joined from UTF-8 parts")).map_err(io::Error::other)?;
+        Ok(Node::of_entry(entry.as_ref().map(|e| &e.entry.kind)))
     }
 }
 

@@ -15,6 +15,7 @@ use std::fs::File;
 use std::ops::Bound;
 use std::io::{self, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
 
+use kiln_protocol::confined_path::{self, resolve_lexically, Tree};
 use kiln_protocol::{EntryKind, LayerEntry, Xattr};
 use oci_spec::image::Descriptor;
 
@@ -37,10 +38,6 @@ pub enum RootfsError {
 fn path_err(path: &str, message: impl Into<String>) -> RootfsError {
     RootfsError::Path { path: path.to_string(), message: message.into() }
 }
-
-/// Symlinks followed while resolving one path before it counts as a loop
-/// (Linux gives up at 40).
-const MAX_SYMLINKS: usize = 40;
 
 /// Where a regular file's bytes are: a layer (index into `layers`) and the
 /// offset of the content in its uncompressed tar.
@@ -204,34 +201,8 @@ impl LayerStack {
     /// (`..` never climbs above it; absolute link targets start at it).
     /// The result need not exist. Errors on a symlink loop.
     pub fn resolve(&self, path: &str) -> Result<String, RootfsError> {
-        let mut done: Vec<String> = Vec::new();
-        // Components still to walk, next one last.
-        let mut todo: Vec<String> = path.split('/').rev().map(str::to_string).collect();
-        let mut followed = 0;
-        while let Some(c) = todo.pop() {
-            match c.as_str() {
-                "" | "." => continue,
-                ".." => {
-                    done.pop();
-                    continue;
-                }
-                _ => {}
-            }
-            done.push(c);
-            let here = done.join("/");
-            if let Some(Node { entry: LayerEntry { kind: EntryKind::Symlink { target }, .. }, .. }) = self.nodes.get(&key(&here)) {
-                followed += 1;
-                if followed > MAX_SYMLINKS {
-                    return Err(path_err(path, "too many levels of symbolic links"));
-                }
-                done.pop();
-                if target.starts_with('/') {
-                    done.clear();
-                }
-                todo.extend(target.split('/').rev().map(str::to_string));
-            }
-        }
-        Ok(done.join("/"))
+        let resolved = resolve_lexically(self, path).map_err(|e| path_err(path, e.to_string()))?;
+        Ok(resolved.to_str().expect("joined from UTF-8 parts").to_string())
     }
 
     /// The content of the regular file at `path` (symlinks followed), if any.
@@ -328,6 +299,12 @@ impl LayerStack {
 struct Spool {
     file: File,
     index: HashMap<String, (u64, u64)>,
+}
+
+impl Tree for LayerStack {
+    fn node(&self, rel: &std::path::Path) -> io::Result<confined_path::Node> {
+        Ok(confined_path::Node::of_entry(self.entry(rel.to_str().expect("joined from UTF-8 parts")).map(|e| &e.kind)))
+    }
 }
 
 impl ContentSource for Spool {

@@ -57,6 +57,9 @@ impl Stubs {
     /// removal from the upper directory brings the image's link back.
     pub fn create(&mut self, root: &Path, target: &str, dir: bool) -> io::Result<PathBuf> {
         resolve_in_root(root, target, &mut |gap, parent, candidate, last| {
+            if gap == Gap::NotADirectory {
+                return Err(gap.error(candidate));
+            }
             self.note_parents(root, parent)?;
             let full = root.join(candidate);
             if gap == Gap::LoopingLink {

@@ -8,6 +8,7 @@ use std::io::{self, Read, Seek, SeekFrom};
 use std::path::Path;
 use std::time::Duration;
 
+use kiln_protocol::confined_path::{resolve_lexically, Node, Tree};
 use kiln_protocol::{EntryKind, LayerEntry, Xattr};
 use sha2::{Digest, Sha256, Sha384, Sha512};
 
@@ -155,51 +156,27 @@ fn member_path(raw: &str, archive: &str) -> Result<Option<String>, CopyError> {
     Ok((!parts.is_empty()).then(|| parts.join("/")))
 }
 
+/// What the archive's members so far and the stage below hold.
+impl Tree for Planner<'_> {
+    fn node(&self, rel: &Path) -> io::Result<Node> {
+        let here = rel.to_str().expect("joined from UTF-8 parts");
+        let kind = match self.out.get(here) {
+            Some(p) => Some(&p.entry.kind),
+            None => self.input.dest_root.entry(here).map(|e| &e.kind),
+        };
+        Ok(Node::of_entry(kind))
+    }
+}
+
 impl Planner<'_> {
     /// Where the archive member `rel` lands below `dest`: its parent with
     /// the symlinks planned so far or present in the stage resolved,
     /// confined to the root.
     fn member_target(&self, dest: &str, rel: &str) -> Result<String, CopyError> {
         let dir = if parent(rel).is_empty() { dest.to_string() } else { join(dest, parent(rel)) };
-        let mut todo: Vec<String> = dir.split('/').rev().filter(|c| !c.is_empty()).map(str::to_string).collect();
-        let mut done: Vec<String> = Vec::new();
-        let mut links = 0;
-        while let Some(c) = todo.pop() {
-            match c.as_str() {
-                "." => continue,
-                ".." => {
-                    done.pop();
-                    continue;
-                }
-                _ => {}
-            }
-            done.push(c);
-            let here = done.join("/");
-            let kind = match self.out.get(&here) {
-                Some(p) => Some(&p.entry.kind),
-                None => self.input.dest_root.entry(&here).map(|e| &e.kind),
-            };
-            match kind {
-                Some(EntryKind::Symlink { target }) => {
-                    links += 1;
-                    if links > 40 {
-                        return Err(self.dest_err(format!("too many levels of symbolic links below /{dest} for {rel}")));
-                    }
-                    done.pop();
-                    if target.starts_with('/') {
-                        done.clear();
-                    }
-                    todo.extend(target.split('/').rev().filter(|c| !c.is_empty()).map(str::to_string));
-                }
-                // Nothing there yet: the rest is created as written.
-                None => {
-                    done.extend(todo.drain(..).rev());
-                    break;
-                }
-                Some(_) => {}
-            }
-        }
-        Ok(join(&done.join("/"), basename(rel)))
+        // Nothing there yet: the rest is created as written.
+        let resolved = resolve_lexically(self, &dir).map_err(|e| self.dest_err(format!("{e} below /{dest} for {rel}")))?;
+        Ok(join(resolved.to_str().expect("joined from UTF-8 parts"), basename(rel)))
     }
 
     /// Adds the members of a tar archive below `dest` (already a directory).
