@@ -14,10 +14,10 @@ use std::sync::{Arc, Mutex};
 use kiln_protocol::frame::DATA_CHUNK;
 use kiln_protocol::{stream, AgentMsg, EntryKind, LayerEntry, Xattr};
 
-use super::exec::scratch_path;
-use super::server::{send, send_data, Out};
+use super::console::log;
+use super::outbox::{send, send_data, Out};
+use super::scratch::{scratch_path, SCRATCH};
 use super::xattr::{self, is_opaque};
-use super::SCRATCH;
 
 /// `_IOWR('X', 119, int)` and `_IOWR('X', 120, int)`, the same on every Linux architecture kiln runs.
 const FIFREEZE: u32 = 0xC004_5877;
@@ -214,7 +214,7 @@ impl Freezer {
         state.closed = true;
         if state.holders > 0 {
             if let Err(e) = thaw_scratch() {
-                super::log(e);
+                log(e);
             }
             state.holders = 0;
         }
