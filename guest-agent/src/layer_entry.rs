@@ -3,6 +3,8 @@
 //! OCI layer reading file contents straight from the scratch disk image), and
 //! the host builds the same list for COPY/ADD; one tar writer serves both.
 
+use std::cmp::Ordering;
+
 use serde::{Deserialize, Serialize};
 
 /// One entry of an upper directory, in overlayfs terms turned into OCI terms.
@@ -56,4 +58,17 @@ pub enum EntryKind {
     Socket,
     /// An overlayfs whiteout (a 0:0 character device): the path was deleted.
     Whiteout,
+}
+
+/// Orders paths component by component in byte order, so a directory comes
+/// right before its children (`a`, `a/b`, `a.b`; plain byte order would put
+/// `a.b` between `a` and `a/b`).
+pub fn path_order(a: &str, b: &str) -> Ordering {
+    a.split('/').cmp(b.split('/'))
+}
+
+/// Sorts entries into layer order ([`path_order`]): the one order a layer's
+/// entries are written in, whoever listed them.
+pub fn sort_for_layer(entries: &mut [LayerEntry]) {
+    entries.sort_by(|a, b| path_order(&a.path, &b.path));
 }

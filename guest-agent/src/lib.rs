@@ -27,7 +27,7 @@ pub mod layer_entry;
 
 pub use frame::{Frame, FrameError, FrameReader, FrameWriter, MAX_FRAME};
 pub use message::*;
-pub use layer_entry::{EntryKind, LayerEntry, Xattr};
+pub use layer_entry::{sort_for_layer, EntryKind, LayerEntry, Xattr};
 
 /// Bumped on any incompatible change to [`message`] or [`frame`].
 pub const PROTOCOL_VERSION: u32 = 2;

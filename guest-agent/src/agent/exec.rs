@@ -5,7 +5,7 @@ use std::fs::File;
 use std::io::{Read, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender};
@@ -15,11 +15,10 @@ use std::time::Duration;
 use kiln_protocol::{stream, AgentMsg, ExecRequest, ExitStatus, TtySize};
 
 use super::mounts::RawStep;
+use super::outbox::{send, send_data, Out};
 use super::pty;
 use super::reaper::Reaper;
 use super::root::{self, PreparedRoot};
-use super::server::{send, send_data, Out};
-use super::SCRATCH;
 
 /// After the command exits, how long its output pipes may stay open (held by
 /// processes it left behind, which are killed) before the agent stops reading.
@@ -248,15 +247,6 @@ fn pump_output(pipe: &mut dyn Read, out: &Out, id: u32, kind: u8) {
         }
     }
     send_data(out, id, kind, &[]);
-}
-
-/// Resolves a host-supplied path under the scratch mount, refusing `..`.
-pub fn scratch_path(rel: &str) -> Result<PathBuf, String> {
-    let rel = Path::new(rel.trim_start_matches('/'));
-    if rel.components().any(|c| !matches!(c, std::path::Component::Normal(_))) {
-        return Err(format!("path {rel:?} must stay under the scratch disk"));
-    }
-    Ok(Path::new(SCRATCH).join(rel))
 }
 
 /// Everything the child does between fork and exec, prepared beforehand:

@@ -8,7 +8,8 @@ use std::path::Path;
 
 use nix::mount::{mount, MsFlags};
 
-use super::{log, SCRATCH};
+use super::console::log;
+use super::scratch::SCRATCH;
 
 /// File listing module paths in load order (written by the host into the initramfs).
 const MODULE_LIST: &str = "/etc/kiln/modules";

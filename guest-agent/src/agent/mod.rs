@@ -1,22 +1,39 @@
 //! The agent proper: boot sequence, then the request loop.
+//!
+//! Module dependencies, top-down (each uses only modules on later lines;
+//! only `server` speaks the protocol's requests, workers reply through `outbox`):
+//!
+//! ```text
+//! mod (main)   -> init, reaper, transport, server, console
+//! server       -> exec, unpack, snapshot, reaper, transport, outbox, console
+//! exec         -> root, pty, reaper, mounts, outbox
+//! root         -> mount_points, mounts, scratch
+//! unpack       -> xattr, scratch, outbox
+//! snapshot     -> xattr, scratch, outbox, console
+//! mount_points -> xattr (paths: kiln_protocol::confined_path)
+//! init         -> scratch, console
+//! leaves       : outbox, scratch, console, mounts, pty, reaper, transport, xattr
+//! ```
 
+mod console;
 mod exec;
 mod init;
-mod reaper;
+mod mount_points;
 mod mounts;
+mod outbox;
 mod pty;
+mod reaper;
 mod root;
+mod scratch;
 mod server;
 mod snapshot;
-mod stubs;
 mod transport;
 mod unpack;
 mod xattr;
 
 use std::fmt::Display;
 
-/// Where the scratch disk (the first virtio-blk disk) is mounted.
-pub const SCRATCH: &str = "/scratch";
+use console::log;
 
 pub fn main() {
     if std::env::args().nth(1).as_deref() == Some("--version") {
@@ -56,10 +73,4 @@ fn run() -> Result<(), String> {
 pub fn fatal(err: impl Display) -> ! {
     log(format_args!("fatal: {err}"));
     init::power_off()
-}
-
-/// One line on the console, which the host keeps in the VM's log.
-pub fn log(msg: impl Display) {
-    use std::io::Write;
-    let _ = writeln!(std::io::stderr(), "kiln-agent: {msg}");
 }

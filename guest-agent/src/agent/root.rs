@@ -8,9 +8,9 @@ use std::path::{Component, Path, PathBuf};
 
 use kiln_protocol::{ExecRequest, MountSpec, RootSpec};
 
-use super::exec::scratch_path;
+use super::mount_points::{check_cwd, Stubs};
 use super::mounts::{cstr, private_dev, raw, RawStep, DEVPTS_OPTIONS};
-use super::stubs::{check_cwd, Stubs};
+use super::scratch::scratch_path;
 
 /// Private mount points and per-command files live here (the agent's tmpfs).
 const RUN_DIR: &str = "/run/kiln";

@@ -1,7 +1,6 @@
 //! The request loop: thin handlers that decode a frame and call a `do_*`.
 
 use std::collections::HashMap;
-use std::io::Write;
 use std::sync::mpsc::SyncSender;
 use std::sync::{Arc, Mutex};
 
@@ -10,23 +9,13 @@ use kiln_protocol::{
     AGENT_VERSION, MAGIC, PROTOCOL_VERSION,
 };
 
+use super::console::log;
 use super::exec::{self, Running};
+use super::outbox::{send, Out};
 use super::reaper::Reaper;
 use super::snapshot::{self, Freezer};
 use super::transport::Conn;
-use super::{log, unpack};
-
-/// The agent's sending half, shared by every thread that reports to the host.
-pub type Out = Arc<Mutex<FrameWriter<Box<dyn Write + Send>>>>;
-
-/// Sends a control message; a broken connection surfaces on the read side.
-pub fn send(out: &Out, msg: &AgentMsg) {
-    let _ = out.lock().unwrap().send(msg);
-}
-
-pub fn send_data(out: &Out, id: u32, stream: u8, bytes: &[u8]) -> bool {
-    out.lock().unwrap().send_data(id, stream, bytes).is_ok()
-}
+use super::unpack;
 
 #[derive(Default)]
 struct State {

@@ -6,7 +6,6 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::io;
 use std::os::fd::AsRawFd;
-use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -14,10 +13,10 @@ use std::sync::{Arc, Mutex};
 use kiln_protocol::frame::DATA_CHUNK;
 use kiln_protocol::{stream, AgentMsg, EntryKind, LayerEntry, Xattr};
 
-use super::exec::scratch_path;
-use super::server::{send, send_data, Out};
+use super::console::log;
+use super::outbox::{send, send_data, Out};
+use super::scratch::{scratch_path, SCRATCH};
 use super::xattr::{self, is_opaque};
-use super::SCRATCH;
 
 /// `_IOWR('X', 119, int)` and `_IOWR('X', 120, int)`, the same on every Linux architecture kiln runs.
 const FIFREEZE: u32 = 0xC004_5877;
@@ -61,11 +60,12 @@ fn stream_manifest(out: &Out, id: u32, entries: &[LayerEntry]) {
     send_data(out, id, stream::MANIFEST, &[]);
 }
 
-/// Every entry under `upper`, sorted by path bytes (so parents come first).
+/// Every entry under `upper` in walk order (parents before their children).
+/// The host writes them in layer order ([`kiln_protocol::sort_for_layer`]),
+/// so the agent does not sort.
 pub fn manifest(upper: &Path) -> Result<Vec<LayerEntry>, String> {
     let mut paths = Vec::new();
     collect(upper, PathBuf::new(), &mut paths)?;
-    paths.sort_by(|a, b| a.as_os_str().as_bytes().cmp(b.as_os_str().as_bytes()));
     let mut first_link: HashMap<(u64, u64), String> = HashMap::new();
     let mut entries = Vec::with_capacity(paths.len());
     for rel in paths {
@@ -214,7 +214,7 @@ impl Freezer {
         state.closed = true;
         if state.holders > 0 {
             if let Err(e) = thaw_scratch() {
-                super::log(e);
+                log(e);
             }
             state.holders = 0;
         }
@@ -240,9 +240,10 @@ fn ioctl(file: &File, request: u32) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use kiln_protocol::sort_for_layer;
 
     #[test]
-    fn manifest_is_sorted_and_links_point_back() {
+    fn manifest_lists_parents_first_and_links_point_back() {
         let dir = tempfile::tempdir().unwrap();
         let up = dir.path();
         std::fs::create_dir_all(up.join("a/b")).unwrap();
@@ -250,12 +251,17 @@ mod tests {
         std::fs::write(up.join("a/b/f"), b"x").unwrap();
         std::fs::hard_link(up.join("a/b/f"), up.join("z")).unwrap();
         std::os::unix::fs::symlink("a.txt", up.join("s")).unwrap();
-        let entries = manifest(up).unwrap();
+        let mut entries = manifest(up).unwrap();
+        let at = |entries: &[LayerEntry], p: &str| entries.iter().position(|e| e.path == p).unwrap();
+        assert!(at(&entries, "a") < at(&entries, "a/b") && at(&entries, "a/b") < at(&entries, "a/b/f"));
+        // Of two hardlinked names, the one walked first holds the content.
+        let (first, second) = if at(&entries, "a/b/f") < at(&entries, "z") { ("a/b/f", "z") } else { ("z", "a/b/f") };
+        sort_for_layer(&mut entries);
         let paths: Vec<&str> = entries.iter().map(|e| e.path.as_str()).collect();
-        assert_eq!(paths, ["a", "a.txt", "a/b", "a/b/f", "s", "z"]);
-        assert_eq!(entries[1].kind, EntryKind::File { size: 5, link: None });
-        assert_eq!(entries[3].kind, EntryKind::File { size: 1, link: None });
-        assert_eq!(entries[5].kind, EntryKind::File { size: 1, link: Some("a/b/f".into()) });
+        assert_eq!(paths, ["a", "a/b", "a/b/f", "a.txt", "s", "z"]);
+        assert_eq!(entries[3].kind, EntryKind::File { size: 5, link: None });
+        assert_eq!(entries[at(&entries, first)].kind, EntryKind::File { size: 1, link: None });
+        assert_eq!(entries[at(&entries, second)].kind, EntryKind::File { size: 1, link: Some(first.into()) });
         assert_eq!(entries[4].kind, EntryKind::Symlink { target: "a.txt".into() });
         assert_eq!(entries[0].kind, EntryKind::Dir { opaque: false });
     }

@@ -12,9 +12,9 @@ use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 
 use kiln_protocol::AgentMsg;
 
-use super::exec::scratch_path;
+use super::outbox::{send, Out};
+use super::scratch::scratch_path;
 use super::xattr::{self, OPAQUE_XATTR};
-use super::server::{send, Out};
 
 pub fn do_unpack(id: u32, dest: &str, out: Out) -> Result<SyncSender<Vec<u8>>, String> {
     let dest = scratch_path(dest)?;

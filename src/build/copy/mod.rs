@@ -659,7 +659,7 @@ impl<'a> Planner<'a> {
         Ok(CopyPlan { entries, contents: Box::new(contents), checksum })
     }
 
-    /// Files of one hardlink group become one file (the first in layer
+    /// Files of one hardlink group become one file (the first in byte
     /// order, which holds the bytes) and links to it.
     fn link_groups(&mut self) {
         let mut groups: HashMap<String, Vec<String>> = HashMap::new();
@@ -672,7 +672,9 @@ impl<'a> Planner<'a> {
             if members.len() < 2 {
                 continue;
             }
-            // BTreeMap order is byte order: members[0] comes first in the layer.
+            // BTreeMap order is byte order, not layer order: the layer writer
+            // re-sorts (kiln_protocol::sort_for_layer) and writes whichever
+            // member comes first there as the regular file.
             let head = members[0].clone();
             let content = members.iter().find_map(|m| self.out[m].content.clone());
             let hash = members.iter().find_map(|m| self.out[m].hash);

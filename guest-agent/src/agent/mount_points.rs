@@ -1,7 +1,7 @@
-//! Mount points the agent creates in a command's root (stubs), resolved
-//! inside the root as the kernel would after chroot, and their removal from
-//! an overlay's upper directory afterwards, so a RUN's diff holds only what
-//! the command changed.
+//! Mount points the agent creates in a command's root (stubs) and their
+//! removal from an overlay's upper directory afterwards, so a RUN's diff
+//! holds only what the command changed. Paths are resolved inside the root
+//! as the kernel would after chroot, by [`kiln_protocol::confined_path`].
 
 use std::collections::BTreeMap;
 use std::ffi::CString;
