@@ -26,7 +26,7 @@ pub mod stream {
 pub enum HostMsg {
     Hello { magic: String, version: u32 },
     /// Run a command; stdout/stderr stream back, then [`AgentMsg::Exited`].
-    Exec(ExecRequest),
+    Exec(Box<ExecRequest>),
     /// Send a signal to a running command's process group.
     Signal { id: u32, signal: i32 },
     /// The terminal of a command started with [`ExecRequest::tty`] changed
@@ -265,7 +265,7 @@ mod tests {
         let HostMsg::Exec(req) = decode::<HostMsg>(old.as_bytes()).unwrap() else { panic!() };
         assert_eq!(req.tty, None);
         let req = ExecRequest { tty: Some(TtySize { rows: 40, cols: 132 }), ..Default::default() };
-        let json = serde_json::to_string(&HostMsg::Exec(req)).unwrap();
+        let json = serde_json::to_string(&HostMsg::Exec(Box::new(req))).unwrap();
         assert!(json.contains(r#""tty":{"rows":40,"cols":132}"#), "{json}");
         let json = serde_json::to_string(&HostMsg::Resize { id: 2, rows: 50, cols: 100 }).unwrap();
         assert_eq!(json, r#"{"type":"resize","id":2,"rows":50,"cols":100}"#);

@@ -143,7 +143,7 @@ impl AgentClient {
         let id = self.new_id();
         req.id = id;
         req.stdin = stdin.is_some();
-        self.send(&HostMsg::Exec(req))?;
+        self.send(&HostMsg::Exec(Box::new(req)))?;
         if let Some(mut input) = stdin {
             let writer = self.writer.clone();
             std::thread::spawn(move || {

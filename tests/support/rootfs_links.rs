@@ -18,7 +18,7 @@ pub fn with_links(src: &Path, dst: &Path, links: &[(&str, &str)]) {
         if links.iter().any(|(l, _)| path == *l || path.starts_with(&format!("{l}/"))) {
             continue;
         }
-        let mut header = entry.header().clone();
+        let header = entry.header().clone();
         let mut data = Vec::new();
         std::io::Read::read_to_end(&mut entry, &mut data).unwrap();
         out.append(&header, data.as_slice()).unwrap();

@@ -102,7 +102,7 @@ impl State {
                 let id = req.id;
                 // Preparing a root writes to /scratch (upper dir, mount points).
                 let writable = if req.root.is_some() { self.freezer.check_writable() } else { Ok(()) };
-                match writable.and_then(|()| exec::do_exec(req, out.clone(), reaper)) {
+                match writable.and_then(|()| exec::do_exec(*req, out.clone(), reaper)) {
                     Ok(running) => {
                         self.running.insert(id, running);
                     }

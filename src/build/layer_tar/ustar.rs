@@ -127,7 +127,8 @@ impl<W: Write> TarEncoder<W> {
             let mut ph = [0u8; BLOCK];
             let pax_name = pax_header_name(&h.path);
             put_bytes(&mut ph[0..100], pax_name.as_bytes());
-            ustar_fields(&mut ph, 0o644, 0, 0, body.len() as u64, mtime, b'x', "", (0, 0), "");
+            let fields = UstarFields { mode: 0o644, uid: 0, gid: 0, size: body.len() as u64, mtime, kind: b'x', link: "", dev: (0, 0), prefix: "" };
+            fields.write(&mut ph);
             self.out.write_all(&ph)?;
             self.out.write_all(&body)?;
             self.pad(body.len() as u64)?;
@@ -135,7 +136,7 @@ impl<W: Write> TarEncoder<W> {
         let mut block = [0u8; BLOCK];
         put_bytes(&mut block[0..100], name.as_bytes());
         let dev = if matches!(h.kind, b'3' | b'4') { h.dev } else { (0, 0) };
-        ustar_fields(&mut block, h.mode as u64, uid, gid, size, mtime, h.kind, link, dev, prefix);
+        UstarFields { mode: h.mode as u64, uid, gid, size, mtime, kind: h.kind, link, dev, prefix }.write(&mut block);
         self.out.write_all(&block)
     }
 
@@ -216,36 +217,41 @@ fn put_octal(field: &mut [u8], value: u64) {
     field[digits] = 0;
 }
 
-#[allow(clippy::too_many_arguments)]
-fn ustar_fields(
-    b: &mut [u8; BLOCK],
+/// The numeric and link fields of one USTAR header block (values that
+/// do not fit went to a PAX record and are 0 here).
+struct UstarFields<'a> {
     mode: u64,
     uid: u64,
     gid: u64,
     size: u64,
     mtime: u64,
     kind: u8,
-    link: &str,
+    link: &'a str,
     dev: (u32, u32),
-    prefix: &str,
-) {
-    put_octal(&mut b[100..108], mode);
-    put_octal(&mut b[108..116], uid);
-    put_octal(&mut b[116..124], gid);
-    put_octal(&mut b[124..136], size);
-    put_octal(&mut b[136..148], mtime);
-    b[156] = kind;
-    put_bytes(&mut b[157..257], link.as_bytes());
-    b[257..263].copy_from_slice(b"ustar\0");
-    b[263..265].copy_from_slice(b"00");
-    // uname/gname stay empty: owners are numeric.
-    put_octal(&mut b[329..337], (dev.0 as u64).min(OCTAL_7));
-    put_octal(&mut b[337..345], (dev.1 as u64).min(OCTAL_7));
-    put_bytes(&mut b[345..500], prefix.as_bytes());
-    b[148..156].fill(b' ');
-    let sum: u64 = b.iter().map(|&x| x as u64).sum();
-    put_octal(&mut b[148..155], sum);
-    b[155] = b' ';
+    prefix: &'a str,
+}
+
+impl UstarFields<'_> {
+    /// Fills `b` (whose name field is already set) and its checksum.
+    fn write(&self, b: &mut [u8; BLOCK]) {
+        put_octal(&mut b[100..108], self.mode);
+        put_octal(&mut b[108..116], self.uid);
+        put_octal(&mut b[116..124], self.gid);
+        put_octal(&mut b[124..136], self.size);
+        put_octal(&mut b[136..148], self.mtime);
+        b[156] = self.kind;
+        put_bytes(&mut b[157..257], self.link.as_bytes());
+        b[257..263].copy_from_slice(b"ustar\0");
+        b[263..265].copy_from_slice(b"00");
+        // uname/gname stay empty: owners are numeric.
+        put_octal(&mut b[329..337], (self.dev.0 as u64).min(OCTAL_7));
+        put_octal(&mut b[337..345], (self.dev.1 as u64).min(OCTAL_7));
+        put_bytes(&mut b[345..500], self.prefix.as_bytes());
+        b[148..156].fill(b' ');
+        let sum: u64 = b.iter().map(|&x| x as u64).sum();
+        put_octal(&mut b[148..155], sum);
+        b[155] = b' ';
+    }
 }
 
 #[cfg(test)]
