@@ -90,35 +90,26 @@ pub(super) fn parse_shell(ast: &Ast, node: &Node) -> Result<InstructionKind, Err
 pub(super) fn parse_copy(ast: &Ast, node: &Node) -> Result<InstructionKind, Error> {
     let mut f = Flags::parse(ast, node, &["from", "chown", "chmod", "link", "parents", "exclude"])?;
     let (sources, dest, heredocs) = sources_and_dest(ast, node)?;
-    Ok(InstructionKind::Copy(Copy {
-        sources,
-        dest,
-        from: f.string("from")?,
-        chown: f.string("chown")?,
-        chmod: f.string("chmod")?,
-        link: f.bool("link")?,
-        parents: f.bool("parents")?,
-        exclude: f.strings("exclude"),
-        heredocs,
-    }))
+    let from = f.string("from")?;
+    let (chown, chmod, link) = ownership(&mut f)?;
+    let parents = f.bool("parents")?;
+    Ok(InstructionKind::Copy(Copy { sources, dest, from, chown, chmod, link, parents, exclude: f.strings("exclude"), heredocs }))
 }
 
 pub(super) fn parse_add(ast: &Ast, node: &Node) -> Result<InstructionKind, Error> {
     let mut f = Flags::parse(ast, node, &["chown", "chmod", "link", "keep-git-dir", "checksum", "unpack", "exclude"])?;
     let (sources, dest, heredocs) = sources_and_dest(ast, node)?;
     let unpack = if f.present("unpack") { Some(f.bool("unpack")?) } else { None };
-    Ok(InstructionKind::Add(Add {
-        sources,
-        dest,
-        chown: f.string("chown")?,
-        chmod: f.string("chmod")?,
-        link: f.bool("link")?,
-        keep_git_dir: f.bool("keep-git-dir")?,
-        checksum: f.string("checksum")?,
-        unpack,
-        exclude: f.strings("exclude"),
-        heredocs,
-    }))
+    let (chown, chmod, link) = ownership(&mut f)?;
+    let keep_git_dir = f.bool("keep-git-dir")?;
+    let checksum = f.string("checksum")?;
+    let exclude = f.strings("exclude");
+    Ok(InstructionKind::Add(Add { sources, dest, chown, chmod, link, keep_git_dir, checksum, unpack, exclude, heredocs }))
+}
+
+/// COPY's and ADD's `--chown`, `--chmod` and `--link`, read in that order.
+fn ownership(f: &mut Flags) -> Result<(Option<String>, Option<String>, bool), Error> {
+    Ok((f.string("chown")?, f.string("chmod")?, f.bool("link")?))
 }
 
 pub(super) fn parse_env(ast: &Ast, node: &Node) -> Result<InstructionKind, Error> {
