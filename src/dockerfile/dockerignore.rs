@@ -7,6 +7,7 @@
 use std::path::{Path, PathBuf};
 
 use super::error::{Error, ErrorKind, Pos};
+use super::glob::{Dialect, Glob};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IgnorePattern {
@@ -14,21 +15,7 @@ pub struct IgnorePattern {
     pub text: String,
     /// `!pattern`: re-include what earlier patterns excluded.
     pub exclusion: bool,
-    tokens: Vec<Tok>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Tok {
-    Lit(char),
-    /// `*`: any run of characters except `/`.
-    Star,
-    /// `?`: one character except `/`.
-    One,
-    /// `**/` or a `**` in the middle: any number of whole path elements.
-    AnyDirs,
-    /// A trailing `**`: anything at all.
-    AnyRest,
-    Class { negated: bool, items: Vec<(char, char)> },
+    glob: Glob,
 }
 
 /// The patterns of one .dockerignore file.
@@ -58,10 +45,10 @@ impl IgnoreMatcher {
             if cleaned.len() > 1 && cleaned.starts_with('/') {
                 cleaned.remove(0);
             }
-            let tokens = compile(&cleaned).map_err(|msg| {
+            let glob = Glob::compile(&cleaned, Dialect::Ignore).map_err(|msg| {
                 Error::new(ErrorKind::Syntax(msg), Pos { line: n + 1, col: 1 }, line).in_file(file)
             })?;
-            patterns.push(IgnorePattern { text: cleaned, exclusion, tokens });
+            patterns.push(IgnorePattern { text: cleaned, exclusion, glob });
         }
         Ok(IgnoreMatcher { patterns })
     }
@@ -98,13 +85,13 @@ impl IgnoreMatcher {
             if excluded != p.exclusion {
                 continue; // cannot change the outcome
             }
-            let mut hit = matches(&p.tokens, &path);
+            let mut hit = p.glob.matches(&path);
             // A pattern matching a parent directory covers everything below it.
             for i in 1..parents.len() {
                 if hit {
                     break;
                 }
-                hit = matches(&p.tokens, &parents[..i].join("/"));
+                hit = p.glob.matches(&parents[..i].join("/"));
             }
             if hit {
                 excluded = !p.exclusion;
@@ -151,120 +138,6 @@ pub fn clean(p: &str) -> String {
         (true, _) => format!("/{joined}"),
         (false, true) => ".".into(),
         (false, false) => joined,
-    }
-}
-
-fn compile(p: &str) -> Result<Vec<Tok>, String> {
-    let chars: Vec<char> = p.chars().collect();
-    let mut toks = Vec::new();
-    let mut i = 0;
-    while i < chars.len() {
-        let c = chars[i];
-        i += 1;
-        match c {
-            '*' if chars.get(i) == Some(&'*') => {
-                i += 1;
-                if chars.get(i) == Some(&'/') {
-                    i += 1;
-                }
-                toks.push(if i >= chars.len() { Tok::AnyRest } else { Tok::AnyDirs });
-            }
-            '*' => toks.push(Tok::Star),
-            '?' => toks.push(Tok::One),
-            '\\' => match chars.get(i) {
-                Some(&n) => {
-                    i += 1;
-                    toks.push(Tok::Lit(n));
-                }
-                None => toks.push(Tok::Lit('\\')),
-            },
-            '[' => {
-                let mut negated = false;
-                // Docker compiles patterns to Go regexps, so `[^...]` negates and `!` is literal.
-                if chars.get(i) == Some(&'^') {
-                    negated = true;
-                    i += 1;
-                }
-                let mut items = Vec::new();
-                let mut closed = false;
-                while i < chars.len() {
-                    let mut lo = chars[i];
-                    i += 1;
-                    if lo == ']' && !items.is_empty() {
-                        closed = true;
-                        break;
-                    }
-                    if lo == '\\' {
-                        lo = *chars.get(i).ok_or("pattern ends inside an escape in [...]")?;
-                        i += 1;
-                    }
-                    let mut hi = lo;
-                    if chars.get(i) == Some(&'-') && chars.get(i + 1).is_some_and(|c| *c != ']') {
-                        hi = chars[i + 1];
-                        i += 2;
-                        if hi == '\\' {
-                            hi = *chars.get(i).ok_or("pattern ends inside an escape in [...]")?;
-                            i += 1;
-                        }
-                    }
-                    items.push((lo, hi));
-                }
-                if !closed {
-                    return Err(format!("syntax error in pattern {p:?}: unterminated character class, expected ']'"));
-                }
-                toks.push(Tok::Class { negated, items });
-            }
-            c => toks.push(Tok::Lit(c)),
-        }
-    }
-    Ok(toks)
-}
-
-/// Whole-string match by simulating the pattern as an automaton: linear in
-/// the path for each pattern position, with no recursion.
-fn matches(toks: &[Tok], path: &str) -> bool {
-    let n = toks.len();
-    let mut set = vec![false; n + 1];
-    set[0] = true;
-    close(toks, &mut set);
-    for c in path.chars() {
-        let mut next = vec![false; n + 1];
-        for (i, tok) in toks.iter().enumerate() {
-            if !set[i] {
-                continue;
-            }
-            match tok {
-                Tok::Lit(l) if *l == c => next[i + 1] = true,
-                Tok::One if c != '/' => next[i + 1] = true,
-                Tok::Class { negated, items } if items.iter().any(|(lo, hi)| *lo <= c && c <= *hi) != *negated => {
-                    next[i + 1] = true
-                }
-                Tok::Star if c != '/' => next[i] = true,
-                Tok::AnyRest => next[i] = true,
-                Tok::AnyDirs => {
-                    next[i] = true;
-                    if c == '/' {
-                        next[i + 1] = true;
-                    }
-                }
-                _ => {}
-            }
-        }
-        close(toks, &mut next);
-        if !next.iter().any(|b| *b) {
-            return false;
-        }
-        set = next;
-    }
-    set[n]
-}
-
-/// Adds the positions reachable without input: past `*`, `**` and a trailing `**`.
-fn close(toks: &[Tok], set: &mut [bool]) {
-    for i in 0..toks.len() {
-        if set[i] && matches!(toks[i], Tok::Star | Tok::AnyDirs | Tok::AnyRest) {
-            set[i + 1] = true;
-        }
     }
 }
 

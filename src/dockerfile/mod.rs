@@ -7,7 +7,8 @@
 //! - [`expand`] evaluates global ARGs and walks a stage's ARG/ENV scope,
 //!   expanding exactly the words BuildKit expands ([`shell`] is the lexer);
 //! - [`stages`] resolves bases and `--from` references and prunes to a target;
-//! - [`dockerignore`] decides which context paths a build may see.
+//! - [`dockerignore`] decides which context paths a build may see;
+//! - [`glob`] is the wildcard matcher COPY, .dockerignore and the lexer share.
 //!
 //! The build engine's path: [`parse_file`], then [`expand::Evaluator::new`],
 //! [`stages::resolve`], and per stage [`expand::Evaluator::scope`] +
@@ -18,6 +19,7 @@ use std::path::Path;
 pub mod dockerignore;
 pub mod error;
 pub mod expand;
+pub mod glob;
 pub mod instructions;
 pub mod mount;
 pub mod parser;

@@ -4,6 +4,8 @@
 
 use std::collections::HashMap;
 
+use super::glob::{Dialect, Glob};
+
 /// Variables visible to an expansion.
 pub trait Vars {
     fn lookup(&self, name: &str) -> Option<&str>;
@@ -348,7 +350,7 @@ impl State<'_> {
                             Some(rest) => (true, rest),
                             None => (false, word.as_str()),
                         };
-                        let pattern = Pattern::compile(pat)?;
+                        let pattern = Glob::compile(pat, Dialect::Shell)?;
                         let value: Vec<char> = value.unwrap_or_default().chars().collect();
                         let kept = if c == '#' {
                             match pattern.prefix_match(&value, greedy) {
@@ -385,9 +387,9 @@ impl State<'_> {
                 if self.lex.skip_unset && value.is_none() {
                     return Ok(format!("${{{name}/{pattern}/{replacement}}}"));
                 }
-                let compiled = Pattern::compile(&pattern)?;
+                let compiled = Glob::compile(&pattern, Dialect::Shell)?;
                 let value: Vec<char> = value.unwrap_or_default().chars().collect();
-                compiled.replace(&value, &replacement, all)
+                replace(&compiled, &value, &replacement, all)
             }
             _ => Err(format!("unsupported modifier ({op}) in substitution")),
         }
@@ -398,177 +400,29 @@ fn is_digit(c: char) -> bool {
     c.is_ascii_digit() || (!c.is_ascii() && c.is_numeric())
 }
 
-/// A shell wildcard pattern (`*`, `?`, literal characters) as BuildKit reads
-/// it in `${VAR#...}`, `${VAR%...}` and `${VAR/.../...}`. Like Go's regexp
-/// `.`, wildcards never match a newline.
-#[derive(Debug)]
-struct Pattern(Vec<Tok>);
-
-#[derive(Debug, Clone, Copy, PartialEq)]
-enum Tok {
-    Star,
-    Any,
-    Lit(char),
-}
-
-impl Pattern {
-    fn compile(src: &str) -> Res<Pattern> {
-        let chars: Vec<char> = src.chars().collect();
-        let mut toks = Vec::new();
-        let mut i = 0;
-        while i < chars.len() {
-            let c = chars[i];
-            i += 1;
-            match c {
-                '*' => toks.push(Tok::Star),
-                '?' => toks.push(Tok::Any),
-                '\\' => match chars.get(i) {
-                    // `\}` and `\/` were only escaped for the ${} syntax.
-                    Some('}' | '/') => {}
-                    Some(&e @ ('*' | '?' | '\\')) => {
-                        i += 1;
-                        toks.push(Tok::Lit(e));
-                    }
-                    other => {
-                        let shown = other.map(|c| c.to_string()).unwrap_or_default();
-                        return Err(format!("invalid pattern ({src}) in substitution: invalid escape '\\{shown}'"));
-                    }
-                },
-                c => toks.push(Tok::Lit(c)),
-            }
+/// Replaces the first (or every) match of `pattern` in `text`, with Go's
+/// ReplaceAllString rules.
+fn replace(pattern: &Glob, text: &[char], replacement: &str, all: bool) -> Res<String> {
+    let mut out = String::new();
+    let mut last_end = 0;
+    let mut search = 0;
+    while search <= text.len() {
+        let Some((a, b)) = pattern.find(text, search) else { break };
+        out.extend(&text[last_end..a]);
+        if b > last_end || a == 0 {
+            expand_template(&mut out, replacement, &text[a..b]);
         }
-        Ok(Pattern(toks))
-    }
-
-    /// Pattern positions reachable before any input, following stars.
-    fn closure(&self, set: &mut [bool]) {
-        for i in 0..self.0.len() {
-            if set[i] && self.0[i] == Tok::Star {
-                set[i + 1] = true;
-            }
+        if out.len() > MAX_WORD {
+            return Err(format!("substitution result is larger than {MAX_WORD} bytes"));
         }
-    }
-
-    fn step(&self, set: &[bool], c: char) -> Vec<bool> {
-        let mut next = vec![false; set.len()];
-        for (i, tok) in self.0.iter().enumerate() {
-            if !set[i] {
-                continue;
-            }
-            match *tok {
-                Tok::Star if c != '\n' => next[i] = true,
-                Tok::Any if c != '\n' => next[i + 1] = true,
-                Tok::Lit(l) if l == c => next[i + 1] = true,
-                _ => {}
-            }
+        last_end = b;
+        if !all {
+            break;
         }
-        self.closure(&mut next);
-        next
+        search = if search + 1 > b { search + 1 } else { b };
     }
-
-    /// Ends `e` such that `text[start..e]` matches the whole pattern, ascending.
-    fn match_ends(&self, text: &[char], start: usize) -> Vec<usize> {
-        let n = self.0.len();
-        let mut set = vec![false; n + 1];
-        set[0] = true;
-        self.closure(&mut set);
-        let mut ends = Vec::new();
-        let mut pos = start;
-        loop {
-            if set[n] {
-                ends.push(pos);
-            }
-            if pos == text.len() || !set.iter().any(|b| *b) {
-                return ends;
-            }
-            set = self.step(&set, text[pos]);
-            pos += 1;
-        }
-    }
-
-    fn prefix_match(&self, text: &[char], longest: bool) -> Option<usize> {
-        let ends = self.match_ends(text, 0);
-        if longest { ends.last().copied() } else { ends.first().copied() }
-    }
-
-    /// Start of the shortest (or longest) suffix of `text` the pattern
-    /// matches: a prefix match of the reversed pattern on the reversed text.
-    fn suffix_match(&self, text: &[char], longest: bool) -> Option<usize> {
-        let reversed = Pattern(self.0.iter().rev().copied().collect());
-        let rtext: Vec<char> = text.iter().rev().copied().collect();
-        reversed.prefix_match(&rtext, longest).map(|len| text.len() - len)
-    }
-
-    /// Leftmost match at or after `from`, longest at that start, in one pass:
-    /// each pattern position remembers the earliest start that reaches it.
-    fn find(&self, text: &[char], from: usize) -> Option<(usize, usize)> {
-        let n = self.0.len();
-        let mut cur: Vec<Option<usize>> = vec![None; n + 1];
-        let mut best: Option<(usize, usize)> = None;
-        let mut pos = from;
-        loop {
-            if best.is_none() && cur[0].is_none() {
-                cur[0] = Some(pos);
-            }
-            for i in 0..n {
-                if let (Tok::Star, Some(s)) = (self.0[i], cur[i]) {
-                    cur[i + 1] = Some(cur[i + 1].map_or(s, |t| t.min(s)));
-                }
-            }
-            if let Some(s) = cur[n] {
-                if best.is_none_or(|(bs, _)| s <= bs) {
-                    best = Some((s, pos));
-                }
-            }
-            if let Some((bs, _)) = best {
-                cur.iter_mut().filter(|c| c.is_some_and(|s| s > bs)).for_each(|c| *c = None);
-                if cur.iter().all(Option::is_none) {
-                    return best;
-                }
-            }
-            if pos == text.len() {
-                return best;
-            }
-            let c = text[pos];
-            let mut next: Vec<Option<usize>> = vec![None; n + 1];
-            let mut put = |i: usize, s: usize| next[i] = Some(next[i].map_or(s, |t: usize| t.min(s)));
-            for (i, tok) in self.0.iter().enumerate() {
-                let Some(s) = cur[i] else { continue };
-                match *tok {
-                    Tok::Star if c != '\n' => put(i, s),
-                    Tok::Any if c != '\n' => put(i + 1, s),
-                    Tok::Lit(l) if l == c => put(i + 1, s),
-                    _ => {}
-                }
-            }
-            cur = next;
-            pos += 1;
-        }
-    }
-
-    /// Replaces the first (or every) match, with Go's ReplaceAllString rules.
-    fn replace(&self, text: &[char], replacement: &str, all: bool) -> Res<String> {
-        let mut out = String::new();
-        let mut last_end = 0;
-        let mut search = 0;
-        while search <= text.len() {
-            let Some((a, b)) = self.find(text, search) else { break };
-            out.extend(&text[last_end..a]);
-            if b > last_end || a == 0 {
-                expand_template(&mut out, replacement, &text[a..b]);
-            }
-            if out.len() > MAX_WORD {
-                return Err(format!("substitution result is larger than {MAX_WORD} bytes"));
-            }
-            last_end = b;
-            if !all {
-                break;
-            }
-            search = if search + 1 > b { search + 1 } else { b };
-        }
-        out.extend(&text[last_end..]);
-        Ok(out)
-    }
+    out.extend(&text[last_end..]);
+    Ok(out)
 }
 
 /// The largest word an expansion may produce; nested `${v//x/y}` can

@@ -14,7 +14,6 @@
 mod add;
 mod chmod;
 mod content;
-mod pattern;
 mod source;
 #[cfg(test)]
 mod tests;
@@ -33,6 +32,7 @@ use super::layer_tar::ContentSource;
 use super::rootfs::{LayerStack, RootfsError};
 use super::users::Identity;
 use crate::dockerfile::dockerignore::{clean, IgnoreMatcher};
+use crate::dockerfile::glob;
 use crate::oci::store::Store;
 
 /// Where COPY reads from.
@@ -394,7 +394,7 @@ impl<'a> Planner<'a> {
             return self.parents(src);
         }
         let rel = self.normalize(src)?;
-        if !pattern::has_wildcards(&rel) {
+        if !glob::has_wildcards(&rel) {
             return self.one(&rel, false);
         }
         let matches = self.expand(&rel)?;
@@ -409,7 +409,7 @@ impl<'a> Planner<'a> {
     /// --exclude applies to them relative to the wildcard's base).
     fn expand(&self, rel: &str) -> Result<Vec<String>, CopyError> {
         let comps: Vec<&str> = rel.split('/').collect();
-        let first = comps.iter().position(|c| pattern::has_wildcards(c)).unwrap_or(comps.len());
+        let first = comps.iter().position(|c| glob::has_wildcards(c)).unwrap_or(comps.len());
         let base = self.fs.resolve(&comps[..first].join("/"))?;
         let mut level: Vec<(String, String)> = vec![(base, String::new())];
         let rest = &comps[first..];
@@ -423,7 +423,7 @@ impl<'a> Planner<'a> {
                 }
                 for child in self.fs.children(dir)? {
                     let name = basename(&child.entry.path);
-                    if !pattern::matches(comp, name) || !last && !is_dir(&child.entry) {
+                    if !glob::path_match(comp, name) || !last && !is_dir(&child.entry) {
                         continue;
                     }
                     next.push((child.entry.path.clone(), join(from_base, name)));
@@ -513,7 +513,7 @@ impl<'a> Planner<'a> {
         let base_res = self.fs.resolve(&base)?;
         let dest = self.dest.rel.clone();
         let base_dir = matches!(self.fs.entry(&base_res)?, Some(e) if is_dir(&e.entry));
-        let wild = pattern::has_wildcards(&base) || pattern::has_wildcards(&pat);
+        let wild = glob::has_wildcards(&base) || glob::has_wildcards(&pat);
         if !base_dir {
             if wild {
                 return Ok(());
@@ -546,7 +546,7 @@ impl<'a> Planner<'a> {
         let depth = if rel.is_empty() { 0 } else { rel.split('/').count() };
         for child in self.fs.children(dir)? {
             let name = basename(&child.entry.path).to_string();
-            if !pattern::matches(&comps[depth], &name) {
+            if !glob::path_match(&comps[depth], &name) {
                 continue;
             }
             let crel = join(rel, &name);
