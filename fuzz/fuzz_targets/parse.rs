@@ -19,7 +19,7 @@ fuzz_target!(|data: &[u8]| {
         let mut scope = ev.scope(&[("PATH".into(), "/bin".into())]);
         for instr in &stage.instructions {
             if let Ok(kiln::dockerfile::Instruction { kind: kiln::dockerfile::InstructionKind::Copy(c), span }) = scope.expand(instr) {
-                for doc in &c.heredocs {
+                for doc in &c.files.heredocs {
                     let _ = scope.heredoc_content(doc, span);
                 }
             }

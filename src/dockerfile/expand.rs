@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use super::error::{Error, ErrorKind, Span};
 use super::instructions::{
-    Add, ArgDecl, Copy, Dockerfile, Instruction, InstructionKind, KeyValue, Run, Stage,
+    Add, ArgDecl, Copy, Dockerfile, Instruction, InstructionKind, KeyValue, Run, SourcesAndDest, Stage,
 };
 use super::mount;
 use super::parser::Heredoc;
@@ -205,6 +205,18 @@ impl Scope<'_, '_> {
         ws.iter().map(|w| self.word(w, span)).collect()
     }
 
+    /// COPY's and ADD's words (heredoc bodies expand when they are read).
+    fn files(&self, f: &SourcesAndDest, span: Span) -> Result<SourcesAndDest, Error> {
+        Ok(SourcesAndDest {
+            sources: self.all(&f.sources, span)?,
+            dest: self.word(&f.dest, span)?,
+            chown: self.opt(&f.chown, span)?,
+            chmod: self.opt(&f.chmod, span)?,
+            exclude: self.all(&f.exclude, span)?,
+            ..f.clone()
+        })
+    }
+
     /// The body of a heredoc whose delimiter was unquoted, with variables
     /// expanded (quotes and backslashes kept); quoted delimiters give it verbatim.
     pub fn heredoc_content(&self, doc: &Heredoc, span: Span) -> Result<String, Error> {
@@ -236,21 +248,13 @@ impl Scope<'_, '_> {
                 InstructionKind::Run(Run { mounts, ..run.clone() })
             }
             InstructionKind::Copy(c) => InstructionKind::Copy(Copy {
-                sources: self.all(&c.sources, span)?,
-                dest: self.word(&c.dest, span)?,
+                files: self.files(&c.files, span)?,
                 from: self.opt(&c.from, span)?,
-                chown: self.opt(&c.chown, span)?,
-                chmod: self.opt(&c.chmod, span)?,
-                exclude: self.all(&c.exclude, span)?,
                 ..c.clone()
             }),
             InstructionKind::Add(a) => InstructionKind::Add(Add {
-                sources: self.all(&a.sources, span)?,
-                dest: self.word(&a.dest, span)?,
-                chown: self.opt(&a.chown, span)?,
-                chmod: self.opt(&a.chmod, span)?,
+                files: self.files(&a.files, span)?,
                 checksum: self.opt(&a.checksum, span)?,
-                exclude: self.all(&a.exclude, span)?,
                 ..a.clone()
             }),
             InstructionKind::Env(kvs) => {
@@ -401,10 +405,11 @@ LABEL $S.v=$U\nRUN --mount=type=cache,target=/c/$S,uid=$U echo $S\nCMD echo $S\n
         let df = parse(src).unwrap();
         let (k, _, _) = walk(&df, &opts(&[]), 0);
         let InstructionKind::Copy(c) = &k[1] else { panic!() };
-        assert_eq!((c.from.as_deref(), c.chown.as_deref(), c.chmod.as_deref()), (Some("data"), Some("1000:1000"), Some("01000")));
-        assert_eq!((c.sources.clone(), c.dest.as_str(), c.exclude.clone()), (vec!["src/data".to_string()], "/dst/", vec!["*.data".to_string()]));
+        assert_eq!((c.from.as_deref(), c.files.chown.as_deref(), c.files.chmod.as_deref()), (Some("data"), Some("1000:1000"), Some("01000")));
+        let f = &c.files;
+        assert_eq!((f.sources.clone(), f.dest.as_str(), f.exclude.clone()), (vec!["src/data".to_string()], "/dst/", vec!["*.data".to_string()]));
         let InstructionKind::Add(a) = &k[2] else { panic!() };
-        assert_eq!((a.checksum.as_deref(), a.sources[0].as_str()), (Some("sha256:1000"), "https://x/data"));
+        assert_eq!((a.checksum.as_deref(), a.files.sources[0].as_str()), (Some("sha256:1000"), "https://x/data"));
         assert_eq!(k[3], InstructionKind::Expose(vec!["8080".into(), "8080/udp".into()]));
         assert_eq!(k[4], InstructionKind::Volume(vec!["/data".into()]));
         assert_eq!(k[5], InstructionKind::StopSignal("SIGdata".into()));
@@ -435,7 +440,7 @@ LABEL $S.v=$U\nRUN --mount=type=cache,target=/c/$S,uid=$U echo $S\nCMD echo $S\n
         scope.expand(&df.stages[0].instructions[0]).unwrap();
         let InstructionKind::Copy(c) = &df.stages[0].instructions[1].kind else { panic!() };
         let span = df.stages[0].instructions[1].span;
-        assert_eq!(scope.heredoc_content(&c.heredocs[0], span).unwrap(), "hi world \"q\"\n");
-        assert_eq!(scope.heredoc_content(&c.heredocs[1], span).unwrap(), "hi $N\n");
+        assert_eq!(scope.heredoc_content(&c.files.heredocs[0], span).unwrap(), "hi world \"q\"\n");
+        assert_eq!(scope.heredoc_content(&c.files.heredocs[1], span).unwrap(), "hi $N\n");
     }
 }

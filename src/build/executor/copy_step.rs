@@ -14,21 +14,19 @@ impl Builder<'_> {
     /// Runs a COPY or ADD (or takes it from the cache); returns whether it was cached.
     pub(super) fn copy(&mut self, cx: &StepCx<'_>, scope: &Scope<'_, '_>, state: &mut StageState) -> Result<bool, BuildError> {
         let span = cx.instr.span;
-        let (add, sources, dest, from, chown, chmod, link, parents, exclude, heredocs, checksum, unpack) = match &cx.instr.kind {
-            InstructionKind::Copy(c) => {
-                (false, &c.sources, &c.dest, c.from.clone(), &c.chown, &c.chmod, c.link, c.parents, &c.exclude, &c.heredocs, None, None)
-            }
-            InstructionKind::Add(a) => {
-                (true, &a.sources, &a.dest, None, &a.chown, &a.chmod, a.link, false, &a.exclude, &a.heredocs, a.checksum.clone(), a.unpack)
-            }
+        // ADD's own options, and COPY's.
+        let (files, add, from, parents, checksum, unpack) = match &cx.instr.kind {
+            InstructionKind::Copy(c) => (&c.files, false, c.from.as_deref(), c.parents, None, None),
+            InstructionKind::Add(a) => (&a.files, true, None, false, a.checksum.as_deref(), a.unpack),
             _ => unreachable!("copy() is called for COPY and ADD"),
         };
-        let inline: Vec<(String, String)> = heredocs
+        let inline: Vec<(String, String)> = files
+            .heredocs
             .iter()
             .map(|doc| Ok((doc.name.clone(), scope.heredoc_content(doc, span)?)))
             .collect::<Result<_, crate::dockerfile::Error>>()
             .map_err(|e| e.in_file(&self.req.dockerfile))?;
-        let owner = match chown {
+        let owner = match &files.chown {
             Some(spec) => {
                 let mut id = self.identity(state, spec).map_err(|e| self.at(cx, format!("--chown={spec}: {e}")))?;
                 id.groups.clear();
@@ -37,7 +35,7 @@ impl Builder<'_> {
             None => None,
         };
         // The source side: the context, another stage or an image.
-        let mut from_state = match &from {
+        let mut from_state = match from {
             None => None,
             Some(f) => Some(self.source_state(cx, f)?),
         };
@@ -50,16 +48,17 @@ impl Builder<'_> {
         let workdir = if state.config.config.working_dir.is_empty() { "/".to_string() } else { state.config.config.working_dir.clone() };
         let empty_root = LayerStack::empty();
         // A --link layer may not depend on what is below it.
+        let link = files.link;
         let dest_root = if link { &empty_root } else { state.stack.as_ref().expect("indexed above") };
         let input = CopyInput {
             owner,
-            chmod: chmod.as_deref(),
+            chmod: files.chmod.as_deref(),
             parents,
-            exclude,
-            checksum: checksum.as_deref(),
+            exclude: &files.exclude,
+            checksum,
             unpack,
             inline: &inline,
-            ..CopyInput::new(add, sources, dest, &workdir, dest_root)
+            ..CopyInput::new(add, &files.sources, &files.dest, &workdir, dest_root)
         };
         let source = match &from_state {
             Some(s) => CopySource::Stack { stack: s.stack.as_ref().expect("indexed above"), store: self.store },

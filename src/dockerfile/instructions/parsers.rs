@@ -8,7 +8,9 @@ use super::super::error::Error;
 use super::super::parser::{Ast, Heredoc, Node};
 use super::duration::parse_go_duration;
 use super::flags::Flags;
-use super::types::{Add, ArgDecl, Copy, Healthcheck, InstructionKind, KeyValue, Network, Run, Security, ShellOrExec, Stage};
+use super::types::{
+    Add, ArgDecl, Copy, Healthcheck, InstructionKind, KeyValue, Network, Run, Security, ShellOrExec, SourcesAndDest, Stage,
+};
 use super::{args_error, parse_instruction};
 
 /// `FROM [--platform=...] <image> [AS <name>]`: starts stage `index`.
@@ -89,27 +91,29 @@ pub(super) fn parse_shell(ast: &Ast, node: &Node) -> Result<InstructionKind, Err
 
 pub(super) fn parse_copy(ast: &Ast, node: &Node) -> Result<InstructionKind, Error> {
     let mut f = Flags::parse(ast, node, &["from", "chown", "chmod", "link", "parents", "exclude"])?;
-    let (sources, dest, heredocs) = sources_and_dest(ast, node)?;
+    let paths = sources_and_dest(ast, node)?;
     let from = f.string("from")?;
-    let (chown, chmod, link) = ownership(&mut f)?;
+    let files = file_options(paths, &mut f)?;
     let parents = f.bool("parents")?;
-    Ok(InstructionKind::Copy(Copy { sources, dest, from, chown, chmod, link, parents, exclude: f.strings("exclude"), heredocs }))
+    Ok(InstructionKind::Copy(Copy { files, from, parents }))
 }
 
 pub(super) fn parse_add(ast: &Ast, node: &Node) -> Result<InstructionKind, Error> {
     let mut f = Flags::parse(ast, node, &["chown", "chmod", "link", "keep-git-dir", "checksum", "unpack", "exclude"])?;
-    let (sources, dest, heredocs) = sources_and_dest(ast, node)?;
+    let paths = sources_and_dest(ast, node)?;
     let unpack = if f.present("unpack") { Some(f.bool("unpack")?) } else { None };
-    let (chown, chmod, link) = ownership(&mut f)?;
+    let files = file_options(paths, &mut f)?;
     let keep_git_dir = f.bool("keep-git-dir")?;
     let checksum = f.string("checksum")?;
-    let exclude = f.strings("exclude");
-    Ok(InstructionKind::Add(Add { sources, dest, chown, chmod, link, keep_git_dir, checksum, unpack, exclude, heredocs }))
+    Ok(InstructionKind::Add(Add { files, keep_git_dir, checksum, unpack }))
 }
 
-/// COPY's and ADD's `--chown`, `--chmod` and `--link`, read in that order.
-fn ownership(f: &mut Flags) -> Result<(Option<String>, Option<String>, bool), Error> {
-    Ok((f.string("chown")?, f.string("chmod")?, f.bool("link")?))
+/// COPY's and ADD's `--chown`, `--chmod`, `--link` (read in that order)
+/// and `--exclude`, over their sources and destination.
+fn file_options(paths: SourcePaths, f: &mut Flags) -> Result<SourcesAndDest, Error> {
+    let (sources, dest, heredocs) = paths;
+    let (chown, chmod, link) = (f.string("chown")?, f.string("chmod")?, f.bool("link")?);
+    Ok(SourcesAndDest { sources, heredocs, dest, chown, chmod, link, exclude: f.strings("exclude") })
 }
 
 pub(super) fn parse_env(ast: &Ast, node: &Node) -> Result<InstructionKind, Error> {
@@ -273,10 +277,11 @@ fn command(node: &Node) -> ShellOrExec {
     if node.json { ShellOrExec::Exec(node.args.clone()) } else { ShellOrExec::Shell(node.rest.text.clone()) }
 }
 
-type SourcesAndDest = (Vec<String>, String, Vec<Heredoc>);
+/// Source paths, destination, heredoc sources.
+type SourcePaths = (Vec<String>, String, Vec<Heredoc>);
 
 /// COPY's and ADD's sources (paths and heredocs apart) and destination.
-fn sources_and_dest(ast: &Ast, node: &Node) -> Result<SourcesAndDest, Error> {
+fn sources_and_dest(ast: &Ast, node: &Node) -> Result<SourcePaths, Error> {
     let Some((dest, sources)) = node.args.split_last().filter(|(_, s)| !s.is_empty()) else {
         return Err(args_error(ast, node, "requires at least two arguments: <source>... <destination>"));
     };

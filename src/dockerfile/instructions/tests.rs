@@ -77,31 +77,31 @@ fn cmd_entrypoint_shell() {
 fn copy_and_add() {
     match one("COPY --from=build --chown=1:2 --chmod=0644 --link --parents --exclude=*.tmp --exclude=.git a b /dst/") {
         InstructionKind::Copy(c) => {
-            assert_eq!(c.sources, vec!["a", "b"]);
-            assert_eq!(c.dest, "/dst/");
-            assert_eq!((c.from.as_deref(), c.chown.as_deref(), c.chmod.as_deref()), (Some("build"), Some("1:2"), Some("0644")));
-            assert!(c.link && c.parents);
-            assert_eq!(c.exclude, vec!["*.tmp", ".git"]);
+            assert_eq!(c.files.sources, vec!["a", "b"]);
+            assert_eq!(c.files.dest, "/dst/");
+            assert_eq!((c.from.as_deref(), c.files.chown.as_deref(), c.files.chmod.as_deref()), (Some("build"), Some("1:2"), Some("0644")));
+            assert!(c.files.link && c.parents);
+            assert_eq!(c.files.exclude, vec!["*.tmp", ".git"]);
         }
         other => panic!("{other:?}"),
     }
     match one("COPY --link=false [\"a b\", \"/d\"]") {
-        InstructionKind::Copy(c) => assert_eq!((c.sources.clone(), c.link, c.parents), (vec!["a b".to_string()], false, false)),
+        InstructionKind::Copy(c) => assert_eq!((c.files.sources.clone(), c.files.link, c.parents), (vec!["a b".to_string()], false, false)),
         other => panic!("{other:?}"),
     }
     match one("COPY <<one.txt src << <<-two.txt /d/\n1\none.txt\n\t2\n\ttwo.txt") {
         InstructionKind::Copy(c) => {
-            assert_eq!(c.sources, vec!["src", "<<"], "a bare << is not a heredoc");
-            assert_eq!(c.heredocs.iter().map(|h| (h.name.as_str(), h.content.as_str())).collect::<Vec<_>>(), vec![("one.txt", "1\n"), ("two.txt", "2\n")]);
+            assert_eq!(c.files.sources, vec!["src", "<<"], "a bare << is not a heredoc");
+            assert_eq!(c.files.heredocs.iter().map(|h| (h.name.as_str(), h.content.as_str())).collect::<Vec<_>>(), vec![("one.txt", "1\n"), ("two.txt", "2\n")]);
         }
         other => panic!("{other:?}"),
     }
     match one("ADD --checksum=sha256:abc --keep-git-dir --chown=u --chmod=600 --link --unpack=false --exclude=x https://e/x.tgz /d") {
         InstructionKind::Add(a) => {
             assert_eq!(a.checksum.as_deref(), Some("sha256:abc"));
-            assert!(a.keep_git_dir && a.link);
+            assert!(a.keep_git_dir && a.files.link);
             assert_eq!(a.unpack, Some(false));
-            assert_eq!((a.chown.as_deref(), a.chmod.as_deref(), a.exclude.clone()), (Some("u"), Some("600"), vec!["x".to_string()]));
+            assert_eq!((a.files.chown.as_deref(), a.files.chmod.as_deref(), a.files.exclude.clone()), (Some("u"), Some("600"), vec!["x".to_string()]));
         }
         other => panic!("{other:?}"),
     }

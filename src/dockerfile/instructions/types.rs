@@ -146,35 +146,36 @@ pub struct Run {
     pub heredocs: Vec<Heredoc>,
 }
 
+/// What COPY and ADD share: their sources, destination and file options
+/// (BuildKit's `SourcesAndDest` with the flags both take).
 #[derive(Debug, Clone, PartialEq)]
-pub struct Copy {
+pub struct SourcesAndDest {
     /// Source paths (heredoc sources are in `heredocs`).
     pub sources: Vec<String>,
+    /// Inline files: each becomes a file named after its delimiter in `dest`.
+    pub heredocs: Vec<Heredoc>,
     pub dest: String,
-    /// `--from=<stage name | stage index | image>`.
-    pub from: Option<String>,
     pub chown: Option<String>,
     pub chmod: Option<String>,
     pub link: bool,
-    pub parents: bool,
     pub exclude: Vec<String>,
-    /// Inline files: each becomes a file named after its delimiter in `dest`.
-    pub heredocs: Vec<Heredoc>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Copy {
+    pub files: SourcesAndDest,
+    /// `--from=<stage name | stage index | image>`.
+    pub from: Option<String>,
+    pub parents: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Add {
-    pub sources: Vec<String>,
-    pub dest: String,
-    pub chown: Option<String>,
-    pub chmod: Option<String>,
-    pub link: bool,
+    pub files: SourcesAndDest,
     pub keep_git_dir: bool,
     pub checksum: Option<String>,
     /// `--unpack=<bool>`; None means: unpack local archives only.
     pub unpack: Option<bool>,
-    pub exclude: Vec<String>,
-    pub heredocs: Vec<Heredoc>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
