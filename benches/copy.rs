@@ -9,10 +9,10 @@
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use kiln::build::context::BuildContext;
-use kiln::build::copy::{self, CopyInput, CopySource};
-use kiln::build::layer_tar::{write_layer, LayerOptions};
-use kiln::build::rootfs::LayerStack;
+use kiln::engine::context::BuildContext;
+use kiln::engine::copy::{self, CopyInput, CopySource};
+use kiln::engine::layer_tar::{write_layer, LayerOptions};
+use kiln::engine::rootfs::LayerStack;
 use kiln::oci::store::Store;
 
 const DIRS: usize = 200;

@@ -22,9 +22,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use kiln::build::layer_tar::{write_layer, ContentSource, LayerOptions};
-use kiln::build::snapshot::Ext4Contents;
-use kiln::build::{EntryKind, LayerEntry};
+use kiln::engine::layer_tar::{write_layer, ContentSource, LayerOptions};
+use kiln::engine::snapshot::Ext4Contents;
+use kiln::engine::{EntryKind, LayerEntry};
 use kiln::oci::{Compression, Store};
 
 const FILES: usize = 20_000;

@@ -3,13 +3,14 @@
 //!
 //! Layout: [`dockerfile`] parses and expands Dockerfiles, [`oci`] is the image
 //! model and local store, [`registry`] talks to registries, [`vm`] boots guest
-//! kernels and talks to the guest agent, [`build`] runs builds, [`cli`] maps
+//! kernels and talks to the guest agent, [`engine`] runs builds, [`run`] runs
+//! images, [`cli`] maps
 //! command lines onto all of that.
 
-pub mod build;
 pub mod cli;
 pub mod dirs;
 pub mod dockerfile;
+pub mod engine;
 pub mod oci;
 pub mod platform;
 pub mod registry;

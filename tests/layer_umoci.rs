@@ -9,9 +9,9 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 use std::process::Command;
 
-use kiln::build::layer_tar::{write_layer, ContentSource, LayerOptions};
-use kiln::build::rootfs::LayerStack;
-use kiln::build::{EntryKind, LayerEntry};
+use kiln::engine::layer_tar::{write_layer, ContentSource, LayerOptions};
+use kiln::engine::rootfs::LayerStack;
+use kiln::engine::{EntryKind, LayerEntry};
 use kiln::oci::layout::{self, ExportEntry, Format};
 use kiln::oci::{Compression, Descriptor, MediaType, Store};
 use support::*;

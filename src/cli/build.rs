@@ -10,8 +10,8 @@ use std::sync::{Arc, Mutex};
 use anyhow::{bail, Context};
 use clap::Args;
 
-use crate::build::progress::{Progress, ProgressMode};
-use crate::build::{BuildOutcome, BuildRequest, Builder};
+use crate::engine::progress::{Progress, ProgressMode};
+use crate::engine::{BuildOutcome, BuildRequest, Builder};
 use crate::oci::layout::{self, ExportEntry, Format};
 use crate::oci::{Compression, Store};
 use crate::platform::Platform;
@@ -341,7 +341,7 @@ fn build_platforms(
     let parallel = cores.min(memory_slots).clamp(1, platforms.len());
     let mut outcomes: Vec<Option<BuildOutcome>> = vec![None; platforms.len()];
     for chunk in (0..platforms.len()).collect::<Vec<_>>().chunks(parallel) {
-        let results: Vec<(usize, Result<BuildOutcome, crate::build::BuildError>)> = std::thread::scope(|scope| {
+        let results: Vec<(usize, Result<BuildOutcome, crate::engine::BuildError>)> = std::thread::scope(|scope| {
             let handles: Vec<_> = chunk
                 .iter()
                 .map(|&i| {

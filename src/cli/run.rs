@@ -9,7 +9,7 @@ use clap::Args;
 use super::terminal;
 use crate::oci::Store;
 use crate::platform::Platform;
-use crate::build::vm_session::ExecIo;
+use crate::engine::vm_session::ExecIo;
 use crate::run::{run_image, RunRequest};
 
 #[derive(Debug, Args)]

@@ -17,7 +17,7 @@ use oci_spec::image::{Descriptor, MediaType};
 use serde_json::json;
 
 use crate::dockerfile::expand::{BuildOptions, Evaluator};
-use crate::build::image_config::{rfc3339, History, ImageConfigFile, RootFs, RunConfig};
+use crate::engine::image_config::{rfc3339, History, ImageConfigFile, RootFs, RunConfig};
 use crate::dockerfile;
 use crate::oci::layer::{Compression, LayerWriter};
 use crate::oci::media;

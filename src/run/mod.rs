@@ -5,10 +5,10 @@
 
 use std::sync::atomic::AtomicBool;
 
-use crate::build::image_config::{ImageConfigFile, DEFAULT_PATH_ENV};
-use crate::build::rootfs::{LayerStack, RootfsError};
-use crate::build::users::{self, UserError};
-use crate::build::vm_session::{ExecIo, LayerRef, RunSpec, Session, SessionError};
+use crate::engine::image_config::{ImageConfigFile, DEFAULT_PATH_ENV};
+use crate::engine::rootfs::{LayerStack, RootfsError};
+use crate::engine::users::{self, UserError};
+use crate::engine::vm_session::{ExecIo, LayerRef, RunSpec, Session, SessionError};
 use crate::oci::store::{Store, StoreError};
 use crate::platform::Platform;
 use crate::vm::{BootFilesError, VmConfig};

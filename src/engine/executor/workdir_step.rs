@@ -4,10 +4,10 @@
 use kiln_protocol::{EntryKind, LayerEntry};
 
 use super::{now_unix, Builder, StageState, StepCx};
-use crate::build::cache::CacheKey;
-use crate::build::layer_tar::ContentSource;
-use crate::build::users::Identity;
-use crate::build::BuildError;
+use crate::engine::cache::CacheKey;
+use crate::engine::layer_tar::ContentSource;
+use crate::engine::users::Identity;
+use crate::engine::BuildError;
 
 impl Builder<'_> {
     /// Creates the WORKDIR (or takes it from the cache); returns whether it was cached.

@@ -414,8 +414,8 @@ fn parse_layer(reader: Box<dyn Read + '_>, layer: usize) -> Result<ParsedLayer, 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::build::layer_tar::tests::{dir, entry, file, MapContents};
-    use crate::build::layer_tar::{write_layer, LayerOptions};
+    use crate::engine::layer_tar::tests::{dir, entry, file, MapContents};
+    use crate::engine::layer_tar::{write_layer, LayerOptions};
     use crate::oci::digest;
 
     fn store() -> (tempfile::TempDir, Store) {
@@ -480,7 +480,7 @@ mod tests {
         assert_eq!(all.len(), 10, "{all:?}");
         assert_eq!(all, {
             let mut sorted = all.clone();
-            sorted.sort_by(|a, b| crate::build::layer_tar::path_order(a, b));
+            sorted.sort_by(|a, b| crate::engine::layer_tar::path_order(a, b));
             sorted
         });
     }

@@ -5,8 +5,8 @@ use kiln_protocol::{EntryKind, LayerEntry};
 
 use super::content::Content;
 use super::CopyError;
-use crate::build::context::BuildContext;
-use crate::build::rootfs::LayerStack;
+use crate::engine::context::BuildContext;
+use crate::engine::rootfs::LayerStack;
 use crate::oci::store::Store;
 
 /// A source entry; `inode` groups hardlinks (equal keys share content).

@@ -12,8 +12,8 @@ use std::sync::Arc;
 use kiln_protocol::LayerEntry;
 use sha2::{Digest, Sha256};
 
-use crate::build::context::open_in_root;
-use crate::build::layer_tar::ContentSource;
+use crate::engine::context::open_in_root;
+use crate::engine::layer_tar::ContentSource;
 
 #[derive(Debug, Clone)]
 pub(super) enum Content {

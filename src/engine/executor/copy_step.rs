@@ -2,11 +2,11 @@
 //! context files of `RUN --mount=type=bind`, which are planned the same way.
 
 use super::{Builder, StageState, StepCx};
-use crate::build::cache::CacheKey;
-use crate::build::context::BuildContext;
-use crate::build::copy::{self, CopyInput, CopySource};
-use crate::build::rootfs::LayerStack;
-use crate::build::BuildError;
+use crate::engine::cache::CacheKey;
+use crate::engine::context::BuildContext;
+use crate::engine::copy::{self, CopyInput, CopySource};
+use crate::engine::rootfs::LayerStack;
+use crate::engine::BuildError;
 use crate::dockerfile::expand::Scope;
 use crate::dockerfile::instructions::InstructionKind;
 

@@ -4,9 +4,9 @@ use std::io::{self, Read, Write};
 use kiln_protocol::{EntryKind, LayerEntry};
 
 use super::*;
-use crate::build::context::BuildContext;
-use crate::build::layer_tar::{write_layer, ContentSource, LayerOptions};
-use crate::build::rootfs::LayerStack;
+use crate::engine::context::BuildContext;
+use crate::engine::layer_tar::{write_layer, ContentSource, LayerOptions};
+use crate::engine::rootfs::LayerStack;
 use crate::oci::store::Store;
 
 /// One COPY/ADD as a test writes it; `run` fills in the rest.

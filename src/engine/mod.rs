@@ -1,4 +1,6 @@
-//! The build engine: turns a Dockerfile into an OCI image.
+//! The build engine: turns a Dockerfile into an OCI image. A RUN's path,
+//! top down: [`executor`] → [`vm_session`] → the VM (`crate::vm`) →
+//! [`snapshot`] and [`layer_tar`] (docs/ARCHITECTURE.md draws it).
 //!
 //! - [`layer_tar`] writes an OCI layer from a list of [`LayerEntry`]s (the
 //!   one tar writer: RUN snapshots and COPY/ADD both end there);

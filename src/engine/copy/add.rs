@@ -134,7 +134,7 @@ fn sniff(mut open: impl FnMut() -> io::Result<Box<dyn Read>>) -> io::Result<Opti
 
 /// The archive kind of the context file `rel`, if it is one.
 pub(super) fn sniff_file(root: &Path, rel: &str) -> io::Result<Option<ArchiveKind>> {
-    sniff(|| Ok(Box::new(crate::build::context::open_in_root(root, rel)?) as Box<dyn Read>))
+    sniff(|| Ok(Box::new(crate::engine::context::open_in_root(root, rel)?) as Box<dyn Read>))
 }
 
 /// An archive member's path, relative and clean; `None` for the root

@@ -5,11 +5,11 @@
 use kiln_protocol::ExecRequest;
 
 use super::{Builder, StageState, StepCx};
-use crate::build::cache::CacheKey;
-use crate::build::image_config::{RunConfig, DEFAULT_PATH_ENV};
-use crate::build::run_mounts::{MountError, MountSource, MountTarget, RunMounts};
-use crate::build::vm_session::{RunSpec, SessionError};
-use crate::build::BuildError;
+use crate::engine::cache::CacheKey;
+use crate::engine::image_config::{RunConfig, DEFAULT_PATH_ENV};
+use crate::engine::run_mounts::{MountError, MountSource, MountTarget, RunMounts};
+use crate::engine::vm_session::{RunSpec, SessionError};
+use crate::engine::BuildError;
 use crate::dockerfile::expand::Scope;
 use crate::dockerfile::instructions::{Network, Run};
 use crate::dockerfile::mount::{Mount, MountType};

@@ -127,8 +127,8 @@ impl ContentSource for Ext4Contents {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::build::layer_tar::tests::{entry, read_tar, uncompressed};
-    use crate::build::layer_tar::{write_layer, LayerOptions, LayerTarError};
+    use crate::engine::layer_tar::tests::{entry, read_tar, uncompressed};
+    use crate::engine::layer_tar::{write_layer, LayerOptions, LayerTarError};
     use kiln_protocol::EntryKind;
     use std::process::Command;
 
