@@ -88,13 +88,13 @@ pub struct InodeHeader {
 }
 
 impl InodeHeader {
-    pub fn len(&self) -> usize {
+    pub fn encoded_len(&self) -> usize {
         if self.compact { COMPACT_SIZE } else { EXTENDED_SIZE }
     }
 
     pub fn encode(&self, out: &mut Vec<u8>) {
         let start = out.len();
-        out.resize(start + self.len(), 0);
+        out.resize(start + self.encoded_len(), 0);
         let b = &mut out[start..];
         put16(b, 0, (self.layout as u16) << 1 | u16::from(!self.compact));
         put16(b, 2, self.xattr_icount);
