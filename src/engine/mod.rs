@@ -25,6 +25,7 @@ pub mod rootfs;
 pub mod run_mounts;
 pub mod snapshot;
 mod tar_read;
+pub mod erofs;
 pub mod users;
 pub mod vm_session;
 

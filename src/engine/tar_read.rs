@@ -38,6 +38,8 @@ pub struct TarReader<R> {
     pos: u64,
     /// Data and padding of the previous member still to skip.
     pending: u64,
+    /// Data of the current member not yet read through `Read`.
+    data_left: u64,
 }
 
 fn bad(message: impl Into<String>) -> io::Error {
@@ -96,7 +98,7 @@ fn pax_records(mut data: &[u8]) -> io::Result<Vec<(String, Vec<u8>)>> {
 
 impl<R: Read> TarReader<R> {
     pub fn new(r: R) -> Self {
-        Self { r, pos: 0, pending: 0 }
+        Self { r, pos: 0, pending: 0, data_left: 0 }
     }
 
     fn skip(&mut self, n: u64) -> io::Result<()> {
@@ -151,6 +153,7 @@ impl<R: Read> TarReader<R> {
     /// The next member; the previous member's unread bytes are skipped.
     pub fn next_member(&mut self) -> io::Result<Option<Member>> {
         let pending = std::mem::take(&mut self.pending);
+        self.data_left = 0;
         self.skip(pending)?;
         let mut pax: HashMap<String, Vec<u8>> = HashMap::new();
         let mut xattrs = Vec::new();
@@ -248,8 +251,28 @@ impl<R: Read> TarReader<R> {
                 offset: self.pos,
             };
             self.pending = size + padding(size);
+            self.data_left = size;
             return Ok(Some(member));
         }
+    }
+}
+
+/// Reads the current member's data (what [`TarReader::next_member`]
+/// returned last); the rest is skipped by the next call.
+impl<R: Read> Read for TarReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let want = buf.len().min(usize::try_from(self.data_left).unwrap_or(usize::MAX));
+        if want == 0 {
+            return Ok(0);
+        }
+        let n = self.r.read(&mut buf[..want])?;
+        if n == 0 {
+            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "the tar ends inside a member"));
+        }
+        self.data_left -= n as u64;
+        self.pending -= n as u64;
+        self.pos += n as u64;
+        Ok(n)
     }
 }
 
