@@ -26,7 +26,7 @@ fi
 
 need_apt=0
 for bin in qemu-system-aarch64 qemu-system-arm qemu-system-x86_64 aarch64-linux-gnu-gcc arm-linux-gnueabihf-gcc docker-registry \
-           skopeo umoci htpasswd oci-image-tool mke2fs zstd xz curl runc debootstrap musl-gcc unshare; do
+           skopeo umoci htpasswd oci-image-tool mke2fs zstd xz curl runc debootstrap musl-gcc unshare fsck.erofs; do
   command -v "$bin" >/dev/null 2>&1 || need_apt=1
 done
 if [ "$need_apt" = 1 ]; then
@@ -37,7 +37,7 @@ if [ "$need_apt" = 1 ]; then
   apt-get install -y -qq --no-install-recommends \
     gcc-aarch64-linux-gnu libc6-dev-arm64-cross gcc-arm-linux-gnueabihf libc6-dev-armhf-cross \
     docker-registry skopeo umoci oci-image-tool apache2-utils runc \
-    e2fsprogs zstd xz-utils curl ca-certificates python3 debootstrap openssl musl-tools util-linux >/dev/null
+    e2fsprogs zstd xz-utils curl ca-certificates python3 debootstrap openssl musl-tools util-linux erofs-utils >/dev/null
 fi
 
 # User-space vsock (kernel vhost-vsock is unavailable here, and on macOS/Windows).
