@@ -45,7 +45,8 @@ done
 # statically, and booting a linux/arm64 guest.
 cargo build --quiet --release --target x86_64-unknown-linux-musl
 static=target/x86_64-unknown-linux-musl/release/kiln
-if ldd "$static" >/dev/null 2>&1; then
+# A dynamically linked ELF names its program interpreter (ld.so).
+if readelf -l "$static" | grep -q 'program interpreter'; then
   echo "test.sh: $static is dynamically linked:" >&2; ldd "$static" >&2; exit 1
 fi
 machine="$("$static" vm exec --platform linux/arm64 --rootfs "$fixtures/busybox-arm64.tar" -- /bin/uname -m)"
