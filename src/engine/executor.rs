@@ -111,6 +111,12 @@ pub struct Builder<'a> {
     cached: usize,
 }
 
+/// A failure at `span` of the Dockerfile at `path` (free of the builder, so
+/// a step can report one while it holds a part of the builder borrowed).
+fn step_error(df: &Dockerfile, path: &std::path::Path, span: Span, message: impl Into<String>) -> BuildError {
+    BuildError::Step(df.error_at(span, ErrorKind::Step(message.into())).in_file(path))
+}
+
 fn now_unix() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
 }
@@ -169,7 +175,7 @@ impl<'a> Builder<'a> {
     }
 
     fn at_span(&self, df: &Dockerfile, span: Span, message: impl Into<String>) -> BuildError {
-        BuildError::Step(df.error_at(span, ErrorKind::Step(message.into())).in_file(&self.req.dockerfile))
+        step_error(df, &self.req.dockerfile, span, message)
     }
 
     fn run_stage(

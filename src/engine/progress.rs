@@ -116,12 +116,16 @@ impl Progress {
                     *began = now;
                 }
                 partial.extend_from_slice(bytes);
-                let mut lines = Vec::new();
-                while let Some(pos) = partial.iter().position(|&b| b == b'\n') {
-                    let line: Vec<u8> = partial.drain(..=pos).collect();
-                    lines.push((line, *began));
+                // Lines are cut at offsets and the rest moved down once, so a
+                // chunk of many short lines costs linear time.
+                let (mut lines, mut start) = (Vec::new(), 0);
+                while let Some(pos) = partial[start..].iter().position(|&b| b == b'\n') {
+                    let end = start + pos + 1;
+                    lines.push((partial[start..end].to_vec(), *began));
                     *began = now;
+                    start = end;
                 }
+                partial.drain(..start);
                 if partial.len() > MAX_PARTIAL {
                     lines.push((std::mem::take(partial), *began));
                 }

@@ -4,7 +4,7 @@
 
 use kiln_protocol::ExecRequest;
 
-use super::{Builder, StageState, StepCx};
+use super::{step_error, Builder, StageState, StepCx};
 use crate::engine::cache::CacheKey;
 use crate::engine::image_config::{RunConfig, DEFAULT_PATH_ENV};
 use crate::engine::run_mounts::{MountError, MountSource, MountTarget, RunMounts};
@@ -50,12 +50,12 @@ impl Builder<'_> {
         let session = match self.sessions.get(cx.platform, &self.progress, self.cancel) {
             Ok(session) => session,
             // No kernel or agent for the platform: a problem of this step's line.
-            Err(SessionError::BootFiles(e)) => return Err(step_error(cx, &self.req.dockerfile, e.to_string())),
+            Err(SessionError::BootFiles(e)) => return Err(step_error(cx.df, &self.req.dockerfile, span, e.to_string())),
             Err(e) => return Err(e.into()),
         };
         let target = MountTarget { store: self.store, platform: cx.platform, cwd: &cwd, secrets: &self.req.secrets, cancel: self.cancel };
         let (mount_specs, volumes) = mounts.into_specs(session, &target).map_err(|e| match e {
-            MountError::Secret(message) => step_error(cx, &self.req.dockerfile, message),
+            MountError::Secret(message) => step_error(cx.df, &self.req.dockerfile, span, message),
             e => e.into(),
         })?;
         let request = ExecRequest {
@@ -83,7 +83,7 @@ impl Builder<'_> {
                 ShellOrExec::Exec(a) => serde_json::to_string(a).unwrap_or_default(),
             };
             let message = format!("process \"{command}\" did not complete successfully: {}\n{}", outcome.status, tail.render());
-            return Err(step_error(cx, &self.req.dockerfile, message));
+            return Err(step_error(cx.df, &self.req.dockerfile, span, message));
         };
         // How long the snapshot took, for users and scripts/bench-snapshot.sh.
         let (file_mb, seconds) = (snapshot.file_bytes as f64 / 1e6, snapshot.seconds);
@@ -124,12 +124,6 @@ impl Builder<'_> {
             _ => Ok((MountSource::Nothing, String::new())),
         }
     }
-}
-
-/// A failure at the step's line (for use while the builder is borrowed).
-fn step_error(cx: &StepCx<'_>, dockerfile: &std::path::Path, message: String) -> BuildError {
-    let error = cx.df.error_at(cx.instr.span, crate::dockerfile::ErrorKind::Step(message));
-    BuildError::Step(error.in_file(dockerfile))
 }
 
 /// The argv of a RUN: exec form as is; shell form through the SHELL; a
