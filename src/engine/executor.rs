@@ -192,11 +192,9 @@ impl<'a> Builder<'a> {
         let label = labels::stage_label(df, index);
         let total = labels::step_count(&stage.instructions);
         let from = format!("[{label}1/{total}] {}", labels::from_text(df, index, node));
-        let step = self.progress.start(&from);
-        let started = Instant::now();
-        let base = self.stage_base(df, index, &node.base, &platform, built);
-        self.progress.end(step, if base.is_ok() { StepEnd::Done } else { StepEnd::Error }, started.elapsed());
-        let mut state = base?;
+        // A handle of its own, so resolving the base may borrow the builder.
+        let progress = self.progress.clone();
+        let mut state = progress.step(&from, || self.stage_base(df, index, &node.base, &platform, built))?;
 
         // A new stage: CMD counts as set only once this stage sets it.
         state.config.config.cmd_set = false;

@@ -259,6 +259,8 @@ impl Progress {
 
 /// One build's handle on the (possibly shared) progress display: with a
 /// prefix (e.g. `linux/arm64 `) its step names say which build they are.
+/// Cloning it gives another handle on the same display.
+#[derive(Clone)]
 pub struct StepLog {
     progress: Arc<Mutex<Progress>>,
     prefix: String,
