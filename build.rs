@@ -23,4 +23,28 @@ fn main() {
     code.push_str("];\n");
     let out = PathBuf::from(env::var("OUT_DIR").unwrap()).join("agents.rs");
     std::fs::write(out, code).unwrap();
+    erofs_format(&manifest);
+}
+
+/// `KILN_EROFS_FORMAT`: a hash of the EROFS writer's sources, so cached
+/// layer images are made again whenever the code that made them changes.
+fn erofs_format(manifest: &std::path::Path) {
+    let dir = manifest.join("src/engine/erofs");
+    println!("cargo:rerun-if-changed={}", dir.display());
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "rs") && !p.ends_with("tests.rs"))
+        .collect();
+    files.sort();
+    // FNV-1a: stable across Rust releases, unlike std's hasher.
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for file in files {
+        println!("cargo:rerun-if-changed={}", file.display());
+        let name = file.file_name().unwrap().to_string_lossy().into_owned();
+        for byte in name.bytes().chain([0]).chain(std::fs::read(&file).unwrap()) {
+            hash = (hash ^ u64::from(byte)).wrapping_mul(0x100_0000_01b3);
+        }
+    }
+    println!("cargo:rustc-env=KILN_EROFS_FORMAT={hash:016x}");
 }

@@ -30,7 +30,7 @@ pub use message::*;
 pub use layer_entry::{sort_for_layer, EntryKind, LayerEntry, Xattr};
 
 /// Bumped on any incompatible change to [`message`] or [`frame`].
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// Sent in both hellos; anything else at the start of a stream is garbage.
 pub const MAGIC: &str = "kiln-agent";

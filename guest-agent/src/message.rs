@@ -47,6 +47,12 @@ pub enum HostMsg {
     Snapshot { id: u32, upper: String },
     /// Thaw the scratch file system frozen by [`HostMsg::Snapshot`]; answered by `Done`.
     Thaw { id: u32 },
+    /// Mount the read-only EROFS layer image on the virtio disk whose serial
+    /// is `disk` at `dest` (scratch-relative, created if missing), so `dest`
+    /// can be an overlay lower like an unpacked layer. Answered by `Done`, or
+    /// by `Failed` when the disk or the kernel's erofs support is missing:
+    /// the host then unpacks the layer instead.
+    MountLayer { id: u32, disk: String, dest: String },
     /// Sync filesystems and power the VM off.
     Shutdown,
 }
@@ -112,8 +118,8 @@ pub enum RootSpec {
     /// copied up only to hold them, so `upper` holds exactly the command's
     /// changes. Lower paths should be short (`l/N`): all overlay options
     /// must fit the kernel's 4095 bytes (about 260 lowers like `l/NNN`).
-    /// Layer directories made by [`HostMsg::Unpack`] can be lowers as they
-    /// are (OCI whiteouts become overlayfs ones while unpacking).
+    /// Layer directories made by [`HostMsg::Unpack`] or [`HostMsg::MountLayer`]
+    /// can be lowers as they are (OCI whiteouts are overlayfs ones in both).
     Overlay { lowers: Vec<String>, upper: String, work: String },
 }
 

@@ -8,6 +8,7 @@ use std::process::ExitCode;
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
 
+use crate::engine::layer_images::LayerImages;
 use crate::oci::layout::{self, ExportEntry, Format};
 use crate::oci::model::Manifest;
 use crate::oci::{Descriptor, Store};
@@ -186,7 +187,7 @@ pub fn run(cmd: ImageCommand) -> anyhow::Result<ExitCode> {
                 println!("Untagged: {name}");
             }
             match store.try_prune()? {
-                Some(r) => println!("Deleted {} blobs, {}", r.blobs, human(r.bytes)),
+                Some(r) => report_prune(&store, r),
                 None => println!("Another kiln process is using the store; run `kiln prune` later to free space"),
             }
         }
@@ -196,8 +197,9 @@ pub fn run(cmd: ImageCommand) -> anyhow::Result<ExitCode> {
             store.tag(&normalize(&target)?, &d)?;
         }
         ImageCommand::Prune => {
-            let r = store()?.prune()?;
-            println!("Deleted {} blobs, {}", r.blobs, human(r.bytes));
+            let store = store()?;
+            let r = store.prune()?;
+            report_prune(&store, r);
         }
         ImageCommand::Inspect { image, platform, manifest } => {
             let store = store()?;
@@ -307,4 +309,14 @@ pub fn run(cmd: ImageCommand) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Prints what a prune freed, after dropping the layer disk images of the
+/// blobs it deleted.
+fn report_prune(store: &Store, r: crate::oci::store::PruneReport) {
+    let (images, image_bytes) = LayerImages::new(&crate::dirs::cache_dir()).prune(store);
+    println!("Deleted {} blobs, {}", r.blobs, human(r.bytes));
+    if images > 0 {
+        println!("Deleted {images} cached layer disk images, {}", human(image_bytes));
+    }
 }

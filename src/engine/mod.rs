@@ -18,6 +18,7 @@ pub mod context;
 pub mod copy;
 pub mod executor;
 pub mod image_config;
+pub mod layer_images;
 pub mod layer_tar;
 mod manifest;
 pub mod progress;

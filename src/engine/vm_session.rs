@@ -15,13 +15,14 @@ use std::time::Instant;
 use kiln_protocol::{EntryKind, ExecRequest, ExitStatus, LayerEntry, RootSpec};
 use oci_spec::image::Descriptor;
 
+use super::layer_images::LayerDisks;
 use super::layer_tar::{write_layer, write_tar, LayerOptions, LayerTarError};
 use super::progress::StepLog;
 use super::snapshot::Ext4Contents;
 use crate::oci::layer::{open_layer, Compression};
 use crate::oci::store::{Store, StoreError};
 use crate::platform::Platform;
-use crate::vm::client::Resizes;
+use crate::vm::client::{ClientError, Resizes};
 use crate::vm::{BootFiles, BootFilesError, Vm, VmConfig, VmError};
 
 #[derive(Debug, thiserror::Error)]
@@ -78,6 +79,16 @@ pub struct ExecIo<'a> {
     pub resizes: Resizes<'a>,
 }
 
+/// What making a command's layers available took.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct LayersReady {
+    /// Layers mounted from their disk images.
+    pub mounted: usize,
+    /// Layers the agent unpacked.
+    pub unpacked: usize,
+    pub seconds: f64,
+}
+
 /// How a RUN ended; a successful one carries its snapshot.
 pub struct RunOutcome {
     pub status: ExitStatus,
@@ -98,15 +109,26 @@ pub struct Session {
     vm: Vm,
     /// diff_id → scratch-relative directory holding that layer's files.
     lowers: HashMap<String, String>,
+    /// diff_id → (serial, host image) of the attached disk holding that
+    /// layer's EROFS image, until it is mounted (then it is in `lowers`).
+    disks: HashMap<String, (String, PathBuf)>,
     /// Cache volumes already unpacked in this VM (scratch dirs).
     caches: HashSet<String>,
     next: usize,
 }
 
 impl Session {
-    pub fn boot(config: &VmConfig, files: &BootFiles, cancel: &AtomicBool) -> Result<Self, SessionError> {
-        let vm = Vm::boot(config, files, cancel)?;
-        Ok(Session { vm, lowers: HashMap::new(), caches: HashSet::new(), next: 0 })
+    /// Boots a VM with `disks` attached; the layers of later steps, and
+    /// any the guest cannot mount, are unpacked in the guest when needed.
+    pub fn boot(config: &VmConfig, files: &BootFiles, disks: LayerDisks, cancel: &AtomicBool) -> Result<Self, SessionError> {
+        let mut config = config.clone();
+        let mut by_layer = HashMap::new();
+        for (diff_id, image) in disks.images {
+            by_layer.insert(diff_id, (crate::vm::layer_disk_serial(config.layer_disks.len()), image.clone()));
+            config.layer_disks.push(image);
+        }
+        let vm = Vm::boot(&config, files, cancel)?;
+        Ok(Session { vm, lowers: HashMap::new(), disks: by_layer, caches: HashSet::new(), next: 0 })
     }
 
     /// Runs a command in an overlay over `spec.layers` without keeping its
@@ -146,26 +168,50 @@ impl Session {
         Ok(RunOutcome { status, snapshot: Some(Snapshot { layer, entries, file_bytes, seconds }) })
     }
 
-    /// Makes every layer of `layers` available as a lower directory (the
-    /// agent unpacks the ones it does not have yet) and returns their
-    /// directories topmost first, as overlayfs wants them.
-    pub fn lowers_for(&mut self, store: &Store, layers: &[LayerRef], cancel: &AtomicBool) -> Result<Vec<String>, SessionError> {
-        let mut dirs = Vec::with_capacity(layers.len());
+    /// Makes every layer of `layers` available as a lower directory: its
+    /// disk mounted, or else unpacked by the agent. Says what it took.
+    pub fn prepare_layers(&mut self, store: &Store, layers: &[LayerRef], cancel: &AtomicBool) -> Result<LayersReady, SessionError> {
+        let started = Instant::now();
+        let mut ready = LayersReady::default();
         for layer in layers {
-            let dir = match self.lowers.get(&layer.diff_id) {
-                Some(dir) => dir.clone(),
-                None => {
-                    let dir = self.fresh_dir("l");
-                    let mut tar = open_layer(store, &layer.descriptor)?;
-                    self.vm.unpack(&dir, &mut tar, cancel)?;
-                    self.lowers.insert(layer.diff_id.clone(), dir.clone());
-                    dir
-                }
-            };
-            dirs.push(dir);
+            if self.lowers.contains_key(&layer.diff_id) {
+                continue;
+            }
+            let dir = self.fresh_dir("l");
+            if self.mount_disk(&layer.diff_id, &dir, cancel)? {
+                ready.mounted += 1;
+            } else {
+                let mut tar = open_layer(store, &layer.descriptor)?;
+                self.vm.unpack(&dir, &mut tar, cancel)?;
+                ready.unpacked += 1;
+            }
+            self.lowers.insert(layer.diff_id.clone(), dir);
         }
-        dirs.reverse();
-        Ok(dirs)
+        ready.seconds = started.elapsed().as_secs_f64();
+        Ok(ready)
+    }
+
+    /// The lower directories of `layers` ([`Session::prepare_layers`]
+    /// first), topmost first as overlayfs wants them.
+    pub fn lowers_for(&mut self, store: &Store, layers: &[LayerRef], cancel: &AtomicBool) -> Result<Vec<String>, SessionError> {
+        self.prepare_layers(store, layers, cancel)?;
+        Ok(layers.iter().rev().map(|l| self.lowers[&l.diff_id].clone()).collect())
+    }
+
+    /// Mounts the layer's disk at `dir` if it has one. False when it has
+    /// none, or the guest cannot mount it (no erofs in its kernel, a
+    /// damaged image): the caller unpacks the layer instead, and the image
+    /// is dropped from the cache so the next build makes it again.
+    fn mount_disk(&mut self, diff_id: &str, dir: &str, cancel: &AtomicBool) -> Result<bool, SessionError> {
+        let Some((disk, image)) = self.disks.remove(diff_id) else { return Ok(false) };
+        match self.vm.mount_layer(&disk, dir, cancel) {
+            Ok(()) => Ok(true),
+            Err(VmError::Agent { error: ClientError::RequestFailed(_), .. }) => {
+                let _ = std::fs::remove_file(&image);
+                Ok(false)
+            }
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Makes the cache volume's directory exist in the VM, unpacked from its
@@ -267,15 +313,24 @@ impl Sessions {
     }
 
     /// The VM for `platform`, booted now (shown as a step) if there is none.
-    pub fn get(&mut self, platform: &Platform, progress: &StepLog, cancel: &AtomicBool) -> Result<&mut Session, SessionError> {
+    /// `layers` are the ones its first command runs over (attached as disks).
+    pub fn get(
+        &mut self,
+        platform: &Platform,
+        store: &Store,
+        layers: &[LayerRef],
+        progress: &StepLog,
+        cancel: &AtomicBool,
+    ) -> Result<&mut Session, SessionError> {
         let key = platform.to_string();
         if !self.by_platform.contains_key(&key) {
             let mut config = VmConfig::new(platform.clone());
             config.memory_mib = self.memory_mib;
             config.cpus = self.cpus;
+            let disks = LayerDisks::for_boot(store, layers, Some(progress));
             let session = progress.step(&format!("[internal] booting a {platform} VM"), || {
                 let files = crate::vm::boot_files(platform, None)?;
-                Session::boot(&config, &files, cancel)
+                Session::boot(&config, &files, disks, cancel)
             })?;
             self.by_platform.insert(key.clone(), session);
             self.booted = true;

@@ -6,6 +6,7 @@
 use std::sync::atomic::AtomicBool;
 
 use crate::engine::image_config::{ImageConfigFile, DEFAULT_PATH_ENV};
+use crate::engine::layer_images::LayerDisks;
 use crate::engine::rootfs::{LayerStack, RootfsError};
 use crate::engine::users::{self, UserError};
 use crate::engine::vm_session::{ExecIo, LayerRef, RunSpec, Session, SessionError};
@@ -111,7 +112,8 @@ pub fn run_image(store: &Store, req: &RunRequest, io: ExecIo<'_>, cancel: &Atomi
     vm_config.cpus = req.cpus;
     vm_config.netdev_extra = req.ports.iter().map(|(h, g)| format!("hostfwd=tcp:127.0.0.1:{h}-:{g}")).collect();
     let files = crate::vm::boot_files(&platform, None)?;
-    let mut session = Session::boot(&vm_config, &files, cancel)?;
+    let disks = LayerDisks::for_boot(store, &layers, None);
+    let mut session = Session::boot(&vm_config, &files, disks, cancel)?;
     let request = ExecRequest {
         argv,
         env,

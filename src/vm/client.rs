@@ -259,6 +259,13 @@ impl AgentClient {
         self.wait_done(id, watch)
     }
 
+    /// Mounts the EROFS layer disk with serial `disk` at `dest` (scratch-relative).
+    pub fn mount_layer(&mut self, disk: &str, dest: &str, watch: Watch) -> Result<(), ClientError> {
+        let id = self.new_id();
+        self.send(&HostMsg::MountLayer { id, disk: disk.to_string(), dest: dest.to_string() })?;
+        self.wait_done(id, watch)
+    }
+
     fn wait_done(&mut self, id: u32, watch: Watch) -> Result<(), ClientError> {
         loop {
             if let Frame::Control(json) = self.next_frame(watch)? {

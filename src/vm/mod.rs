@@ -51,6 +51,14 @@ pub struct VmConfig {
     pub netdev_extra: Vec<String>,
     /// Appended to the guest kernel command line.
     pub extra_cmdline: String,
+    /// Read-only disks (EROFS layer images), attached with serials
+    /// [`layer_disk_serial`]`(0..)` in this order.
+    pub layer_disks: Vec<PathBuf>,
+}
+
+/// The virtio serial of the `index`th of [`VmConfig::layer_disks`].
+pub fn layer_disk_serial(index: usize) -> String {
+    format!("kiln-layer-{index}")
 }
 
 impl VmConfig {
@@ -66,6 +74,7 @@ impl VmConfig {
             scratch: true,
             netdev_extra: Vec::new(),
             extra_cmdline: String::new(),
+            layer_disks: Vec::new(),
         }
     }
 }
@@ -178,6 +187,7 @@ impl Vm {
             network: config.network,
             netdev_extra: &config.netdev_extra,
             extra_cmdline: &config.extra_cmdline,
+            layer_disks: &config.layer_disks,
         };
         let started = Instant::now();
         let mut qemu = QemuProcess::spawn(&qemu_config, &run_dir.path().join("qemu.stderr"))?;
@@ -263,6 +273,14 @@ impl Vm {
     pub fn snapshot(&mut self, upper: &str, cancel: &AtomicBool) -> Result<Vec<LayerEntry>, VmError> {
         let mut watcher = Watcher::new(&mut self.qemu, self.run_dir.path(), cancel);
         let result = self.client.snapshot(upper, &mut || watcher.check());
+        result.map_err(|e| watcher.error(e, &self.run_dir.path().join("console.log")))
+    }
+
+    /// Mounts the layer disk with serial `disk` (see [`VmConfig::layer_disks`])
+    /// read-only at `dest` on the scratch disk.
+    pub fn mount_layer(&mut self, disk: &str, dest: &str, cancel: &AtomicBool) -> Result<(), VmError> {
+        let mut watcher = Watcher::new(&mut self.qemu, self.run_dir.path(), cancel);
+        let result = self.client.mount_layer(disk, dest, &mut || watcher.check());
         result.map_err(|e| watcher.error(e, &self.run_dir.path().join("console.log")))
     }
 
@@ -421,6 +439,7 @@ pub fn reference_boot(config: &VmConfig, files: &BootFiles) -> Result<Duration, 
         network: false,
         netdev_extra: &[],
         extra_cmdline: kiln_protocol::CMDLINE_POWEROFF,
+        layer_disks: &[],
     };
     let started = Instant::now();
     let mut qemu = QemuProcess::spawn(&qemu_config, &run_dir.path().join("qemu.stderr"))?;

@@ -24,6 +24,8 @@ pub struct QemuConfig<'a> {
     pub netdev_extra: &'a [String],
     /// Appended to the kernel command line.
     pub extra_cmdline: &'a str,
+    /// Read-only disks after the scratch disk, serials `kiln-layer-N`.
+    pub layer_disks: &'a [PathBuf],
 }
 
 impl QemuConfig<'_> {
@@ -56,9 +58,18 @@ impl QemuConfig<'_> {
             // fsyncs free, and the host reads it only after the guest syncs.
             args.extend([
                 "-drive".into(),
-                format!("file={},if=none,id=scratch,format=raw,cache=unsafe,discard=unmap", scratch.display()),
+                format!("file={},if=none,id=scratch,format=raw,cache=unsafe,discard=unmap", option_value(scratch)),
                 "-device".into(),
                 "virtio-blk-pci,drive=scratch".into(),
+            ]);
+        }
+        for (index, disk) in self.layer_disks.iter().enumerate() {
+            // Shared, read-only and never written: several VMs may use one image.
+            args.extend([
+                "-drive".into(),
+                format!("file={},if=none,id=layer{index},format=raw,readonly=on", option_value(disk)),
+                "-device".into(),
+                format!("virtio-blk-pci,drive=layer{index},serial={}", super::layer_disk_serial(index)),
             ]);
         }
         if self.network {
@@ -72,6 +83,11 @@ impl QemuConfig<'_> {
         args.extend(self.transport_args.iter().cloned());
         args
     }
+}
+
+/// A path as a QEMU option value: commas are doubled, or they would end it.
+fn option_value(path: &Path) -> String {
+    path.display().to_string().replace(',', ",,")
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -179,6 +195,7 @@ mod tests {
             network: true,
             netdev_extra: &["hostfwd=tcp:127.0.0.1:8080-:80".to_string()],
             extra_cmdline: "",
+            layer_disks: &[PathBuf::from("/c/base.erofs"), PathBuf::from("/c/odd,name.erofs")],
         };
         let args = cfg.args().join(" ");
         assert!(args.contains("-M virt -cpu max,pauth=off -accel tcg,thread=multi"), "{args}");
@@ -187,6 +204,9 @@ mod tests {
         assert!(args.contains("cache=unsafe"), "{args}");
         assert!(args.contains("user,id=net0,hostfwd=tcp:127.0.0.1:8080-:80"), "{args}");
         assert!(args.contains("-no-reboot"), "{args}");
+        assert!(args.contains("file=/c/base.erofs,if=none,id=layer0,format=raw,readonly=on"), "{args}");
+        assert!(args.contains("virtio-blk-pci,drive=layer0,serial=kiln-layer-0"), "{args}");
+        assert!(args.contains("file=/c/odd,,name.erofs,if=none,id=layer1"), "{args}");
     }
 
     #[test]
@@ -206,6 +226,7 @@ mod tests {
             network: false,
             netdev_extra: &[],
             extra_cmdline: "",
+            layer_disks: &[],
         };
         let args = cfg.args().join(" ");
         // cortex-a15 has the LPAE the armmp-lpae kernel needs.

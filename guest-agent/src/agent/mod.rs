@@ -5,19 +5,21 @@
 //!
 //! ```text
 //! mod (main)   -> init, reaper, transport, server, console
-//! server       -> exec, unpack, snapshot, reaper, transport, outbox, console
+//! server       -> exec, unpack, layer_disk, snapshot, reaper, transport, outbox, console
 //! exec         -> root, pty, reaper, mounts, outbox
 //! root         -> mount_points, mounts, scratch
 //! unpack       -> xattr, scratch, outbox
 //! snapshot     -> xattr, scratch, outbox, console
 //! mount_points -> xattr (paths: kiln_protocol::confined_path)
 //! init         -> scratch, console
+//! layer_disk   -> scratch
 //! leaves       : outbox, scratch, console, mounts, pty, reaper, transport, xattr
 //! ```
 
 mod console;
 mod exec;
 mod init;
+mod layer_disk;
 mod mount_points;
 mod mounts;
 mod outbox;

@@ -11,6 +11,7 @@ use kiln_protocol::{
 
 use super::console::log;
 use super::exec::{self, Running};
+use super::layer_disk;
 use super::outbox::{send, Out};
 use super::reaper::Reaper;
 use super::snapshot::{self, Freezer};
@@ -134,6 +135,14 @@ impl State {
                     send(out, &AgentMsg::Failed { id, message })
                 }
             }
+            HostMsg::MountLayer { id, disk, dest } => match self
+                .freezer
+                .check_writable()
+                .and_then(|()| layer_disk::do_mount_layer(&disk, &dest))
+            {
+                Ok(()) => send(out, &AgentMsg::Done { id }),
+                Err(message) => send(out, &AgentMsg::Failed { id, message }),
+            },
             HostMsg::Thaw { id } => match self.freezer.thaw() {
                 Ok(()) => send(out, &AgentMsg::Done { id }),
                 Err(message) => send(out, &AgentMsg::Failed { id, message }),

@@ -47,7 +47,7 @@ impl Builder<'_> {
         }
         let id = self.identity(state, &user).map_err(|e| self.at(cx, e.to_string()))?;
         let layer_options = self.layer_options();
-        let session = match self.sessions.get(cx.platform, &self.progress, self.cancel) {
+        let session = match self.sessions.get(cx.platform, self.store, &state.layers, &self.progress, self.cancel) {
             Ok(session) => session,
             // No kernel or agent for the platform: a problem of this step's line.
             Err(SessionError::BootFiles(e)) => return Err(step_error(cx.df, &self.req.dockerfile, span, e.to_string())),
@@ -75,6 +75,11 @@ impl Builder<'_> {
             tail.push(bytes);
             progress.output(cx.step, stream, bytes);
         };
+        let ready = session.prepare_layers(self.store, &state.layers, self.cancel)?;
+        if ready.mounted + ready.unpacked > 0 {
+            let note = format!("layers: {} mounted from disk images, {} unpacked, {:.2}s\n", ready.mounted, ready.unpacked, ready.seconds);
+            progress.output(cx.step, kiln_protocol::stream::STDERR, note.as_bytes());
+        }
         let spec = RunSpec { request, layers: &state.layers };
         let outcome = session.run(self.store, spec, &layer_options, &mut sink, self.cancel)?;
         let Some(snapshot) = outcome.snapshot else {
