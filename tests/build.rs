@@ -86,10 +86,27 @@ COPY app.txt /srv/
 USER app
 WORKDIR /home/app/work
 RUN touch by-app && test "$(id -u)" = 1234 && echo "pid $$" > pid
+ARG CHECK=no
+RUN if [ "$CHECK" = yes ]; then \
+    test "$(cat /data/keep/changed)" = two && test ! -e /data/del && test ! -e /data/gone \
+ && test -e /opaque/new && test ! -e /opaque/old && test "$(stat -c %i /h1)" = "$(stat -c %i /h2)" \
+ && test "$(readlink /sym)" = /h1 && test -c /nulldev && test "$(stat -c %a /usr/local/bin/suid)" = 4755 \
+ && test "$(stat -c %u /data/keep/changed)" = 1234 && test "$(ls -a /data | head -n 2 | tr '\n' ' ')" = '. .. ' \
+ && perl -e 'my ($p, $n, $v) = ("/usr/local/bin/capped", "security.capability", "\0" x 64); syscall(8, $p, $n, $v, 64) == 20 or die "getxattr: $!"' \
+ && echo every-layer-as-built; fi
 "#,
     );
     let out = env.build(&["-t", "test/fs:1"]);
     assert!(out.status.success(), "{}", stderr(&out));
+    // Only the last RUN misses the cache: the VM gets every layer below it
+    // (the base, three RUNs, COPY) as a disk image, unpacks none, and the
+    // command sees exactly what the layers hold.
+    let out = env.build(&["--build-arg", "CHECK=yes"]);
+    let log = stderr(&out);
+    assert!(out.status.success(), "{log}");
+    assert!(log.contains("every-layer-as-built"), "{log}");
+    assert!(log.contains("mounted from disk images, 0 unpacked"), "{log}");
+    assert!(!log.contains(" 0 mounted from disk images"), "{log}");
     let root = unpack_with_umoci(&env, "test/fs:1", "1");
 
     let read = |p: &str| std::fs::read_to_string(root.join(p)).unwrap();
@@ -167,6 +184,58 @@ fn cache_and_reproducibility() {
     assert_ne!(fourth, first);
     assert_eq!(log.matches("CACHED").count(), 2, "{log}");
     assert!(!log.contains("booting"), "{log}");
+    env.assert_tmp_empty();
+}
+
+/// Layers reach the guest as EROFS disk images made on the host; when the
+/// guest cannot mount one (here: a damaged cached image) or disks are
+/// switched off, the layer is unpacked in the guest instead, with the same
+/// image as the result, and the damaged image is made again next time.
+#[test]
+fn layer_disks_fall_back_to_unpacking_with_the_same_image() {
+    let env = Env::with_private_cache();
+    env.import_busybox("arm64", BUSYBOX);
+    env.write("a.txt", "a\n");
+    env.write("Dockerfile", &format!("FROM {BUSYBOX}\nCOPY a.txt /a.txt\nRUN rm /bin/ls && cat /a.txt /a.txt > /aa.txt\n"));
+    let build = |disks: &str| {
+        let mut cmd = env.kiln();
+        cmd.env("SOURCE_DATE_EPOCH", "1700000000").env("KILN_LAYER_DISKS", disks);
+        cmd.args(["build", "--no-cache", "--progress", "plain", "--platform", "linux/arm64", "--metadata-file"])
+            .arg(env.path("meta.json"))
+            .arg(env.ctx());
+        let out = cmd.output().unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+        let meta: serde_json::Value = serde_json::from_slice(&std::fs::read(env.path("meta.json")).unwrap()).unwrap();
+        (meta["containerimage.digest"].as_str().unwrap().to_string(), stderr(&out))
+    };
+    let images = || -> Vec<PathBuf> {
+        let root = env.path("cache/layer-images");
+        let formats: Vec<_> = std::fs::read_dir(&root).unwrap().map(|e| e.unwrap().path()).collect();
+        assert_eq!(formats.len(), 1, "one writer format: {formats:?}");
+        std::fs::read_dir(&formats[0]).unwrap().map(|e| e.unwrap().path()).collect()
+    };
+
+    let (with_disks, log) = build("on");
+    assert!(log.contains("making disk images of 2 layers"), "{log}");
+    assert!(log.contains("layers: 2 mounted from disk images, 0 unpacked"), "{log}");
+    assert_eq!(images().len(), 2);
+
+    let (unpacked, log) = build("off");
+    assert!(log.contains("layers: 0 mounted from disk images, 2 unpacked"), "{log}");
+    assert_eq!(unpacked, with_disks, "both ways give the same image");
+
+    for image in images() {
+        let len = std::fs::metadata(&image).unwrap().len();
+        std::fs::write(&image, vec![0u8; len as usize]).unwrap();
+    }
+    let (fallback, log) = build("on");
+    assert!(log.contains("layers: 0 mounted from disk images, 2 unpacked"), "{log}");
+    assert_eq!(fallback, with_disks);
+    assert!(images().is_empty(), "images the guest could not mount are dropped");
+
+    let (again, log) = build("on");
+    assert!(log.contains("layers: 2 mounted from disk images, 0 unpacked"), "{log}");
+    assert_eq!(again, with_disks);
     env.assert_tmp_empty();
 }
 

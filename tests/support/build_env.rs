@@ -27,6 +27,19 @@ impl Env {
         env
     }
 
+    /// An Env whose kiln has its own cache directory (`cache`), sharing only
+    /// the downloaded guest kernels with the other tests.
+    pub fn with_private_cache() -> Env {
+        let env = Env::new();
+        let shared = std::env::var_os("KILN_CACHE_DIR").map(PathBuf::from).unwrap_or_else(|| {
+            let xdg = std::env::var_os("XDG_CACHE_HOME").map(PathBuf::from);
+            xdg.unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap()).join(".cache")).join("kiln")
+        });
+        std::fs::create_dir(env.path("cache")).unwrap();
+        std::os::unix::fs::symlink(shared.join("kernels"), env.path("cache/kernels")).unwrap();
+        env
+    }
+
     pub fn path(&self, rel: &str) -> PathBuf {
         self.dir.path().join(rel)
     }
@@ -45,6 +58,9 @@ impl Env {
     pub fn kiln(&self) -> Command {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_kiln"));
         cmd.env("KILN_DATA_DIR", self.path("data")).env("TMPDIR", self.path("tmp")).env_remove("SOURCE_DATE_EPOCH");
+        if self.path("cache").is_dir() {
+            cmd.env("KILN_CACHE_DIR", self.path("cache"));
+        }
         cmd
     }
 

@@ -212,6 +212,10 @@ fn a_directory_spanning_many_blocks_lists_every_name_in_order() {
     let (img, out) = check(image_of(&mut entries, &mut c), tmp.path());
     let listed = run(tool("dump.erofs").arg("--ls").arg("--path=/big").arg(&img));
     let after_header = listed.split_once("FILENAME").expect("a dump.erofs listing").1;
+    let dotdot = after_header.lines().find(|l| l.split_whitespace().nth(2) == Some("..")).expect("a `..` entry");
+    let dotdot_nid: u64 = dotdot.split_whitespace().next().unwrap().parse().unwrap();
+    assert_eq!(dotdot_nid, dump(&img, "/").0, "`..` of a top-level directory is the root");
+    assert_ne!(dotdot_nid, 0, "no inode is numbered 0: readdir skips entries of inode 0");
     let listed: Vec<&str> = after_header.lines().filter_map(|l| l.split_whitespace().nth(2)).collect();
     let mut expected: Vec<&str> = names.iter().map(String::as_str).chain([".", "..", "-before-dot"]).collect();
     expected.sort();

@@ -357,7 +357,10 @@ impl<'t> Plan<'t> {
         // Nids: each inode 32-byte aligned; an inode with its xattrs (and
         // inline tail) stays within one block when it fits in one, as the
         // kernel requires of inline data.
-        let mut pos: u64 = 0;
+        // The first slot stays empty: the root's nid is its inode number,
+        // and inode 0 reads as "no inode" (readdir skips `..` entries of
+        // 0, so `ls -a` in a top-level directory would miss its `..`).
+        let mut pos: u64 = SLOT;
         for i in 0..plan.order.len() {
             let index = plan.order[i];
             let inode = &tree.inodes[index];
