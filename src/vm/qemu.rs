@@ -7,6 +7,11 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use super::arch::{Accel, GuestArch};
 use super::transport::Transport;
 
+/// Kernel parameters that shorten the guest's boot without changing what
+/// it runs: `cryptomgr.notests` skips the crypto self-tests (about 0.3 s
+/// of a 1.6 s arm64 TCG boot).
+const BOOT_TUNING: &str = "cryptomgr.notests=1";
+
 /// Everything that decides the QEMU command line.
 pub struct QemuConfig<'a> {
     pub arch: &'a dyn GuestArch,
@@ -33,7 +38,7 @@ impl QemuConfig<'_> {
         let mut args: Vec<String> =
             ["-nodefaults", "-no-user-config", "-display", "none", "-no-reboot"].map(String::from).to_vec();
         let cmdline = format!(
-            "console={} panic=-1 quiet loglevel=4 kiln.transport={} {}",
+            "console={} panic=-1 quiet loglevel=4 {BOOT_TUNING} kiln.transport={} {}",
             self.arch.console(),
             self.transport.cmdline_value(),
             self.extra_cmdline
@@ -201,6 +206,7 @@ mod tests {
         assert!(args.contains("-M virt -cpu max,pauth=off -accel tcg,thread=multi"), "{args}");
         assert!(args.contains("console=ttyAMA0"), "{args}");
         assert!(args.contains("kiln.transport=serial"), "{args}");
+        assert!(args.contains("cryptomgr.notests=1"), "{args}");
         assert!(args.contains("cache=unsafe"), "{args}");
         assert!(args.contains("user,id=net0,hostfwd=tcp:127.0.0.1:8080-:80"), "{args}");
         assert!(args.contains("-no-reboot"), "{args}");
