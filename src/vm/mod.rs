@@ -49,8 +49,11 @@ pub struct VmConfig {
     pub scratch: bool,
     /// `-netdev user` host forwards, e.g. `hostfwd=tcp:127.0.0.1:8080-:80`.
     pub netdev_extra: Vec<String>,
-    /// Appended to the guest kernel command line.
+    /// Appended to the guest kernel command line (`KILN_GUEST_CMDLINE`).
     pub extra_cmdline: String,
+    /// The CPU model under TCG instead of the architecture's default
+    /// (`KILN_QEMU_CPU`; for experiments and benchmarks).
+    pub tcg_cpu: Option<String>,
     /// Read-only disks (EROFS layer images), attached with serials
     /// [`layer_disk_serial`]`(0..)` in this order.
     pub layer_disks: Vec<PathBuf>,
@@ -73,7 +76,8 @@ impl VmConfig {
             network: true,
             scratch: true,
             netdev_extra: Vec::new(),
-            extra_cmdline: String::new(),
+            extra_cmdline: std::env::var("KILN_GUEST_CMDLINE").unwrap_or_default(),
+            tcg_cpu: std::env::var("KILN_QEMU_CPU").ok().filter(|c| !c.is_empty()),
             layer_disks: Vec::new(),
         }
     }
@@ -176,6 +180,7 @@ impl Vm {
         let qemu_config = QemuConfig {
             arch,
             accel,
+            tcg_cpu: config.tcg_cpu.as_deref(),
             memory_mib: config.memory_mib,
             cpus: config.cpus,
             kernel: &files.kernel,
@@ -427,6 +432,7 @@ pub fn reference_boot(config: &VmConfig, files: &BootFiles) -> Result<Duration, 
     let console_log = run_dir.path().join("console.log");
     let qemu_config = QemuConfig {
         arch,
+        tcg_cpu: config.tcg_cpu.as_deref(),
         accel: config.accel.unwrap_or_else(|| arch::best_accel(&config.platform, &crate::dirs::cache_dir())),
         memory_mib: config.memory_mib,
         cpus: config.cpus,

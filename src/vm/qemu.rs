@@ -16,6 +16,8 @@ const BOOT_TUNING: &str = "cryptomgr.notests=1";
 pub struct QemuConfig<'a> {
     pub arch: &'a dyn GuestArch,
     pub accel: Accel,
+    /// The CPU model under TCG instead of the architecture's default.
+    pub tcg_cpu: Option<&'a str>,
     pub memory_mib: u64,
     pub cpus: u32,
     pub kernel: &'a Path,
@@ -43,7 +45,7 @@ impl QemuConfig<'_> {
             self.transport.cmdline_value(),
             self.extra_cmdline
         );
-        args.extend(self.arch.machine_args(self.accel));
+        args.extend(self.arch.machine_args(self.accel, self.tcg_cpu.unwrap_or(self.arch.tcg_cpu())));
         args.extend([
             "-m".into(),
             format!("{}M", self.memory_mib),
@@ -189,6 +191,7 @@ mod tests {
         let cfg = QemuConfig {
             arch,
             accel: Accel::Tcg,
+            tcg_cpu: None,
             memory_mib: 1024,
             cpus: 2,
             kernel: Path::new("/k"),
@@ -221,6 +224,7 @@ mod tests {
         let cfg = QemuConfig {
             arch,
             accel: Accel::Tcg,
+            tcg_cpu: None,
             memory_mib: 2048,
             cpus: 2,
             kernel: Path::new("/k"),

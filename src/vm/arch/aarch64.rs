@@ -9,10 +9,14 @@ impl GuestArch for Aarch64 {
         "qemu-system-aarch64"
     }
 
-    fn machine_args(&self, accel: Accel) -> Vec<String> {
+    fn tcg_cpu(&self) -> &'static str {
         // max,pauth=off measured fastest for user code under TCG; pointer
         // authentication is expensive to emulate and nothing in a build needs it.
-        virt_board_args("max,pauth=off", accel)
+        "max,pauth=off"
+    }
+
+    fn machine_args(&self, accel: Accel, tcg_cpu: &str) -> Vec<String> {
+        virt_board_args(tcg_cpu, accel)
     }
 
     fn console(&self) -> &'static str {

@@ -9,11 +9,15 @@ impl GuestArch for Armv7 {
         "qemu-system-arm"
     }
 
-    fn machine_args(&self, accel: Accel) -> Vec<String> {
-        // cortex-a15 has LPAE, which the armmp-lpae kernel needs. ("host"
-        // only applies on a 32-bit arm host with KVM: best_accel picks TCG
-        // everywhere else.)
-        virt_board_args("cortex-a15", accel)
+    fn tcg_cpu(&self) -> &'static str {
+        // cortex-a15 has LPAE, which the armmp-lpae kernel needs.
+        "cortex-a15"
+    }
+
+    fn machine_args(&self, accel: Accel, tcg_cpu: &str) -> Vec<String> {
+        // ("host" only applies on a 32-bit arm host with KVM: best_accel
+        // picks TCG everywhere else.)
+        virt_board_args(tcg_cpu, accel)
     }
 
     fn console(&self) -> &'static str {

@@ -49,8 +49,10 @@ impl Accel {
 pub trait GuestArch: Send + Sync {
     /// The QEMU system emulator for this architecture.
     fn qemu_binary(&self) -> &'static str;
-    /// Machine, CPU and accelerator arguments.
-    fn machine_args(&self, accel: Accel) -> Vec<String>;
+    /// The CPU model under TCG (under an accelerator the guest gets the host's).
+    fn tcg_cpu(&self) -> &'static str;
+    /// Machine, CPU and accelerator arguments; `tcg_cpu` is the model under TCG.
+    fn machine_args(&self, accel: Accel, tcg_cpu: &str) -> Vec<String>;
     /// The kernel's serial console device.
     fn console(&self) -> &'static str;
     /// The key of the embedded agent and kernel manifest (`arm64`, `amd64`, `armv7`).

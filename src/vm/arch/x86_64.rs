@@ -9,7 +9,11 @@ impl GuestArch for X86_64 {
         "qemu-system-x86_64"
     }
 
-    fn machine_args(&self, accel: Accel) -> Vec<String> {
+    fn tcg_cpu(&self) -> &'static str {
+        "max"
+    }
+
+    fn machine_args(&self, accel: Accel, tcg_cpu: &str) -> Vec<String> {
         let mut args: Vec<String> = ["-M", "q35"].map(String::from).to_vec();
         match accel {
             // `-cpu host`/`max` abort under some KVM hosts (MSR 0x10a); the
@@ -18,7 +22,7 @@ impl GuestArch for X86_64 {
                 args.extend(["-accel".to_string(), accel.name().to_string()]);
             }
             Accel::Tcg => {
-                args.extend(["-cpu", "max", "-accel", "tcg,thread=multi"].map(String::from));
+                args.extend(["-cpu", tcg_cpu, "-accel", "tcg,thread=multi"].map(String::from));
             }
         }
         args
