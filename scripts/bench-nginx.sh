@@ -19,8 +19,9 @@
 #                      warm build runs nothing.
 #   Every case gets the base as --build-arg BASE=<registry>/debian:bookworm-arm64.
 # - Sides (BENCH_TOOLS, default "kiln buildah"): kiln, buildah, and kiln-b,
-#   which is kiln again with the assignments in BENCH_KILN_B_ENV added to its
-#   environment (e.g. "KILN_LAYER_DISKS=off"), to measure one lever on and off
+#   which is kiln again with the assignments in BENCH_KILN_B_ENV (separated
+#   by ';') added to its environment (e.g. "KILN_LAYER_DISKS=off" or
+#   "KILN_QEMU_CPU=cortex-a76; KILN_GUEST_CMDLINE=init_on_alloc=0 mitigations=off"), to measure one lever on and off
 #   in the same run. kiln-b without BENCH_KILN_B_ENV is an A/A run: its
 #   difference to kiln is the noise.
 # - Rounds (BENCH_ROUNDS, default 3): each round builds every case with every
@@ -98,9 +99,15 @@ read -r -a sides <<< "$tools"
 for s in "${sides[@]}"; do
   case "$s" in kiln | buildah | kiln-b) ;; *) die "unknown tool '$s' in BENCH_TOOLS (kiln, buildah, kiln-b)" ;; esac
 done
-read -r -a kiln_b_env <<< "${BENCH_KILN_B_ENV:-}"
-for a in ${kiln_b_env[@]+"${kiln_b_env[@]}"}; do
+# Assignments are separated by ';' so that a value may hold spaces
+# (KILN_GUEST_CMDLINE=init_on_alloc=0 mitigations=off).
+kiln_b_env=()
+IFS=';' read -r -a raw_env <<< "${BENCH_KILN_B_ENV:-}"
+for a in ${raw_env[@]+"${raw_env[@]}"}; do
+  a="${a#"${a%%[![:space:]]*}"}"; a="${a%"${a##*[![:space:]]}"}"
+  [ -z "$a" ] && continue
   [[ "$a" =~ ^[A-Za-z_][A-Za-z0-9_]*= ]] || die "BENCH_KILN_B_ENV: '$a' is not NAME=VALUE"
+  kiln_b_env+=("$a")
 done
 read -r -a case_list <<< "$cases"
 [ ${#case_list[@]} -gt 0 ] || die "BENCH_CASES is empty"
