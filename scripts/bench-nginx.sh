@@ -22,7 +22,8 @@
 #   which is kiln again with the assignments in BENCH_KILN_B_ENV (separated
 #   by ';') added to its environment (e.g. "KILN_LAYER_DISKS=off" or
 #   "KILN_QEMU_CPU=cortex-a76; KILN_GUEST_CMDLINE=init_on_alloc=0 mitigations=off"), to measure one lever on and off
-#   in the same run. kiln-b without BENCH_KILN_B_ENV is an A/A run: its
+#   in the same run; BENCH_KILN_B_ARGS adds `kiln build` options (e.g.
+#   "--cpus 1"). kiln-b without either is an A/A run: its
 #   difference to kiln is the noise.
 # - Rounds (BENCH_ROUNDS, default 3): each round builds every case with every
 #   side, cold then warm. The order of the sides turns by one every round
@@ -51,7 +52,7 @@
 #
 # Environment: KILN (kiln binary; default: cargo build --release, then
 # target/release/kiln), BENCH_ROUNDS, BENCH_CASES, BENCH_TOOLS,
-# BENCH_KILN_B_ENV, BENCH_REGISTRY_PORT, KILN_DEBIAN_MIRROR, BENCH_LOG_DIR
+# BENCH_KILN_B_ENV, BENCH_KILN_B_ARGS, BENCH_REGISTRY_PORT, KILN_DEBIAN_MIRROR, BENCH_LOG_DIR
 # (keep every build's log, and the summary, there).
 #
 # The machine's load average is printed with the results: other work on the
@@ -109,6 +110,8 @@ for a in ${raw_env[@]+"${raw_env[@]}"}; do
   [[ "$a" =~ ^[A-Za-z_][A-Za-z0-9_]*= ]] || die "BENCH_KILN_B_ENV: '$a' is not NAME=VALUE"
   kiln_b_env+=("$a")
 done
+# Extra `kiln build` options for kiln-b (e.g. "--cpus 1"), split on spaces.
+read -r -a kiln_b_args <<< "${BENCH_KILN_B_ARGS:-}"
 read -r -a case_list <<< "$cases"
 [ ${#case_list[@]} -gt 0 ] || die "BENCH_CASES is empty"
 case_dir() {
@@ -200,7 +203,7 @@ if wants kiln || wants kiln-b; then
     tools="${sides[*]}"
   fi
 fi
-if wants kiln-b && [ ${#kiln_b_env[@]} -eq 0 ]; then
+if wants kiln-b && [ ${#kiln_b_env[@]} -eq 0 ] && [ ${#kiln_b_args[@]} -eq 0 ]; then
   log "BENCH_KILN_B_ENV is empty: kiln-b is plain kiln again (an A/A run, its difference is noise)"
 fi
 
@@ -336,15 +339,15 @@ bench_buildah() { # case, round
 bench_kiln() { # case, side (kiln or kiln-b), round
   local c="$1" side="$2" r="$3" k="$work/kiln-state"
   local ctx; ctx="$(case_dir "$c")"
-  local extra=()
-  [ "$side" = kiln-b ] && extra=(${kiln_b_env[@]+"${kiln_b_env[@]}"})
+  local extra=() args=()
+  [ "$side" = kiln-b ] && extra=(${kiln_b_env[@]+"${kiln_b_env[@]}"}) && args=(${kiln_b_args[@]+"${kiln_b_args[@]}"})
   rm -rf "$k"
   mkdir -p "$k/cache"
   [ -n "$kernels" ] && cp -al "$kernels" "$k/cache/kernels"
   kiln_build() {
     env ${extra[@]+"${extra[@]}"} KILN_DATA_DIR="$k/data" KILN_CACHE_DIR="$k/cache" \
       "$kiln" build --progress plain --platform "$platform" -t "bench-$c" \
-      --build-arg "BASE=$base_remote" "$ctx"
+      ${args[@]+"${args[@]}"} --build-arg "BASE=$base_remote" "$ctx"
   }
   local cold_log="$work/$c-$side-cold-r$r.log"
   run_timed "$c/$side/cold/$r" "$cold_log" kiln_build
@@ -486,7 +489,7 @@ fi
   if wants buildah; then
     echo "buildah: $(buildah --version 2>/dev/null | head -n1), qemu-user-static $(dpkg-query -W -f '${Version}' qemu-user-static 2>/dev/null || echo '?')"
   fi
-  wants kiln-b && echo "kiln-b: kiln with ${BENCH_KILN_B_ENV:-(nothing: A/A)}"
+  wants kiln-b && echo "kiln-b: kiln with ${BENCH_KILN_B_ENV:-(no environment)} ${BENCH_KILN_B_ARGS:-(no build options)}"
   echo "$platform, base $base_local via registry, $rounds round(s), order turned each round, $(nproc) cores"
   echo "load average: start $load_start, end $load_end"
   for c in "${case_list[@]}"; do
