@@ -168,3 +168,77 @@ impl LayerImages {
         (count, bytes)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::oci::media;
+    use oci_spec::image::MediaType;
+    use std::os::unix::fs::MetadataExt;
+
+    fn layer(store: &Store, path: &str, data: &[u8]) -> LayerRef {
+        let mut b = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_ustar();
+        h.set_size(data.len() as u64);
+        h.set_mode(0o644);
+        h.set_entry_type(tar::EntryType::Regular);
+        // set_path refuses `..`; a layer may still hold it, so write the name raw.
+        h.as_old_mut().name[..path.len()].copy_from_slice(path.as_bytes());
+        h.set_cksum();
+        b.append(&h, data).unwrap();
+        let tar = b.into_inner().unwrap();
+        let descriptor = store.put_blob_bytes(&tar, MediaType::Other(media::OCI_LAYER_TAR.into())).unwrap();
+        LayerRef { diff_id: descriptor.digest().to_string(), descriptor }
+    }
+
+    fn setup() -> (tempfile::TempDir, Store, LayerImages) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path().join("store")).unwrap();
+        let images = LayerImages::new(&dir.path().join("cache"));
+        (dir, store, images)
+    }
+
+    #[test]
+    fn an_image_is_made_once_then_reused() {
+        let (_dir, store, images) = setup();
+        let l = layer(&store, "etc/motd", b"hello\n");
+        assert_eq!(images.missing(std::slice::from_ref(&l)), 1);
+        let path = images.image(&store, &l).unwrap();
+        let bytes = std::fs::read(&path).unwrap();
+        assert_eq!(bytes[1024..1028], [0xe2, 0xe1, 0xf5, 0xe0], "an EROFS superblock");
+        let ino = std::fs::metadata(&path).unwrap().ino();
+        assert_eq!(images.missing(std::slice::from_ref(&l)), 0);
+        assert_eq!(images.image(&store, &l).unwrap(), path);
+        assert_eq!(std::fs::metadata(&path).unwrap().ino(), ino, "not written again");
+        let names: Vec<_> = std::fs::read_dir(path.parent().unwrap()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(names.len(), 1, "no temp file left: {names:?}");
+    }
+
+    #[test]
+    fn a_layer_that_does_not_convert_gets_no_disk_and_leaves_nothing() {
+        let (_dir, store, images) = setup();
+        let good = layer(&store, "etc/motd", b"hello\n");
+        let bad = layer(&store, "../escape", b"x");
+        let disks = images.disks(&store, &[bad.clone(), good.clone(), good.clone()]);
+        let ids: Vec<&str> = disks.images.iter().map(|(d, _)| d.as_str()).collect();
+        assert_eq!(ids, [good.diff_id.as_str()], "the bad layer is left out, the good one attached once");
+        assert_eq!(std::fs::read_dir(&images.dir).unwrap().count(), 1, "no temp file of the failed conversion");
+    }
+
+    #[test]
+    fn other_formats_and_images_of_pruned_blobs_are_removed() {
+        let (dir, store, images) = setup();
+        let old = dir.path().join("cache/layer-images/0123456789abcdef");
+        std::fs::create_dir_all(&old).unwrap();
+        std::fs::write(old.join("sha256-00.erofs"), b"old").unwrap();
+        let kept = images.image(&store, &layer(&store, "a", b"a")).unwrap();
+        assert!(!old.exists(), "another writer's images are gone");
+
+        let orphan = images.dir.join(format!("sha256-{}.erofs", "ab".repeat(32)));
+        std::fs::write(&orphan, b"orphan").unwrap();
+        let in_progress = images.dir.join(".tmpXYZ");
+        std::fs::write(&in_progress, b"being written").unwrap();
+        assert_eq!(images.prune(&store), (1, 6));
+        assert!(kept.exists() && in_progress.exists() && !orphan.exists());
+    }
+}
