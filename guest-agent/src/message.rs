@@ -24,7 +24,19 @@ pub mod stream {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum HostMsg {
-    Hello { magic: String, version: u32 },
+    /// The host's answer to the agent's hello. It carries the host's clock
+    /// and fresh entropy: a VM restored from a boot snapshot wakes with the
+    /// snapshot's clock and random state, shared by every VM restored from it.
+    Hello {
+        magic: String,
+        version: u32,
+        /// The host's time, nanoseconds since the Unix epoch.
+        #[serde(default)]
+        unix_nanos: u64,
+        /// Random bytes for the guest's entropy pool (the kernel reseeds from them).
+        #[serde(default)]
+        entropy: Vec<u8>,
+    },
     /// Run a command; stdout/stderr stream back, then [`AgentMsg::Exited`].
     Exec(Box<ExecRequest>),
     /// Send a signal to a running command's process group.
@@ -203,8 +215,12 @@ impl std::fmt::Display for ExitStatus {
 }
 
 impl HostMsg {
-    pub fn hello() -> Self {
-        HostMsg::Hello { magic: MAGIC.to_string(), version: PROTOCOL_VERSION }
+    /// The host's hello with its clock and `entropy`.
+    pub fn hello(entropy: Vec<u8>) -> Self {
+        let unix_nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        HostMsg::Hello { magic: MAGIC.to_string(), version: PROTOCOL_VERSION, unix_nanos, entropy }
     }
 }
 

@@ -4,8 +4,9 @@
 //! An image is keyed by the layer blob's digest (verified while it is read,
 //! so an image config that lies about a diff_id cannot poison the cache)
 //! and lives under a directory named for the EROFS writer's sources
-//! (`KILN_EROFS_FORMAT`, from build.rs): a change to the writer makes every
-//! image again, and the stale directories are removed. Images appear by
+//! (`KILN_EROFS_FORMAT`, from build.rs) and the disk size: a change to
+//! either makes every image again, and the stale directories are removed.
+//! Images are padded (sparsely) to [`LAYER_DISK_SIZE`]. Images appear by
 //! renaming a finished temp file, so a crash never leaves a half image.
 
 use std::io;
@@ -29,13 +30,13 @@ pub enum LayerImageError {
     Io { path: PathBuf, source: io::Error },
     #[error("layer {digest}: {source}")]
     Convert { digest: String, source: erofs::ErofsError },
+    #[error("layer {digest}: its image ({len} bytes) exceeds a layer disk")]
+    TooLarge { digest: String, len: u64 },
     #[error("layer {digest}: {source}")]
     Store { digest: String, source: crate::oci::store::StoreError },
 }
 
-/// At most this many layers are attached to a VM as disks (each takes a
-/// PCI slot); layers past it are unpacked.
-const MAX_LAYER_DISKS: usize = 16;
+use crate::vm::{LAYER_DISK_SIZE, LAYER_DISK_SLOTS};
 
 /// The layers a VM gets as disks: (diff_id, image) in attach order.
 #[derive(Debug, Default)]
@@ -71,7 +72,7 @@ pub struct LayerImages {
 
 impl LayerImages {
     pub fn new(cache_dir: &Path) -> Self {
-        LayerImages { dir: cache_dir.join("layer-images").join(FORMAT) }
+        LayerImages { dir: cache_dir.join("layer-images").join(format!("{FORMAT}-{}g", LAYER_DISK_SIZE >> 30)) }
     }
 
     /// Whether layer disks are wanted (they are unless [`ENV_SWITCH`] says no).
@@ -84,13 +85,13 @@ impl LayerImages {
         layers.iter().filter(|l| !self.path(l).is_file()).count()
     }
 
-    /// Images of the distinct `layers` (the first [`MAX_LAYER_DISKS`]),
+    /// Images of the distinct `layers` (the first [`LAYER_DISK_SLOTS`]),
     /// made where missing. A layer that does not convert (or a full cache
     /// disk) is left out, to be unpacked in the guest instead.
     pub fn disks(&self, store: &Store, layers: &[LayerRef]) -> LayerDisks {
         let mut disks = LayerDisks::default();
         for layer in layers {
-            if disks.images.len() == MAX_LAYER_DISKS || disks.images.iter().any(|(d, _)| *d == layer.diff_id) {
+            if disks.images.len() == LAYER_DISK_SLOTS || disks.images.iter().any(|(d, _)| *d == layer.diff_id) {
                 continue;
             }
             if let Ok(image) = self.image(store, layer) {
@@ -122,6 +123,13 @@ impl LayerImages {
         // Read to the end: the blob's digest is checked there.
         io::copy(&mut tar, &mut io::sink()).map_err(io_err)?;
         let tmp = out.into_inner().map_err(|e| io_err(e.into_error()))?;
+        // Every disk has one size (sparse past the image), so any image fits
+        // any slot of a machine restored from a boot snapshot.
+        let len = tmp.as_file().metadata().map_err(io_err)?.len();
+        if len > LAYER_DISK_SIZE {
+            return Err(LayerImageError::TooLarge { digest, len });
+        }
+        tmp.as_file().set_len(LAYER_DISK_SIZE).map_err(io_err)?;
         tmp.persist(&path).map_err(|e| io_err(e.error))?;
         Ok(path)
     }
@@ -204,8 +212,12 @@ mod tests {
         let l = layer(&store, "etc/motd", b"hello\n");
         assert_eq!(images.missing(std::slice::from_ref(&l)), 1);
         let path = images.image(&store, &l).unwrap();
-        let bytes = std::fs::read(&path).unwrap();
-        assert_eq!(bytes[1024..1028], [0xe2, 0xe1, 0xf5, 0xe0], "an EROFS superblock");
+        let mut head = [0u8; 2048];
+        std::io::Read::read_exact(&mut std::fs::File::open(&path).unwrap(), &mut head).unwrap();
+        assert_eq!(head[1024..1028], [0xe2, 0xe1, 0xf5, 0xe0], "an EROFS superblock");
+        let meta = std::fs::metadata(&path).unwrap();
+        assert_eq!(meta.len(), LAYER_DISK_SIZE, "padded to the disk size");
+        assert!(meta.blocks() * 512 < 1 << 20, "sparsely: {} blocks", meta.blocks());
         let ino = std::fs::metadata(&path).unwrap().ino();
         assert_eq!(images.missing(std::slice::from_ref(&l)), 0);
         assert_eq!(images.image(&store, &l).unwrap(), path);

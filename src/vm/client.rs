@@ -100,7 +100,9 @@ impl AgentClient {
             }
         };
         check_hello(&hello.magic, hello.version)?;
-        writer.lock().unwrap().send(&HostMsg::hello()).map_err(ClientError::Send)?;
+        let mut entropy = vec![0u8; 64];
+        getrandom::getrandom(&mut entropy).map_err(|e| ClientError::Send(FrameError::Io(std::io::Error::other(e.to_string()))))?;
+        writer.lock().unwrap().send(&HostMsg::hello(entropy)).map_err(ClientError::Send)?;
         Ok(AgentClient { writer, frames, next_id: 1, hello, last_watch: Instant::now() })
     }
 

@@ -7,11 +7,15 @@
 
 pub mod agents;
 pub mod arch;
+#[cfg(target_os = "linux")]
+mod boot_snapshot;
 pub mod client;
 pub mod initramfs;
 pub mod kernel;
 pub mod process;
 pub mod qemu;
+#[cfg(target_os = "linux")]
+mod qmp;
 pub mod scratch;
 pub mod transport;
 
@@ -33,6 +37,14 @@ const ACCEL_PROBE_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// Lines of guest console shown when something goes wrong.
 const CONSOLE_TAIL: usize = 25;
+
+/// Layer disks a VM can have (each takes a PCI slot); a boot snapshot's
+/// machine has exactly this many.
+pub const LAYER_DISK_SLOTS: usize = 16;
+
+/// Every layer disk's size: images are padded to it (sparsely), so a slot
+/// of a restored machine can hold any of them.
+pub const LAYER_DISK_SIZE: u64 = 64 << 30;
 
 #[derive(Debug, Clone)]
 pub struct VmConfig {
@@ -118,7 +130,9 @@ pub enum VmError {
 pub struct Vm {
     client: AgentClient,
     qemu: QemuProcess,
-    _host_end: HostEnd,
+    /// The listener QEMU or the guest connected to (none when the host
+    /// connected to QEMU's socket, as after a boot snapshot).
+    _host_end: Option<HostEnd>,
     run_dir: tempfile::TempDir,
     scratch: Option<PathBuf>,
     pub transport: Transport,
@@ -162,12 +176,12 @@ impl Vm {
         cancel: &AtomicBool,
     ) -> Result<Vm, VmError> {
         let arch = arch::for_platform(&config.platform)?;
+        #[cfg(target_os = "linux")]
+        if boot_snapshot::eligible(config, accel) {
+            return boot_snapshot::boot(config, files, boot_timeout, cancel);
+        }
         let transport = transport::choose(config.transport)?;
-        remove_stale_run_dirs();
-        let run_dir = tempfile::Builder::new()
-            .prefix(&format!("{RUN_DIR_PREFIX}{}-", std::process::id()))
-            .tempdir()
-            .map_err(VmError::RunDir)?;
+        let run_dir = new_run_dir()?;
         let scratch = if config.scratch {
             let path = run_dir.path().join("scratch.img");
             scratch::create(&path)?;
@@ -220,7 +234,21 @@ impl Vm {
         if client.hello().arch != want {
             return Err(VmError::WrongArch { got: client.hello().arch.clone(), want: want.to_string() });
         }
-        Ok(Vm { client, qemu, _host_end: host_end, run_dir, scratch, transport, accel, boot_time, arch })
+        Ok(Vm { client, qemu, _host_end: Some(host_end), run_dir, scratch, transport, accel, boot_time, arch })
+    }
+
+    /// A TCG VM over the serial transport whose agent shook hands (`started`: QEMU's start).
+    #[cfg(target_os = "linux")]
+    fn assemble(
+        client: AgentClient,
+        qemu: QemuProcess,
+        run_dir: tempfile::TempDir,
+        scratch: PathBuf,
+        started: Instant,
+        arch: &'static dyn GuestArch,
+    ) -> Vm {
+        let boot_time = started.elapsed();
+        Vm { client, qemu, _host_end: None, run_dir, scratch: Some(scratch), transport: Transport::Serial, accel: Accel::Tcg, boot_time, arch }
     }
 
     pub fn agent_kernel(&self) -> &str {
@@ -372,6 +400,15 @@ impl<'a> Watcher<'a> {
 }
 
 const RUN_DIR_PREFIX: &str = "kiln-vm-";
+
+/// A fresh private run directory for a VM (after removing dead ones).
+fn new_run_dir() -> Result<tempfile::TempDir, VmError> {
+    remove_stale_run_dirs();
+    tempfile::Builder::new()
+        .prefix(&format!("{RUN_DIR_PREFIX}{}-", std::process::id()))
+        .tempdir()
+        .map_err(VmError::RunDir)
+}
 
 /// Removes run directories left by kiln processes that were killed (their
 /// QEMU died with them through the parent-death signal).

@@ -161,6 +161,51 @@ fn add_default_route(gateway: [u8; 4]) -> io::Result<()> {
     ioctl(&sock, libc::SIOCADDRT, &mut route as *mut _ as *mut _, "SIOCADDRT")
 }
 
+/// Sets the guest's clock to the host's (nanoseconds since the epoch; 0
+/// leaves it). A VM restored from a boot snapshot wakes with the snapshot's time.
+pub fn set_clock(unix_nanos: u64) {
+    if unix_nanos == 0 {
+        return;
+    }
+    // time_t and c_long are 32 bits on armv7.
+    let ts = nix::sys::time::TimeSpec::new((unix_nanos / 1_000_000_000) as _, (unix_nanos % 1_000_000_000) as _);
+    if let Err(e) = nix::time::clock_settime(nix::time::ClockId::CLOCK_REALTIME, ts) {
+        log(format_args!("setting the clock: {e}"));
+    }
+}
+
+/// Mixes the host's random bytes into the kernel's pool, credited, and
+/// reseeds the CRNG at once, so VMs restored from one snapshot diverge.
+pub fn add_entropy(bytes: &[u8]) {
+    if bytes.is_empty() {
+        return;
+    }
+    let result = fs::OpenOptions::new().write(true).open("/dev/urandom").and_then(|f| {
+        // struct rand_pool_info { int entropy_count; int buf_size; __u32 buf[]; }
+        let mut info = Vec::with_capacity(8 + bytes.len());
+        info.extend_from_slice(&((bytes.len() * 8) as i32).to_ne_bytes());
+        info.extend_from_slice(&(bytes.len() as i32).to_ne_bytes());
+        info.extend_from_slice(bytes);
+        // SAFETY: RNDADDENTROPY reads a rand_pool_info of the size it declares,
+        // and RNDRESEEDCRNG takes no argument; both act on an open /dev/urandom.
+        unsafe {
+            if libc::ioctl(f.as_raw_fd(), RNDADDENTROPY as _, info.as_ptr()) < 0
+                || libc::ioctl(f.as_raw_fd(), RNDRESEEDCRNG as _) < 0
+            {
+                return Err(io::Error::last_os_error());
+            }
+        }
+        Ok(())
+    });
+    if let Err(e) = result {
+        log(format_args!("adding the host's entropy: {e}"));
+    }
+}
+
+// _IOW('R', 0x03, int[2]) and _IO('R', 0x07), as in <linux/random.h>.
+const RNDADDENTROPY: libc::c_ulong = 0x4008_5203;
+const RNDRESEEDCRNG: libc::c_ulong = 0x5207;
+
 /// Syncs and powers the VM off. PSCI on arm64 and ACPI on x86 make QEMU
 /// exit; the host also passes -no-reboot so a reboot ends it too.
 pub fn power_off() -> ! {

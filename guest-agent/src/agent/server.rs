@@ -11,6 +11,7 @@ use kiln_protocol::{
 
 use super::console::log;
 use super::exec::{self, Running};
+use super::init;
 use super::layer_disk;
 use super::outbox::{send, Out};
 use super::reaper::Reaper;
@@ -72,7 +73,12 @@ pub fn serve(conn: Conn, reaper: Reaper) -> Result<(), String> {
 fn handshake<R: std::io::Read>(input: &mut FrameReader<R>) -> Result<(), String> {
     match input.read_frame() {
         Ok(Frame::Control(json)) => match decode::<HostMsg>(&json) {
-            Ok(HostMsg::Hello { magic, version }) => check_hello(&magic, version).map_err(|e| e.to_string()),
+            Ok(HostMsg::Hello { magic, version, unix_nanos, entropy }) => {
+                check_hello(&magic, version).map_err(|e| e.to_string())?;
+                init::set_clock(unix_nanos);
+                init::add_entropy(&entropy);
+                Ok(())
+            }
             Ok(other) => Err(format!("expected hello from host, got {other:?}")),
             Err(e) => Err(format!("garbage instead of the host's hello: {e}")),
         },

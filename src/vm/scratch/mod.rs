@@ -39,6 +39,44 @@ pub fn create(path: &Path) -> Result<u64, ScratchError> {
     Ok(size)
 }
 
+/// Copies `src` to a new file `dst`, writing only its data: holes stay
+/// holes (a scratch disk is 64 GiB of which a few MB are data).
+#[cfg(target_os = "linux")]
+pub fn copy_sparse(src: &Path, dst: &Path) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let from = File::open(src)?;
+    let len = from.metadata()?.len();
+    let to = File::options().write(true).create_new(true).open(dst)?;
+    to.set_len(len)?;
+    let mut offset: i64 = 0;
+    let mut buf = vec![0u8; 1 << 20];
+    while (offset as u64) < len {
+        // SAFETY: lseek on an open fd; SEEK_DATA/SEEK_HOLE only move the offset.
+        let start = unsafe { libc::lseek(from.as_raw_fd(), offset, libc::SEEK_DATA) };
+        if start < 0 {
+            let err = std::io::Error::last_os_error();
+            // ENXIO: no data after `offset`.
+            if err.raw_os_error() == Some(libc::ENXIO) {
+                break;
+            }
+            return Err(err);
+        }
+        let end = unsafe { libc::lseek(from.as_raw_fd(), start, libc::SEEK_HOLE) };
+        if end < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let mut pos = start as u64;
+        while pos < end as u64 {
+            let n = ((end as u64 - pos) as usize).min(buf.len());
+            std::os::unix::fs::FileExt::read_exact_at(&from, &mut buf[..n], pos)?;
+            std::os::unix::fs::FileExt::write_all_at(&to, &buf[..n], pos)?;
+            pos += n as u64;
+        }
+        offset = end;
+    }
+    Ok(())
+}
+
 struct Cursor<'a> {
     data: &'a [u8],
     pos: usize,
