@@ -240,6 +240,66 @@ fn layer_disks_fall_back_to_unpacking_with_the_same_image() {
     env.assert_tmp_empty();
 }
 
+/// The first VM saves a boot snapshot and later VMs restore it. A
+/// restored guest runs with the host's clock, not the snapshot's, and with
+/// randomness of its own (the host's hello reseeds it; the kernel's early
+/// reseeding from interrupt timing diverges as well); a damaged snapshot
+/// costs a full boot and is saved again; `KILN_BOOT_SNAPSHOT=off` boots
+/// from scratch.
+#[test]
+fn boot_snapshots_restore_with_the_hosts_clock_and_fresh_randomness() {
+    let env = Env::with_private_cache();
+    env.import_busybox("arm64", BUSYBOX);
+    env.write("Dockerfile", &format!("FROM {BUSYBOX}\nRUN echo \"clock $(date +%s)\" && echo \"random $(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \\n')\"\n"));
+    let build = |snapshots: &str| {
+        let mut cmd = env.kiln();
+        cmd.env("KILN_BOOT_SNAPSHOT", snapshots);
+        cmd.args(["build", "--no-cache", "--progress", "plain", "--platform", "linux/arm64"]).arg(env.ctx());
+        let before = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+        let out = cmd.output().unwrap();
+        let log = stderr(&out);
+        assert!(out.status.success(), "{log}");
+        let value = |key: &str| -> String {
+            let at = log.find(&format!(" {key} ")).unwrap_or_else(|| panic!("no {key} in:\n{log}")) + key.len() + 2;
+            log[at..].split_whitespace().next().unwrap().to_string()
+        };
+        let clock: u64 = value("clock").parse().unwrap();
+        assert!(clock + 2 >= before && clock <= before + 120, "guest clock {clock}, host {before}:\n{log}");
+        value("random")
+    };
+    let snapshots = env.path("cache/vm-snapshots");
+    let states = || -> Vec<(PathBuf, u64)> {
+        let Ok(dirs) = std::fs::read_dir(&snapshots) else { return Vec::new() };
+        dirs.map(|d| d.unwrap().path().join("state"))
+            .filter(|s| s.is_file())
+            .map(|s| {
+                let ino = std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&s).unwrap());
+                (s, ino)
+            })
+            .collect()
+    };
+
+    build("off");
+    assert!(states().is_empty(), "no snapshot without snapshots");
+    let first = build("on");
+    let saved = states();
+    assert_eq!(saved.len(), 1, "the first VM saves one snapshot");
+    let second = build("on");
+    // Long enough after the save for a guest still on the snapshot's clock to show it.
+    std::thread::sleep(Duration::from_secs(5));
+    let third = build("on");
+    assert_eq!(states(), saved, "later VMs restore it (a failed restore would remove it)");
+    assert!(first != second && second != third && first != third, "each VM has its own randomness: {first} {second} {third}");
+
+    std::fs::write(&saved[0].0, b"damaged").unwrap();
+    build("on");
+    let again = states();
+    assert_eq!(again.len(), 1);
+    assert_ne!(again, saved, "a damaged snapshot is replaced");
+    assert!(std::fs::metadata(&again[0].0).unwrap().len() > 1 << 20);
+    env.assert_tmp_empty();
+}
+
 /// A 32-bit arm build runs its RUN in an armv7 guest and makes an arm/v7 image.
 #[test]
 fn armv7_build_runs_in_an_armv7_guest() {
