@@ -1,5 +1,6 @@
 //! Boot-to-agent-ready and trivial-exec times, next to a reference run of the
-//! bare kernel booting the same initramfs straight to power-off.
+//! bare kernel booting the same initramfs straight to power-off, and the
+//! time to restore a boot snapshot (what build VMs do under TCG).
 //!
 //! `cargo bench --bench vm_boot` (KILN_BENCH_RUNS=N, default 5; needs what
 //! scripts/test.sh prepares). Prints medians and the ratio kiln / reference.
@@ -31,6 +32,44 @@ fn main() {
         ("linux/arm/v7", None, TransportChoice::Vsock),
     ];
     for &(platform, force_accel, transport) in cases {
+        boot_case(platform, force_accel, transport, runs, &cancel);
+    }
+    // Restoring a boot snapshot (build VMs: scratch disk, network, layer
+    // slots). The first boot saves the snapshot; the median is of restores.
+    for platform in ["linux/arm64", "linux/arm/v7"] {
+        snapshot_case(platform, runs, &cancel);
+    }
+}
+
+fn snapshot_case(platform: &str, runs: usize, cancel: &AtomicBool) {
+    let platform: Platform = platform.parse().unwrap();
+    let mut config = VmConfig::new(platform.clone());
+    config.accel = Some(Accel::Tcg);
+    config.transport = TransportChoice::Auto;
+    let Ok(files) = kiln::vm::boot_files(&platform, None) else { return };
+    let boot = |cancel| {
+        let vm = Vm::boot(&config, &files, cancel).expect("boot");
+        let t = vm.boot_time;
+        vm.shutdown();
+        t
+    };
+    let first = boot(cancel);
+    let restores: Vec<Duration> = (0..runs).map(|_| boot(cancel)).collect();
+    println!(
+        "{:<13} {:<5} {:<7} {:>10} {:>9.2}s {:>8} {:>10}   (boot snapshot restores; this run's first boot, which saves one if missing: {:.2}s)",
+        platform.to_string(),
+        "tcg",
+        "serial",
+        "-",
+        median(restores).as_secs_f64(),
+        "-",
+        "-",
+        first.as_secs_f64()
+    );
+}
+
+fn boot_case(platform: &str, force_accel: Option<&str>, transport: TransportChoice, runs: usize, cancel: &AtomicBool) {
+    {
         let platform: Platform = platform.parse().unwrap();
         let mut config = VmConfig::new(platform.clone());
         config.accel = force_accel.map(|a| a.parse().unwrap());
@@ -42,7 +81,7 @@ fn main() {
             Ok(files) => files,
             Err(e) => {
                 println!("{platform}: skipped: {e}");
-                continue;
+                return;
             }
         };
         let (mut reference, mut ready, mut exec) = (Vec::new(), Vec::new(), Vec::new());
@@ -50,13 +89,13 @@ fn main() {
         let mut used = None;
         for _ in 0..runs {
             reference.push(reference_boot(&config, &files).expect("reference boot"));
-            let mut vm = Vm::boot(&config, &files, &cancel).expect("boot");
+            let mut vm = Vm::boot(&config, &files, cancel).expect("boot");
             accel = vm.accel;
             used = Some(vm.transport);
             ready.push(vm.boot_time);
             let req = ExecRequest { argv: vec!["/init".into(), "--version".into()], ..Default::default() };
             let started = Instant::now();
-            vm.exec(req, None, &mut |_, _| {}, &cancel).expect("exec");
+            vm.exec(req, None, &mut |_, _| {}, cancel).expect("exec");
             exec.push(started.elapsed());
             vm.shutdown();
         }
