@@ -19,6 +19,9 @@ const BUSYBOX: &str = "kiln.local/busybox:test";
 /// The build tests' `Env`, with the platform they build for.
 trait BuildExt {
     fn build(&self, extra: &[&str]) -> Output;
+    /// A successful build with SOURCE_DATE_EPOCH set and `vars` in its
+    /// environment: the image digest (from --metadata-file) and the log.
+    fn build_reproducibly(&self, vars: &[(&str, &str)], extra: &[&str]) -> (String, String);
 }
 
 impl BuildExt for Env {
@@ -26,6 +29,19 @@ impl BuildExt for Env {
         let mut cmd = self.kiln();
         cmd.args(["build", "--progress", "plain", "--platform", "linux/arm64"]).args(extra).arg(self.ctx());
         cmd.output().unwrap()
+    }
+
+    fn build_reproducibly(&self, vars: &[(&str, &str)], extra: &[&str]) -> (String, String) {
+        let mut cmd = self.kiln();
+        cmd.env("SOURCE_DATE_EPOCH", "1700000000").envs(vars.iter().copied());
+        cmd.args(["build", "--progress", "plain", "--platform", "linux/arm64", "--metadata-file"])
+            .arg(self.path("meta.json"))
+            .args(extra)
+            .arg(self.ctx());
+        let out = cmd.output().unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+        let meta: serde_json::Value = serde_json::from_slice(&std::fs::read(self.path("meta.json")).unwrap()).unwrap();
+        (meta["containerimage.digest"].as_str().unwrap().to_string(), stderr(&out))
     }
 }
 
@@ -154,18 +170,7 @@ fn cache_and_reproducibility() {
         "Dockerfile",
         &format!("FROM {BUSYBOX}\nCOPY a.txt /a.txt\nRUN cat /a.txt /a.txt > /aa.txt && mkdir /made\nCOPY b.txt /b.txt\n"),
     );
-    let build = |extra: &[&str]| {
-        let mut cmd = env.kiln();
-        cmd.env("SOURCE_DATE_EPOCH", "1700000000")
-            .args(["build", "--progress", "plain", "--platform", "linux/arm64", "--metadata-file"])
-            .arg(env.path("meta.json"))
-            .args(extra)
-            .arg(env.ctx());
-        let out = cmd.output().unwrap();
-        assert!(out.status.success(), "{}", stderr(&out));
-        let meta: serde_json::Value = serde_json::from_slice(&std::fs::read(env.path("meta.json")).unwrap()).unwrap();
-        (meta["containerimage.digest"].as_str().unwrap().to_string(), stderr(&out))
-    };
+    let build = |extra: &[&str]| env.build_reproducibly(&[], extra);
     let (first, log) = build(&["-t", "test/cache:1"]);
     assert!(log.contains("booting"), "the first build runs RUN in a VM:\n{log}");
 
@@ -197,17 +202,7 @@ fn layer_disks_fall_back_to_unpacking_with_the_same_image() {
     env.import_busybox("arm64", BUSYBOX);
     env.write("a.txt", "a\n");
     env.write("Dockerfile", &format!("FROM {BUSYBOX}\nCOPY a.txt /a.txt\nRUN rm /bin/ls && cat /a.txt /a.txt > /aa.txt\n"));
-    let build = |disks: &str| {
-        let mut cmd = env.kiln();
-        cmd.env("SOURCE_DATE_EPOCH", "1700000000").env("KILN_LAYER_DISKS", disks);
-        cmd.args(["build", "--no-cache", "--progress", "plain", "--platform", "linux/arm64", "--metadata-file"])
-            .arg(env.path("meta.json"))
-            .arg(env.ctx());
-        let out = cmd.output().unwrap();
-        assert!(out.status.success(), "{}", stderr(&out));
-        let meta: serde_json::Value = serde_json::from_slice(&std::fs::read(env.path("meta.json")).unwrap()).unwrap();
-        (meta["containerimage.digest"].as_str().unwrap().to_string(), stderr(&out))
-    };
+    let build = |disks: &str| env.build_reproducibly(&[("KILN_LAYER_DISKS", disks)], &["--no-cache"]);
     let images = || -> Vec<PathBuf> {
         let root = env.path("cache/layer-images");
         let formats: Vec<_> = std::fs::read_dir(&root).unwrap().map(|e| e.unwrap().path()).collect();
