@@ -247,13 +247,8 @@ fn boot_snapshots_restore_with_the_hosts_clock_and_fresh_randomness() {
     env.import_busybox("arm64", BUSYBOX);
     env.write("Dockerfile", &format!("FROM {BUSYBOX}\nRUN echo \"clock $(date +%s)\" && echo \"random $(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \\n')\"\n"));
     let build = |snapshots: &str| {
-        let mut cmd = env.kiln();
-        cmd.env("KILN_BOOT_SNAPSHOT", snapshots);
-        cmd.args(["build", "--no-cache", "--progress", "plain", "--platform", "linux/arm64"]).arg(env.ctx());
         let before = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
-        let out = cmd.output().unwrap();
-        let log = stderr(&out);
-        assert!(out.status.success(), "{log}");
+        let (_, log) = env.build_reproducibly(&[("KILN_BOOT_SNAPSHOT", snapshots)], &["--no-cache"]);
         let value = |key: &str| -> String {
             let at = log.find(&format!(" {key} ")).unwrap_or_else(|| panic!("no {key} in:\n{log}")) + key.len() + 2;
             log[at..].split_whitespace().next().unwrap().to_string()

@@ -41,6 +41,11 @@ pub const VSOCK_PORT: u32 = 1024;
 /// The virtio-serial port name the agent looks for (`/sys/class/virtio-ports/*/name`).
 pub const SERIAL_PORT_NAME: &str = "org.kiln.agent";
 
+/// The agent's console line right before its hello on the serial port:
+/// the hello blocks there until the host connects, and the host saves boot
+/// snapshots at this line.
+pub const AGENT_WAITS_FOR_HOST: &str = "kiln-agent: waiting for the host";
+
 /// Kernel command-line key telling the agent which transport the host set up.
 pub const CMDLINE_TRANSPORT: &str = "kiln.transport";
 

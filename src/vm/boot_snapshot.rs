@@ -32,10 +32,9 @@ use sha2::{Digest, Sha256};
 use super::arch::{self, Accel, GuestArch};
 use super::client::{AgentClient, ClientError};
 use super::qemu::{log_tail, QemuConfig, QemuProcess};
-use super::qmp::Qmp;
-use super::transport::{Connection, Transport, TransportChoice};
-use super::{scratch, BootFiles, Vm, VmConfig, VmError, Watcher, CONSOLE_TAIL, LAYER_DISK_SIZE, LAYER_DISK_SLOTS};
-use kiln_protocol::SERIAL_PORT_NAME;
+use super::qmp::{Qmp, QmpError};
+use super::transport::{serial_port_args, Transport, TransportChoice};
+use super::{check_arch, scratch, BootFiles, Vm, VmConfig, VmError, Watcher, CONSOLE_TAIL, LAYER_DISK_SIZE, LAYER_DISK_SLOTS};
 
 /// Bump when what a snapshot holds or how it is restored changes.
 const FORMAT: &str = "1";
@@ -43,8 +42,6 @@ const FORMAT: &str = "1";
 /// Set to `0` or `off` to boot every VM from scratch.
 pub const ENV_SWITCH: &str = "KILN_BOOT_SNAPSHOT";
 
-/// What the agent prints on the console right before its hello (agent/transport.rs).
-const READY_MARKER: &str = "kiln-agent: waiting for the host";
 
 /// Whether `config` can boot from a snapshot: TCG (accelerated guests boot
 /// fast anyway), the serial transport (vhost-user vsock cannot be
@@ -128,25 +125,17 @@ fn qemu_config<'a>(
 }
 
 /// The serial port as a socket QEMU listens on, and the QMP socket.
-fn device_args(run_dir: &Path) -> Vec<String> {
-    let (agent, qmp) = (run_dir.join("agent.sock"), run_dir.join("qmp.sock"));
-    vec![
-        "-chardev".into(),
-        format!("socket,id=agent,path={},server=on,wait=off", agent.display()),
-        "-device".into(),
-        "virtio-serial-pci".into(),
-        "-device".into(),
-        format!("virtserialport,chardev=agent,name={SERIAL_PORT_NAME}"),
-        "-qmp".into(),
-        format!("unix:{},server=on,wait=off", qmp.display()),
-    ]
+fn device_args(agent_sock: &Path, qmp_sock: &Path) -> Vec<String> {
+    let mut args = serial_port_args(&format!("socket,id=agent,path={},server=on,wait=off", agent_sock.display()));
+    args.extend(["-qmp".into(), format!("unix:{},server=on,wait=off", qmp_sock.display())]);
+    args
 }
 
 /// The snapshot's name: everything that shapes the saved machine.
 fn key(config: &VmConfig, files: &BootFiles, arch: &dyn GuestArch, slots: &[PathBuf]) -> String {
     let canonical = Path::new("/run");
     let slot_names: Vec<PathBuf> = (0..slots.len()).map(|i| PathBuf::from(format!("/slot{i}"))).collect();
-    let extra = device_args(canonical);
+    let extra = device_args(&canonical.join("agent.sock"), &canonical.join("qmp.sock"));
     let (scratch, console) = (canonical.join("scratch.img"), canonical.join("console.log"));
     let args = qemu_config(config, files, arch, &slot_names, &scratch, &console, &extra).args();
     let mut hash = Sha256::new();
@@ -156,9 +145,8 @@ fn key(config: &VmConfig, files: &BootFiles, arch: &dyn GuestArch, slots: &[Path
         hash.update([0]);
     }
     // The emulator and the boot files, by identity (the initramfs is named for its content).
-    for file in [find_binary(arch.qemu_binary()), Some(files.kernel.clone()), Some(files.initramfs.clone())] {
-        if let Some(meta) = file.as_ref().and_then(|f| fs::metadata(f).ok().map(|m| (f.clone(), m))) {
-            let (path, meta) = meta;
+    for path in [find_binary(arch.qemu_binary()), Some(files.kernel.clone()), Some(files.initramfs.clone())].into_iter().flatten() {
+        if let Ok(meta) = fs::metadata(&path) {
             let mtime = meta.modified().ok().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok());
             hash.update(format!("{}:{}:{:?}", path.display(), meta.len(), mtime));
         }
@@ -181,7 +169,7 @@ fn restore(
 ) -> Result<Vm, VmError> {
     let run = Run::new()?;
     scratch::copy_sparse(&dir.join("scratch.img"), &run.scratch).map_err(VmError::RunDir)?;
-    let mut extra = device_args(run.dir.path());
+    let mut extra = device_args(&run.agent_sock, &run.qmp_sock);
     extra.extend(["-incoming".to_string(), format!("file:{}", dir.join("state").display())]);
     let qemu_config = qemu_config(config, files, arch, slots, &run.scratch, &run.console, &extra);
     let started = Instant::now();
@@ -193,7 +181,7 @@ fn restore(
         qmp.execute("cont", None)
     })();
     if let Err(e) = resumed {
-        return Err(VmError::Agent { error: ClientError::Aborted(e.to_string()), console: log_tail(&run.console, CONSOLE_TAIL) });
+        return Err(qmp_failed(e, &run.console));
     }
     finish(config, run, &mut qemu, started, timeout, cancel).map(|(client, run)| Vm::assemble(client, qemu, run.dir, run.scratch, started, arch))
 }
@@ -211,7 +199,7 @@ fn boot_and_save(
 ) -> Result<Vm, VmError> {
     let run = Run::new()?;
     scratch::create(&run.scratch)?;
-    let extra = device_args(run.dir.path());
+    let extra = device_args(&run.agent_sock, &run.qmp_sock);
     let qemu_config = qemu_config(config, files, arch, slots, &run.scratch, &run.console, &extra);
     let started = Instant::now();
     let mut qemu = QemuProcess::spawn(&qemu_config, &run.dir.path().join("qemu.stderr"))?;
@@ -219,7 +207,7 @@ fn boot_and_save(
     {
         let mut watcher = Watcher::new(&mut qemu, run.dir.path(), cancel);
         loop {
-            if fs::read_to_string(&run.console).is_ok_and(|log| log.contains(READY_MARKER)) {
+            if fs::read_to_string(&run.console).is_ok_and(|log| log.contains(kiln_protocol::AGENT_WAITS_FOR_HOST)) {
                 break;
             }
             if let Err(e) = watcher.check() {
@@ -237,16 +225,19 @@ fn boot_and_save(
         }
     }
     // A snapshot that cannot be saved only costs the next VM a full boot.
-    let mut qmp = Qmp::connect(&run.qmp_sock, Duration::from_secs(10))
-        .map_err(|e| VmError::Agent { error: ClientError::Aborted(e.to_string()), console: String::new() })?;
+    let mut qmp = Qmp::connect(&run.qmp_sock, Duration::from_secs(10)).map_err(|e| qmp_failed(e, &run.console))?;
     if let Err(e) = save(&mut qmp, &run, dir) {
         eprintln!("kiln: note: could not save a boot snapshot ({e}); the next VM boots from scratch");
     }
-    qmp.execute("cont", None)
-        .map_err(|e| VmError::Agent { error: ClientError::Aborted(e.to_string()), console: String::new() })?;
+    qmp.execute("cont", None).map_err(|e| qmp_failed(e, &run.console))?;
     let remaining = deadline.saturating_duration_since(Instant::now()).max(Duration::from_secs(5));
     finish(config, run, &mut qemu, started, remaining, cancel)
         .map(|(client, run)| Vm::assemble(client, qemu, run.dir, run.scratch, started, arch))
+}
+
+/// A QMP failure as the user sees it, with the guest's last console lines.
+fn qmp_failed(e: QmpError, console: &Path) -> VmError {
+    VmError::Agent { error: ClientError::Aborted(e.to_string()), console: log_tail(console, CONSOLE_TAIL) }
 }
 
 /// Stops the machine and writes its state and scratch disk into `dir`
@@ -297,16 +288,12 @@ fn finish(
         Err(e) => return Err(watcher.error(ClientError::Aborted(format!("connecting to the agent port: {e}")), &run.console)),
     };
     let reader = stream.try_clone().map_err(VmError::RunDir)?;
-    let conn = Connection { reader: Box::new(reader), writer: Box::new(stream) };
     let remaining = timeout.saturating_sub(started.elapsed()).max(Duration::from_secs(1));
-    let client = match AgentClient::connect(conn.reader, conn.writer, remaining, &mut || watcher.check()) {
+    let client = match AgentClient::connect(Box::new(reader), Box::new(stream), remaining, &mut || watcher.check()) {
         Ok(client) => client,
         Err(error) => return Err(watcher.error(error, &run.console)),
     };
-    let want = config.platform.uname_machine();
-    if client.hello().arch != want {
-        return Err(VmError::WrongArch { got: client.hello().arch.clone(), want: want.to_string() });
-    }
+    check_arch(&client, config)?;
     Ok((client, run))
 }
 

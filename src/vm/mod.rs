@@ -230,10 +230,7 @@ impl Vm {
             Err(error) => return Err(watcher.error(error, &console_log)),
         };
         let boot_time = started.elapsed();
-        let want = config.platform.uname_machine();
-        if client.hello().arch != want {
-            return Err(VmError::WrongArch { got: client.hello().arch.clone(), want: want.to_string() });
-        }
+        check_arch(&client, config)?;
         Ok(Vm { client, qemu, _host_end: Some(host_end), run_dir, scratch, transport, accel, boot_time, arch })
     }
 
@@ -400,6 +397,15 @@ impl<'a> Watcher<'a> {
 }
 
 const RUN_DIR_PREFIX: &str = "kiln-vm-";
+
+/// The agent that answered must be of the platform asked for.
+fn check_arch(client: &AgentClient, config: &VmConfig) -> Result<(), VmError> {
+    let want = config.platform.uname_machine();
+    match &client.hello().arch {
+        got if got == want => Ok(()),
+        got => Err(VmError::WrongArch { got: got.clone(), want: want.to_string() }),
+    }
+}
 
 /// A fresh private run directory for a VM (after removing dead ones).
 fn new_run_dir() -> Result<tempfile::TempDir, VmError> {

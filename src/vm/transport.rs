@@ -122,6 +122,18 @@ enum Listener {
     Vsock(vsock::VsockListener),
 }
 
+/// QEMU arguments for the agent's virtio-serial port on `chardev` (whose id must be `agent`).
+pub fn serial_port_args(chardev: &str) -> Vec<String> {
+    vec![
+        "-chardev".into(),
+        chardev.to_string(),
+        "-device".into(),
+        "virtio-serial-pci".into(),
+        "-device".into(),
+        format!("virtserialport,chardev=agent,name={SERIAL_PORT_NAME}"),
+    ]
+}
+
 /// The guest CID used with vsock; the VM is the only guest its daemon serves.
 const GUEST_CID: u32 = 3;
 
@@ -132,14 +144,7 @@ impl HostEnd {
             Transport::Serial => {
                 let sock = dir.join("agent.sock");
                 let listener = listen_unix(&sock)?;
-                let qemu_args = vec![
-                    "-chardev".into(),
-                    format!("socket,id=agent,path={},server=off", sock.display()),
-                    "-device".into(),
-                    "virtio-serial-pci".into(),
-                    "-device".into(),
-                    format!("virtserialport,chardev=agent,name={SERIAL_PORT_NAME}"),
-                ];
+                let qemu_args = serial_port_args(&format!("socket,id=agent,path={},server=off", sock.display()));
                 Ok(HostEnd { transport, qemu_args, daemon: None, listener })
             }
             Transport::VsockUser => {

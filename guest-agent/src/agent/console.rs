@@ -4,6 +4,11 @@ use std::fmt::Display;
 
 /// One line on the console, which the host keeps in the VM's log.
 pub fn log(msg: impl Display) {
+    line(format_args!("kiln-agent: {msg}"));
+}
+
+/// A line on the console exactly as given.
+pub fn line(text: impl Display) {
     use std::io::Write;
-    let _ = writeln!(std::io::stderr(), "kiln-agent: {msg}");
+    let _ = writeln!(std::io::stderr(), "{text}");
 }

@@ -62,9 +62,8 @@ fn open_serial() -> io::Result<Conn> {
     loop {
         if let Some(dev) = find_serial_port()? {
             let file = fs::OpenOptions::new().read(true).write(true).open(&dev)?;
-            // The host saves boot snapshots at this line (vm/boot_snapshot.rs):
-            // the hello that follows blocks until the host connects.
-            super::console::log("waiting for the host");
+            // The host saves boot snapshots at this line (vm/boot_snapshot.rs).
+            super::console::line(kiln_protocol::AGENT_WAITS_FOR_HOST);
             let reader = file.try_clone()?;
             return Ok(Conn { reader: Box::new(reader), writer: Box::new(file) });
         }
