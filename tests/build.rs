@@ -97,7 +97,7 @@ RUN echo two > /data/keep/changed && rm /data/del && rm -rf /data/gone /opaque &
  && perl -e 'my ($p, $n, $v) = ("/usr/local/bin/capped", "security.capability", pack("V5", 0x02000001, 0x400, 0, 0, 0)); syscall(5, $p, $n, $v, 20, 0) == 0 or die "setxattr: $!"' \
  && cp /bin/true /usr/local/bin/suid && chmod 4755 /usr/local/bin/suid \
  && echo h > /h1 && ln /h1 /h2 && ln -s /h1 /sym && mknod /nulldev c 1 3 \
- && chown app:app /data/keep/changed && uname -m > /arch
+ && chown app:app /data/keep/changed && uname -m > /arch && echo synced > /synced && sync /synced
 COPY app.txt /srv/
 USER app
 WORKDIR /home/app/work
@@ -109,6 +109,7 @@ RUN if [ "$CHECK" = yes ]; then \
  && test "$(readlink /sym)" = /h1 && test -c /nulldev && test "$(stat -c %a /usr/local/bin/suid)" = 4755 \
  && test "$(stat -c %u /data/keep/changed)" = 1234 && test "$(ls -a /data | head -n 2 | tr '\n' ' ')" = '. .. ' \
  && perl -e 'my ($p, $n, $v) = ("/usr/local/bin/capped", "security.capability", "\0" x 64); syscall(8, $p, $n, $v, 64) == 20 or die "getxattr: $!"' \
+ && grep -q '^overlay / overlay .*,volatile' /proc/mounts \
  && echo every-layer-as-built; fi
 "#,
     );
@@ -137,6 +138,8 @@ RUN if [ "$CHECK" = yes ]; then \
     assert_eq!(meta("h1").ino(), meta("h2").ino(), "hardlinks stay hardlinks");
     assert_eq!(std::fs::read_link(root.join("sym")).unwrap(), Path::new("/h1"));
     assert_eq!(read("srv/app.txt"), "from the context\n");
+    // fsync inside a step's (volatile) overlay is a no-op; the file is in the layer all the same.
+    assert_eq!(read("synced"), "synced\n");
     assert_eq!(read("home/app/work/pid"), "pid 1\n", "RUN is PID 1 of its own namespace");
     if nix::unistd::Uid::effective().is_root() {
         assert_eq!(meta("data/keep/changed").uid(), 1234, "owner from useradd");
