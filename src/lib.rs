@@ -7,6 +7,7 @@
 //! images, [`cli`] maps
 //! command lines onto all of that.
 
+pub mod cancel;
 pub mod cli;
 pub mod dirs;
 pub mod dockerfile;

@@ -8,7 +8,7 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(err) => {
             kiln::cli::report_error(&err);
-            ExitCode::FAILURE
+            kiln::cli::interrupted_exit_code().map_or(ExitCode::FAILURE, ExitCode::from)
         }
     }
 }

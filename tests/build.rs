@@ -414,7 +414,7 @@ fn ctrl_c_during_run_leaves_no_vm_no_tag_and_the_next_build_works() {
     Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
     let status = child.wait().unwrap();
     let rest: Vec<String> = lines.map_while(Result::ok).collect();
-    assert!(!status.success());
+    assert_eq!(status.code(), Some(130), "128 + SIGINT, as docker exits");
     assert!(rest.iter().any(|l| l.contains("interrupted")), "{rest:?}");
     for pid in qemu {
         assert!(!Path::new(&format!("/proc/{pid}")).exists() || is_zombie(pid), "process {pid} outlived kiln");
@@ -425,6 +425,50 @@ fn ctrl_c_during_run_leaves_no_vm_no_tag_and_the_next_build_works() {
     env.write("Dockerfile", &format!("FROM {BUSYBOX}\nRUN echo fine > /ok\n"));
     let out = env.build(&["-t", "test/int:2"]);
     assert!(out.status.success(), "{}", stderr(&out));
+}
+
+#[test]
+fn signals_stop_a_stalled_pull_and_a_stalled_add_download() {
+    // A registry and a web server that accept connections and never answer.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || listener.incoming().collect::<Vec<_>>());
+    let cases = [
+        ("-INT", 130, format!("FROM {addr}/stalled/image:1\nRUN true\n")),
+        ("-TERM", 143, format!("FROM scratch\nADD http://{addr}/file /file\n")),
+    ];
+    for (signal, code, dockerfile) in cases {
+        let env = Env::new();
+        env.write("Dockerfile", &dockerfile);
+        let mut child = env
+            .kiln()
+            .args(["build", "--progress", "plain", "--platform", "linux/arm64", "-t", "test/stalled:1"])
+            .arg(env.ctx())
+            .stderr(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_secs(2));
+        assert!(child.try_wait().unwrap().is_none(), "{signal}: the build waits on the silent server");
+        Command::new("kill").args([signal, &child.id().to_string()]).status().unwrap();
+        let sent = Instant::now();
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break status;
+            }
+            if sent.elapsed() > Duration::from_secs(10) {
+                let _ = child.kill();
+                panic!("{signal}: kiln still runs 10 s after the signal");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let mut err = String::new();
+        std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+        assert_eq!(status.code(), Some(code), "{signal}: {err}");
+        assert!(err.contains("interrupted"), "{signal}: {err}");
+        assert!(!env.tags().contains("test/stalled"), "{signal}: nothing is tagged");
+        env.assert_tmp_empty();
+    }
 }
 
 fn children(pid: u32) -> Vec<u32> {

@@ -163,3 +163,22 @@ fn bad_input_names_the_file_and_tags_nothing() {
     let images = ok(kiln(&data).arg("images").output().unwrap());
     assert!(!images.contains("bad:1") && images.contains("kept:1"), "{images}");
 }
+
+#[test]
+fn rmi_takes_the_digest_that_images_shows_like_docker_rmi() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let digest = ok(import(&data, &["-", "one/image:1"], Some(&rootfs_tar()))).trim().to_string();
+    let id = &digest.trim_start_matches("sha256:")[..12];
+    assert!(ok(kiln(&data).arg("images").output().unwrap()).contains(id), "images shows {id}");
+    ok(kiln(&data).args(["tag", "one/image:1", "two/image:1"]).output().unwrap());
+
+    let out = kiln(&data).args(["rmi", id]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("several names") && err.contains("docker.io/two/image:1"), "{err}");
+
+    ok(kiln(&data).args(["rmi", "two/image:1"]).output().unwrap());
+    let out = ok(kiln(&data).args(["rmi", id]).output().unwrap());
+    assert!(out.contains("Untagged: docker.io/one/image:1"), "{out}");
+    assert!(!ok(kiln(&data).arg("images").output().unwrap()).contains(id));
+}

@@ -16,6 +16,8 @@ use kiln::oci::layout::{self, ExportEntry, Format};
 use kiln::oci::{Compression, Descriptor, MediaType, Store};
 use support::*;
 
+static NEVER: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 #[derive(Default)]
 struct Contents(HashMap<String, Vec<u8>>);
 
@@ -126,7 +128,7 @@ fn umoci_unpacks_kiln_layers_like_kilns_own_view() {
     let out = tempfile::tempdir().unwrap();
     let dir = out.path().join("layout");
     let entry = ExportEntry { descriptor: manifest.clone(), ref_name: Some("t".into()), repo_tag: None };
-    layout::export(store, &[entry], Format::OciDir, &dir, None).unwrap();
+    layout::export(store, &[entry], Format::OciDir, &dir, None, false, &NEVER).unwrap();
     let bundle = out.path().join("bundle");
     run(Command::new(&umoci).args(["unpack", "--rootless", "--image"]).arg(format!("{}:t", dir.display())).arg(&bundle));
     let rootfs = bundle.join("rootfs");

@@ -9,6 +9,8 @@ use kiln::oci::layout::{self, ExportEntry, Format, LayoutError};
 use kiln::oci::{Compression, Store};
 use support::*;
 
+static NEVER: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 fn entry(d: &kiln::oci::Descriptor, tag: &str) -> ExportEntry {
     ExportEntry { descriptor: d.clone(), ref_name: Some(tag.into()), repo_tag: Some(format!("example.com/kiln/test:{tag}")) }
 }
@@ -21,7 +23,7 @@ fn oci_layout_dir_passes_umoci_unpack_and_oci_image_tool() {
     let image = build_image(&src.store, 51, &[150_000, 2_000], "linux/amd64", Compression::Gzip);
     let out = tempfile::tempdir().unwrap();
     let dir = out.path().join("layout");
-    layout::export(&src.store, &[entry(&image, "v1")], Format::OciDir, &dir, None).unwrap();
+    layout::export(&src.store, &[entry(&image, "v1")], Format::OciDir, &dir, None, true, &NEVER).unwrap();
 
     run(Command::new(&oit).args(["validate", "--type", "image", "--ref", "name=v1"]).arg(&dir));
     let bundle = out.path().join("bundle");
@@ -31,7 +33,7 @@ fn oci_layout_dir_passes_umoci_unpack_and_oci_image_tool() {
     assert_eq!(std::fs::read(rootfs.join("data/blob-0.bin")).unwrap(), noise(150_000, 51_000));
 
     // Exporting to an existing path is refused rather than merged.
-    let err = layout::export(&src.store, &[entry(&image, "v1")], Format::OciDir, &dir, None).unwrap_err();
+    let err = layout::export(&src.store, &[entry(&image, "v1")], Format::OciDir, &dir, None, true, &NEVER).unwrap_err();
     assert!(matches!(err, LayoutError::Exists { .. }), "{err}");
 }
 
@@ -49,7 +51,7 @@ fn umoci_rejects_a_layer_whose_diff_id_is_wrong() {
     let bad = src.store.put_json(&manifest, kiln::oci::MediaType::ImageManifest).unwrap();
     let out = tempfile::tempdir().unwrap();
     let dir = out.path().join("layout");
-    layout::export(&src.store, &[entry(&bad, "bad")], Format::OciDir, &dir, None).unwrap();
+    layout::export(&src.store, &[entry(&bad, "bad")], Format::OciDir, &dir, None, true, &NEVER).unwrap();
     let status = Command::new(&umoci)
         .args(["unpack", "--rootless", "--image"])
         .arg(format!("{}:bad", dir.display()))
@@ -70,8 +72,8 @@ fn oci_tar_of_an_index_and_docker_archive_are_read_by_skopeo_and_deterministic()
 
     let tar1 = out.path().join("multi.tar");
     let tar2 = out.path().join("multi-again.tar");
-    layout::export(&src.store, &[entry(&index, "multi")], Format::OciTar, &tar1, None).unwrap();
-    layout::export(&src.store, &[entry(&index, "multi")], Format::OciTar, &tar2, None).unwrap();
+    layout::export(&src.store, &[entry(&index, "multi")], Format::OciTar, &tar1, None, false, &NEVER).unwrap();
+    layout::export(&src.store, &[entry(&index, "multi")], Format::OciTar, &tar2, None, false, &NEVER).unwrap();
     assert_eq!(std::fs::read(&tar1).unwrap(), std::fs::read(&tar2).unwrap(), "export is deterministic");
     let raw = run(Command::new(&skopeo).args(["inspect", "--raw"]).arg(format!("oci-archive:{}:multi", tar1.display())));
     assert_eq!(raw.as_bytes(), src.store.read_blob(index.digest(), None).unwrap());
@@ -87,7 +89,7 @@ fn oci_tar_of_an_index_and_docker_archive_are_read_by_skopeo_and_deterministic()
     // Docker archive of the arm64 image out of the index.
     let docker = out.path().join("docker.tar");
     let arm64: kiln::platform::Platform = "linux/arm64".parse().unwrap();
-    layout::export(&src.store, &[entry(&index, "multi")], Format::DockerArchive, &docker, Some(&arm64)).unwrap();
+    layout::export(&src.store, &[entry(&index, "multi")], Format::DockerArchive, &docker, Some(&arm64), false, &NEVER).unwrap();
     let v: serde_json::Value = serde_json::from_str(&run(Command::new(&skopeo).arg("inspect").arg(format!("docker-archive:{}", docker.display())))).unwrap();
     assert_eq!(v["Architecture"], "arm64");
     assert_eq!(v["RepoTags"], serde_json::json!([]), "skopeo lists tags only for registries");
@@ -120,7 +122,7 @@ fn import_from_oci_layouts_kilns_and_skopeos() {
     let image = build_image(&src.store, 55, &[20_000], "linux/amd64", Compression::Zstd);
     let out = tempfile::tempdir().unwrap();
     let dir = out.path().join("layout");
-    layout::export(&src.store, &[entry(&image, "v1")], Format::OciDir, &dir, None).unwrap();
+    layout::export(&src.store, &[entry(&image, "v1")], Format::OciDir, &dir, None, true, &NEVER).unwrap();
 
     let dst = temp_store();
     let tagged = layout::import_dir(&dst.store, &dir, Some("v1"), |r| format!("localhost/imported:{r}")).unwrap();
@@ -185,4 +187,41 @@ fn image_commands_list_tag_inspect_save_load_remove_and_prune() {
     assert!(rmi.contains("Deleted 4 blobs"), "manifest, config and 2 layers go: {rmi}");
     let listing = run(kiln(data.path()).arg("images"));
     assert_eq!(listing.lines().count(), 1, "{listing}");
+}
+
+#[test]
+fn an_archive_export_replaces_a_file_only_once_it_is_complete() {
+    let src = temp_store();
+    let image = build_image(&src.store, 55, &[20_000, 1_000], "linux/amd64", Compression::Gzip);
+    let out = tempfile::tempdir().unwrap();
+    let dest = out.path().join("image.tar");
+    std::fs::write(&dest, "the user's file").unwrap();
+    let listing = || {
+        let mut names: Vec<String> = std::fs::read_dir(out.path()).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+        names.sort();
+        names
+    };
+
+    let err = layout::export(&src.store, &[entry(&image, "v1")], Format::OciTar, &dest, None, false, &NEVER).unwrap_err();
+    assert!(matches!(err, LayoutError::Exists { .. }), "{err}");
+
+    // A layer that vanished from the store fails the export half-way.
+    let layer = src.store.image(&image, None).unwrap().manifest.layers()[1].clone();
+    let layer_path = src.store.blob_path(layer.digest()).unwrap();
+    let layer_bytes = std::fs::read(&layer_path).unwrap();
+    std::fs::remove_file(&layer_path).unwrap();
+    layout::export(&src.store, &[entry(&image, "v1")], Format::OciTar, &dest, None, true, &NEVER).unwrap_err();
+    assert_eq!(std::fs::read_to_string(&dest).unwrap(), "the user's file", "a failed export keeps the old file");
+    assert_eq!(listing(), ["image.tar"], "no temporary file is left");
+
+    std::fs::write(&layer_path, layer_bytes).unwrap();
+    layout::export(&src.store, &[entry(&image, "v1")], Format::OciTar, &dest, None, true, &NEVER).unwrap();
+    assert_eq!(listing(), ["image.tar"]);
+    let mut archive = tar::Archive::new(std::fs::File::open(&dest).unwrap());
+    assert!(archive.entries().unwrap().any(|e| e.unwrap().path().unwrap().to_str() == Some("index.json")));
+    // Created like any file the user writes: 0666 less the umask, not 0600.
+    use std::os::unix::fs::PermissionsExt;
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let umask = status.lines().find_map(|l| l.strip_prefix("Umask:")).map(|m| u32::from_str_radix(m.trim(), 8).unwrap()).unwrap();
+    assert_eq!(std::fs::metadata(&dest).unwrap().permissions().mode() & 0o777, 0o666 & !umask);
 }

@@ -70,6 +70,16 @@ async fn start_fake(blobs: HashMap<String, Vec<u8>>, manifest: Vec<u8>, manifest
                     out.extend(b);
                 } else if let Some(rest) = path.strip_prefix("/v2/bad/") {
                     let (repo, rest) = rest.split_once('/').unwrap();
+                    if let Some(status) = rest.strip_prefix("manifests/").and_then(|_| endless_status(repo)) {
+                        // A chunked body that never ends, as a hostile server sends it.
+                        let head = format!("HTTP/1.1 {status}\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n");
+                        if sock.write_all(head.as_bytes()).await.is_err() {
+                            return;
+                        }
+                        let chunk = [format!("{:x}\r\n", 1 << 16).into_bytes(), vec![b'{'; 1 << 16], b"\r\n".to_vec()].concat();
+                        while sock.write_all(&chunk).await.is_ok() {}
+                        return;
+                    }
                     if let Some(reference) = rest.strip_prefix("manifests/") {
                         if reference == "v1" || reference == manifest_digest {
                             let body: Vec<u8> = if repo == "lying-manifest" {
@@ -87,6 +97,19 @@ async fn start_fake(blobs: HashMap<String, Vec<u8>>, manifest: Vec<u8>, manifest
                             out.extend(reply("404 Not Found", "application/json", e.len(), "").bytes());
                             out.extend(e.bytes());
                         }
+                    } else if let Some(digest) = rest.strip_prefix("blobs/").filter(|d| repo == "drip" && *d == layer_digest) {
+                        // Promises the blob, then sends a byte every 100 ms.
+                        let b = blobs.get(digest).cloned().unwrap_or_default();
+                        if sock.write_all(reply("200 OK", "application/octet-stream", b.len(), "").as_bytes()).await.is_err() {
+                            return;
+                        }
+                        for byte in b {
+                            if sock.write_all(&[byte]).await.is_err() {
+                                return;
+                            }
+                            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                        }
+                        return;
                     } else if let Some(digest) = rest.strip_prefix("blobs/") {
                         let is_layer = digest == layer_digest;
                         let mode = if is_layer { repo } else { "good" };
@@ -151,6 +174,15 @@ async fn fake_with_image() -> (TempStore, Descriptor, Fake) {
     (src, image, fake)
 }
 
+/// Repositories whose manifest requests get an endless body, with this status.
+fn endless_status(repo: &str) -> Option<&'static str> {
+    match repo {
+        "endless-manifest" => Some("200 OK"),
+        "endless-error" => Some("404 Not Found"),
+        _ => None,
+    }
+}
+
 fn pull_ref(fake: &Fake, repo: &str) -> Reference {
     Reference::parse(&format!("{}/bad/{repo}:v1", fake.addr)).unwrap()
 }
@@ -190,6 +222,68 @@ async fn every_corrupt_answer_is_a_clear_error_and_the_store_is_untouched() {
     let err = client.pull(&dst.store, &Reference::parse(&format!("{}/bad/missing:v2", fake.addr)).unwrap(), &PullOptions::default()).await.unwrap_err();
     assert!(matches!(err, RegistryError::NotFound { .. }) && err.to_string().contains("manifest unknown"), "{err}");
     assert_eq!(store_state(&dst.store), before);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn endless_bodies_are_cut_off_at_their_limit() {
+    let (_src, _image, fake) = fake_with_image().await;
+    let client = client(None, None);
+    let dst = temp_store();
+    let before = store_state(&dst.store);
+    let pull = |repo: &'static str| {
+        let (client, dst, reference) = (&client, &dst, pull_ref(&fake, repo));
+        async move {
+            let opts = PullOptions::default();
+            let pulling = client.pull(&dst.store, &reference, &opts);
+            tokio::time::timeout(std::time::Duration::from_secs(60), pulling).await.expect("kiln stops reading at the limit")
+        }
+    };
+    let err = pull("endless-manifest").await.unwrap_err();
+    assert!(matches!(err, RegistryError::TooLarge { limit, .. } if limit == 8 << 20), "{err}");
+    let err = pull("endless-error").await.unwrap_err();
+    assert!(err.to_string().contains("over 1 MiB"), "{err}");
+    assert_eq!(store_state(&dst.store), before);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_blob_that_drips_in_is_given_up_on() {
+    let (_src, _image, fake) = fake_with_image().await;
+    let client = kiln::registry::Client::new(kiln::registry::ClientOptions {
+        docker_config: None,
+        max_attempts: 2,
+        initial_backoff: std::time::Duration::from_millis(50),
+        low_speed_bytes: 1024,
+        low_speed_window: std::time::Duration::from_secs(1),
+        ..Default::default()
+    })
+    .unwrap();
+    let dst = temp_store();
+    let before = store_state(&dst.store);
+    let (reference, opts) = (pull_ref(&fake, "drip"), PullOptions::default());
+    let pulling = client.pull(&dst.store, &reference, &opts);
+    let err = tokio::time::timeout(std::time::Duration::from_secs(30), pulling).await.expect("gives up within seconds").unwrap_err();
+    let msg = err.to_string();
+    assert!(msg.contains(&fake.layer.digest().to_string()) && msg.contains("less than 1024 bytes in 1s"), "{msg}");
+    assert_eq!(store_state(&dst.store), before);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_pull_repairs_a_damaged_blob_in_the_store() {
+    let (src, image, fake) = fake_with_image().await;
+    let client = client(None, None);
+    let dst = temp_store();
+    let good = pull_ref(&fake, "good");
+    client.pull(&dst.store, &good, &PullOptions::default()).await.unwrap();
+    // Same size, one byte flipped: a file that exists is not enough.
+    let path = dst.store.blob_path(fake.layer.digest()).unwrap();
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[100] ^= 0xff;
+    std::fs::write(&path, &bytes).unwrap();
+    let report = client.pull(&dst.store, &good, &PullOptions::default()).await.unwrap();
+    assert_eq!(report.blobs_downloaded, 1, "only the damaged blob is fetched again");
+    assert_same_content(&src.store, &dst.store, &image);
+    let report = client.pull(&dst.store, &good, &PullOptions::default()).await.unwrap();
+    assert_eq!(report.blobs_downloaded, 0);
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -144,6 +144,14 @@ fn cli_login_writes_docker_config_and_pull_uses_it() {
     run(kiln(data.path()).args(["logout", &s.reg.addr]));
     let cfg: serde_json::Value = serde_json::from_slice(&std::fs::read(data.path().join("docker/config.json")).unwrap()).unwrap();
     assert!(cfg["auths"].get(&s.reg.addr).is_none());
+
+    // logout takes the same --auth-file as login.
+    let other = data.path().join("other-auth.json");
+    std::fs::write(&other, serde_json::json!({"auths": {&s.reg.addr: {"auth": "dTpw"}}}).to_string()).unwrap();
+    let out = run(kiln(data.path()).args(["logout", &s.reg.addr, "--auth-file", other.to_str().unwrap()]));
+    assert!(out.contains("Removed credentials"), "{out}");
+    let cfg: serde_json::Value = serde_json::from_slice(&std::fs::read(&other).unwrap()).unwrap();
+    assert!(cfg["auths"].get(&s.reg.addr).is_none());
 }
 
 #[cfg(unix)]

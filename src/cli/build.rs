@@ -288,7 +288,7 @@ pub fn run(args: BuildArgs, cancel: &'static std::sync::atomic::AtomicBool) -> a
         write_index(&store, &outcomes)?
     };
     let mut progress = progress.lock().unwrap_or_else(|e| e.into_inner());
-    deliver(&store, &result, &outputs, &req, &mut progress)?;
+    deliver(&store, &result, &outputs, &req, &mut progress, cancel)?;
 
     // Like buildx: the image ID is the config digest, or the index digest for several platforms.
     let image_id = if outcomes.len() == 1 { outcomes[0].config_digest.clone() } else { result.digest().to_string() };
@@ -391,7 +391,10 @@ fn deliver(
     outputs: &[Output],
     req: &BuildRequest,
     progress: &mut Progress,
+    cancel: &std::sync::atomic::AtomicBool,
 ) -> anyhow::Result<()> {
+    // Nothing is tagged, pushed or exported once the user has interrupted.
+    crate::cancel::check(cancel)?;
     let mut runtime = None;
     for output in outputs {
         match output {
@@ -408,18 +411,18 @@ fn deliver(
                     };
                     for name in names {
                         let dest = Reference::parse(name)?;
-                        let report = rt.block_on(client.push(store, image, &dest, &PushOptions::default()))?;
+                        let report = crate::cancel::block_on(rt, cancel, client.push(store, image, &dest, &PushOptions::default()))??;
                         progress.note(&format!("pushed {dest} ({})", report.digest));
                     }
                 }
             }
             Output::Oci { dest, tar } => {
                 let format = if *tar { Format::OciTar } else { Format::OciDir };
-                export(store, image, format, dest, outputs)?;
+                export(store, image, format, dest, outputs, cancel)?;
                 progress.note(&format!("exported an OCI layout to {}", dest.display()));
             }
             Output::Docker { dest } => {
-                export(store, image, Format::DockerArchive, dest, outputs)?;
+                export(store, image, Format::DockerArchive, dest, outputs, cancel)?;
                 progress.note(&format!("exported a Docker archive to {}", dest.display()));
             }
         }
@@ -427,17 +430,21 @@ fn deliver(
     Ok(())
 }
 
-fn export(store: &Store, image: &crate::oci::Descriptor, format: Format, dest: &Path, outputs: &[Output]) -> anyhow::Result<()> {
+fn export(
+    store: &Store,
+    image: &crate::oci::Descriptor,
+    format: Format,
+    dest: &Path,
+    outputs: &[Output],
+    cancel: &std::sync::atomic::AtomicBool,
+) -> anyhow::Result<()> {
     let name = outputs.iter().find_map(|o| match o {
         Output::Image { names, .. } => names.first().cloned(),
         _ => None,
     });
     let ref_name = name.as_ref().and_then(|n| Reference::parse(n).ok()).and_then(|r| r.tag).or_else(|| Some("latest".into()));
     let entry = ExportEntry { descriptor: image.clone(), ref_name, repo_tag: name };
-    if dest.exists() && dest.is_file() {
-        std::fs::remove_file(dest).with_context(|| format!("replacing {}", dest.display()))?;
-    }
-    layout::export(store, &[entry], format, dest, None)?;
+    layout::export(store, &[entry], format, dest, None, true, cancel)?;
     Ok(())
 }
 

@@ -81,6 +81,9 @@ pub enum ImageCommand {
     Logout {
         /// Registry host (default: docker.io)
         registry: Option<String>,
+        /// Docker config file with credentials (default: $DOCKER_CONFIG/config.json or ~/.docker/config.json)
+        #[arg(long)]
+        auth_file: Option<PathBuf>,
     },
     /// Write images as an OCI layout (dir or tar) or a Docker archive
     Save {
@@ -135,6 +138,24 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
 }
 
+/// The tags `rmi IMAGE` removes: IMAGE itself when it is a name, else (a
+/// digest or its prefix, as `kiln images` shows it) the one name that holds
+/// that image. Like `docker rmi`, an image with several names is removed
+/// name by name.
+fn names_to_remove(store: &Store, image: &str) -> anyhow::Result<Vec<String>> {
+    let (name, descriptor) = resolve(store, image)?;
+    let tags = store.tags()?;
+    if tags.iter().any(|t| t.name == name) {
+        return Ok(vec![name]);
+    }
+    let names: Vec<String> = tags.into_iter().filter(|t| t.descriptor.digest() == descriptor.digest()).map(|t| t.name).collect();
+    match names.len() {
+        0 => bail!("{image}: no name refers to this image; `kiln prune` deletes untagged images"),
+        1 => Ok(names),
+        _ => bail!("{image} has several names ({}); remove them by name", names.join(", ")),
+    }
+}
+
 fn resolve(store: &Store, name: &str) -> anyhow::Result<(String, Descriptor)> {
     Ok(crate::registry::reference::resolve_local(store, name)?)
 }
@@ -182,9 +203,10 @@ pub fn run(cmd: ImageCommand) -> anyhow::Result<ExitCode> {
         ImageCommand::Rmi { images } => {
             let store = store()?;
             for image in images {
-                let (name, _) = resolve(&store, &image)?;
-                store.untag(&name)?;
-                println!("Untagged: {name}");
+                for name in names_to_remove(&store, &image)? {
+                    store.untag(&name)?;
+                    println!("Untagged: {name}");
+                }
             }
             match store.try_prune()? {
                 Some(r) => report_prune(&store, r),
@@ -198,7 +220,13 @@ pub fn run(cmd: ImageCommand) -> anyhow::Result<ExitCode> {
         }
         ImageCommand::Prune => {
             let store = store()?;
-            let r = store.prune()?;
+            let r = match store.try_prune()? {
+                Some(r) => r,
+                None => {
+                    eprintln!("Waiting for the other kiln processes using the store to finish...");
+                    store.prune()?
+                }
+            };
             report_prune(&store, r);
         }
         ImageCommand::Inspect { image, platform, manifest } => {
@@ -217,7 +245,7 @@ pub fn run(cmd: ImageCommand) -> anyhow::Result<ExitCode> {
             let store = store()?;
             let client = registry.client()?;
             let opts = PullOptions { platform, all_platforms };
-            let report = runtime()?.block_on(client.pull(&store, &reference, &opts))?;
+            let report = crate::cancel::block_on(&runtime()?, super::signals::install(), client.pull(&store, &reference, &opts))??;
             println!(
                 "Pulled {} ({}): {} blobs, {} downloaded",
                 report.name,
@@ -232,7 +260,9 @@ pub fn run(cmd: ImageCommand) -> anyhow::Result<ExitCode> {
             let dest = Reference::parse(destination.as_deref().unwrap_or(&name))
                 .with_context(|| format!("{name} is not a registry name; give a destination"))?;
             let client = registry.client()?;
-            let report = runtime()?.block_on(client.push(&store, &d, &dest, &PushOptions { mount_from }))?;
+            let opts = PushOptions { mount_from };
+            let pushing = client.push(&store, &d, &dest, &opts);
+            let report = crate::cancel::block_on(&runtime()?, super::signals::install(), pushing)??;
             println!(
                 "Pushed {dest} ({}): {} blobs uploaded ({}), {} mounted, {} already present",
                 report.digest,
@@ -264,9 +294,9 @@ pub fn run(cmd: ImageCommand) -> anyhow::Result<ExitCode> {
             config.store(&registry, &creds)?;
             println!("Login succeeded; credentials stored in {}", config.path().display());
         }
-        ImageCommand::Logout { registry } => {
+        ImageCommand::Logout { registry, auth_file } => {
             let registry = registry.unwrap_or_else(|| crate::registry::reference::DOCKER_HUB.to_string());
-            let config = DockerConfig::new(crate::registry::auth::default_config_path());
+            let config = DockerConfig::new(auth_file.unwrap_or_else(crate::registry::auth::default_config_path));
             if config.erase(&registry)? {
                 println!("Removed credentials for {registry}");
             } else {
@@ -281,7 +311,7 @@ pub fn run(cmd: ImageCommand) -> anyhow::Result<ExitCode> {
                 let tag = Reference::parse(&name).ok().and_then(|r| r.tag);
                 entries.push(ExportEntry { descriptor, ref_name: tag.or(Some(name.clone())), repo_tag: Some(name) });
             }
-            layout::export(&store, &entries, format, &output, platform.as_ref())?;
+            layout::export(&store, &entries, format, &output, platform.as_ref(), true, super::signals::install())?;
             println!("Wrote {}", output.display());
         }
         ImageCommand::Load { dir, r#ref, name } => {
@@ -316,6 +346,9 @@ pub fn run(cmd: ImageCommand) -> anyhow::Result<ExitCode> {
 fn report_prune(store: &Store, r: crate::oci::store::PruneReport) {
     let (images, image_bytes) = LayerImages::new(&crate::dirs::cache_dir()).prune(store);
     println!("Deleted {} blobs, {}", r.blobs, human(r.bytes));
+    if r.partial_files > 0 {
+        println!("Deleted {} files of interrupted pulls and builds, {}", r.partial_files, human(r.partial_bytes));
+    }
     if images > 0 {
         println!("Deleted {images} cached layer disk images, {}", human(image_bytes));
     }

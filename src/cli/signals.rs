@@ -1,16 +1,19 @@
 //! Ctrl-C and termination: set a flag the long-running work polls, so kiln
 //! stops the guest command, shuts the VM down and cleans up before exiting.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 
 static CANCEL: AtomicBool = AtomicBool::new(false);
+/// The signal that set CANCEL, for the exit code (128 + its number).
+static SIGNAL: AtomicI32 = AtomicI32::new(0);
 
 /// Installs the handlers and returns the flag they set.
 pub fn install() -> &'static AtomicBool {
     #[cfg(unix)]
     {
         use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
-        extern "C" fn on_signal(_: libc::c_int) {
+        extern "C" fn on_signal(sig: libc::c_int) {
+            let _ = SIGNAL.compare_exchange(0, sig, Ordering::SeqCst, Ordering::SeqCst);
             CANCEL.store(true, Ordering::SeqCst);
         }
         let action = SigAction::new(SigHandler::Handler(on_signal), SaFlags::SA_RESTART, SigSet::empty());
@@ -20,6 +23,11 @@ pub fn install() -> &'static AtomicBool {
         }
     }
     &CANCEL
+}
+
+/// The signal that interrupted kiln, if one did.
+pub fn received() -> Option<i32> {
+    CANCEL.load(Ordering::SeqCst).then(|| SIGNAL.load(Ordering::SeqCst))
 }
 
 static RESIZED: AtomicBool = AtomicBool::new(false);

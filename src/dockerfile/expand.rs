@@ -398,6 +398,21 @@ mod tests {
     }
 
     #[test]
+    fn a_doubling_env_chain_fails_at_its_line_instead_of_exhausting_memory() {
+        let mut text = String::from("FROM scratch\nENV a=x\n");
+        text.push_str(&"ENV a=$a$a\n".repeat(31));
+        let df = parse(&text).unwrap();
+        let o = opts(&[]);
+        let ev = Evaluator::new(&df, &o).unwrap();
+        let mut scope = ev.scope(&[]);
+        let err = df.stages[0].instructions.iter().map(|i| scope.expand(i)).find_map(Result::err).expect("an error");
+        // Line n sets 2^(n-2) bytes: line 22 reaches 1 MiB, line 23 would double it.
+        assert_eq!(err.pos.line, 23, "{err}");
+        assert!(err.to_string().contains("longer than 1 MiB"), "{err}");
+        assert_eq!(scope.env().get("a").map(str::len), Some(1 << 20));
+    }
+
+    #[test]
     fn expands_exactly_the_expandable_words() {
         let src = "FROM a\nARG D=/dst U=1000 P=8080 S=data\nCOPY --from=$S --chown=$U:$U --chmod=0$U --exclude=*.$S src/$S $D/\n\
 ADD --checksum=sha256:$U --chown=$U https://x/$S $D\nEXPOSE $P ${P}/udp\nVOLUME /$S\nSTOPSIGNAL SIG$S\n\

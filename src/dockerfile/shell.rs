@@ -85,6 +85,11 @@ struct State<'a> {
 }
 
 const MAX_NESTING: usize = 64;
+/// The longest word an expansion may produce. Far above what a process can
+/// receive (Linux refuses an argument or variable over 128 KiB), yet small
+/// enough that a chain like `ENV a=$a$a` fails with an error instead of
+/// doubling until the host runs out of memory.
+const MAX_EXPANDED: usize = 1 << 20;
 
 #[derive(Default)]
 struct Words {
@@ -161,6 +166,9 @@ impl State<'_> {
             match ch {
                 '$' => {
                     let s = self.dollar()?;
+                    if result.len() + s.len() > MAX_EXPANDED {
+                        return Err(format!("the expansion is longer than {} MiB", MAX_EXPANDED >> 20));
+                    }
                     result.push_str(&s);
                     words.add_string(&s);
                 }

@@ -3,6 +3,8 @@
 //! when the store lacks them, pulled on an async runtime started the first
 //! time a pull is needed.
 
+use std::sync::atomic::AtomicBool;
+
 use crate::oci::model::Image;
 use crate::oci::store::Store;
 use crate::platform::Platform;
@@ -23,7 +25,7 @@ impl BaseImages {
     }
 
     /// Finds `name` for `platform`; a pull is shown as a step of its own.
-    pub fn resolve(&mut self, store: &Store, progress: &StepLog, name: &str, platform: &Platform) -> Result<Image, String> {
+    pub fn resolve(&mut self, store: &Store, progress: &StepLog, name: &str, platform: &Platform, cancel: &AtomicBool) -> Result<Image, String> {
         if !self.pull {
             if let Ok((_, desc)) = crate::registry::reference::resolve_local(store, name) {
                 let image = store.image(&desc, Some(platform)).map_err(|e| format!("{name}: {e}"))?;
@@ -40,7 +42,9 @@ impl BaseImages {
         let opts = PullOptions { platform: Some(platform.clone()), all_platforms: false };
         let report = progress
             .step(&format!("[internal] pulling {reference} ({platform})"), || {
-                runtime.block_on(client.pull(store, &reference, &opts))
+                crate::cancel::block_on(runtime, cancel, client.pull(store, &reference, &opts))
+                    .map_err(|e| e.to_string())
+                    .and_then(|pulled| pulled.map_err(|e| e.to_string()))
             })
             .map_err(|e| format!("{name}: not in the local store, and pulling it failed: {e}"))?;
         let image = store.image(&report.descriptor, Some(platform)).map_err(|e| format!("{name}: {e}"))?;

@@ -242,6 +242,7 @@ impl<'a> Builder<'a> {
     /// One instruction: metadata ones change the config; RUN, COPY, ADD and
     /// WORKDIR are steps of their own (cached or run).
     fn step(&mut self, mut cx: StepCx<'_>, scope: &mut Scope<'_, '_>, state: &mut StageState, name: &str) -> Result<(), BuildError> {
+        crate::cancel::check(self.cancel)?;
         match &cx.instr.kind {
             InstructionKind::Arg(_) => return Ok(()),
             InstructionKind::Maintainer(m) => state.config.author = m.clone(),
@@ -373,7 +374,7 @@ impl<'a> Builder<'a> {
 
     /// A stage's starting state from the base image `name`.
     fn image_state(&mut self, name: &str, platform: &Platform) -> Result<StageState, String> {
-        let image = self.bases.resolve(self.store, &self.progress, name, platform)?;
+        let image = self.bases.resolve(self.store, &self.progress, name, platform, self.cancel)?;
         state_from_image(&image)
     }
 }

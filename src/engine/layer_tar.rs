@@ -43,6 +43,8 @@ pub enum LayerTarError {
     Entry { path: String, source: io::Error },
     #[error("{path}: the manifest says {expected} bytes, the content has {actual}")]
     SizeMismatch { path: String, expected: u64, actual: u64 },
+    #[error("/{path}: names starting with .wh. mark deletions in image layers, so no file can have one")]
+    ReservedName { path: String },
 }
 
 /// Writes `entries` (sorted here into layer order: parents before children) as

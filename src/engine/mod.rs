@@ -56,4 +56,6 @@ pub enum BuildError {
     User(#[from] users::UserError),
     #[error(transparent)]
     Context(#[from] context::ContextError),
+    #[error(transparent)]
+    Interrupted(#[from] crate::cancel::Interrupted),
 }

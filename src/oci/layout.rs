@@ -9,6 +9,7 @@ use std::collections::{HashMap, HashSet};
 use std::fs::{self, File};
 use std::io::{self, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
 
 use oci_spec::image::{Descriptor, Digest};
 
@@ -32,6 +33,8 @@ pub enum LayoutError {
     MissingBlob { path: PathBuf, digest: String },
     #[error("{path}: no image named {name:?} in the layout (it has: {available})")]
     NoSuchRef { path: PathBuf, name: String, available: String },
+    #[error(transparent)]
+    Interrupted(#[from] crate::cancel::Interrupted),
 }
 
 type Result<T, E = LayoutError> = std::result::Result<T, E>;
@@ -74,8 +77,22 @@ pub struct ExportEntry {
 /// Writes `entries` to `dest` in `format`. Docker archives hold one platform
 /// per image (`platform`, or the host's); OCI layouts keep whole indexes.
 /// The output appears atomically: it is written under a temp name first.
-pub fn export(store: &Store, entries: &[ExportEntry], format: Format, dest: &Path, platform: Option<&Platform>) -> Result<()> {
-    if dest.exists() {
+/// Writes `entries` to `dest` in `format`. Everything is written under a
+/// temporary name next to `dest` and renamed into place at the end, so a
+/// failed export leaves `dest` as it was. An archive (`OciTar`,
+/// `DockerArchive`) replaces an existing file when `replace_file` is set, as
+/// `docker save -o` and buildx's `dest=` do; a directory is never replaced.
+pub fn export(
+    store: &Store,
+    entries: &[ExportEntry],
+    format: Format,
+    dest: &Path,
+    platform: Option<&Platform>,
+    replace_file: bool,
+    cancel: &AtomicBool,
+) -> Result<()> {
+    let replaceable = replace_file && format != Format::OciDir && fs::symlink_metadata(dest).is_ok_and(|m| m.is_file());
+    if dest.exists() && !replaceable {
         return Err(LayoutError::Exists { path: dest.to_path_buf() });
     }
     let parent = dest.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
@@ -117,10 +134,11 @@ pub fn export(store: &Store, entries: &[ExportEntry], format: Format, dest: &Pat
 
     match format {
         Format::OciDir => {
-            let tmp = tempfile::Builder::new().prefix(".kiln-export-").tempdir_in(parent).map_err(io_err(parent))?;
+            let tmp = export_builder(0o777).tempdir_in(parent).map_err(io_err(parent))?;
             let b = tmp.path().join("blobs").join("sha256");
             fs::create_dir_all(&b).map_err(io_err(&b))?;
             for d in &blobs {
+                crate::cancel::check(cancel)?;
                 let path = b.join(digest::sha256_hex(d.digest()).map_err(StoreError::from)?);
                 let mut out = BufWriter::new(File::create(&path).map_err(io_err(&path))?);
                 io::copy(&mut store.get_blob(d)?, &mut out).map_err(io_err(&path))?;
@@ -135,12 +153,13 @@ pub fn export(store: &Store, entries: &[ExportEntry], format: Format, dest: &Pat
             })?;
         }
         Format::OciTar | Format::DockerArchive => {
-            let tmp = tempfile::Builder::new().prefix(".kiln-export-").tempfile_in(parent).map_err(io_err(parent))?;
+            let tmp = export_builder(0o666).tempfile_in(parent).map_err(io_err(parent))?;
             let mut tar = tar::Builder::new(BufWriter::with_capacity(1 << 20, tmp.as_file()));
             let t = |e| io_err(dest)(e);
             append_dir(&mut tar, "blobs/").map_err(t)?;
             append_dir(&mut tar, "blobs/sha256/").map_err(t)?;
             for d in &blobs {
+                crate::cancel::check(cancel)?;
                 let mut r = store.get_blob(d)?;
                 append_file(&mut tar, &blob_name(d.digest()), d.size(), &mut r).map_err(t)?;
             }
@@ -157,6 +176,22 @@ pub fn export(store: &Store, entries: &[ExportEntry], format: Format, dest: &Pat
         }
     }
     Ok(())
+}
+
+/// Temporary names for an export in progress, created with `mode` less
+/// the umask (0666 for a file, 0777 for a directory, as a plain create
+/// makes them) rather than tempfile's private 0600: they become the user's output.
+fn export_builder(mode: u32) -> tempfile::Builder<'static, 'static> {
+    let mut b = tempfile::Builder::new();
+    b.prefix(".kiln-export-");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        b.permissions(fs::Permissions::from_mode(mode));
+    }
+    #[cfg(not(unix))]
+    let _ = mode;
+    b
 }
 
 fn blob_name(d: &Digest) -> String {
@@ -239,6 +274,9 @@ pub fn import_dir(
     Ok(tagged)
 }
 
+/// The largest index or manifest a layout may hold (registries use 4 MiB).
+const MAX_MANIFEST: u64 = 8 << 20;
+
 fn copy_closure(dir: &Path, ingest: &Ingest<'_>, d: &Descriptor, seen: &mut HashSet<Digest>) -> Result<()> {
     if !seen.insert(d.digest().clone()) {
         return Ok(());
@@ -247,7 +285,12 @@ fn copy_closure(dir: &Path, ingest: &Ingest<'_>, d: &Descriptor, seen: &mut Hash
     let path = dir.join("blobs").join("sha256").join(hex);
     let mt = d.media_type().as_ref();
     if media::is_index(mt) || media::is_manifest(mt) {
-        let bytes = fs::read(&path).map_err(|_| LayoutError::MissingBlob { path: dir.to_path_buf(), digest: d.digest().to_string() })?;
+        // Bounded: a blob may be a link to /dev/zero. One byte over is enough
+        // for put_bytes to refuse it.
+        let mut bytes = Vec::new();
+        File::open(&path)
+            .and_then(|f| f.take(d.size().min(MAX_MANIFEST) + 1).read_to_end(&mut bytes))
+            .map_err(|_| LayoutError::MissingBlob { path: dir.to_path_buf(), digest: d.digest().to_string() })?;
         ingest.put_bytes(&bytes, d.media_type().clone(), Some((d.digest(), d.size())))?;
         let m = Manifest::parse(&bytes, Some(mt), &path.display().to_string()).map_err(StoreError::from)?;
         for child in m.children() {
@@ -256,7 +299,8 @@ fn copy_closure(dir: &Path, ingest: &Ingest<'_>, d: &Descriptor, seen: &mut Hash
     } else if !ingest.has_blob(d.digest()) {
         let mut f = File::open(&path).map_err(|_| LayoutError::MissingBlob { path: dir.to_path_buf(), digest: d.digest().to_string() })?;
         let mut w = ingest.blob_writer()?;
-        io::copy(&mut f, &mut w).map_err(io_err(&path))?;
+        // One byte over the descriptor's size is enough for commit to refuse it.
+        io::copy(&mut (&mut f).take(d.size() + 1), &mut w).map_err(io_err(&path))?;
         w.commit(d.media_type().clone(), Some((d.digest(), d.size())))?;
     }
     Ok(())

@@ -71,6 +71,9 @@ pub struct TaggedImage {
 pub struct PruneReport {
     pub blobs: usize,
     pub bytes: u64,
+    /// Leftovers in tmp/ of pulls and builds that were killed.
+    pub partial_files: usize,
+    pub partial_bytes: u64,
 }
 
 pub struct Store {
@@ -152,6 +155,16 @@ impl Store {
             _ => StoreError::Io { path: path.clone(), source: e },
         })?;
         Ok(VerifyingReader::new(file, descriptor.digest().clone(), descriptor.size()))
+    }
+
+    /// Whether the store holds `descriptor`'s blob with exactly its digest
+    /// and size (reads it whole: a damaged blob is then fetched anew).
+    pub fn has_intact_blob(&self, descriptor: &Descriptor) -> bool {
+        let size_ok = self
+            .blob_path(descriptor.digest())
+            .and_then(|p| fs::metadata(&p).map_err(io_err(&p)))
+            .is_ok_and(|m| m.len() == descriptor.size());
+        size_ok && self.get_blob(descriptor).is_ok_and(|mut r| io::copy(&mut r, &mut io::sink()).is_ok())
     }
 
     /// A whole blob, verified against its digest (and size, when known).
@@ -339,7 +352,11 @@ impl Store {
         for entry in fs::read_dir(&self.tmp).map_err(io_err(&self.tmp))? {
             let entry = entry.map_err(io_err(&self.tmp))?;
             let p = entry.path();
-            let _ = if p.is_dir() { fs::remove_dir_all(&p) } else { fs::remove_file(&p) };
+            let (files, bytes) = tree_size(&p);
+            if if p.is_dir() { fs::remove_dir_all(&p) } else { fs::remove_file(&p) }.is_ok() {
+                report.partial_files += files;
+                report.partial_bytes += bytes;
+            }
         }
         Ok(report)
     }
@@ -415,7 +432,17 @@ impl Ingest<'_> {
 
     /// Whether the blob is in the store or already staged here.
     pub fn has_blob(&self, digest: &Digest) -> bool {
-        self.store.has_blob(digest) || digest::sha256_hex(digest).map(|h| self.dir.path().join(h).is_file()).unwrap_or(false)
+        self.store.has_blob(digest) || self.is_staged(digest)
+    }
+
+    /// Like [`Ingest::has_blob`], but a stored blob counts only when it
+    /// is intact, so that a pull repairs a damaged one.
+    pub fn has_intact_blob(&self, descriptor: &Descriptor) -> bool {
+        self.is_staged(descriptor.digest()) || self.store.has_intact_blob(descriptor)
+    }
+
+    fn is_staged(&self, digest: &Digest) -> bool {
+        digest::sha256_hex(digest).map(|h| self.dir.path().join(h).is_file()).unwrap_or(false)
     }
 
     pub fn blob_writer(&self) -> Result<BlobWriter> {
@@ -512,14 +539,15 @@ fn open_lock(path: &Path) -> Result<File> {
     fs::OpenOptions::new().create(true).truncate(false).write(true).open(path).map_err(io_err(path))
 }
 
-enum LockKind {
+pub(crate) enum LockKind {
     Shared,
     Exclusive,
     TryExclusive,
 }
 
+/// Takes an advisory lock on `file` (flock on Unix), waiting unless `TryExclusive`.
 #[cfg(unix)]
-fn lock(file: &File, kind: LockKind) -> io::Result<()> {
+pub(crate) fn lock(file: &File, kind: LockKind) -> io::Result<()> {
     use std::os::fd::AsRawFd;
     let op = match kind {
         LockKind::Shared => libc::LOCK_SH,
@@ -539,7 +567,7 @@ fn lock(file: &File, kind: LockKind) -> io::Result<()> {
 }
 
 #[cfg(not(unix))]
-fn lock(file: &File, kind: LockKind) -> io::Result<()> {
+pub(crate) fn lock(file: &File, kind: LockKind) -> io::Result<()> {
     match kind {
         LockKind::Shared => file.lock_shared(),
         LockKind::Exclusive => file.lock(),
@@ -550,6 +578,20 @@ fn lock(file: &File, kind: LockKind) -> io::Result<()> {
     }
 }
 
+
+/// Files below `path` (or `path` itself) and their total size.
+fn tree_size(path: &Path) -> (usize, u64) {
+    match fs::symlink_metadata(path) {
+        Ok(m) if m.is_dir() => fs::read_dir(path)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| tree_size(&e.path()))
+            .fold((0, 0), |(f, b), (f2, b2)| (f + f2, b + b2)),
+        Ok(m) => (1, m.len()),
+        Err(_) => (0, 0),
+    }
+}
 
 /// Checks a whole blob against its digest and, when known, its size.
 fn verify_bytes(bytes: &[u8], digest: &Digest, size: Option<u64>) -> Result<()> {
@@ -627,8 +669,13 @@ mod tests {
         let good = s.put_json(&good, MediaType::ImageManifest).unwrap();
         s.tag("x:1", &good).unwrap();
         let orphan = s.put_blob_bytes(b"orphan", MediaType::ImageLayer).unwrap();
+        // What a killed pull leaves: a staging directory with a partial blob.
+        fs::create_dir(s.tmp.join("ingest-killed")).unwrap();
+        fs::write(s.tmp.join("ingest-killed/partial"), [0u8; 1000]).unwrap();
         let report = s.prune().unwrap();
         assert_eq!(report.blobs, 2, "the bad manifest and the orphan go");
+        assert_eq!((report.partial_files, report.partial_bytes), (1, 1000), "and the killed pull's file is counted");
+        assert_eq!(fs::read_dir(&s.tmp).unwrap().count(), 0);
         assert!(!s.has_blob(orphan.digest()));
         assert!(s.has_blob(layer.digest()) && s.has_blob(config.digest()));
         assert_eq!(s.resolve("x:1").unwrap().digest(), good.digest());

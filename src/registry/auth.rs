@@ -121,6 +121,7 @@ impl DockerConfig {
     /// Stores credentials the way `docker login` does: in the configured
     /// credential helper, else base64 in `auths`.
     pub fn store(&self, registry: &str, creds: &Credentials) -> Result<(), AuthError> {
+        let _lock = self.lock()?;
         let mut config = self.load()?;
         let key = auth_key(registry);
         if let Some(helper) = Self::helper_for(&config, registry) {
@@ -141,6 +142,7 @@ impl DockerConfig {
 
     /// Removes stored credentials; false when there were none.
     pub fn erase(&self, registry: &str) -> Result<bool, AuthError> {
+        let _lock = self.lock()?;
         let mut config = self.load()?;
         let key = auth_key(registry);
         let mut removed = false;
@@ -158,15 +160,42 @@ impl DockerConfig {
         Ok(removed)
     }
 
+    /// Holds `<file>.lock` so that two logins (kiln's or another tool's
+    /// that honours it) do not lose each other's entries; released on drop.
+    fn lock(&self) -> Result<std::fs::File, AuthError> {
+        let err = |e: std::io::Error| AuthError::Config { path: self.path.clone(), reason: format!("locking: {e}") };
+        let target = self.target();
+        if let Some(dir) = target.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(err)?;
+        }
+        let mut name = target.file_name().unwrap_or_default().to_os_string();
+        name.push(".lock");
+        let file = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(target.with_file_name(name)).map_err(err)?;
+        crate::oci::store::lock(&file, crate::oci::store::LockKind::Exclusive).map_err(err)?;
+        Ok(file)
+    }
+
+    /// The file to write: a symlinked config (dotfile managers do that) is
+    /// updated where it points, and the link stays.
+    fn target(&self) -> PathBuf {
+        if std::fs::symlink_metadata(&self.path).is_ok_and(|m| m.file_type().is_symlink()) {
+            if let Ok(real) = std::fs::canonicalize(&self.path) {
+                return real;
+            }
+        }
+        self.path.clone()
+    }
+
     fn save(&self, config: &Value) -> Result<(), AuthError> {
         let err = |e: std::io::Error| AuthError::Config { path: self.path.clone(), reason: e.to_string() };
-        let dir = self.path.parent().unwrap_or(Path::new("."));
+        let target = self.target();
+        let dir = target.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
         std::fs::create_dir_all(dir).map_err(err)?;
         let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(err)?;
         // NamedTempFile is created 0600, which is what a file of secrets needs.
         tmp.write_all(serde_json::to_string_pretty(config).expect("serialises").as_bytes()).map_err(err)?;
         tmp.write_all(b"\n").map_err(err)?;
-        tmp.persist(&self.path).map_err(|e| err(e.error))?;
+        tmp.persist(&target).map_err(|e| err(e.error))?;
         Ok(())
     }
 }
@@ -313,5 +342,30 @@ mod tests {
             use std::os::unix::fs::PermissionsExt;
             assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
         }
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_symlinked_config_stays_a_link_and_parallel_logins_keep_every_entry() {
+        let dir = tempfile::tempdir().unwrap();
+        let real = dir.path().join("dotfiles/docker.json");
+        std::fs::create_dir_all(real.parent().unwrap()).unwrap();
+        std::fs::write(&real, "{}").unwrap();
+        let link = dir.path().join("config.json");
+        std::os::unix::fs::symlink(&real, &link).unwrap();
+        std::thread::scope(|s| {
+            for t in 0..4 {
+                let link = &link;
+                s.spawn(move || {
+                    for i in 0..10 {
+                        let creds = Credentials { username: format!("u{t}"), secret: "p".into() };
+                        DockerConfig::new(link).store(&format!("r{t}-{i}.example"), &creds).unwrap();
+                    }
+                });
+            }
+        });
+        assert!(std::fs::symlink_metadata(&link).unwrap().file_type().is_symlink(), "the link is kept");
+        let raw: Value = serde_json::from_slice(&std::fs::read(&real).unwrap()).unwrap();
+        assert_eq!(raw["auths"].as_object().unwrap().len(), 40, "no login lost another's entry");
     }
 }

@@ -32,6 +32,11 @@ pub struct ClientOptions {
     pub initial_backoff: Duration,
     /// Blobs larger than this are pushed in chunks of this size (PATCH), smaller ones in one PUT.
     pub chunk_size: u64,
+    /// A blob download that receives less than this many bytes in any
+    /// `low_speed_window` counts as broken (and is retried): the read
+    /// timeout alone never fires on a server that drips a byte at a time.
+    pub low_speed_bytes: u64,
+    pub low_speed_window: Duration,
 }
 
 impl Default for ClientOptions {
@@ -44,6 +49,8 @@ impl Default for ClientOptions {
             max_attempts: 5,
             initial_backoff: Duration::from_millis(250),
             chunk_size: 64 << 20,
+            low_speed_bytes: 16 << 10,
+            low_speed_window: Duration::from_secs(60),
         }
     }
 }
@@ -369,9 +376,11 @@ impl Client {
                 token: Option<String>,
                 access_token: Option<String>,
             }
-            let body: TokenResponse = resp
-                .json()
+            let bytes = body_up_to(resp, MAX_SMALL_BODY)
                 .await
+                .map_err(|source| RegistryError::Transport { what: what.clone(), source })?
+                .ok_or_else(|| RegistryError::Protocol { what: what.clone(), detail: "token response is over 1 MiB".into() })?;
+            let body: TokenResponse = serde_json::from_slice(&bytes)
                 .map_err(|e| RegistryError::Protocol { what: what.clone(), detail: format!("token response is not JSON: {e}") })?;
             return body
                 .token
@@ -457,6 +466,23 @@ pub(crate) async fn check(client: &Client, resp: Response, ok: &[StatusCode], wh
     })
 }
 
+/// The longest error body and token response kiln reads; the rest is ignored.
+const MAX_SMALL_BODY: usize = 1 << 20;
+
+/// Reads at most `limit` bytes of `resp`'s body, chunk by chunk, so a
+/// server cannot make kiln buffer more than that. `Ok(None)` means the body
+/// is longer than `limit` (reading stops there).
+pub(crate) async fn body_up_to(mut resp: Response, limit: usize) -> std::result::Result<Option<Vec<u8>>, reqwest::Error> {
+    let mut body = Vec::new();
+    while let Some(chunk) = resp.chunk().await? {
+        if body.len() + chunk.len() > limit {
+            return Ok(None);
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(Some(body))
+}
+
 /// The `errors[].message` of a registry error body, shortened.
 async fn registry_message(resp: Response) -> String {
     #[derive(serde::Deserialize)]
@@ -468,7 +494,12 @@ async fn registry_message(resp: Response) -> String {
         code: Option<String>,
         message: Option<String>,
     }
-    let bytes = resp.bytes().await.unwrap_or_default();
+    // A body over the limit is not JSON we can use; its first bytes still say something.
+    let bytes = match body_up_to(resp, MAX_SMALL_BODY).await {
+        Ok(Some(bytes)) => bytes,
+        Ok(None) => return "(an error body over 1 MiB, not read)".to_string(),
+        Err(_) => Vec::new(),
+    };
     if let Ok(e) = serde_json::from_slice::<Errors>(&bytes) {
         return e
             .errors
@@ -482,7 +513,8 @@ async fn registry_message(resp: Response) -> String {
 }
 
 pub(crate) fn is_retryable(e: &reqwest::Error) -> bool {
-    e.is_connect() || e.is_timeout() || e.is_request() || e.is_body()
+    // A connection that breaks mid-body surfaces as a decode error.
+    e.is_connect() || e.is_timeout() || e.is_request() || e.is_body() || e.is_decode()
 }
 
 /// An error and its causes on one line (reqwest hides the useful part in `source`).

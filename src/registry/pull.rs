@@ -80,7 +80,7 @@ impl Client {
         let mut blobs: Vec<Descriptor> = Vec::new();
         for (_, m) in &images {
             for b in m.children() {
-                if !blobs.iter().any(|x| x.digest() == b.digest()) && !ingest.has_blob(b.digest()) {
+                if !blobs.iter().any(|x| x.digest() == b.digest()) && !ingest.has_intact_blob(&b) {
                     blobs.push(b);
                 }
             }
@@ -141,10 +141,11 @@ impl Client {
         }
         let content_type = resp.headers().get(reqwest::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).map(|s| s.split(';').next().unwrap_or(s).trim().to_string());
         let claimed = resp.headers().get("docker-content-digest").and_then(|v| v.to_str().ok()).and_then(|s| digest::parse(s).ok());
-        let bytes = resp.bytes().await.map_err(|source| RegistryError::Transport { what: what.clone(), source })?.to_vec();
-        if bytes.len() as u64 > MAX_MANIFEST {
-            return Err(RegistryError::TooLarge { what, limit: MAX_MANIFEST });
-        }
+        // Content-Length may be absent (chunked) or lie: stop reading at the limit.
+        let bytes = client::body_up_to(resp, MAX_MANIFEST as usize)
+            .await
+            .map_err(|source| RegistryError::Transport { what: what.clone(), source })?
+            .ok_or_else(|| RegistryError::TooLarge { what: what.clone(), limit: MAX_MANIFEST })?;
         let actual = digest::of_bytes(&bytes);
         let wanted = match (expected, digest::parse(target).ok(), claimed) {
             (Some(d), _, _) => Some((d.digest().clone(), d.size())),
@@ -198,6 +199,8 @@ impl Client {
             let mut received: u64 = 0;
             let mut aborted = false;
             let mut too_large = false;
+            let mut speed = LowSpeed::new(self.options());
+            let mut too_slow = false;
             while let Some(chunk) = stream.next().await {
                 match chunk {
                     Ok(_) if abort.load(Ordering::SeqCst) => {
@@ -208,6 +211,10 @@ impl Client {
                         received += c.len() as u64;
                         if received > blob.size() {
                             too_large = true;
+                            break;
+                        }
+                        if speed.too_slow(received) {
+                            too_slow = true;
                             break;
                         }
                         if tx.send(c).await.is_err() {
@@ -231,16 +238,18 @@ impl Client {
             if too_large {
                 return Err(RegistryError::TooLarge { what, limit: blob.size() });
             }
-            if let Some(e) = broken {
-                if client::is_retryable(&e) && attempt + 1 < self.options().max_attempts {
+            let failure = match (&broken, too_slow) {
+                (Some(e), _) => Some((client::is_retryable(e), client::error_chain(e))),
+                (None, true) => Some((true, speed.describe())),
+                (None, false) => None,
+            };
+            if let Some((retryable, why)) = failure {
+                if retryable && attempt + 1 < self.options().max_attempts {
                     attempt += 1;
                     tokio::time::sleep(self.options().initial_backoff * attempt).await;
                     continue;
                 }
-                return Err(RegistryError::Protocol {
-                    what,
-                    detail: format!("download broke off after {received} of {} bytes: {}", blob.size(), client::error_chain(&e)),
-                });
+                return Err(RegistryError::Protocol { what, detail: format!("download broke off after {received} of {} bytes: {why}", blob.size()) });
             }
             let (media_type, digest, size) = (blob.media_type().clone(), blob.digest().clone(), blob.size());
             let committed = tokio::task::spawn_blocking(move || writer.commit(media_type, Some((&digest, size))))
@@ -259,4 +268,40 @@ impl Client {
 
 fn stage(ingest: &Ingest<'_>, bytes: &[u8], desc: &Descriptor) -> Result<Digest> {
     Ok(ingest.put_bytes(bytes, desc.media_type().clone(), Some((desc.digest(), desc.size())))?.digest().clone())
+}
+
+/// Notices a download slower than `low_speed_bytes` per `low_speed_window`.
+struct LowSpeed {
+    min_bytes: u64,
+    window: std::time::Duration,
+    window_start: std::time::Instant,
+    bytes_at_start: u64,
+}
+
+impl LowSpeed {
+    fn new(opts: &client::ClientOptions) -> Self {
+        LowSpeed {
+            min_bytes: opts.low_speed_bytes,
+            window: opts.low_speed_window,
+            window_start: std::time::Instant::now(),
+            bytes_at_start: 0,
+        }
+    }
+
+    /// Whether the window that just ended brought too few bytes; starts the next one.
+    fn too_slow(&mut self, received: u64) -> bool {
+        if self.window_start.elapsed() < self.window {
+            return false;
+        }
+        if received - self.bytes_at_start < self.min_bytes {
+            return true;
+        }
+        self.window_start = std::time::Instant::now();
+        self.bytes_at_start = received;
+        false
+    }
+
+    fn describe(&self) -> String {
+        format!("the server sent less than {} bytes in {:?}", self.min_bytes, self.window)
+    }
 }

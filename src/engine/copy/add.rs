@@ -6,6 +6,7 @@
 use std::collections::HashMap;
 use std::io::{self, Read, Seek, SeekFrom};
 use std::path::Path;
+use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use kiln_protocol::confined_path::{resolve_lexically, Node, Tree};
@@ -116,6 +117,18 @@ fn is_tar_header(block: &[u8]) -> bool {
     };
     let sum: u32 = block.iter().enumerate().map(|(i, b)| if (148..156).contains(&i) { 32 } else { *b as u32 }).sum();
     stored == sum
+}
+
+/// How much of what follows an archive's end-of-archive blocks is read
+/// (tar pads to 10 KiB records): enough to reach a compressed stream's end
+/// and checksum, while a bomb hidden after the end costs nothing.
+const MAX_TRAILER: u64 = 1 << 20;
+
+/// Reads on to the end of `r` (at most `MAX_TRAILER` bytes), so that a
+/// decompressor verifies its checksum. Like Docker, kiln ignores what
+/// follows the archive's end; it only has to decompress correctly.
+fn drain_trailer(r: impl Read) -> io::Result<()> {
+    io::copy(&mut r.take(MAX_TRAILER), &mut io::sink()).map(|_| ())
 }
 
 /// The archive kind of `r`'s bytes, if they are a (compressed) tar archive.
@@ -289,7 +302,9 @@ impl Planner<'_> {
             }
             self.put(Planned { entry, content, hash, group }, true)?;
         }
-        Ok(())
+        // The tar reader stops at the end-of-archive blocks; the compressed
+        // stream's checksum is only checked at its end, so read on to it.
+        drain_trailer(ar.into_inner()).map_err(io_err)
     }
 
     /// ADD <url>: the download becomes a 0600 file (mtime from
@@ -300,7 +315,7 @@ impl Planner<'_> {
         let mut local = Spool::default();
         let spool = if unpack { &mut local } else { &mut self.spool };
         let offset = spool.offset();
-        let got = download(url, spool, expected.as_ref())?;
+        let got = download(url, spool, expected.as_ref(), self.input.cancel)?;
         if let Some(exp) = &expected {
             if got.expected_hex.as_deref() != Some(exp.hex.as_str()) {
                 return Err(CopyError::ChecksumMismatch {
@@ -422,12 +437,12 @@ enum Hasher {
 
 /// GETs `url` into `spool`, on a thread of its own so it works from inside
 /// or outside an async runtime.
-fn download(url: &str, spool: &mut Spool, expected: Option<&ExpectedDigest>) -> Result<Downloaded, CopyError> {
+fn download(url: &str, spool: &mut Spool, expected: Option<&ExpectedDigest>, cancel: &AtomicBool) -> Result<Downloaded, CopyError> {
     let fail = |message: String| CopyError::Download { url: url.to_string(), message };
     std::thread::scope(|s| {
         s.spawn(|| {
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| fail(e.to_string()))?;
-            rt.block_on(async {
+            let fetch = async {
                 let client = reqwest::Client::builder()
                     .use_rustls_tls()
                     .user_agent(concat!("kiln/", env!("CARGO_PKG_VERSION")))
@@ -469,7 +484,8 @@ fn download(url: &str, spool: &mut Spool, expected: Option<&ExpectedDigest>) -> 
                     Hasher::Sha512(h) => hex::encode(h.finalize()),
                 });
                 Ok(Downloaded { len, sha256: sha256.finalize().into(), expected_hex, last_modified })
-            })
+            };
+            crate::cancel::block_on(&rt, cancel, fetch).map_err(|e| fail(e.to_string()))?
         })
         .join()
         .unwrap_or_else(|_| Err(fail("the download thread panicked".into())))

@@ -20,6 +20,7 @@ mod tests;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
+use std::sync::atomic::AtomicBool;
 
 use kiln_protocol::{EntryKind, LayerEntry};
 use sha2::{Digest, Sha256};
@@ -65,7 +66,12 @@ pub struct CopyInput<'a> {
     pub unpack: Option<bool>,
     /// The destination stage's file system (symlinked parents of `dest` are followed in it).
     pub dest_root: &'a LayerStack,
+    /// Set on Ctrl-C: an ADD download stops.
+    pub cancel: &'a AtomicBool,
 }
+
+/// The flag of a copy nobody interrupts.
+static NEVER: AtomicBool = AtomicBool::new(false);
 
 impl<'a> CopyInput<'a> {
     /// A plain COPY of `sources` to `dest`: no owner, mode, exclusions or
@@ -84,6 +90,7 @@ impl<'a> CopyInput<'a> {
             checksum: None,
             unpack: None,
             dest_root,
+            cancel: &NEVER,
         }
     }
 }

@@ -36,18 +36,14 @@ fn add(sources: &[&str], dest: &str) -> Step {
 impl Step {
     fn input<'a>(&'a self, dest_root: &'a LayerStack) -> CopyInput<'a> {
         CopyInput {
-            add: self.add,
-            sources: &self.sources,
             inline: &self.inline,
-            dest: &self.dest,
-            workdir: &self.workdir,
             owner: self.owner.clone(),
             chmod: self.chmod.as_deref(),
             parents: self.parents,
             exclude: &self.exclude,
             checksum: self.checksum.as_deref(),
             unpack: self.unpack,
-            dest_root,
+            ..CopyInput::new(self.add, &self.sources, &self.dest, &self.workdir, dest_root)
         }
     }
 
@@ -585,6 +581,56 @@ fn add_unpacks_archives_recognised_by_their_bytes() {
         assert_eq!((pkg.mode, pkg.uid, pkg.gid, pkg.mtime), (0o750, 11, 12, 1_234_567), "{kind}: archive metadata kept");
         let (_sd, s) = store();
         write_layer(&s, &mut p.entries, p.contents.as_mut(), &LayerOptions::default()).unwrap();
+    }
+}
+
+#[test]
+fn add_refuses_a_corrupt_compressed_archive_naming_it() {
+    let good = compress("gz", &tar_bytes());
+    let mut bad_crc = good.clone();
+    let n = bad_crc.len();
+    bad_crc[n - 8] ^= 0xff; // the gzip trailer's CRC32
+    // 64 flipped bytes in the middle of a larger archive's stream: the
+    // start still reads as a tar archive, so only the checksum can tell.
+    let big = {
+        let mut b = tar::Builder::new(Vec::new());
+        let mut x = 0x2545_f491_u32;
+        let data: Vec<u8> = (0..200_000)
+            .map(|i| {
+                x ^= x << 13;
+                x ^= x >> 17;
+                x ^= x << 5;
+                if i % 3 == 0 { x as u8 } else { b'a' + (i % 7) as u8 }
+            })
+            .collect();
+        let mut h = tar::Header::new_gnu();
+        h.set_size(data.len() as u64);
+        h.set_mode(0o644);
+        b.append_data(&mut h, "big.bin", &data[..]).unwrap();
+        compress("gz", &b.into_inner().unwrap())
+    };
+    let mut flipped = big.clone();
+    let mid = flipped.len() / 2;
+    for b in &mut flipped[mid..mid + 64] {
+        *b ^= 0x5a;
+    }
+    for (name, bytes) in [("crc.tgz", bad_crc), ("flipped.tgz", flipped)] {
+        let (d, _) = context(&[]);
+        std::fs::write(d.path().join(name), bytes).unwrap();
+        let ctx = reopen(&d);
+        let err = add(&[name], "/opt/").run(&ctx).map(|p| paths(&p)).unwrap_err().to_string();
+        assert!(err.starts_with(&format!("ADD /{name}: ")), "{name}: {err}");
+    }
+    // The intact archive unpacks, also with data after its end (ignored, as by Docker).
+    let trailing = {
+        let mut raw = tar_bytes();
+        raw.extend(std::iter::repeat_n(7u8, 2 << 20));
+        compress("gz", &raw)
+    };
+    for (name, bytes) in [("ok.tgz", good), ("trailing.tgz", trailing)] {
+        let (d, _) = context(&[]);
+        std::fs::write(d.path().join(name), bytes).unwrap();
+        assert!(paths(&add(&[name], "/opt/").run(&reopen(&d)).unwrap()).contains(&"opt/pkg/bin/run".to_string()), "{name}");
     }
 }
 

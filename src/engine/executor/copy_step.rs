@@ -58,6 +58,7 @@ impl Builder<'_> {
             checksum,
             unpack,
             inline: &inline,
+            cancel: self.cancel,
             ..CopyInput::new(add, &files.sources, &files.dest, &workdir, dest_root)
         };
         let source = match &from_state {

@@ -153,6 +153,7 @@ impl<W: Write> LayerTar<W> {
         contents: &mut dyn ContentSource,
     ) -> Result<(), LayerTarError> {
         let io = |source| LayerTarError::Entry { path: e.path.clone(), source };
+        check_name(e)?;
         match &e.kind {
             EntryKind::File { size, .. } => {
                 let source = content_entry.unwrap_or(e);
@@ -223,8 +224,19 @@ impl<W: Write> LayerTar<W> {
     }
 
     fn hardlink(&mut self, e: &LayerEntry, target: &str) -> Result<(), LayerTarError> {
+        check_name(e)?;
         let mut h = self.base(e, e.path.clone(), b'1');
         h.link = target;
         self.tar.header(&h).map_err(|source| LayerTarError::Entry { path: e.path.clone(), source })
     }
+}
+
+/// In an OCI layer a `.wh.` name is a whiteout: a file stored under one
+/// would delete its namesake wherever the layer is unpacked.
+fn check_name(e: &LayerEntry) -> Result<(), LayerTarError> {
+    let name = e.path.rsplit('/').next().unwrap_or(&e.path);
+    if name.starts_with(".wh.") && !matches!(e.kind, EntryKind::Whiteout) {
+        return Err(LayerTarError::ReservedName { path: e.path.clone() });
+    }
+    Ok(())
 }

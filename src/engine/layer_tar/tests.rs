@@ -206,6 +206,21 @@ fn hardlinks_point_at_the_first_written_path() {
 }
 
 #[test]
+fn a_file_named_like_a_whiteout_is_refused_not_turned_into_one() {
+    let (_d, s) = store();
+    for kind in [EntryKind::File { size: 0, link: None }, EntryKind::Dir { opaque: false }, EntryKind::Symlink { target: "x".into() }] {
+        let mut c = MapContents::default();
+        c.files.insert("etc/.wh.passwd".into(), Vec::new());
+        let mut entries = vec![dir("etc"), entry("etc/.wh.passwd", kind.clone())];
+        let err = write_layer(&s, &mut entries, &mut c, &LayerOptions::default()).unwrap_err();
+        assert!(matches!(err, LayerTarError::ReservedName { ref path } if path == "etc/.wh.passwd"), "{kind:?}: {err}");
+    }
+    // A real whiteout of that path is still written.
+    let mut entries = vec![dir("etc"), entry("etc/passwd", EntryKind::Whiteout)];
+    write_layer(&s, &mut entries, &mut MapContents::default(), &LayerOptions::default()).unwrap();
+}
+
+#[test]
 fn hardlink_to_a_missing_entry_is_an_error() {
     let (_d, s) = store();
     let mut c = MapContents::default();
