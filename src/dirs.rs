@@ -3,7 +3,7 @@
 //! `KILN_CACHE_DIR` and `KILN_DATA_DIR` override the platform defaults so tests
 //! and hermetic builds can point kiln at private folders.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// Disposable, re-creatable files: kernels, initramfs images, build cache.
 pub fn cache_dir() -> PathBuf {
@@ -19,4 +19,56 @@ pub fn data_dir() -> PathBuf {
         return PathBuf::from(dir);
     }
     dirs::data_dir().unwrap_or_else(std::env::temp_dir).join("kiln")
+}
+
+/// A temporary-name prefix that carries this process's id (`<prefix><pid>-`),
+/// so that [`remove_stale`] can tell a dead kiln's leftovers from a live one's.
+pub fn owned_prefix(prefix: &str) -> String {
+    format!("{prefix}{}-", std::process::id())
+}
+
+/// Removes the entries of `dir` named `<prefix><pid>-...` whose process is
+/// gone: what a kiln killed by SIGKILL (or a power cut) left behind.
+pub fn remove_stale(dir: &Path, prefix: &str) {
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(rest) = name.to_str().and_then(|n| n.strip_prefix(prefix)) else { continue };
+        let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<u32>().ok()) else { continue };
+        if !process_exists(pid) {
+            let path = entry.path();
+            let _ = if path.is_dir() { std::fs::remove_dir_all(&path) } else { std::fs::remove_file(&path) };
+        }
+    }
+}
+
+#[cfg(target_os = "linux")]
+fn process_exists(pid: u32) -> bool {
+    Path::new("/proc").join(pid.to_string()).exists()
+}
+
+/// Elsewhere nothing is removed: an unknown process counts as alive.
+#[cfg(not(target_os = "linux"))]
+fn process_exists(_pid: u32) -> bool {
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_dead_processes_leftovers_are_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let dead = dir.path().join("kiln-x-4000000000-abc");
+        let mine = dir.path().join(format!("{}abc", owned_prefix("kiln-x-")));
+        let other = dir.path().join("unrelated-4000000000-abc");
+        std::fs::create_dir(&dead).unwrap();
+        std::fs::write(dead.join("f"), "x").unwrap();
+        std::fs::write(&mine, "x").unwrap();
+        std::fs::write(&other, "x").unwrap();
+        remove_stale(dir.path(), "kiln-x-");
+        assert!(!dead.exists(), "a dead process's directory goes");
+        assert!(mine.exists() && other.exists(), "a live process's file and other names stay");
+    }
 }

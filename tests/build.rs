@@ -428,6 +428,43 @@ fn ctrl_c_during_run_leaves_no_vm_no_tag_and_the_next_build_works() {
 }
 
 #[test]
+fn sigkill_during_run_takes_the_vm_along_and_the_next_build_cleans_up() {
+    let env = Env::new();
+    env.import_busybox("arm64", BUSYBOX);
+    env.write("Dockerfile", &format!("FROM {BUSYBOX}\nRUN echo started && sleep 600\n"));
+    let mut child = env
+        .kiln()
+        .args(["build", "--progress", "plain", "--platform", "linux/arm64", "-t", "test/killed:1"])
+        .arg(env.ctx())
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !lines.next().expect("kiln ended before the RUN started").unwrap().ends_with(" started") {
+        assert!(Instant::now() < deadline, "the RUN never started");
+    }
+    let helpers = children(child.id());
+    assert!(!helpers.is_empty(), "qemu runs as kiln's child");
+    child.kill().unwrap(); // SIGKILL: no handler, no cleanup in kiln
+    child.wait().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    for pid in helpers {
+        while Path::new(&format!("/proc/{pid}")).exists() && !is_zombie(pid) {
+            assert!(Instant::now() < deadline, "process {pid} outlived kiln by 10 s");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    assert!(!env.tags().contains("test/killed"));
+    // The next build works and removes the dead build's run directory.
+    env.write("Dockerfile", &format!("FROM {BUSYBOX}\nRUN echo fine > /ok\n"));
+    let out = env.build(&["-t", "test/killed:2"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    env.assert_tmp_empty();
+}
+
+#[test]
 fn signals_stop_a_stalled_pull_and_a_stalled_add_download() {
     // A registry and a web server that accept connections and never answer.
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();

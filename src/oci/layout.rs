@@ -134,7 +134,7 @@ pub fn export(
 
     match format {
         Format::OciDir => {
-            let tmp = export_builder(0o777).tempdir_in(parent).map_err(io_err(parent))?;
+            let tmp = export_builder(&export_prefix(parent), 0o777).tempdir_in(parent).map_err(io_err(parent))?;
             let b = tmp.path().join("blobs").join("sha256");
             fs::create_dir_all(&b).map_err(io_err(&b))?;
             for d in &blobs {
@@ -153,7 +153,7 @@ pub fn export(
             })?;
         }
         Format::OciTar | Format::DockerArchive => {
-            let tmp = export_builder(0o666).tempfile_in(parent).map_err(io_err(parent))?;
+            let tmp = export_builder(&export_prefix(parent), 0o666).tempfile_in(parent).map_err(io_err(parent))?;
             let mut tar = tar::Builder::new(BufWriter::with_capacity(1 << 20, tmp.as_file()));
             let t = |e| io_err(dest)(e);
             append_dir(&mut tar, "blobs/").map_err(t)?;
@@ -178,12 +178,21 @@ pub fn export(
     Ok(())
 }
 
+const EXPORT_PREFIX: &str = ".kiln-export-";
+
+/// The temporary-name prefix for an export into `parent`, after removing
+/// what a killed export left there.
+fn export_prefix(parent: &Path) -> String {
+    crate::dirs::remove_stale(parent, EXPORT_PREFIX);
+    crate::dirs::owned_prefix(EXPORT_PREFIX)
+}
+
 /// Temporary names for an export in progress, created with `mode` less
 /// the umask (0666 for a file, 0777 for a directory, as a plain create
 /// makes them) rather than tempfile's private 0600: they become the user's output.
-fn export_builder(mode: u32) -> tempfile::Builder<'static, 'static> {
+fn export_builder(prefix: &str, mode: u32) -> tempfile::Builder<'_, 'static> {
     let mut b = tempfile::Builder::new();
-    b.prefix(".kiln-export-");
+    b.prefix(prefix);
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;

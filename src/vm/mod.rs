@@ -407,37 +407,11 @@ fn check_arch(client: &AgentClient, config: &VmConfig) -> Result<(), VmError> {
     }
 }
 
-/// A fresh private run directory for a VM (after removing dead ones).
+/// A fresh private run directory for a VM, after removing those of killed
+/// kiln processes (their QEMU died with them through the parent-death signal).
 fn new_run_dir() -> Result<tempfile::TempDir, VmError> {
-    remove_stale_run_dirs();
-    tempfile::Builder::new()
-        .prefix(&format!("{RUN_DIR_PREFIX}{}-", std::process::id()))
-        .tempdir()
-        .map_err(VmError::RunDir)
-}
-
-/// Removes run directories left by kiln processes that were killed (their
-/// QEMU died with them through the parent-death signal).
-fn remove_stale_run_dirs() {
-    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else { return };
-    for entry in entries.flatten() {
-        let name = entry.file_name();
-        let Some(rest) = name.to_str().and_then(|n| n.strip_prefix(RUN_DIR_PREFIX)) else { continue };
-        let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<u32>().ok()) else { continue };
-        if !process_exists(pid) {
-            let _ = std::fs::remove_dir_all(entry.path());
-        }
-    }
-}
-
-#[cfg(target_os = "linux")]
-fn process_exists(pid: u32) -> bool {
-    Path::new("/proc").join(pid.to_string()).exists()
-}
-
-#[cfg(not(target_os = "linux"))]
-fn process_exists(_pid: u32) -> bool {
-    true
+    crate::dirs::remove_stale(&std::env::temp_dir(), RUN_DIR_PREFIX);
+    tempfile::Builder::new().prefix(&crate::dirs::owned_prefix(RUN_DIR_PREFIX)).tempdir().map_err(VmError::RunDir)
 }
 
 #[derive(Debug, thiserror::Error)]
