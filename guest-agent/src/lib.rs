@@ -24,6 +24,7 @@ pub mod confined_path;
 pub mod frame;
 pub mod message;
 pub mod layer_entry;
+pub mod tar_read;
 
 pub use frame::{Frame, FrameError, FrameReader, FrameWriter, MAX_FRAME};
 pub use message::*;

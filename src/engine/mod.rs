@@ -25,7 +25,8 @@ pub mod progress;
 pub mod rootfs;
 pub mod run_mounts;
 pub mod snapshot;
-mod tar_read;
+/// The one tar reader of kiln, shared with the guest agent's layer unpack.
+use kiln_protocol::tar_read;
 pub mod erofs;
 pub mod users;
 pub mod vm_session;

@@ -10,6 +10,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path, PathBuf};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 
+use kiln_protocol::tar_read::{Member, TarReader};
 use kiln_protocol::AgentMsg;
 
 use super::outbox::{send, Out};
@@ -34,28 +35,102 @@ pub fn do_unpack(id: u32, dest: &str, out: Out) -> Result<SyncSender<Vec<u8>>, S
 }
 
 fn unpack(reader: &mut dyn Read, dest: &Path) -> io::Result<()> {
-    let mut archive = tar::Archive::new(reader);
-    archive.set_preserve_permissions(true);
-    archive.set_preserve_ownerships(true);
-    archive.set_unpack_xattrs(true);
-    archive.set_preserve_mtime(true);
-    archive.set_overwrite(true);
-    for entry in archive.entries()? {
-        let mut entry = entry?;
-        let kind = entry.header().entry_type();
-        let path = entry.path()?.into_owned();
-        if let Some(whiteout) = Whiteout::of(&path) {
-            whiteout.apply(dest, &path)?;
-        } else if kind.is_character_special() || kind.is_block_special() || kind.is_fifo() {
-            make_node(&entry, dest)?;
-        } else {
-            entry.unpack_in(dest)?;
+    let mut tar = TarReader::new(reader);
+    // Directory mtimes are set last: creating their contents changes them.
+    let mut dirs: Vec<(PathBuf, i64)> = Vec::new();
+    while let Some(member) = tar.next_member()? {
+        let rel = PathBuf::from(OsStr::from_bytes(&member.path));
+        if !rel.components().any(|c| matches!(c, Component::Normal(_))) {
+            continue; // "./": the destination itself
         }
+        if let Some(whiteout) = Whiteout::of(&rel) {
+            whiteout.apply(dest, &rel)?;
+            continue;
+        }
+        let target = confined(dest, &rel)?;
+        let at = |e: io::Error| io::Error::new(e.kind(), format!("{}: {e}", rel.display()));
+        match member.kind {
+            b'0' | b'\0' | b'7' => {
+                replace_non_dir(&target).map_err(at)?;
+                let mut file = std::fs::OpenOptions::new().write(true).create_new(true).open(&target).map_err(at)?;
+                io::copy(&mut tar, &mut file).map_err(at)?;
+            }
+            b'1' => {
+                let source = confined(dest, Path::new(OsStr::from_bytes(&member.link)))?;
+                replace_non_dir(&target).map_err(at)?;
+                std::fs::hard_link(&source, &target).map_err(at)?;
+                continue; // a hardlink shares its source's metadata
+            }
+            b'2' => {
+                replace_non_dir(&target).map_err(at)?;
+                std::os::unix::fs::symlink(OsStr::from_bytes(&member.link), &target).map_err(at)?;
+            }
+            b'5' => {
+                if !std::fs::symlink_metadata(&target).is_ok_and(|m| m.is_dir()) {
+                    replace_non_dir(&target).map_err(at)?;
+                    std::fs::create_dir(&target).map_err(at)?;
+                }
+                dirs.push((target.clone(), member.mtime));
+            }
+            b'3' | b'4' | b'6' => {
+                replace_non_dir(&target).map_err(at)?;
+                make_node(&target, member.kind, member.mode, member.dev).map_err(at)?;
+            }
+            _ => continue, // no file system object (e.g. a GNU volume label)
+        }
+        set_metadata(&target, &member).map_err(at)?;
+        if member.kind != b'5' {
+            set_mtime(&target, member.mtime).map_err(at)?;
+        }
+    }
+    for (dir, mtime) in dirs.iter().rev() {
+        set_mtime(dir, *mtime)?;
     }
     Ok(())
 }
 
-/// `e` and the errors under it (the tar crate puts the OS error one level down).
+/// Removes what is at `path` unless it is a directory (a later layer member
+/// replaces an earlier one of the same name; directories merge).
+fn replace_non_dir(path: &Path) -> io::Result<()> {
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.is_dir() => Ok(()),
+        Ok(_) => std::fs::remove_file(path),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Owner, mode (after the owner: chown clears set-id bits) and xattrs, on
+/// the path itself, never through a symlink.
+fn set_metadata(path: &Path, member: &Member) -> io::Result<()> {
+    let c = CString::new(path.as_os_str().as_bytes()).map_err(io::Error::other)?;
+    let (uid, gid) = (u32::try_from(member.uid).map_err(io::Error::other)?, u32::try_from(member.gid).map_err(io::Error::other)?);
+    // SAFETY: lchown/chmod with a live C string.
+    unsafe {
+        if libc::lchown(c.as_ptr(), uid, gid) < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        if member.kind != b'2' && libc::chmod(c.as_ptr(), member.mode) < 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    for (name, value) in &member.xattrs {
+        xattr::set(path, name, value).map_err(|e| io::Error::other(format!("xattr {name}: {e}")))?;
+    }
+    Ok(())
+}
+
+fn set_mtime(path: &Path, mtime: i64) -> io::Result<()> {
+    let c = CString::new(path.as_os_str().as_bytes()).map_err(io::Error::other)?;
+    let t = libc::timespec { tv_sec: mtime as _, tv_nsec: 0 };
+    // SAFETY: utimensat with a live C string and two timespecs.
+    if unsafe { libc::utimensat(libc::AT_FDCWD, c.as_ptr(), [t, t].as_ptr(), libc::AT_SYMLINK_NOFOLLOW) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// `e` and the errors under it.
 fn with_causes(e: &io::Error) -> String {
     let mut text = e.to_string();
     let mut cause = std::error::Error::source(e);
@@ -118,34 +193,17 @@ impl Whiteout {
     }
 }
 
-/// The tar crate writes device nodes as empty files; make real ones.
-fn make_node<R: Read>(entry: &tar::Entry<R>, dest: &Path) -> io::Result<()> {
-    let header = entry.header();
-    let rel = entry.path()?;
-    let target = confined(dest, &rel)?;
-    let kind = header.entry_type();
-    let file_type = if kind.is_character_special() {
-        libc::S_IFCHR
-    } else if kind.is_block_special() {
-        libc::S_IFBLK
-    } else {
-        libc::S_IFIFO
+/// A character or block device or a FIFO (owner and mode are set after).
+fn make_node(target: &Path, kind: u8, mode: u32, (major, minor): (u32, u32)) -> io::Result<()> {
+    let file_type = match kind {
+        b'3' => libc::S_IFCHR,
+        b'4' => libc::S_IFBLK,
+        _ => libc::S_IFIFO,
     };
-    let major = header.device_major()?.unwrap_or(0);
-    let minor = header.device_minor()?.unwrap_or(0);
-    let mode = header.mode()? & 0o7777;
     let path = CString::new(target.as_os_str().as_bytes()).map_err(io::Error::other)?;
-    let _ = std::fs::remove_file(&target);
-    // SAFETY: path is a valid C string; mknod/lchown/chmod are plain syscalls.
-    unsafe {
-        if libc::mknod(path.as_ptr(), file_type | mode, libc::makedev(major, minor)) < 0 {
-            return Err(io::Error::other(format!("mknod {}: {}", rel.display(), io::Error::last_os_error())));
-        }
-        if libc::lchown(path.as_ptr(), header.uid()? as u32, header.gid()? as u32) < 0
-            || libc::chmod(path.as_ptr(), mode) < 0
-        {
-            return Err(io::Error::last_os_error());
-        }
+    // SAFETY: mknod(2) with a live C string.
+    if unsafe { libc::mknod(path.as_ptr(), file_type | mode, libc::makedev(major, minor)) } < 0 {
+        return Err(io::Error::other(format!("mknod: {}", io::Error::last_os_error())));
     }
     Ok(())
 }
@@ -214,6 +272,76 @@ mod tests {
         assert_eq!(kind("etc/group"), None);
         assert_eq!(kind("etc/.wh."), None, "a bare prefix hides nothing");
         assert_eq!(kind("etc/x.wh.y"), None);
+    }
+
+    /// A PAX record: `<len> <key>=<value>\n`, the length counting itself.
+    fn pax_record(key: &str, value: &[u8]) -> Vec<u8> {
+        let body = [b" ", key.as_bytes(), b"=", value, b"\n"].concat();
+        let mut len = body.len() + 1;
+        while len.to_string().len() + body.len() != len {
+            len += 1;
+        }
+        [len.to_string().as_bytes(), &body].concat()
+    }
+
+    #[test]
+    fn members_keep_owners_modes_mtimes_links_and_binary_xattrs() {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("skipped: chown and mknod need root (the agent runs as root)");
+            return;
+        }
+        let mut b = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_ustar();
+        h.set_entry_type(tar::EntryType::Directory);
+        h.set_mode(0o750);
+        h.set_mtime(1_000);
+        h.set_size(0);
+        b.append_data(&mut h, "d/", io::empty()).unwrap();
+        // A value with a newline and a NUL: the tar crate split records at the newline.
+        let xattr = b"a\nb\0c".to_vec();
+        let pax = pax_record("SCHILY.xattr.user.bin", &xattr);
+        let mut h = tar::Header::new_ustar();
+        h.set_entry_type(tar::EntryType::XHeader);
+        h.set_size(pax.len() as u64);
+        b.append_data(&mut h, "PaxHeaders/f", &pax[..]).unwrap();
+        let mut h = tar::Header::new_ustar();
+        h.set_mode(0o4750);
+        h.set_uid(7);
+        h.set_gid(8);
+        h.set_mtime(2_000);
+        h.set_size(2);
+        b.append_data(&mut h, "d/f", &b"hi"[..]).unwrap();
+        let mut h = tar::Header::new_ustar();
+        h.set_entry_type(tar::EntryType::Symlink);
+        h.set_mtime(3_000);
+        h.set_size(0);
+        b.append_link(&mut h, "d/l", "f").unwrap();
+        let mut h = tar::Header::new_ustar();
+        h.set_entry_type(tar::EntryType::Link);
+        h.set_size(0);
+        b.append_link(&mut h, "d/h", "d/f").unwrap();
+        let mut h = tar::Header::new_ustar();
+        h.set_entry_type(tar::EntryType::Fifo);
+        h.set_mode(0o600);
+        h.set_size(0);
+        b.append_data(&mut h, "p", io::empty()).unwrap();
+        let bytes = b.into_inner().unwrap();
+
+        let dir = tempfile::tempdir().unwrap();
+        unpack(&mut &bytes[..], dir.path()).unwrap();
+        use std::os::unix::fs::{FileTypeExt, MetadataExt};
+        let meta = |p: &str| std::fs::symlink_metadata(dir.path().join(p)).unwrap();
+        assert_eq!(std::fs::read(dir.path().join("d/f")).unwrap(), b"hi");
+        let f = meta("d/f");
+        assert_eq!((f.uid(), f.gid(), f.mode() & 0o7777, f.mtime()), (7, 8, 0o4750, 2_000));
+        assert_eq!(xattr::get(&dir.path().join("d/f"), "user.bin").unwrap(), Some(xattr), "the whole value, newline and NUL included");
+        assert_eq!(std::fs::read_link(dir.path().join("d/l")).unwrap(), Path::new("f"));
+        assert_eq!(meta("d/l").mtime(), 3_000);
+        assert_eq!(meta("d/h").ino(), f.ino(), "a hardlink stays one");
+        assert!(meta("p").file_type().is_fifo());
+        let d = meta("d");
+        assert_eq!((d.mode() & 0o7777, d.mtime()), (0o750, 1_000), "a directory's mtime survives its contents");
     }
 
     #[test]

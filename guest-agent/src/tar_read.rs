@@ -1,5 +1,6 @@
-//! A streaming reader of layer tars that reports each member's metadata and
-//! the offset of its bytes in the stream, for indexing layers.
+//! The streaming reader of layer tars that every part of kiln uses: the
+//! host indexes layers with it (each member's metadata and the offset of its
+//! bytes in the stream) and the guest agent unpacks layers with it.
 //!
 //! Written here rather than taken from the `tar` crate because that crate
 //! splits PAX records at newlines, so a binary xattr value containing 0x0a
