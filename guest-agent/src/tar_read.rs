@@ -102,6 +102,12 @@ impl<R: Read> TarReader<R> {
         Self { r, pos: 0, pending: 0, data_left: 0 }
     }
 
+    /// The underlying reader, positioned after what has been read: after the
+    /// end-of-archive block once `next_member` returned `None`.
+    pub fn into_inner(self) -> R {
+        self.r
+    }
+
     fn skip(&mut self, n: u64) -> io::Result<()> {
         let got = io::copy(&mut (&mut self.r).take(n), &mut io::sink())?;
         self.pos += got;

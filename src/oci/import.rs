@@ -23,6 +23,7 @@ use crate::oci::layer::{Compression, LayerWriter};
 use crate::oci::media;
 use crate::oci::store::{Store, StoreError};
 use crate::platform::Platform;
+use kiln_protocol::tar_read::TarReader;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ImportError {
@@ -119,15 +120,16 @@ fn copy_checked_tar(input: impl Read, source_name: &str, out: &mut impl Write) -
         _ => Box::new(input),
     };
     let not_tar = |e: io::Error| ImportError::NotATar { source_name: source_name.to_string(), reason: e.to_string() };
-    let mut archive = tar::Archive::new(Tee { inner: tar, out });
+    // kiln's one tar reader (PAX records are length-prefixed, so a binary
+    // xattr value cannot hide the path record after it).
+    let mut archive = TarReader::new(Tee { inner: tar, out });
     let mut entries = 0usize;
-    for entry in archive.entries().map_err(not_tar)? {
-        // A read error of the underlying input is reported as such, not as "not a tar".
-        let entry = entry.map_err(|e| if is_format_error(&e) { not_tar(e) } else { read_err(e) })?;
+    // A read error of the underlying input is reported as such, not as "not a tar".
+    while let Some(member) = archive.next_member().map_err(|e| if is_format_error(&e) { not_tar(e) } else { read_err(e) })? {
         // Hard link targets are paths in the archive too; symlink targets are
         // resolved inside the root by whoever unpacks, so they may say anything.
-        let link = (entry.header().entry_type() == tar::EntryType::Link).then(|| entry.link_name_bytes()).flatten();
-        for path in std::iter::once(entry.path_bytes()).chain(link) {
+        let link = (member.kind == b'1').then_some(&member.link);
+        for path in std::iter::once(&member.path).chain(link) {
             if path.split(|&b| b == b'/').any(|c| c == b"..") {
                 let entry = String::from_utf8_lossy(&path).into_owned();
                 return Err(ImportError::UnsafePath { source_name: source_name.to_string(), entry });
@@ -143,7 +145,7 @@ fn copy_checked_tar(input: impl Read, source_name: &str, out: &mut impl Write) -
     Ok(())
 }
 
-/// The tar crate reports malformed archives as these kinds; everything else
+/// The tar reader reports malformed archives as these kinds; everything else
 /// comes from reading or decompressing the input.
 fn is_format_error(e: &io::Error) -> bool {
     matches!(e.kind(), io::ErrorKind::Other | io::ErrorKind::InvalidData | io::ErrorKind::UnexpectedEof)
@@ -226,6 +228,22 @@ mod tests {
         h.set_cksum();
         let mut b = tar::Builder::new(Vec::new());
         b.append(&h, &[][..]).unwrap();
+        b.into_inner().unwrap()
+    }
+
+    /// A PAX header whose xattr value holds a newline, then a path record
+    /// with `..`: a reader that splits records at newlines misses the path.
+    fn pax_hidden_path_tar() -> Vec<u8> {
+        let records = b"21 SCHILY.xattr.a=\n\n\n18 path=../escape\n".to_vec();
+        let mut b = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_ustar();
+        h.set_entry_type(tar::EntryType::XHeader);
+        h.set_size(records.len() as u64);
+        b.append_data(&mut h, "PaxHeaders/x", &records[..]).unwrap();
+        let mut h = tar::Header::new_ustar();
+        h.set_size(1);
+        h.set_mode(0o644);
+        b.append_data(&mut h, "harmless", &b"x"[..]).unwrap();
         b.into_inner().unwrap()
     }
 
@@ -320,6 +338,7 @@ mod tests {
             (b"BZh91AY&SY".to_vec(), vec![], "bzip2"),
             (tar_of(&[("../escape", b"x")]), vec![], "'..'"),
             (hardlink_tar("etc/passwd-link", "../../etc/passwd"), vec![], "'..'"),
+            (pax_hidden_path_tar(), vec![], "'..'"),
             (tar[..700].to_vec(), vec![], "t.tar"),
         ];
         for (input, changes, want) in cases {
