@@ -131,7 +131,7 @@ fn copy_checked_tar(input: impl Read, source_name: &str, out: &mut impl Write) -
         let link = (member.kind == b'1').then_some(&member.link);
         for path in std::iter::once(&member.path).chain(link) {
             if path.split(|&b| b == b'/').any(|c| c == b"..") {
-                let entry = String::from_utf8_lossy(&path).into_owned();
+                let entry = String::from_utf8_lossy(path).into_owned();
                 return Err(ImportError::UnsafePath { source_name: source_name.to_string(), entry });
             }
         }
