@@ -387,14 +387,14 @@ fn failing_run_reports_the_step_and_tags_nothing() {
     env.assert_tmp_empty();
 }
 
-#[test]
-fn ctrl_c_during_run_leaves_no_vm_no_tag_and_the_next_build_works() {
-    let env = Env::new();
+/// Starts `kiln build -t TAG` of a RUN that sleeps, and returns once the
+/// RUN runs: the child and the rest of its log.
+fn start_hanging_build(env: &Env, tag: &str) -> (std::process::Child, std::io::Lines<BufReader<std::process::ChildStderr>>) {
     env.import_busybox("arm64", BUSYBOX);
     env.write("Dockerfile", &format!("FROM {BUSYBOX}\nRUN echo started && sleep 600\n"));
     let mut child = env
         .kiln()
-        .args(["build", "--progress", "plain", "--platform", "linux/arm64", "-t", "test/int:1"])
+        .args(["build", "--progress", "plain", "--platform", "linux/arm64", "-t", tag])
         .arg(env.ctx())
         .stderr(Stdio::piped())
         .stdout(Stdio::null())
@@ -402,13 +402,16 @@ fn ctrl_c_during_run_leaves_no_vm_no_tag_and_the_next_build_works() {
         .unwrap();
     let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
     let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let line = lines.next().expect("kiln ended before the RUN started").unwrap();
-        if line.ends_with(" started") {
-            break;
-        }
+    while !lines.next().expect("kiln ended before the RUN started").unwrap().ends_with(" started") {
         assert!(Instant::now() < deadline, "the RUN never started");
     }
+    (child, lines)
+}
+
+#[test]
+fn ctrl_c_during_run_leaves_no_vm_no_tag_and_the_next_build_works() {
+    let env = Env::new();
+    let (mut child, lines) = start_hanging_build(&env, "test/int:1");
     let qemu: Vec<u32> = children(child.id());
     assert!(!qemu.is_empty(), "qemu runs as kiln's child");
     Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
@@ -430,21 +433,7 @@ fn ctrl_c_during_run_leaves_no_vm_no_tag_and_the_next_build_works() {
 #[test]
 fn sigkill_during_run_takes_the_vm_along_and_the_next_build_cleans_up() {
     let env = Env::new();
-    env.import_busybox("arm64", BUSYBOX);
-    env.write("Dockerfile", &format!("FROM {BUSYBOX}\nRUN echo started && sleep 600\n"));
-    let mut child = env
-        .kiln()
-        .args(["build", "--progress", "plain", "--platform", "linux/arm64", "-t", "test/killed:1"])
-        .arg(env.ctx())
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while !lines.next().expect("kiln ended before the RUN started").unwrap().ends_with(" started") {
-        assert!(Instant::now() < deadline, "the RUN never started");
-    }
+    let (mut child, _lines) = start_hanging_build(&env, "test/killed:1");
     let helpers = children(child.id());
     assert!(!helpers.is_empty(), "qemu runs as kiln's child");
     child.kill().unwrap(); // SIGKILL: no handler, no cleanup in kiln
