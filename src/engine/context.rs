@@ -106,7 +106,16 @@ impl BuildContext {
         for item in rd {
             let item = item.map_err(|source| ContextError::Io { path: host.clone(), source })?;
             let name = item.file_name();
-            let name = name.to_str().ok_or_else(|| ContextError::NotUtf8 { path: item.path() })?;
+            let Some(name) = name.to_str() else {
+                // Layer paths are UTF-8; a name that is not only matters
+                // when .dockerignore lets it into the build.
+                let lossy = name.to_string_lossy();
+                let is_dir = item.file_type().is_ok_and(|t| t.is_dir());
+                if self.visible(&join(rel, &lossy), is_dir) {
+                    return Err(ContextError::NotUtf8 { path: item.path() });
+                }
+                continue;
+            };
             names.push(name.to_string());
         }
         names.sort_unstable();
@@ -349,6 +358,20 @@ mod tests {
         }
         let c = BuildContext::open(dir.path(), None).unwrap();
         (dir, c)
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_name_that_is_not_utf8_fails_only_when_the_build_sees_it() {
+        use std::os::unix::ffi::OsStrExt;
+        let (dir, _) = ctx(&[("sub/ok.txt", "ok")], None);
+        std::fs::write(dir.path().join("sub").join(std::ffi::OsStr::from_bytes(b"bad\xff")), "x").unwrap();
+        let c = BuildContext::open(dir.path(), None).unwrap();
+        assert!(matches!(c.read_dir("sub"), Err(ContextError::NotUtf8 { .. })), "copied: an error naming it");
+        std::fs::write(dir.path().join(".dockerignore"), "sub/bad*\n").unwrap();
+        let c = BuildContext::open(dir.path(), None).unwrap();
+        let names: Vec<String> = c.read_dir("sub").unwrap().into_iter().map(|e| e.entry.path).collect();
+        assert_eq!(names, ["sub/ok.txt"], "ignored: skipped like any excluded file");
     }
 
     #[test]
