@@ -29,6 +29,16 @@ fn check_path(path: &str) -> Result<(), LayerTarError> {
     Ok(())
 }
 
+/// In an OCI layer a `.wh.` name is a whiteout: a file stored under one
+/// would delete its namesake wherever the layer is unpacked.
+fn check_name(e: &LayerEntry) -> Result<(), LayerTarError> {
+    let name = e.path.rsplit('/').next().unwrap_or(&e.path);
+    if name.starts_with(".wh.") && !matches!(e.kind, EntryKind::Whiteout) {
+        return Err(LayerTarError::ReservedName { path: e.path.clone() });
+    }
+    Ok(())
+}
+
 /// Checks, sorts and writes `entries`, then the end-of-archive blocks.
 pub(super) fn write_entries<W: Write>(
     entries: &mut [LayerEntry],
@@ -38,6 +48,7 @@ pub(super) fn write_entries<W: Write>(
 ) -> Result<W, LayerTarError> {
     for e in entries.iter() {
         check_path(&e.path)?;
+        check_name(e)?;
     }
     sort_for_layer(entries);
     if let Some(w) = entries.windows(2).find(|w| w[0].path == w[1].path) {
@@ -153,7 +164,6 @@ impl<W: Write> LayerTar<W> {
         contents: &mut dyn ContentSource,
     ) -> Result<(), LayerTarError> {
         let io = |source| LayerTarError::Entry { path: e.path.clone(), source };
-        check_name(e)?;
         match &e.kind {
             EntryKind::File { size, .. } => {
                 let source = content_entry.unwrap_or(e);
@@ -224,19 +234,8 @@ impl<W: Write> LayerTar<W> {
     }
 
     fn hardlink(&mut self, e: &LayerEntry, target: &str) -> Result<(), LayerTarError> {
-        check_name(e)?;
         let mut h = self.base(e, e.path.clone(), b'1');
         h.link = target;
         self.tar.header(&h).map_err(|source| LayerTarError::Entry { path: e.path.clone(), source })
     }
-}
-
-/// In an OCI layer a `.wh.` name is a whiteout: a file stored under one
-/// would delete its namesake wherever the layer is unpacked.
-fn check_name(e: &LayerEntry) -> Result<(), LayerTarError> {
-    let name = e.path.rsplit('/').next().unwrap_or(&e.path);
-    if name.starts_with(".wh.") && !matches!(e.kind, EntryKind::Whiteout) {
-        return Err(LayerTarError::ReservedName { path: e.path.clone() });
-    }
-    Ok(())
 }
