@@ -15,7 +15,7 @@ use oci_spec::image::{Descriptor, Digest};
 
 use crate::oci::digest;
 use crate::oci::media;
-use crate::oci::model::Manifest;
+use crate::oci::model::{Manifest, MAX_MANIFEST_SIZE};
 use crate::oci::store::{Ingest, Store, StoreError, REF_NAME_ANNOTATION};
 use crate::platform::Platform;
 
@@ -283,9 +283,6 @@ pub fn import_dir(
     Ok(tagged)
 }
 
-/// The largest index or manifest a layout may hold (registries use 4 MiB).
-const MAX_MANIFEST: u64 = 8 << 20;
-
 fn copy_closure(dir: &Path, ingest: &Ingest<'_>, d: &Descriptor, seen: &mut HashSet<Digest>) -> Result<()> {
     if !seen.insert(d.digest().clone()) {
         return Ok(());
@@ -298,7 +295,7 @@ fn copy_closure(dir: &Path, ingest: &Ingest<'_>, d: &Descriptor, seen: &mut Hash
         // for put_bytes to refuse it.
         let mut bytes = Vec::new();
         File::open(&path)
-            .and_then(|f| f.take(d.size().min(MAX_MANIFEST) + 1).read_to_end(&mut bytes))
+            .and_then(|f| f.take(d.size().min(MAX_MANIFEST_SIZE) + 1).read_to_end(&mut bytes))
             .map_err(|_| LayoutError::MissingBlob { path: dir.to_path_buf(), digest: d.digest().to_string() })?;
         ingest.put_bytes(&bytes, d.media_type().clone(), Some((d.digest(), d.size())))?;
         let m = Manifest::parse(&bytes, Some(mt), &path.display().to_string()).map_err(StoreError::from)?;

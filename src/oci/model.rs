@@ -6,6 +6,10 @@ use oci_spec::image::{Descriptor, ImageConfiguration, ImageIndex, ImageManifest}
 use crate::oci::media;
 use crate::platform::Platform;
 
+/// The largest manifest or index kiln reads, from a registry or a layout
+/// (registries cap them at 4 MiB); larger ones are refused, not buffered.
+pub const MAX_MANIFEST_SIZE: u64 = 8 << 20;
+
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
     #[error("{what} is not valid JSON for an image manifest or index: {source}")]

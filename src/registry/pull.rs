@@ -21,9 +21,6 @@ use crate::registry::RegistryError;
 
 type Result<T, E = RegistryError> = std::result::Result<T, E>;
 
-/// Manifests larger than this are refused (registries cap them at 4 MiB).
-const MAX_MANIFEST: u64 = 8 << 20;
-
 #[derive(Debug, Clone, Default)]
 pub struct PullOptions {
     /// Which image of an index to pull; the host's when None.
@@ -136,16 +133,16 @@ impl Client {
         };
         let resp = self.send(&req).await?;
         let resp = client::check(self, resp, &[StatusCode::OK], &what, &reference.registry, &reference.repository).await?;
-        if resp.content_length().is_some_and(|l| l > MAX_MANIFEST) {
-            return Err(RegistryError::TooLarge { what, limit: MAX_MANIFEST });
+        if resp.content_length().is_some_and(|l| l > model::MAX_MANIFEST_SIZE) {
+            return Err(RegistryError::TooLarge { what, limit: model::MAX_MANIFEST_SIZE });
         }
         let content_type = resp.headers().get(reqwest::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).map(|s| s.split(';').next().unwrap_or(s).trim().to_string());
         let claimed = resp.headers().get("docker-content-digest").and_then(|v| v.to_str().ok()).and_then(|s| digest::parse(s).ok());
         // Content-Length may be absent (chunked) or lie: stop reading at the limit.
-        let bytes = client::body_up_to(resp, MAX_MANIFEST as usize)
+        let bytes = client::body_up_to(resp, model::MAX_MANIFEST_SIZE as usize)
             .await
             .map_err(|source| RegistryError::Transport { what: what.clone(), source })?
-            .ok_or_else(|| RegistryError::TooLarge { what: what.clone(), limit: MAX_MANIFEST })?;
+            .ok_or_else(|| RegistryError::TooLarge { what: what.clone(), limit: model::MAX_MANIFEST_SIZE })?;
         let actual = digest::of_bytes(&bytes);
         let wanted = match (expected, digest::parse(target).ok(), claimed) {
             (Some(d), _, _) => Some((d.digest().clone(), d.size())),
