@@ -31,7 +31,7 @@ pub fn block_on<F: Future>(runtime: &tokio::runtime::Runtime, cancel: &AtomicBoo
 }
 
 /// `work`, or `Err(Interrupted)` as soon as `cancel` is set.
-pub async fn race<F: Future>(cancel: &AtomicBool, work: F) -> Result<F::Output, Interrupted> {
+async fn race<F: Future>(cancel: &AtomicBool, work: F) -> Result<F::Output, Interrupted> {
     check(cancel)?;
     tokio::pin!(work);
     let mut tick = tokio::time::interval(POLL);

@@ -61,13 +61,13 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
-/// Prints an error with its chain of causes, one per line, like `docker` does.
 /// The exit code for a command that a signal stopped: 128 + the signal's
 /// number, as shells and docker report it (130 after Ctrl-C).
 pub fn interrupted_exit_code() -> Option<u8> {
     signals::received().map(|sig| 128u8.saturating_add(u8::try_from(sig).unwrap_or(2)))
 }
 
+/// Prints an error with its chain of causes, one per line, like `docker` does.
 pub fn report_error(err: &anyhow::Error) {
     eprintln!("error: {err}");
     for cause in err.chain().skip(1) {
