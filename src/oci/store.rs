@@ -108,8 +108,18 @@ impl Store {
         }
         let gc_path = root.join("gc.lock");
         let gc_lock = open_lock(&gc_path)?;
-        lock(&gc_lock, LockKind::Shared).map_err(io_err(&gc_path))?;
-        Ok(Self { root, blobs, tmp, gc_lock })
+        let store = Self { root, blobs, tmp, gc_lock };
+        // Alone with the store: whatever is in tmp/ was left by a kiln that
+        // was killed, so sweep it now instead of waiting for a prune.
+        match lock(&store.gc_lock, LockKind::TryExclusive) {
+            Ok(()) => {
+                store.sweep_tmp();
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(io_err(&gc_path)(e)),
+        }
+        lock(&store.gc_lock, LockKind::Shared).map_err(io_err(&gc_path))?;
+        Ok(store)
     }
 
     pub fn root(&self) -> &Path {
@@ -348,17 +358,25 @@ impl Store {
                 report.bytes += len;
             }
         }
-        // Every writer holds gc.lock shared, so nothing in tmp/ is in use now.
-        for entry in fs::read_dir(&self.tmp).map_err(io_err(&self.tmp))? {
-            let entry = entry.map_err(io_err(&self.tmp))?;
+        (report.partial_files, report.partial_bytes) = self.sweep_tmp();
+        Ok(report)
+    }
+
+    /// Removes everything in tmp/; the caller holds gc.lock exclusively, and
+    /// every writer holds it shared, so nothing there is in use. Returns the
+    /// files and bytes removed. Best effort: what cannot be removed stays for
+    /// the next sweep.
+    fn sweep_tmp(&self) -> (usize, u64) {
+        let (mut files, mut bytes) = (0, 0);
+        for entry in fs::read_dir(&self.tmp).into_iter().flatten().flatten() {
             let p = entry.path();
-            let (files, bytes) = tree_size(&p);
+            let (f, b) = tree_size(&p);
             if if p.is_dir() { fs::remove_dir_all(&p) } else { fs::remove_file(&p) }.is_ok() {
-                report.partial_files += files;
-                report.partial_bytes += bytes;
+                files += f;
+                bytes += b;
             }
         }
-        Ok(report)
+        (files, bytes)
     }
 
     fn index_path(&self) -> PathBuf {
@@ -651,6 +669,24 @@ mod tests {
         }
         assert_eq!(fs::read_dir(s.root().join("blobs/sha256")).unwrap().count(), 0);
         assert_eq!(fs::read_dir(s.root().join("tmp")).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn opening_a_store_nobody_uses_sweeps_what_killed_writers_left() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = Store::open(dir.path()).unwrap();
+        let writer = first.blob_writer().unwrap();
+        // A second handle while the first one writes leaves its file alone.
+        let second = Store::open(dir.path()).unwrap();
+        assert_eq!(fs::read_dir(&second.tmp).unwrap().count(), 1, "a live writer's file stays");
+        drop(second);
+        // What kill -9 leaves: the writer's file, and no process that holds the store.
+        std::mem::forget(writer);
+        drop(first);
+        fs::create_dir(dir.path().join("tmp/ingest-killed")).unwrap();
+        fs::write(dir.path().join("tmp/ingest-killed/partial"), [0u8; 10]).unwrap();
+        let _reopened = Store::open(dir.path()).unwrap();
+        assert_eq!(fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
     }
 
     #[test]
