@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 mod support;
 use support::build_env::Env;
+use support::processes::{alive, children_of, wait_gone};
 use support::rootfs_links::with_links;
 
 const BUSYBOX: &str = "kiln.local/busybox:test";
@@ -412,16 +413,14 @@ fn start_hanging_build(env: &Env, tag: &str) -> (std::process::Child, std::io::L
 fn ctrl_c_during_run_leaves_no_vm_no_tag_and_the_next_build_works() {
     let env = Env::new();
     let (mut child, lines) = start_hanging_build(&env, "test/int:1");
-    let qemu: Vec<u32> = children(child.id());
+    let qemu: Vec<u32> = children_of(child.id());
     assert!(!qemu.is_empty(), "qemu runs as kiln's child");
     Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
     let status = child.wait().unwrap();
     let rest: Vec<String> = lines.map_while(Result::ok).collect();
     assert_eq!(status.code(), Some(130), "128 + SIGINT, as docker exits");
     assert!(rest.iter().any(|l| l.contains("interrupted")), "{rest:?}");
-    for pid in qemu {
-        assert!(!Path::new(&format!("/proc/{pid}")).exists() || is_zombie(pid), "process {pid} outlived kiln");
-    }
+    assert!(!qemu.iter().any(|&pid| alive(pid)), "processes {qemu:?} outlived kiln");
     assert!(!env.tags().contains("test/int"));
     env.assert_tmp_empty();
 
@@ -434,17 +433,11 @@ fn ctrl_c_during_run_leaves_no_vm_no_tag_and_the_next_build_works() {
 fn sigkill_during_run_takes_the_vm_along_and_the_next_build_cleans_up() {
     let env = Env::new();
     let (mut child, _lines) = start_hanging_build(&env, "test/killed:1");
-    let helpers = children(child.id());
+    let helpers = children_of(child.id());
     assert!(!helpers.is_empty(), "qemu runs as kiln's child");
     child.kill().unwrap(); // SIGKILL: no handler, no cleanup in kiln
     child.wait().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    for pid in helpers {
-        while Path::new(&format!("/proc/{pid}")).exists() && !is_zombie(pid) {
-            assert!(Instant::now() < deadline, "process {pid} outlived kiln by 10 s");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
+    wait_gone(&helpers, Duration::from_secs(10));
     assert!(!env.tags().contains("test/killed"));
     // The next build works and removes the dead build's run directory.
     env.write("Dockerfile", &format!("FROM {BUSYBOX}\nRUN echo fine > /ok\n"));
@@ -495,17 +488,6 @@ fn signals_stop_a_stalled_pull_and_a_stalled_add_download() {
         assert!(!env.tags().contains("test/stalled"), "{signal}: nothing is tagged");
         env.assert_tmp_empty();
     }
-}
-
-fn children(pid: u32) -> Vec<u32> {
-    let out = Command::new("pgrep").args(["-P", &pid.to_string()]).output().unwrap();
-    String::from_utf8_lossy(&out.stdout).lines().filter_map(|l| l.trim().parse().ok()).collect()
-}
-
-fn is_zombie(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map(|s| s.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z'))
-        .unwrap_or(true)
 }
 
 #[test]

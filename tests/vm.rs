@@ -18,6 +18,9 @@ use kiln::vm::{Vm, VmConfig};
 use kiln_protocol::{stream, EntryKind, ExecRequest, ExitStatus, MountSpec, RootSpec, Xattr};
 use sha2::{Digest, Sha256};
 
+mod support;
+use support::processes::{children_of, wait_gone};
+
 #[path = "support/rootfs_links.rs"]
 mod rootfs_links;
 
@@ -57,27 +60,6 @@ fn kiln(tmp: &Tmp) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_kiln"));
     cmd.env("TMPDIR", tmp.path());
     cmd
-}
-
-fn children_of(pid: u32) -> Vec<u32> {
-    let out = Command::new("pgrep").args(["-P", &pid.to_string()]).output().unwrap();
-    String::from_utf8_lossy(&out.stdout).lines().filter_map(|l| l.trim().parse().ok()).collect()
-}
-
-fn alive(pid: u32) -> bool {
-    // A zombie is dead for our purposes.
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => !stat.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z'),
-        Err(_) => false,
-    }
-}
-
-fn wait_gone(pids: &[u32], within: Duration) {
-    let deadline = Instant::now() + within;
-    while pids.iter().any(|&p| alive(p)) {
-        assert!(Instant::now() < deadline, "processes {pids:?} outlived kiln");
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 fn boot(platform: &str, transport: TransportChoice) -> Vm {

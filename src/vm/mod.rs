@@ -116,14 +116,28 @@ pub enum VmError {
     RunDir(std::io::Error),
     #[error("the guest did not come up within {timeout:?} ({accel} emulation of {platform}); last console lines:\n{console}")]
     BootTimeout { timeout: Duration, accel: &'static str, platform: String, console: String },
-    #[error("the VM stopped unexpectedly: {qemu} {status}; last console lines:\n{console}")]
-    Died { qemu: String, status: String, console: String },
+    /// `cause` is the guest kernel's panic message when it panicked, or
+    /// QEMU's exit status.
+    #[error("the VM stopped unexpectedly: {cause}; last console lines:\n{console}")]
+    Died { cause: String, console: String },
     #[error("{error}; last console lines:\n{console}")]
     Agent { error: ClientError, console: String },
     #[error("the guest is {got}, not {want}: the kernel or agent is for the wrong architecture")]
     WrongArch { got: String, want: String },
     #[error("interrupted")]
     Interrupted,
+}
+
+impl VmError {
+    /// QEMU exited: names the guest kernel's panic when there was one (the
+    /// kernel reboots on panic, and QEMU's -no-reboot turns that into a clean exit).
+    fn died(qemu: &str, status: &str, console: &Path) -> VmError {
+        let cause = match qemu::kernel_panic(console) {
+            Some(message) => format!("the guest kernel panicked ({message})"),
+            None => format!("{qemu} {status}"),
+        };
+        VmError::Died { cause, console: log_tail(console, CONSOLE_TAIL) }
+    }
 }
 
 /// A running VM with a connected agent.
@@ -389,7 +403,7 @@ impl<'a> Watcher<'a> {
         match self.abort {
             Some(Abort::Interrupted) => VmError::Interrupted,
             Some(Abort::QemuExited { qemu, status }) => {
-                VmError::Died { qemu, status, console: log_tail(console, CONSOLE_TAIL) }
+                VmError::died(&qemu, &status, console)
             }
             None => VmError::Agent { error, console: log_tail(console, CONSOLE_TAIL) },
         }
@@ -468,11 +482,7 @@ pub fn reference_boot(config: &VmConfig, files: &BootFiles) -> Result<Duration, 
     let mut qemu = QemuProcess::spawn(&qemu_config, &run_dir.path().join("qemu.stderr"))?;
     let status = qemu.stop(config.boot_timeout);
     if !status.success() {
-        return Err(VmError::Died {
-            qemu: qemu.binary.clone(),
-            status: status.to_string(),
-            console: log_tail(&console_log, CONSOLE_TAIL),
-        });
+        return Err(VmError::died(&qemu.binary, &status.to_string(), &console_log));
     }
     Ok(started.elapsed())
 }

@@ -166,18 +166,30 @@ impl Drop for QemuProcess {
 
 /// The last `lines` lines of a log file (the guest console), for error reports.
 pub fn log_tail(path: &Path, lines: usize) -> String {
+    let text = read_end(path, 16 * 1024);
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// The message of the last kernel panic in the console log, if any.
+pub fn kernel_panic(console: &Path) -> Option<String> {
+    const MARK: &str = "Kernel panic - not syncing: ";
+    let text = read_end(console, 64 * 1024);
+    let line = text.lines().rev().find(|l| l.contains(MARK))?;
+    Some(line[line.find(MARK)? + MARK.len()..].trim().to_string())
+}
+
+/// Up to the last `max` bytes of a log file, lossily decoded ("" if unreadable).
+fn read_end(path: &Path, max: u64) -> String {
     let Ok(mut file) = std::fs::File::open(path) else {
         return String::new();
     };
     let len = file.metadata().map(|m| m.len()).unwrap_or(0);
-    let start = len.saturating_sub(16 * 1024);
     let mut buf = Vec::new();
-    if file.seek(SeekFrom::Start(start)).is_err() || file.read_to_end(&mut buf).is_err() {
+    if file.seek(SeekFrom::Start(len.saturating_sub(max))).is_err() || file.read_to_end(&mut buf).is_err() {
         return String::new();
     }
-    let text = String::from_utf8_lossy(&buf);
-    let all: Vec<&str> = text.lines().collect();
-    all[all.len().saturating_sub(lines)..].join("\n")
+    String::from_utf8_lossy(&buf).into_owned()
 }
 
 #[cfg(test)]
@@ -252,5 +264,17 @@ mod tests {
         std::fs::write(&log, (1..=100).map(|i| format!("line {i}\n")).collect::<String>()).unwrap();
         assert_eq!(log_tail(&log, 2), "line 99\nline 100");
         assert_eq!(log_tail(&dir.path().join("missing"), 5), "");
+    }
+
+    #[test]
+    fn kernel_panic_finds_the_last_panic_message() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("console.log");
+        std::fs::write(&log, "[    1.0] booting\n").unwrap();
+        assert_eq!(kernel_panic(&log), None);
+        let panic = "[    2.05] Kernel panic - not syncing: sysrq triggered crash\n[    2.06] Call trace:\n[    2.07]  dump_backtrace+0xe4/0x140\n";
+        std::fs::write(&log, format!("[    1.0] booting\n{panic}")).unwrap();
+        assert_eq!(kernel_panic(&log).as_deref(), Some("sysrq triggered crash"));
+        assert_eq!(kernel_panic(&dir.path().join("missing")), None);
     }
 }

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod build_env;
+pub mod processes;
 pub mod rootfs_links;
 
 use std::io::Write;

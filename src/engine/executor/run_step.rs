@@ -10,6 +10,7 @@ use crate::engine::image_config::{RunConfig, DEFAULT_PATH_ENV};
 use crate::engine::run_mounts::{MountError, MountSource, MountTarget, RunMounts};
 use crate::engine::vm_session::{RunSpec, SessionError};
 use crate::engine::BuildError;
+use crate::vm::VmError;
 use crate::dockerfile::expand::Scope;
 use crate::dockerfile::instructions::{Network, Run};
 use crate::dockerfile::mount::{Mount, MountType};
@@ -75,13 +76,20 @@ impl Builder<'_> {
             tail.push(bytes);
             progress.output(cx.step, stream, bytes);
         };
-        let ready = session.prepare_layers(self.store, &state.layers, self.cancel)?;
+        // The VM failing under this step (a guest kernel panic, QEMU dying) is
+        // reported at the step's line, like the command failing.
+        let dockerfile = &self.req.dockerfile;
+        let at_line = |e: SessionError| match e {
+            SessionError::Vm(VmError::Interrupted) => BuildError::from(e),
+            e => step_error(cx.df, dockerfile, span, e.to_string()),
+        };
+        let ready = session.prepare_layers(self.store, &state.layers, self.cancel).map_err(at_line)?;
         if ready.mounted + ready.unpacked > 0 {
             let note = format!("layers: {} mounted from disk images, {} unpacked, {:.2}s\n", ready.mounted, ready.unpacked, ready.seconds);
             progress.output(cx.step, kiln_protocol::stream::STDERR, note.as_bytes());
         }
         let spec = RunSpec { request, layers: &state.layers };
-        let outcome = session.run(self.store, spec, &layer_options, &mut sink, self.cancel)?;
+        let outcome = session.run(self.store, spec, &layer_options, &mut sink, self.cancel).map_err(at_line)?;
         let Some(snapshot) = outcome.snapshot else {
             let command = match &run.command {
                 ShellOrExec::Shell(s) => s.clone(),
