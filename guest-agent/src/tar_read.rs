@@ -199,8 +199,13 @@ impl<R: Read> TarReader<R> {
                     long_link = Some(cstr(&self.body(size)?).to_vec());
                     continue;
                 }
-                b'S' => return Err(bad("GNU sparse files in layers are not supported")),
+                b'S' => return Err(bad("GNU sparse files are not supported")),
                 _ => {}
+            }
+            // PAX-encoded sparse files (GNU tar --sparse --format=pax) would
+            // otherwise read as a file holding the sparse map.
+            if pax.keys().any(|k| k.starts_with("GNU.sparse.")) {
+                return Err(bad("GNU sparse files are not supported"));
             }
             let ustar = &h[257..263] == b"ustar\0";
             let path = match (pax.remove("path"), long_name.take()) {
@@ -339,6 +344,30 @@ mod tests {
         let mut r = TarReader::new(cut);
         r.next_member().unwrap();
         assert!(r.next_member().is_err(), "a member cut short is an error");
+    }
+
+    #[test]
+    fn sparse_members_are_refused_in_both_encodings() {
+        let mut gnu = [0u8; 512];
+        gnu[..6].copy_from_slice(b"sparse");
+        gnu[100..107].copy_from_slice(b"0000644");
+        gnu[124..135].copy_from_slice(b"00000000000");
+        gnu[156] = b'S';
+        gnu[257..265].copy_from_slice(b"ustar  \0");
+        gnu[148..156].copy_from_slice(b"        ");
+        let sum: u32 = gnu.iter().map(|&b| b as u32).sum();
+        gnu[148..155].copy_from_slice(format!("{sum:06o}\0").as_bytes());
+        let err = TarReader::new(&gnu[..]).next_member().unwrap_err();
+        assert!(err.to_string().contains("sparse"), "{err}");
+
+        let mut b = tar::Builder::new(Vec::new());
+        b.append_pax_extensions([("GNU.sparse.major", &b"1"[..]), ("GNU.sparse.realsize", &b"1099511627776"[..])]).unwrap();
+        let mut h = tar::Header::new_ustar();
+        h.set_size(3);
+        b.append_data(&mut h, "GNUSparseFile.0/f", &b"1\n0"[..]).unwrap();
+        let bytes = b.into_inner().unwrap();
+        let err = TarReader::new(&bytes[..]).next_member().unwrap_err();
+        assert!(err.to_string().contains("sparse"), "{err}");
     }
 
     #[test]

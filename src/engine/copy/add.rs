@@ -10,6 +10,7 @@ use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use kiln_protocol::confined_path::{resolve_lexically, Node, Tree};
+use kiln_protocol::tar_read::TarReader;
 use kiln_protocol::{EntryKind, LayerEntry, Xattr};
 use sha2::{Digest, Sha256, Sha384, Sha512};
 
@@ -196,17 +197,20 @@ impl Planner<'_> {
     pub(super) fn extract(&mut self, kind: ArchiveKind, file: Box<dyn Read>, archive: &str, dest: &str) -> Result<(), CopyError> {
         let arch_err = |message: String| CopyError::Archive { archive: archive.to_string(), message };
         let io_err = |e: io::Error| arch_err(e.to_string());
-        let mut ar = tar::Archive::new(decompress(kind, file).map_err(io_err)?);
+        // A member that cannot be placed (a symlink loop on its way) is the archive's fault.
+        let in_archive = |e: CopyError| match e {
+            CopyError::Dest { message, .. } => arch_err(message),
+            e => e,
+        };
+        let mut ar = TarReader::new(decompress(kind, file).map_err(io_err)?);
         // Group keys of the regular files seen so far, for hardlinks.
         let mut files: HashMap<String, (String, u64)> = HashMap::new();
-        for member in ar.entries().map_err(io_err)? {
-            let mut member = member.map_err(io_err)?;
-            let raw = member.path_bytes();
-            let raw = std::str::from_utf8(&raw).map_err(|_| arch_err("an entry's name is not valid UTF-8".into()))?.to_string();
+        while let Some(member) = ar.next_member().map_err(io_err)? {
+            let raw = std::str::from_utf8(&member.path).map_err(|_| arch_err("an entry's name is not valid UTF-8".into()))?.to_string();
             let Some(rel) = member_path(&raw, archive)? else { continue };
             // Docker's untar writes through symlinks already on the way
             // (e.g. `lib -> usr/lib` on a usrmerged base), inside the root.
-            let target = self.member_target(dest, &rel)?;
+            let target = self.member_target(dest, &rel).map_err(in_archive)?;
             let name = basename(&rel);
             // Whiteouts act in the layer exactly as Docker's untar applies them.
             if name == ".wh..wh..opq" {
@@ -218,25 +222,16 @@ impl Planner<'_> {
                 continue;
             }
             self.ensure_dir(parent(&target))?;
-            let header = member.header().clone();
-            // Blank numeric fields read as 0, as Go's archive/tar reads them.
-            let (uid, gid) = self.owner_of(header.uid().unwrap_or(0) as u32, header.gid().unwrap_or(0) as u32);
-            let mut xattrs = Vec::new();
-            if let Some(exts) = member.pax_extensions().map_err(io_err)? {
-                for ext in exts {
-                    let ext = ext.map_err(io_err)?;
-                    if let Some(name) = ext.key().ok().and_then(|k| k.strip_prefix("SCHILY.xattr.")) {
-                        xattrs.push(Xattr { name: name.to_string(), value: ext.value_bytes().to_vec() });
-                    }
-                }
-            }
+            let id = |n: u64, what: &str| u32::try_from(n).map_err(|_| arch_err(format!("{raw}: {what} {n} is out of range")));
+            let (uid, gid) = self.owner_of(id(member.uid, "uid")?, id(member.gid, "gid")?);
+            let xattrs = member.xattrs.iter().map(|(name, value)| Xattr { name: name.clone(), value: value.clone() }).collect();
             let mut entry = LayerEntry {
                 path: target.clone(),
                 kind: EntryKind::Dir { opaque: false },
-                mode: header.mode().unwrap_or(0o644) & 0o7777,
+                mode: member.mode,
                 uid,
                 gid,
-                mtime: header.mtime().unwrap_or(0) as i64,
+                mtime: member.mtime,
                 mtime_nsec: 0,
                 xattrs,
             };
@@ -249,21 +244,27 @@ impl Planner<'_> {
                 self.put(Planned { entry, content, hash, group }, true)?;
                 continue;
             }
-            use tar::EntryType as T;
-            entry.kind = match header.entry_type() {
-                T::Regular | T::Continuous | T::GNUSparse => {
-                    let (c, len, h) = self.spool.append(&mut member).map_err(io_err)?;
+            let link_target = || {
+                std::str::from_utf8(&member.link).map_err(|_| arch_err(format!("{raw}: the link target is not UTF-8")))
+            };
+            entry.kind = match member.kind {
+                // A pre-POSIX regular file whose name ends in '/' is a directory (as Go's archive/tar reads it).
+                b'\0' if raw.ends_with('/') => EntryKind::Dir { opaque: false },
+                b'0' | b'\0' | b'7' => {
+                    let (c, len, h) = self.spool.append(&mut ar).map_err(io_err)?;
                     content = Some(c);
                     hash = Some(h);
                     group = Some(format!("a:{target}"));
                     files.insert(target.clone(), (format!("a:{target}"), len));
                     EntryKind::File { size: len, link: None }
                 }
-                T::Link => {
-                    let link = member.link_name_bytes().ok_or_else(|| arch_err(format!("{raw}: a hardlink without a target")))?;
-                    let link = std::str::from_utf8(&link).map_err(|_| arch_err(format!("{raw}: the link target is not UTF-8")))?;
+                b'1' => {
+                    let link = link_target()?;
+                    if link.is_empty() {
+                        return Err(arch_err(format!("{raw}: a hardlink without a target")));
+                    }
                     let to = match member_path(link, archive)? {
-                        Some(l) => self.member_target(dest, &l)?,
+                        Some(l) => self.member_target(dest, &l).map_err(in_archive)?,
                         None => String::new(),
                     };
                     let (g, size) = files
@@ -277,22 +278,18 @@ impl Planner<'_> {
                     group = Some(g);
                     EntryKind::File { size, link: None }
                 }
-                T::Symlink => {
-                    let link = member.link_name_bytes().ok_or_else(|| arch_err(format!("{raw}: a symlink without a target")))?;
-                    let link = std::str::from_utf8(&link).map_err(|_| arch_err(format!("{raw}: the link target is not UTF-8")))?;
+                b'2' => {
+                    let link = link_target()?;
+                    if link.is_empty() {
+                        return Err(arch_err(format!("{raw}: a symlink without a target")));
+                    }
                     EntryKind::Symlink { target: link.to_string() }
                 }
-                T::Directory => EntryKind::Dir { opaque: false },
-                T::Char => EntryKind::CharDevice {
-                    major: header.device_major().map_err(io_err)?.unwrap_or(0),
-                    minor: header.device_minor().map_err(io_err)?.unwrap_or(0),
-                },
-                T::Block => EntryKind::BlockDevice {
-                    major: header.device_major().map_err(io_err)?.unwrap_or(0),
-                    minor: header.device_minor().map_err(io_err)?.unwrap_or(0),
-                },
-                T::Fifo => EntryKind::Fifo,
-                // Headers the tar reader has already applied (long names, pax) or that carry no file.
+                b'5' => EntryKind::Dir { opaque: false },
+                b'3' => EntryKind::CharDevice { major: member.dev.0, minor: member.dev.1 },
+                b'4' => EntryKind::BlockDevice { major: member.dev.0, minor: member.dev.1 },
+                b'6' => EntryKind::Fifo,
+                // Other kinds (volume labels, multi-volume parts) carry no file.
                 _ => continue,
             };
             // An archive's directory over an existing directory merges into it.

@@ -1,7 +1,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::io::{self, Read, Write};
 
-use kiln_protocol::{EntryKind, LayerEntry};
+use kiln_protocol::{EntryKind, LayerEntry, Xattr};
 
 use super::*;
 use crate::engine::context::BuildContext;
@@ -694,6 +694,61 @@ fn add_refuses_archive_entries_that_climb_out() {
     std::fs::write(d.path().join("evil.tar"), raw).unwrap();
     let err = add(&["evil.tar"], "/x").run(&reopen(&d)).err().unwrap();
     assert!(err.to_string().contains("points outside the destination"), "{err}");
+}
+
+#[test]
+fn add_reads_archives_by_the_one_tar_rule() {
+    // An xattr value holding newlines and NULs, one of them shaped like a
+    // PAX record: it stays one value, and the member keeps its own path.
+    let value = b"\x01\n9 path=../escaped\n\x00\x02".to_vec();
+    let mut b = tar::Builder::new(Vec::new());
+    b.append_pax_extensions([("SCHILY.xattr.user.blob", &value[..])]).unwrap();
+    let mut h = tar::Header::new_ustar();
+    h.set_mode(0o644);
+    h.set_size(2);
+    b.append_data(&mut h, "kept", &b"ok"[..]).unwrap();
+    let (d, _) = context(&[]);
+    std::fs::write(d.path().join("x.tar"), b.into_inner().unwrap()).unwrap();
+    let mut p = add(&["x.tar"], "/a").run(&reopen(&d)).unwrap();
+    assert_eq!(paths(&p), vec!["a", "a/kept"]);
+    assert_eq!(entry(&p, "a/kept").xattrs, vec![Xattr { name: "user.blob".into(), value }]);
+    assert_eq!(text(&mut p, "a/kept"), "ok");
+
+    // Hostile archives fail with an error naming the archive, in bounded time.
+    let mut hostile: Vec<(&str, Vec<u8>, &str)> = Vec::new();
+    let mut b = tar::Builder::new(Vec::new());
+    b.append_pax_extensions([("path", &b"../../escaped"[..])]).unwrap();
+    let mut h = tar::Header::new_ustar();
+    h.set_size(1);
+    b.append_data(&mut h, "innocent", &b"x"[..]).unwrap();
+    hostile.push(("pax-path.tar", b.into_inner().unwrap(), "points outside the destination"));
+    // A PAX-encoded sparse file claiming 1 TiB.
+    let mut b = tar::Builder::new(Vec::new());
+    b.append_pax_extensions([("GNU.sparse.major", &b"1"[..]), ("GNU.sparse.minor", &b"0"[..]), ("GNU.sparse.realsize", &b"1099511627776"[..])]).unwrap();
+    let mut h = tar::Header::new_ustar();
+    h.set_size(4);
+    b.append_data(&mut h, "GNUSparseFile.0/big", &b"1\n0\n"[..]).unwrap();
+    hostile.push(("sparse.tar", b.into_inner().unwrap(), "sparse files are not supported"));
+    // Symlinks that point at each other, then a file through them.
+    let mut b = tar::Builder::new(Vec::new());
+    for (link, target) in [("a", "b"), ("b", "a")] {
+        let mut h = tar::Header::new_ustar();
+        h.set_entry_type(tar::EntryType::Symlink);
+        h.set_size(0);
+        b.append_link(&mut h, link, target).unwrap();
+    }
+    let mut h = tar::Header::new_ustar();
+    h.set_size(1);
+    b.append_data(&mut h, "a/x", &b"x"[..]).unwrap();
+    hostile.push(("loop.tar", b.into_inner().unwrap(), "symbolic links"));
+    for (name, bytes, why) in hostile {
+        let (d, _) = context(&[]);
+        std::fs::write(d.path().join(name), bytes).unwrap();
+        let started = std::time::Instant::now();
+        let err = add(&[name], "/x").run(&reopen(&d)).map(|p| paths(&p)).unwrap_err().to_string();
+        assert!(err.starts_with(&format!("ADD /{name}: ")) && err.contains(why), "{name}: {err}");
+        assert!(started.elapsed() < std::time::Duration::from_secs(5), "{name}");
+    }
 }
 
 // ---------------------------------------------------------------- ADD: URLs
