@@ -219,12 +219,30 @@ fn confined(dest: &Path, rel: &Path) -> io::Result<PathBuf> {
             _ => return Err(io::Error::other(format!("{}: path leaves the root", rel.display()))),
         }
     }
-    let parent = out.parent().unwrap_or(dest);
-    std::fs::create_dir_all(parent)?;
-    if !parent.canonicalize()?.starts_with(dest.canonicalize()?) {
-        return Err(io::Error::other(format!("{}: path leaves the root", rel.display())));
+    let leaves = || io::Error::other(format!("{}: path leaves the root", rel.display()));
+    // Create the missing parents one at a time, checking each existing one:
+    // create_dir_all would follow a symlink out of `dest` and create
+    // directories there before any check could refuse the path.
+    let root = dest.canonicalize()?;
+    let mut at = root.clone();
+    let parent = out.parent().unwrap_or(dest).strip_prefix(dest).map_err(|_| leaves())?.to_path_buf();
+    for part in parent.components() {
+        at.push(part);
+        match std::fs::symlink_metadata(&at) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => std::fs::create_dir(&at)?,
+            Err(e) => return Err(e),
+            Ok(m) if m.file_type().is_symlink() => {
+                // ELOOP for a symlink loop.
+                at = at.canonicalize().map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", rel.display())))?;
+                if !at.starts_with(&root) || !at.is_dir() {
+                    return Err(leaves());
+                }
+            }
+            Ok(m) if m.is_dir() => {}
+            Ok(_) => return Err(io::Error::other(format!("{}: {} is not a directory", rel.display(), part.as_os_str().to_string_lossy()))),
+        }
     }
-    Ok(out)
+    Ok(at.join(out.file_name().unwrap_or_default()))
 }
 
 struct ChannelReader {
@@ -342,6 +360,65 @@ mod tests {
         assert!(meta("p").file_type().is_fifo());
         let d = meta("d");
         assert_eq!((d.mode() & 0o7777, d.mtime()), (0o750, 1_000), "a directory's mtime survives its contents");
+    }
+
+    #[test]
+    fn hostile_members_stay_inside_and_fail_clearly() {
+        let outside = tempfile::tempdir().unwrap();
+        let member = |h: &mut tar::Header, kind: tar::EntryType| {
+            h.set_entry_type(kind);
+            h.set_mode(0o644);
+        };
+        let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+            ("symlink out, then a dir through it", {
+                let mut b = tar::Builder::new(Vec::new());
+                let mut h = tar::Header::new_ustar();
+                member(&mut h, tar::EntryType::Symlink);
+                b.append_link(&mut h, "out", outside.path()).unwrap();
+                let mut h = tar::Header::new_ustar();
+                member(&mut h, tar::EntryType::Regular);
+                h.set_size(1);
+                b.append_data(&mut h, "out/made/x", &b"x"[..]).unwrap();
+                b.into_inner().unwrap()
+            }, "leaves the root"),
+            ("symlink loop", {
+                let mut b = tar::Builder::new(Vec::new());
+                for (link, target) in [("a", "b"), ("b", "a")] {
+                    let mut h = tar::Header::new_ustar();
+                    member(&mut h, tar::EntryType::Symlink);
+                    b.append_link(&mut h, link, target).unwrap();
+                }
+                let mut h = tar::Header::new_ustar();
+                member(&mut h, tar::EntryType::Regular);
+                h.set_size(1);
+                b.append_data(&mut h, "a/x", &b"x"[..]).unwrap();
+                b.into_inner().unwrap()
+            }, "symbolic links"),
+            ("'..' in a PAX path", {
+                let mut b = tar::Builder::new(Vec::new());
+                b.append_pax_extensions([("path", &b"../escaped"[..])]).unwrap();
+                let mut h = tar::Header::new_ustar();
+                member(&mut h, tar::EntryType::Regular);
+                h.set_size(1);
+                b.append_data(&mut h, "fine", &b"x"[..]).unwrap();
+                b.into_inner().unwrap()
+            }, "leaves the root"),
+            ("a sparse member", {
+                let mut b = tar::Builder::new(Vec::new());
+                b.append_pax_extensions([("GNU.sparse.major", &b"1"[..]), ("GNU.sparse.realsize", &b"1099511627776"[..])]).unwrap();
+                let mut h = tar::Header::new_ustar();
+                member(&mut h, tar::EntryType::Regular);
+                h.set_size(1);
+                b.append_data(&mut h, "big", &b"x"[..]).unwrap();
+                b.into_inner().unwrap()
+            }, "sparse"),
+        ];
+        for (what, bytes, why) in cases {
+            let dir = tempfile::tempdir().unwrap();
+            let err = unpack(&mut &bytes[..], dir.path()).unwrap_err();
+            assert!(err.to_string().contains(why), "{what}: {err}");
+            assert_eq!(std::fs::read_dir(outside.path()).unwrap().count(), 0, "{what}: nothing was made outside");
+        }
     }
 
     #[test]
