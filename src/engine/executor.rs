@@ -324,7 +324,7 @@ impl<'a> Builder<'a> {
             layer: layer.as_ref().map(|l| CachedLayer { descriptor: l.descriptor.clone(), diff_id: l.diff_id.clone() }),
             history: history.clone(),
         };
-        self.cache.put(&key, &entry)?;
+        self.cache.put(self.store, &key, &entry)?;
         self.apply(state, key, layer, history)
     }
 
