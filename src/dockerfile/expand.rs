@@ -3,7 +3,7 @@
 //! build and a [`Scope`] per stage, then calls [`Scope::expand`] on each
 //! instruction in order, so that values set by earlier ARG/ENV steps apply.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use super::error::{Error, ErrorKind, Span};
 use super::instructions::{
@@ -43,19 +43,44 @@ pub fn platform_args(target: &Platform, build: &Platform) -> Vec<(String, String
     out
 }
 
-/// Variables as an ordered list of (name, value); later entries win.
+/// Variables in the order they were first set, each name once; setting a
+/// name again replaces its value in place. Indexed by name: a Dockerfile
+/// may set thousands of variables, and a scan per ENV made it quadratic.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct VarList(pub Vec<(String, String)>);
+pub struct VarList {
+    pairs: Vec<(String, String)>,
+    index: HashMap<String, usize>,
+}
 
 impl VarList {
+    /// From (name, value) pairs; a later pair of the same name wins.
+    pub fn from_pairs(pairs: impl IntoIterator<Item = (String, String)>) -> Self {
+        let mut list = VarList::default();
+        for (k, v) in pairs {
+            list.set(&k, &v);
+        }
+        list
+    }
     pub fn set(&mut self, name: &str, value: &str) {
-        match self.0.iter_mut().find(|(k, _)| k == name) {
-            Some(entry) => entry.1 = value.to_string(),
-            None => self.0.push((name.to_string(), value.to_string())),
+        match self.index.get(name) {
+            Some(&i) => self.pairs[i].1 = value.to_string(),
+            None => {
+                self.index.insert(name.to_string(), self.pairs.len());
+                self.pairs.push((name.to_string(), value.to_string()));
+            }
         }
     }
     pub fn get(&self, name: &str) -> Option<&str> {
-        self.0.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+        self.index.get(name).map(|&i| self.pairs[i].1.as_str())
+    }
+    pub fn iter(&self) -> impl Iterator<Item = &(String, String)> {
+        self.pairs.iter()
+    }
+    pub fn len(&self) -> usize {
+        self.pairs.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.pairs.is_empty()
     }
 }
 
@@ -90,7 +115,7 @@ pub struct Evaluator<'a> {
 impl<'a> Evaluator<'a> {
     pub fn new(df: &'a Dockerfile, opts: &'a BuildOptions) -> Result<Self, Error> {
         let lexer = Lexer::new(df.directives.escape);
-        let mut globals = VarList(platform_args(&opts.target_platform, &opts.build_platform));
+        let mut globals = VarList::from_pairs(platform_args(&opts.target_platform, &opts.build_platform));
         for (k, v) in &opts.build_args {
             if globals.get(k).is_some() {
                 globals.set(k, v);
@@ -143,7 +168,7 @@ impl<'a> Evaluator<'a> {
 
     /// A fresh scope for a stage whose base image sets `image_env`.
     pub fn scope(&self, image_env: &[(String, String)]) -> Scope<'_, 'a> {
-        Scope { eval: self, env: VarList(image_env.to_vec()), args: VarList::default(), declared: Vec::new() }
+        Scope { eval: self, env: VarList::from_pairs(image_env.iter().cloned()), args: VarList::default(), declared: Vec::new() }
     }
 
     fn word(&self, w: &str, vars: &dyn Vars, span: Span) -> Result<String, Error> {
@@ -179,9 +204,9 @@ impl Scope<'_, '_> {
     /// The environment a RUN step sees: ENV, plus ARGs that ENV does not shadow.
     pub fn run_env(&self) -> VarList {
         let mut out = self.env.clone();
-        for (k, v) in &self.args.0 {
+        for (k, v) in self.args.iter() {
             if out.get(k).is_none() {
-                out.0.push((k.clone(), v.clone()));
+                out.set(k, v);
             }
         }
         out

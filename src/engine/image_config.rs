@@ -44,6 +44,47 @@ pub struct RunConfig {
     /// Whether this stage set CMD itself (then ENTRYPOINT keeps it); not stored.
     #[serde(skip)]
     pub cmd_set: bool,
+    /// Where each name sits in `env`, for [`RunConfig::env_set`]: an image
+    /// may set thousands of variables, and a scan per ENV made a long
+    /// Dockerfile quadratic. Not stored.
+    #[serde(skip)]
+    env_index: EnvIndex,
+}
+
+/// A cache of `KEY=value` positions in an env list, rebuilt when the list's
+/// length changed behind its back (after parsing, or a direct edit of the
+/// public list; edit it through [`RunConfig::env_set`]). Two configs are
+/// equal whatever their caches hold.
+#[derive(Debug, Clone, Default)]
+struct EnvIndex {
+    positions: std::collections::HashMap<String, usize>,
+    /// `env.len()` when the positions were made.
+    len: usize,
+}
+
+impl PartialEq for EnvIndex {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+fn env_key(entry: &str) -> &str {
+    entry.split_once('=').map_or(entry, |(k, _)| k)
+}
+
+impl EnvIndex {
+    /// The position of `key` in `env`.
+    fn find(&mut self, env: &[String], key: &str) -> Option<usize> {
+        if self.len != env.len() {
+            self.positions.clear();
+            for (i, e) in env.iter().enumerate() {
+                // The first of duplicate names is the one env_get reads.
+                self.positions.entry(env_key(e).to_string()).or_insert(i);
+            }
+            self.len = env.len();
+        }
+        self.positions.get(key).copied().filter(|&i| env.get(i).is_some_and(|e| env_key(e) == key))
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -142,9 +183,13 @@ impl RunConfig {
 
     pub fn env_set(&mut self, key: &str, value: &str) {
         let entry = format!("{key}={value}");
-        match self.env.iter_mut().find(|e| e.split_once('=').map(|(k, _)| k) == Some(key)) {
-            Some(e) => *e = entry,
-            None => self.env.push(entry),
+        match self.env_index.find(&self.env, key) {
+            Some(i) => self.env[i] = entry,
+            None => {
+                self.env_index.positions.insert(key.to_string(), self.env.len());
+                self.env.push(entry);
+                self.env_index.len = self.env.len();
+            }
         }
     }
 
@@ -396,5 +441,19 @@ mod tests {
         assert_eq!(c.env, ["A=3", "B=2"]);
         assert_eq!(c.env_get("A"), Some("3"));
         assert_eq!(c.env_get("C"), None);
+
+        // A base image's env (parsed, with a duplicate name), then edits:
+        // the first of a duplicate is the one replaced, as env_get reads it.
+        let mut c: RunConfig = serde_json::from_str(r#"{"Env":["PATH=/bin","X=1","X=2","Y"]}"#).unwrap();
+        c.env_set("X", "9");
+        c.env_set("Z", "3");
+        c.env_set("PATH", "/usr/bin");
+        assert_eq!(c.env, ["PATH=/usr/bin", "X=9", "X=2", "Y", "Z=3"]);
+        // An edit of the public list behind the index's back is seen.
+        c.env.remove(0);
+        c.env_set("Z", "4");
+        c.env_set("PATH", "/sbin");
+        assert_eq!(c.env, ["X=9", "X=2", "Y", "Z=4", "PATH=/sbin"]);
+        assert_eq!(c, RunConfig { env: c.env.clone(), ..Default::default() }, "the index takes no part in equality");
     }
 }

@@ -22,7 +22,7 @@ impl Builder<'_> {
         let span = cx.instr.span;
         let config = &state.config.config;
         let argv = run_argv(config, run, scope, span).map_err(|e| e.in_file(&self.req.dockerfile))?;
-        let mut env: Vec<String> = scope.run_env().0.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let mut env: Vec<String> = scope.run_env().iter().map(|(k, v)| format!("{k}={v}")).collect();
         if !env.iter().any(|e| e.starts_with("PATH=")) {
             env.push(DEFAULT_PATH_ENV.to_string());
         }
