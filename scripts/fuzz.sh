@@ -61,7 +61,8 @@ for t in "${targets[@]}"; do
   echo "fuzz: $t for ${secs}s" >&2
   rc=0
   cargo fuzz run -O "$t" "$corpus" "${seeds[@]}" -- -max_total_time="$secs" -timeout=10 -rss_limit_mb=2048 -max_len=$max_len >"$log" 2>&1 || rc=$?
-  runs=$(grep -o 'stat::number_of_executed_units: *[0-9]*' "$log" | grep -o '[0-9]*$' || true)
+  # libFuzzer ends with "Done N runs in S second(s)"; a crash leaves only "#N" status lines.
+  runs=$(grep -o 'Done [0-9]* runs' "$log" | grep -o '[0-9]*' || true)
   [ -n "$runs" ] || runs=$(grep -o '^#[0-9]*' "$log" | tail -1 | tr -d '#' || true)
   if [ "$rc" -eq 0 ]; then
     echo "fuzz: $t: ${runs:-?} runs in ${secs}s, no crash"

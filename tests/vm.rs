@@ -21,8 +21,7 @@ use sha2::{Digest, Sha256};
 mod support;
 use support::processes::{children_of, wait_gone};
 
-#[path = "support/rootfs_links.rs"]
-mod rootfs_links;
+use support::rootfs_links;
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
