@@ -528,4 +528,12 @@ fn metadata_instructions_shape_the_config_like_docker() {
     assert_eq!(c["User"], "1000:1000");
     assert_eq!(config["architecture"], "arm64");
     assert_eq!(config["history"].as_array().unwrap().len(), 8);
+    assert!(stderr(&out).contains("built linux/arm64 in "), "{}", stderr(&out));
+
+    // A stage's own --platform decides the image's platform, and the summary names it.
+    env.write("Dockerfile", "FROM --platform=linux/arm/v7 scratch\nENV A=1\n");
+    let out = env.build(&["-t", "test/meta:2"]);
+    assert!(stderr(&out).contains("built linux/arm/v7 in "), "{}", stderr(&out));
+    let config: serde_json::Value = serde_json::from_slice(&env.ok(&["inspect", "test/meta:2"]).stdout).unwrap();
+    assert_eq!((&config["architecture"], &config["variant"]), (&serde_json::json!("arm"), &serde_json::json!("v7")));
 }

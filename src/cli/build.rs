@@ -312,7 +312,7 @@ pub fn run(args: BuildArgs, cancel: &'static std::sync::atomic::AtomicBool) -> a
         let steps: usize = outcomes.iter().map(|o| o.steps).sum();
         let cached: usize = outcomes.iter().map(|o| o.cached).sum();
         let vm = if outcomes.iter().any(|o| o.vm_booted) { "" } else { ", no VM booted" };
-        let names: Vec<String> = platforms.iter().map(|p| p.to_string()).collect();
+        let names: Vec<String> = outcomes.iter().map(|o| o.platform.to_string()).collect();
         progress.note(&format!(
             "built {} in {:.1}s: {steps} steps, {cached} cached{vm}; {}",
             names.join(", "),

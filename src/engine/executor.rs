@@ -72,6 +72,9 @@ pub struct BuildOutcome {
     pub cached: usize,
     /// Whether a VM was booted (a fully cached build boots none).
     pub vm_booted: bool,
+    /// The image's platform, as its config names it (a `FROM --platform`
+    /// stage may differ from the requested one).
+    pub platform: crate::platform::Platform,
 }
 
 /// A stage's state between steps.
@@ -157,7 +160,8 @@ impl<'a> Builder<'a> {
         config.created = Some(self.created());
         let (manifest, config_digest) = super::manifest::write_image(self.store, &config, &state.layers)?;
         let vm_booted = self.sessions.booted();
-        Ok(BuildOutcome { manifest, config_digest, steps: self.steps, cached: self.cached, vm_booted })
+        let platform = crate::platform::Platform { os: config.os, architecture: config.architecture, variant: config.variant };
+        Ok(BuildOutcome { manifest, config_digest, steps: self.steps, cached: self.cached, vm_booted, platform })
     }
 
     fn run_stages(&mut self, df: &Dockerfile, ev: &Evaluator<'_>, graph: &StageGraph) -> Result<HashMap<usize, StageState>, BuildError> {
