@@ -97,3 +97,86 @@ fn scratch_image_with_copy_and_add_unpacks_as_written() {
     let left: Vec<_> = std::fs::read_dir(dir.path().join("tmp")).unwrap().map(|e| e.unwrap().file_name()).collect();
     assert!(left.is_empty(), "temporary files left behind: {left:?}");
 }
+
+/// The entries of a tar: path → (kind, content or link target, mode).
+fn tar_listing(bytes: &[u8]) -> std::collections::BTreeMap<String, (char, String, u32)> {
+    let mut out = std::collections::BTreeMap::new();
+    let mut archive = tar::Archive::new(bytes);
+    for e in archive.entries().unwrap() {
+        let mut e = e.unwrap();
+        let path = e.path().unwrap().display().to_string().trim_end_matches('/').to_string();
+        let mode = e.header().mode().unwrap() & 0o7777;
+        let (kind, data) = match e.header().entry_type() {
+            tar::EntryType::Directory => ('d', String::new()),
+            tar::EntryType::Symlink => ('l', e.link_name().unwrap().unwrap().display().to_string()),
+            tar::EntryType::Regular => {
+                let mut s = String::new();
+                std::io::Read::read_to_string(&mut e, &mut s).unwrap();
+                ('f', s)
+            }
+            other => (format!("{other:?}").chars().next().unwrap(), String::new()),
+        };
+        out.insert(path, (kind, data, mode));
+    }
+    out
+}
+
+#[test]
+fn local_and_tar_outputs_write_the_final_file_system_like_buildx() {
+    let dir = tempfile::tempdir().unwrap();
+    for d in ["data", "tmp", "ctx"] {
+        std::fs::create_dir(dir.path().join(d)).unwrap();
+    }
+    let ctx = dir.path().join("ctx");
+    write(&ctx, "app/main.txt", b"main");
+    write(&ctx, "app/old.txt", b"old");
+    std::os::unix::fs::symlink("/etc/passwd", ctx.join("app/abs-link")).unwrap();
+    write(&ctx, "pkg.data", &tgz());
+    // A later stage replaces a file and a directory: the export shows the final state only.
+    write(
+        &ctx,
+        "Dockerfile",
+        b"FROM scratch AS base\nCOPY app/ /srv/app/\nADD pkg.data /opt/\n\
+          FROM base\nCOPY --chmod=700 app/main.txt /srv/app/old.txt\n",
+    );
+    let build = |extra: &[&str]| {
+        let mut cmd = kiln(dir.path());
+        cmd.args(["build", "--progress", "plain", "--platform", "linux/arm64"]).args(extra).arg(&ctx);
+        ok(&mut cmd)
+    };
+
+    // type=tar to a file, and `-o -` to stdout: the same tar.
+    let tar_path = dir.path().join("fs.tar");
+    build(&["-o", &format!("type=tar,dest={}", tar_path.display())]);
+    let listing = tar_listing(&std::fs::read(&tar_path).unwrap());
+    assert_eq!(listing["srv/app/main.txt"], ('f', "main".into(), 0o644));
+    assert_eq!(listing["srv/app/old.txt"], ('f', "main".into(), 0o700), "the later COPY wins");
+    assert_eq!(listing["srv/app/abs-link"].1, "/etc/passwd", "symlinks are kept, not followed");
+    assert_eq!(listing["opt/pkg/bin/run"].1, "run!\n");
+    assert!(!listing.keys().any(|k| k.contains(".wh.")), "no whiteouts or opaque markers: {listing:?}");
+    let mut cmd = kiln(dir.path());
+    cmd.args(["build", "-q", "--platform", "linux/arm64", "-o", "-"]).arg(&ctx);
+    let out = cmd.output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(tar_listing(&out.stdout), listing, "-o - streams the same tar to stdout");
+
+    // type=local (and the short form `-o DIR`), over a directory with old content.
+    let local = dir.path().join("out");
+    write(&local, "srv/app/old.txt/stale", b"a directory where the image has a file");
+    write(&local, "keep.txt", b"the user's own file");
+    build(&["-o", local.to_str().unwrap()]);
+    assert_eq!(std::fs::read_to_string(local.join("srv/app/main.txt")).unwrap(), "main");
+    let old = std::fs::metadata(local.join("srv/app/old.txt")).unwrap();
+    assert!(old.is_file() && old.permissions().mode() & 0o7777 == 0o700);
+    assert_eq!(std::fs::read_link(local.join("srv/app/abs-link")).unwrap(), Path::new("/etc/passwd"));
+    assert_eq!(std::fs::read(local.join("opt/pkg/again")).unwrap(), b"run!\n");
+    assert_eq!(std::fs::read_to_string(local.join("keep.txt")).unwrap(), "the user's own file");
+
+    // Several platforms: one folder each, named as buildx names them.
+    let multi = dir.path().join("multi");
+    build(&["--platform", "linux/amd64", "-o", &format!("type=local,dest={}", multi.display())]);
+    assert_eq!(std::fs::read_to_string(multi.join("linux_arm64/srv/app/main.txt")).unwrap(), "main");
+    assert_eq!(std::fs::read_to_string(multi.join("linux_amd64/srv/app/main.txt")).unwrap(), "main");
+    let left: Vec<_> = std::fs::read_dir(dir.path().join("tmp")).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert!(left.is_empty(), "temporary files left behind: {left:?}");
+}

@@ -11,7 +11,7 @@ use anyhow::{bail, Context};
 use clap::Args;
 
 use crate::engine::progress::{Progress, ProgressMode};
-use crate::engine::{BuildOutcome, BuildRequest, Builder};
+use crate::engine::{fs_export, BuildOutcome, BuildRequest, Builder};
 use crate::oci::layout::{self, ExportEntry, Format};
 use crate::oci::{Compression, Store};
 use crate::platform::Platform;
@@ -96,6 +96,10 @@ enum Output {
     Docker { dest: PathBuf },
     /// Keep in the local store under `names`; push them when `push`.
     Image { names: Vec<String>, push: bool },
+    /// The final file system as files below a directory.
+    Local { dest: PathBuf },
+    /// The final file system as one tar; `-` is standard output.
+    Tar { dest: PathBuf },
 }
 
 fn parse_output(spec: &str, tags: &[String]) -> anyhow::Result<Output> {
@@ -104,10 +108,11 @@ fn parse_output(spec: &str, tags: &[String]) -> anyhow::Result<Output> {
         let (k, v) = part.split_once('=').unwrap_or((part, ""));
         kv.insert(k.trim().to_string(), v.trim().to_string());
     }
-    // `-o DIR` is buildx's short form of type=local.
+    // buildx's short forms: `-o DIR` is type=local, `-o -` a tar on stdout.
     let kind = match kv.get("type") {
         Some(t) => t.clone(),
-        None if kv.len() == 1 => bail!("--output {spec}: type=local (a plain directory) is not supported; use type=oci,dest=..."),
+        None if spec == "-" => return Ok(Output::Tar { dest: "-".into() }),
+        None if kv.len() == 1 && !spec.contains('=') => return Ok(Output::Local { dest: spec.into() }),
         None => bail!("--output {spec}: missing type="),
     };
     let dest = || -> anyhow::Result<PathBuf> {
@@ -127,8 +132,9 @@ fn parse_output(spec: &str, tags: &[String]) -> anyhow::Result<Output> {
             }
             Output::Image { names, push: kind == "registry" || truthy("push") }
         }
-        "local" | "tar" => bail!("--output type={kind} is not supported yet: use type=oci or type=docker"),
-        other => bail!("--output {spec}: unknown type {other:?} (expected oci, docker, image or registry)"),
+        "local" => Output::Local { dest: dest()? },
+        "tar" => Output::Tar { dest: dest()? },
+        other => bail!("--output {spec}: unknown type {other:?} (expected oci, docker, image, registry, local or tar)"),
     })
 }
 
@@ -288,7 +294,7 @@ pub fn run(args: BuildArgs, cancel: &'static std::sync::atomic::AtomicBool) -> a
         write_index(&store, &outcomes)?
     };
     let mut progress = progress.lock().unwrap_or_else(|e| e.into_inner());
-    deliver(&store, &result, &outputs, &req, &mut progress, cancel)?;
+    deliver(&store, &result, &outcomes, &outputs, &req, &mut progress, cancel)?;
 
     // Like buildx: the image ID is the config digest, or the index digest for several platforms.
     let image_id = if outcomes.len() == 1 { outcomes[0].config_digest.clone() } else { result.digest().to_string() };
@@ -306,7 +312,10 @@ pub fn run(args: BuildArgs, cancel: &'static std::sync::atomic::AtomicBool) -> a
         }
         write_atomically(path, serde_json::to_string_pretty(&meta)?.as_bytes())?;
     }
-    if quiet {
+    let stdout_taken = outputs.iter().any(|o| matches!(o, Output::Tar { dest } if dest.as_os_str() == "-"));
+    if quiet && stdout_taken {
+        eprintln!("{image_id}");
+    } else if quiet {
         println!("{image_id}");
     } else {
         let steps: usize = outcomes.iter().map(|o| o.steps).sum();
@@ -388,6 +397,7 @@ fn write_index(store: &Store, outcomes: &[BuildOutcome]) -> anyhow::Result<crate
 fn deliver(
     store: &Store,
     image: &crate::oci::Descriptor,
+    outcomes: &[BuildOutcome],
     outputs: &[Output],
     req: &BuildRequest,
     progress: &mut Progress,
@@ -425,9 +435,45 @@ fn deliver(
                 export(store, image, Format::DockerArchive, dest, outputs, cancel)?;
                 progress.note(&format!("exported a Docker archive to {}", dest.display()));
             }
+            Output::Local { dest } => {
+                let skipped = fs_export::write_dir(store, &fs_parts(outcomes), dest)?;
+                progress.note(&format!("exported the file system to {}", dest.display()));
+                if skipped.devices > 0 {
+                    progress.note(&format!("skipped {} device nodes and sockets (creating them needs root)", skipped.devices));
+                }
+            }
+            Output::Tar { dest } => {
+                let parts = fs_parts(outcomes);
+                if dest.as_os_str() == "-" {
+                    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+                    fs_export::write_tar_stream(store, &parts, req.source_date_epoch, &mut out)?;
+                    std::io::Write::flush(&mut out)?;
+                } else {
+                    let parent = dest.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+                    let tmp = layout::export_temp_file(parent).with_context(|| format!("writing {}", dest.display()))?;
+                    let mut out = std::io::BufWriter::with_capacity(1 << 20, tmp.as_file());
+                    fs_export::write_tar_stream(store, &parts, req.source_date_epoch, &mut out)?;
+                    std::io::Write::flush(&mut out).with_context(|| format!("writing {}", dest.display()))?;
+                    drop(out);
+                    tmp.persist(dest).with_context(|| format!("writing {}", dest.display()))?;
+                    progress.note(&format!("exported the file system as a tar to {}", dest.display()));
+                }
+            }
         }
     }
     Ok(())
+}
+
+/// The images whose file systems a local or tar output writes: one at the
+/// top, or one folder per platform (`linux_arm64`, as buildx names them).
+fn fs_parts(outcomes: &[BuildOutcome]) -> Vec<fs_export::Part<'_>> {
+    outcomes
+        .iter()
+        .map(|o| fs_export::Part {
+            prefix: if outcomes.len() == 1 { String::new() } else { o.platform.to_string().replace('/', "_") },
+            manifest: &o.manifest,
+        })
+        .collect()
 }
 
 fn export(

@@ -17,6 +17,7 @@ pub mod cache;
 pub mod context;
 pub mod copy;
 pub mod executor;
+pub mod fs_export;
 pub mod image_config;
 pub mod layer_images;
 pub mod layer_tar;

@@ -180,6 +180,12 @@ pub fn export(
 
 const EXPORT_PREFIX: &str = ".kiln-export-";
 
+/// A temporary file in `parent` for an export that replaces a file there
+/// by renaming this one over it (named and moded like every export's).
+pub fn export_temp_file(parent: &Path) -> io::Result<tempfile::NamedTempFile> {
+    export_builder(&export_prefix(parent), 0o666).tempfile_in(parent)
+}
+
 /// The temporary-name prefix for an export into `parent`, after removing
 /// what a killed export left there.
 fn export_prefix(parent: &Path) -> String {
