@@ -182,3 +182,107 @@ fn rmi_takes_the_digest_that_images_shows_like_docker_rmi() {
     assert!(out.contains("Untagged: docker.io/one/image:1"), "{out}");
     assert!(!ok(kiln(&data).arg("images").output().unwrap()).contains(id));
 }
+
+/// Runs `kiln ARGS` under `data` with `input` on its standard input.
+fn with_stdin(data: &Path, args: &[&str], input: &[u8]) -> Output {
+    let mut child = kiln(data).args(args).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let input = input.to_vec();
+    let writer = std::thread::spawn(move || drop(stdin.write_all(&input)));
+    let out = child.wait_with_output().unwrap();
+    writer.join().unwrap();
+    out
+}
+
+#[test]
+fn save_to_stdout_and_load_from_stdin_round_trip_like_docker() {
+    let src = tempfile::tempdir().unwrap();
+    ok(import(src.path(), &["--platform", "linux/arm64", "-", "example.org/team/app:2"], Some(&rootfs_tar())));
+    let digest = |data: &Path| {
+        let listing = ok(kiln(data).arg("images").output().unwrap());
+        listing.lines().find(|l| l.starts_with("example.org/team/app:2")).map(|l| l.split_whitespace().nth(1).unwrap().to_string())
+    };
+    let want = digest(src.path()).unwrap();
+    for format in ["oci", "docker"] {
+        let saved = kiln(src.path()).args(["save", "--format", format, "example.org/team/app:2"]).stdout(Stdio::piped()).output().unwrap();
+        assert!(saved.status.success(), "{}", String::from_utf8_lossy(&saved.stderr));
+        // From standard input, and from a file given with -i.
+        let dst = tempfile::tempdir().unwrap();
+        let loaded = ok(with_stdin(dst.path(), &["load"], &saved.stdout));
+        assert!(loaded.starts_with(&format!("Loaded example.org/team/app:2 (sha256:{want}")), "{format}: {loaded}");
+        assert_eq!(digest(dst.path()).as_deref(), Some(want.as_str()), "{format}: the same image under its own name");
+        let file = dst.path().join("saved.tar");
+        std::fs::write(&file, &saved.stdout).unwrap();
+        let again = tempfile::tempdir().unwrap();
+        ok(kiln(again.path()).args(["load", "-i"]).arg(&file).output().unwrap());
+        assert_eq!(digest(again.path()).as_deref(), Some(want.as_str()), "{format}: from a file");
+    }
+}
+
+/// A classic `docker save` archive: `<id>.json` configs, `<id>/layer.tar`
+/// layers and manifest.json, plus `extra` members.
+fn classic_docker_archive(layer: &[u8], diff_id: &str, extra: &[(&str, &[u8])]) -> Vec<u8> {
+    use sha2::Digest;
+    let config = serde_json::json!({
+        "architecture": "arm64", "os": "linux",
+        "config": {"Cmd": ["/bin/hello"]},
+        "rootfs": {"type": "layers", "diff_ids": [diff_id]},
+    });
+    let config = serde_json::to_vec(&config).unwrap();
+    let config_id = format!("{:x}", sha2::Sha256::digest(&config));
+    let layer_id = "b".repeat(64);
+    let manifest = serde_json::json!([{
+        "Config": format!("{config_id}.json"),
+        "RepoTags": ["legacy/app:3"],
+        "Layers": [format!("{layer_id}/layer.tar")],
+    }]);
+    let mut b = tar::Builder::new(Vec::new());
+    let mut add = |name: &str, data: &[u8]| {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(data.len() as u64);
+        h.set_mode(0o644);
+        h.set_cksum();
+        b.append_data(&mut h, name, data).unwrap();
+    };
+    add(&format!("{config_id}.json"), &config);
+    add(&format!("{layer_id}/layer.tar"), layer);
+    add("manifest.json", &serde_json::to_vec(&manifest).unwrap());
+    for (name, data) in extra {
+        // Names the tar crate would refuse are written by hand.
+        let mut h = tar::Header::new_gnu();
+        h.as_old_mut().name[..name.len()].copy_from_slice(name.as_bytes());
+        h.set_size(data.len() as u64);
+        h.set_mode(0o644);
+        h.set_cksum();
+        b.append(&h, *data).unwrap();
+    }
+    b.into_inner().unwrap()
+}
+
+#[test]
+fn classic_docker_archives_load_and_bad_ones_tag_nothing() {
+    use sha2::Digest;
+    let layer = rootfs_tar();
+    let diff_id = format!("sha256:{:x}", sha2::Sha256::digest(&layer));
+    let data = tempfile::tempdir().unwrap();
+    let outside = data.path().join("escaped");
+    let archive = classic_docker_archive(&layer, &diff_id, &[("../escaped", b"x"), ("/tmp/kiln-load-escaped", b"x")]);
+    let loaded = ok(with_stdin(data.path(), &["load"], &archive));
+    assert!(loaded.contains("Loaded docker.io/legacy/app:3"), "{loaded}");
+    assert!(!outside.exists() && !Path::new("/tmp/kiln-load-escaped").exists(), "members outside the formats are skipped");
+    let config: serde_json::Value = serde_json::from_str(&ok(kiln(data.path()).args(["inspect", "legacy/app:3"]).output().unwrap())).unwrap();
+    assert_eq!(config["rootfs"]["diff_ids"][0], diff_id.as_str());
+    assert_eq!(config["config"]["Cmd"][0], "/bin/hello");
+
+    // A layer that is not the one its config names: an error, nothing tagged.
+    let other = tempfile::tempdir().unwrap();
+    let wrong = classic_docker_archive(&layer, &format!("sha256:{}", "0".repeat(64)), &[]);
+    let out = with_stdin(other.path(), &["load"], &wrong);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("standard input") && err.contains("but the config says"), "{err}");
+    assert!(!ok(kiln(other.path()).arg("images").output().unwrap()).contains("legacy"), "nothing is tagged");
+    // Not an archive at all.
+    let out = with_stdin(other.path(), &["load"], b"hello");
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("standard input"));
+}

@@ -89,8 +89,9 @@ pub enum ImageCommand {
     Save {
         #[arg(required = true)]
         images: Vec<String>,
+        /// Where to write (default or `-`: standard output, for a tar format)
         #[arg(short, long)]
-        output: PathBuf,
+        output: Option<PathBuf>,
         /// oci-dir, oci (tar) or docker (tar for `docker load`)
         #[arg(long, default_value = "oci")]
         format: Format,
@@ -98,9 +99,15 @@ pub enum ImageCommand {
         #[arg(long)]
         platform: Option<Platform>,
     },
-    /// Import images from an OCI layout directory
+    /// Import images from an OCI layout directory, or an OCI or Docker
+    /// archive (a tar file; standard input when omitted or `-`)
     Load {
-        dir: PathBuf,
+        /// Layout directory or archive file (default: standard input)
+        #[arg(short = 'i', long = "input")]
+        input: Option<PathBuf>,
+        /// The same as --input
+        #[arg(conflicts_with = "input")]
+        dir: Option<PathBuf>,
         /// Only the image with this org.opencontainers.image.ref.name
         #[arg(long)]
         r#ref: Option<String>,
@@ -311,27 +318,61 @@ pub fn run(cmd: ImageCommand) -> anyhow::Result<ExitCode> {
                 let tag = Reference::parse(&name).ok().and_then(|r| r.tag);
                 entries.push(ExportEntry { descriptor, ref_name: tag.or(Some(name.clone())), repo_tag: Some(name) });
             }
-            layout::export(&store, &entries, format, &output, platform.as_ref(), true, super::signals::install())?;
-            println!("Wrote {}", output.display());
+            let cancel = super::signals::install();
+            match output.filter(|o| o.as_os_str() != "-") {
+                Some(output) => {
+                    layout::export(&store, &entries, format, &output, platform.as_ref(), true, cancel)?;
+                    println!("Wrote {}", output.display());
+                }
+                None => {
+                    use std::io::IsTerminal;
+                    if format == Format::OciDir {
+                        bail!("--format oci-dir writes a directory: give it with -o DIR");
+                    }
+                    let stdout = std::io::stdout();
+                    if stdout.is_terminal() {
+                        bail!("refusing to write an image archive to a terminal: give -o FILE or redirect the output");
+                    }
+                    layout::export_to_writer(&store, &entries, format, platform.as_ref(), &mut stdout.lock(), cancel)?;
+                }
+            }
         }
-        ImageCommand::Load { dir, r#ref, name } => {
+        ImageCommand::Load { input, dir, r#ref, name } => {
             let store = store()?;
-            // A bare ref name ("latest", "v1") is only a tag: the image becomes
-            // localhost/<layout dir name>:<tag>, as podman names local images.
-            let dir_name = dir
-                .canonicalize()
-                .ok()
-                .and_then(|d| d.file_name().map(|n| n.to_string_lossy().to_lowercase()))
-                .unwrap_or_else(|| "image".into());
-            let tagged = layout::import_dir(&store, &dir, r#ref.as_deref(), |ref_name| {
+            let source = input.or(dir).unwrap_or_else(|| PathBuf::from("-"));
+            let from_stdin = source.as_os_str() == "-";
+            let base_name = if from_stdin {
+                "image".to_string()
+            } else {
+                let canonical = source.canonicalize().ok();
+                let stem = if source.is_dir() { canonical.as_deref().and_then(|d| d.file_name()) } else { source.file_stem() };
+                stem.map(|n| n.to_string_lossy().to_lowercase()).unwrap_or_else(|| "image".into())
+            };
+            let name_for = |ref_name: &str, full_name: Option<&str>| {
                 if let Some(n) = &name {
                     return normalize(n).unwrap_or_else(|_| n.clone());
                 }
-                let full = if ref_name.contains('/') { ref_name.to_string() } else { format!("localhost/{dir_name}:{ref_name}") };
+                // The image's full name when the archive or layout records one
+                // (kiln save, containerd, Docker); else a bare tag ("latest", "v1")
+                // goes under localhost/<layout dir or archive name>, as podman names it.
+                let full = match (full_name, ref_name) {
+                    (Some(full), _) => full.to_string(),
+                    (None, "") => format!("localhost/{base_name}:latest"),
+                    (None, r) if r.contains('/') || r.contains(':') => r.to_string(),
+                    (None, r) => format!("localhost/{base_name}:{r}"),
+                };
                 normalize(&full).unwrap_or(full)
-            })?;
+            };
+            let tagged = if from_stdin {
+                crate::oci::archive::import_archive(&store, std::io::stdin().lock(), std::path::Path::new("standard input"), r#ref.as_deref(), name_for)?
+            } else if source.is_dir() {
+                layout::import_dir(&store, &source, r#ref.as_deref(), name_for)?
+            } else {
+                let file = std::fs::File::open(&source).with_context(|| format!("opening {}", source.display()))?;
+                crate::oci::archive::import_archive(&store, std::io::BufReader::with_capacity(1 << 20, file), &source, r#ref.as_deref(), name_for)?
+            };
             if tagged.is_empty() {
-                bail!("{}: no image in the layout has an org.opencontainers.image.ref.name; nothing imported", dir.display());
+                bail!("{}: no image in it has a name (org.opencontainers.image.ref.name or RepoTags); nothing imported", source.display());
             }
             for (n, d) in tagged {
                 println!("Loaded {n} ({})", d.digest());

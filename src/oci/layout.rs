@@ -97,6 +97,65 @@ pub fn export(
     }
     let parent = dest.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     // Resolve what goes in first, so a bad entry fails before anything is written.
+    let plan = plan_export(store, entries, format, platform)?;
+    match format {
+        Format::OciDir => {
+            let tmp = export_builder(&export_prefix(parent), 0o777).tempdir_in(parent).map_err(io_err(parent))?;
+            let b = tmp.path().join("blobs").join("sha256");
+            fs::create_dir_all(&b).map_err(io_err(&b))?;
+            for d in &plan.blobs {
+                crate::cancel::check(cancel)?;
+                let path = b.join(digest::sha256_hex(d.digest()).map_err(StoreError::from)?);
+                let mut out = BufWriter::new(File::create(&path).map_err(io_err(&path))?);
+                io::copy(&mut store.get_blob(d)?, &mut out).map_err(io_err(&path))?;
+                out.flush().map_err(io_err(&path))?;
+            }
+            fs::write(tmp.path().join("oci-layout"), OCI_LAYOUT).map_err(io_err(tmp.path()))?;
+            fs::write(tmp.path().join("index.json"), &plan.index).map_err(io_err(tmp.path()))?;
+            let kept = tmp.keep();
+            fs::rename(&kept, dest).map_err(|e| {
+                let _ = fs::remove_dir_all(&kept);
+                io_err(dest)(e)
+            })?;
+        }
+        Format::OciTar | Format::DockerArchive => {
+            let tmp = export_builder(&export_prefix(parent), 0o666).tempfile_in(parent).map_err(io_err(parent))?;
+            write_archive(store, &plan, BufWriter::with_capacity(1 << 20, tmp.as_file()), dest, cancel)?;
+            tmp.persist(dest).map_err(|e| io_err(dest)(e.error))?;
+        }
+    }
+    Ok(())
+}
+
+/// Like [`export`] for an archive format, streamed to `out` (e.g. standard
+/// output, for `kiln save IMAGE | kiln load`).
+pub fn export_to_writer(
+    store: &Store,
+    entries: &[ExportEntry],
+    format: Format,
+    platform: Option<&Platform>,
+    out: &mut dyn Write,
+    cancel: &AtomicBool,
+) -> Result<()> {
+    assert!(format != Format::OciDir, "a layout directory cannot be streamed");
+    let plan = plan_export(store, entries, format, platform)?;
+    write_archive(store, &plan, BufWriter::with_capacity(1 << 20, out), Path::new("standard output"), cancel)
+}
+
+const OCI_LAYOUT: &[u8] = br#"{"imageLayoutVersion":"1.0.0"}"#;
+
+/// containerd's annotation for an image's full name in a layout's index.
+const IMAGE_NAME_ANNOTATION: &str = "io.containerd.image.name";
+
+/// What an export writes: every blob once, the index, and for a Docker
+/// archive its manifest.json.
+struct ExportPlan {
+    blobs: Vec<Descriptor>,
+    index: Vec<u8>,
+    docker_manifest: Option<Vec<u8>>,
+}
+
+fn plan_export(store: &Store, entries: &[ExportEntry], format: Format, platform: Option<&Platform>) -> Result<ExportPlan> {
     let mut roots = Vec::new();
     let mut blobs: Vec<Descriptor> = Vec::new();
     let mut seen = HashSet::new();
@@ -122,59 +181,45 @@ pub fn export(
                 blobs.push(d);
             }
         }
-        let mut annotated = root.clone();
+        // Annotations in a sorted map, so the index's bytes are the same every time.
+        let mut annotations = serde_json::Map::new();
         if let Some(name) = e.ref_name.as_ref().or(e.repo_tag.as_ref()) {
-            annotated.set_annotations(Some(HashMap::from([(REF_NAME_ANNOTATION.to_string(), name.clone())])));
+            annotations.insert(REF_NAME_ANNOTATION.to_string(), name.clone().into());
+        }
+        if let Some(full) = &e.repo_tag {
+            // The full name, as containerd and Docker 25+ write it, so a load names the image as it was.
+            annotations.insert(IMAGE_NAME_ANNOTATION.to_string(), full.clone().into());
+        }
+        let mut annotated = serde_json::to_value(&root).expect("serialises");
+        if !annotations.is_empty() {
+            annotated["annotations"] = annotations.into();
         }
         roots.push(annotated);
     }
     let index = serde_json::json!({"schemaVersion": 2, "mediaType": media::OCI_INDEX, "manifests": roots});
     let index = serde_json::to_vec_pretty(&index).expect("serialises");
-    let oci_layout = br#"{"imageLayoutVersion":"1.0.0"}"#;
+    let docker_manifest = (format == Format::DockerArchive).then(|| serde_json::to_vec(&docker_manifest).expect("serialises"));
+    Ok(ExportPlan { blobs, index, docker_manifest })
+}
 
-    match format {
-        Format::OciDir => {
-            let tmp = export_builder(&export_prefix(parent), 0o777).tempdir_in(parent).map_err(io_err(parent))?;
-            let b = tmp.path().join("blobs").join("sha256");
-            fs::create_dir_all(&b).map_err(io_err(&b))?;
-            for d in &blobs {
-                crate::cancel::check(cancel)?;
-                let path = b.join(digest::sha256_hex(d.digest()).map_err(StoreError::from)?);
-                let mut out = BufWriter::new(File::create(&path).map_err(io_err(&path))?);
-                io::copy(&mut store.get_blob(d)?, &mut out).map_err(io_err(&path))?;
-                out.flush().map_err(io_err(&path))?;
-            }
-            fs::write(tmp.path().join("oci-layout"), oci_layout).map_err(io_err(tmp.path()))?;
-            fs::write(tmp.path().join("index.json"), &index).map_err(io_err(tmp.path()))?;
-            let kept = tmp.keep();
-            fs::rename(&kept, dest).map_err(|e| {
-                let _ = fs::remove_dir_all(&kept);
-                io_err(dest)(e)
-            })?;
-        }
-        Format::OciTar | Format::DockerArchive => {
-            let tmp = export_builder(&export_prefix(parent), 0o666).tempfile_in(parent).map_err(io_err(parent))?;
-            let mut tar = tar::Builder::new(BufWriter::with_capacity(1 << 20, tmp.as_file()));
-            let t = |e| io_err(dest)(e);
-            append_dir(&mut tar, "blobs/").map_err(t)?;
-            append_dir(&mut tar, "blobs/sha256/").map_err(t)?;
-            for d in &blobs {
-                crate::cancel::check(cancel)?;
-                let mut r = store.get_blob(d)?;
-                append_file(&mut tar, &blob_name(d.digest()), d.size(), &mut r).map_err(t)?;
-            }
-            append_file(&mut tar, "oci-layout", oci_layout.len() as u64, &mut &oci_layout[..]).map_err(t)?;
-            append_file(&mut tar, "index.json", index.len() as u64, &mut &index[..]).map_err(t)?;
-            if format == Format::DockerArchive {
-                let m = serde_json::to_vec(&docker_manifest).expect("serialises");
-                append_file(&mut tar, "manifest.json", m.len() as u64, &mut &m[..]).map_err(t)?;
-            }
-            let mut w = tar.into_inner().map_err(t)?;
-            w.flush().map_err(t)?;
-            drop(w);
-            tmp.persist(dest).map_err(|e| io_err(dest)(e.error))?;
-        }
+/// Writes the plan as a tar to `w` (`dest` names it in errors).
+fn write_archive<W: Write>(store: &Store, plan: &ExportPlan, w: W, dest: &Path, cancel: &AtomicBool) -> Result<()> {
+    let mut tar = tar::Builder::new(w);
+    let t = |e| io_err(dest)(e);
+    append_dir(&mut tar, "blobs/").map_err(t)?;
+    append_dir(&mut tar, "blobs/sha256/").map_err(t)?;
+    for d in &plan.blobs {
+        crate::cancel::check(cancel)?;
+        let mut r = store.get_blob(d)?;
+        append_file(&mut tar, &blob_name(d.digest()), d.size(), &mut r).map_err(t)?;
     }
+    append_file(&mut tar, "oci-layout", OCI_LAYOUT.len() as u64, &mut &OCI_LAYOUT[..]).map_err(t)?;
+    append_file(&mut tar, "index.json", plan.index.len() as u64, &mut &plan.index[..]).map_err(t)?;
+    if let Some(m) = &plan.docker_manifest {
+        append_file(&mut tar, "manifest.json", m.len() as u64, &mut &m[..]).map_err(t)?;
+    }
+    let mut w = tar.into_inner().map_err(t)?;
+    w.flush().map_err(t)?;
     Ok(())
 }
 
@@ -236,12 +281,14 @@ fn append_file<W: Write>(tar: &mut tar::Builder<W>, path: &str, size: u64, r: &m
 
 /// Copies images from an OCI layout directory into the store. `select`
 /// picks by `org.opencontainers.image.ref.name` (all named images when None);
-/// each imported image is tagged `name_for(ref_name)`. Returns the tags made.
+/// each imported image is tagged `name_for(ref_name, full_name)`, the full
+/// name coming from `io.containerd.image.name` when the layout has one.
+/// Returns the tags made.
 pub fn import_dir(
     store: &Store,
     dir: &Path,
     select: Option<&str>,
-    name_for: impl Fn(&str) -> String,
+    name_for: impl Fn(&str, Option<&str>) -> String,
 ) -> Result<Vec<(String, Descriptor)>> {
     let not_layout = |reason: String| LayoutError::NotALayout { path: dir.to_path_buf(), reason };
     let marker = fs::read(dir.join("oci-layout")).map_err(|e| not_layout(format!("oci-layout: {e}")))?;
@@ -263,6 +310,15 @@ pub fn import_dir(
             Some((name, plain))
         })
         .collect();
+    // The full names (io.containerd.image.name) of the named entries, by ref name.
+    let full_names: HashMap<String, String> = index
+        .manifests()
+        .iter()
+        .filter_map(|d| {
+            let a = d.annotations().as_ref()?;
+            Some((a.get(REF_NAME_ANNOTATION)?.clone(), a.get(IMAGE_NAME_ANNOTATION)?.clone()))
+        })
+        .collect();
     let chosen: Vec<(String, Descriptor)> = match select {
         Some(want) => {
             let found: Vec<_> = named.iter().filter(|(n, _)| n == want).cloned().collect();
@@ -282,7 +338,7 @@ pub fn import_dir(
     ingest.commit()?;
     let mut tagged = Vec::new();
     for (ref_name, d) in chosen {
-        let name = name_for(&ref_name);
+        let name = name_for(&ref_name, full_names.get(&ref_name).map(String::as_str));
         store.tag(&name, &d)?;
         tagged.push((name, d));
     }

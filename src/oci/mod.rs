@@ -8,6 +8,7 @@
 //! - [`layout`]: OCI image layouts (dir and tar) and Docker archives.
 //! - [`import`]: a root file system tar as a one-layer image (`kiln import`).
 
+pub mod archive;
 pub mod digest;
 pub mod import;
 pub mod layer;

@@ -102,10 +102,6 @@ impl Store {
         let tmp = root.join("tmp");
         fs::create_dir_all(&blobs).map_err(io_err(&blobs))?;
         fs::create_dir_all(&tmp).map_err(io_err(&tmp))?;
-        let layout = root.join("oci-layout");
-        if !layout.exists() {
-            write_atomic(&tmp, &layout, br#"{"imageLayoutVersion":"1.0.0"}"#)?;
-        }
         let gc_path = root.join("gc.lock");
         let gc_lock = open_lock(&gc_path)?;
         let store = Self { root, blobs, tmp, gc_lock };
@@ -119,6 +115,11 @@ impl Store {
             Err(e) => return Err(io_err(&gc_path)(e)),
         }
         lock(&store.gc_lock, LockKind::Shared).map_err(io_err(&gc_path))?;
+        // Written through tmp/ only under the lock, so another kiln's sweep cannot take it away.
+        let layout = store.root.join("oci-layout");
+        if !layout.exists() {
+            write_atomic(&store.tmp, &layout, br#"{"imageLayoutVersion":"1.0.0"}"#)?;
+        }
         Ok(store)
     }
 
