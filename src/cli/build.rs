@@ -102,17 +102,51 @@ enum Output {
     Tar { dest: PathBuf },
 }
 
-fn parse_output(spec: &str, tags: &[String]) -> anyhow::Result<Output> {
-    let mut kv = BTreeMap::new();
-    for part in spec.split(',') {
-        let (k, v) = part.split_once('=').unwrap_or((part, ""));
-        kv.insert(k.trim().to_string(), v.trim().to_string());
+/// The comma-separated fields of an option value, read as CSV as buildx
+/// reads them: a field in double quotes may hold commas (`"name=a,b"`).
+fn csv_fields(spec: &str) -> anyhow::Result<Vec<String>> {
+    let mut fields = vec![String::new()];
+    let mut chars = spec.chars().peekable();
+    let mut quoted = false;
+    while let Some(c) = chars.next() {
+        match c {
+            '"' if quoted && chars.peek() == Some(&'"') => {
+                chars.next();
+                fields.last_mut().expect("never empty").push('"');
+            }
+            '"' => quoted = !quoted,
+            ',' if !quoted => fields.push(String::new()),
+            c => fields.last_mut().expect("never empty").push(c),
+        }
     }
+    if quoted {
+        bail!("{spec}: a quote is not closed");
+    }
+    Ok(fields)
+}
+
+fn parse_output(spec: &str, tags: &[String]) -> anyhow::Result<Output> {
     // buildx's short forms: `-o DIR` is type=local, `-o -` a tar on stdout.
+    if spec == "-" {
+        return Ok(Output::Tar { dest: "-".into() });
+    }
+    if !spec.contains('=') && !spec.contains(',') {
+        return Ok(Output::Local { dest: spec.into() });
+    }
+    let mut kv = BTreeMap::new();
+    let mut names: Vec<String> = Vec::new();
+    for field in csv_fields(spec).with_context(|| format!("--output {spec}"))? {
+        let Some((k, v)) = field.split_once('=') else {
+            bail!("--output {spec}: {field:?} is not key=value (quote a list of names: 'type=image,\"name=a,b\"')");
+        };
+        let (k, v) = (k.trim(), v.trim());
+        if k == "name" {
+            names.extend(v.split(',').map(str::trim).filter(|n| !n.is_empty()).map(str::to_string));
+        }
+        kv.insert(k.to_string(), v.to_string());
+    }
     let kind = match kv.get("type") {
         Some(t) => t.clone(),
-        None if spec == "-" => return Ok(Output::Tar { dest: "-".into() }),
-        None if kv.len() == 1 && !spec.contains('=') => return Ok(Output::Local { dest: spec.into() }),
         None => bail!("--output {spec}: missing type="),
     };
     let dest = || -> anyhow::Result<PathBuf> {
@@ -123,10 +157,7 @@ fn parse_output(spec: &str, tags: &[String]) -> anyhow::Result<Output> {
         "oci" => Output::Oci { dest: dest()?, tar: kv.get("tar").map(|v| v != "false").unwrap_or(true) },
         "docker" => Output::Docker { dest: dest()? },
         "image" | "registry" => {
-            let names = match kv.get("name") {
-                Some(n) if !n.is_empty() => n.split(',').map(str::to_string).collect(),
-                _ => tags.to_vec(),
-            };
+            let names = if names.is_empty() { tags.to_vec() } else { names };
             if names.is_empty() {
                 bail!("--output {spec}: give name= or --tag");
             }
@@ -519,6 +550,14 @@ mod tests {
         assert!(parse_output("type=oci", &tags).unwrap_err().to_string().contains("dest="));
         assert!(parse_output("type=bogus,dest=x", &tags).is_err());
         assert!(parse_output("type=image", &[]).is_err());
+        // Several names: quoted as CSV, or name= repeated; a bare field is an error, not a lost name.
+        let both = Output::Image { names: vec!["a:1".into(), "b:2".into()], push: false };
+        assert_eq!(parse_output(r#"type=image,"name=a:1,b:2""#, &tags).unwrap(), both);
+        assert_eq!(parse_output("type=image,name=a:1,name=b:2", &tags).unwrap(), both);
+        assert!(parse_output("type=image,name=a:1,b:2", &tags).unwrap_err().to_string().contains("quote"));
+        assert_eq!(parse_output("./out", &tags).unwrap(), Output::Local { dest: "./out".into() });
+        assert_eq!(parse_output("-", &tags).unwrap(), Output::Tar { dest: "-".into() });
+        assert_eq!(parse_output("type=local,dest=d", &tags).unwrap(), Output::Local { dest: "d".into() });
     }
 
     #[test]
