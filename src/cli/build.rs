@@ -46,7 +46,7 @@ pub struct BuildArgs {
     /// Set a label on the image (KEY=value); repeatable
     #[arg(long = "label")]
     pub labels: Vec<String>,
-    /// Output destination: type=oci|docker|image|registry[,dest=PATH][,name=NAME][,push=true]
+    /// Output destination: type=oci|docker|image|registry|local|tar[,dest=PATH][,name=NAME][,push=true]; -o DIR, -o -
     #[arg(short = 'o', long = "output")]
     pub outputs: Vec<String>,
     /// Push the image to its registry (same as --output=type=registry)
