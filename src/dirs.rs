@@ -21,6 +21,12 @@ pub fn data_dir() -> PathBuf {
     dirs::data_dir().unwrap_or_else(std::env::temp_dir).join("kiln")
 }
 
+/// The directory `path` is in: "." for a bare file name, whose parent is
+/// the empty path.
+pub fn parent_dir(path: &Path) -> &Path {
+    path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."))
+}
+
 /// A temporary-name prefix that carries this process's id (`<prefix><pid>-`),
 /// so that [`remove_stale`] can tell a dead kiln's leftovers from a live one's.
 pub fn owned_prefix(prefix: &str) -> String {

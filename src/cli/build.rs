@@ -480,8 +480,7 @@ fn deliver(
                     fs_export::write_tar_stream(store, &parts, req.source_date_epoch, &mut out)?;
                     std::io::Write::flush(&mut out)?;
                 } else {
-                    let parent = dest.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-                    let tmp = layout::export_temp_file(parent).with_context(|| format!("writing {}", dest.display()))?;
+                    let tmp = layout::export_temp_file(dest).with_context(|| format!("writing {}", dest.display()))?;
                     let mut out = std::io::BufWriter::with_capacity(1 << 20, tmp.as_file());
                     fs_export::write_tar_stream(store, &parts, req.source_date_epoch, &mut out)?;
                     std::io::Write::flush(&mut out).with_context(|| format!("writing {}", dest.display()))?;
@@ -526,7 +525,7 @@ fn export(
 }
 
 fn write_atomically(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let dir = crate::dirs::parent_dir(path);
     let mut tmp = tempfile::NamedTempFile::new_in(dir).with_context(|| format!("writing {}", path.display()))?;
     std::io::Write::write_all(&mut tmp, bytes)?;
     tmp.persist(path).with_context(|| format!("writing {}", path.display()))?;

@@ -76,12 +76,6 @@ impl VarList {
     pub fn iter(&self) -> impl Iterator<Item = &(String, String)> {
         self.pairs.iter()
     }
-    pub fn len(&self) -> usize {
-        self.pairs.len()
-    }
-    pub fn is_empty(&self) -> bool {
-        self.pairs.is_empty()
-    }
 }
 
 impl Vars for VarList {

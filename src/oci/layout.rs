@@ -16,7 +16,7 @@ use oci_spec::image::{Descriptor, Digest};
 use crate::oci::digest;
 use crate::oci::media;
 use crate::oci::model::{Manifest, MAX_MANIFEST_SIZE};
-use crate::oci::store::{Ingest, Store, StoreError, REF_NAME_ANNOTATION};
+use crate::oci::store::{Ingest, Store, StoreError, OCI_LAYOUT, REF_NAME_ANNOTATION};
 use crate::platform::Platform;
 
 #[derive(Debug, thiserror::Error)]
@@ -95,7 +95,7 @@ pub fn export(
     if dest.exists() && !replaceable {
         return Err(LayoutError::Exists { path: dest.to_path_buf() });
     }
-    let parent = dest.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let parent = crate::dirs::parent_dir(dest);
     // Resolve what goes in first, so a bad entry fails before anything is written.
     let plan = plan_export(store, entries, format, platform)?;
     match format {
@@ -119,7 +119,7 @@ pub fn export(
             })?;
         }
         Format::OciTar | Format::DockerArchive => {
-            let tmp = export_builder(&export_prefix(parent), 0o666).tempfile_in(parent).map_err(io_err(parent))?;
+            let tmp = export_temp_file(dest).map_err(io_err(parent))?;
             write_archive(store, &plan, BufWriter::with_capacity(1 << 20, tmp.as_file()), dest, cancel)?;
             tmp.persist(dest).map_err(|e| io_err(dest)(e.error))?;
         }
@@ -141,8 +141,6 @@ pub fn export_to_writer(
     let plan = plan_export(store, entries, format, platform)?;
     write_archive(store, &plan, BufWriter::with_capacity(1 << 20, out), Path::new("standard output"), cancel)
 }
-
-const OCI_LAYOUT: &[u8] = br#"{"imageLayoutVersion":"1.0.0"}"#;
 
 /// containerd's annotation for an image's full name in a layout's index.
 const IMAGE_NAME_ANNOTATION: &str = "io.containerd.image.name";
@@ -225,9 +223,10 @@ fn write_archive<W: Write>(store: &Store, plan: &ExportPlan, w: W, dest: &Path, 
 
 const EXPORT_PREFIX: &str = ".kiln-export-";
 
-/// A temporary file in `parent` for an export that replaces a file there
-/// by renaming this one over it (named and moded like every export's).
-pub fn export_temp_file(parent: &Path) -> io::Result<tempfile::NamedTempFile> {
+/// A temporary file beside `dest`, for an export that replaces `dest` by
+/// renaming this file over it (named and moded like every export's).
+pub fn export_temp_file(dest: &Path) -> io::Result<tempfile::NamedTempFile> {
+    let parent = crate::dirs::parent_dir(dest);
     export_builder(&export_prefix(parent), 0o666).tempfile_in(parent)
 }
 

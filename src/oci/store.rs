@@ -31,6 +31,9 @@ use crate::platform::Platform;
 
 pub const REF_NAME_ANNOTATION: &str = "org.opencontainers.image.ref.name";
 
+/// The `oci-layout` file of an image layout: the store's and every export's.
+pub(crate) const OCI_LAYOUT: &[u8] = br#"{"imageLayoutVersion":"1.0.0"}"#;
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("image store {path}: {source}")]
@@ -118,7 +121,7 @@ impl Store {
         // Written through tmp/ only under the lock, so another kiln's sweep cannot take it away.
         let layout = store.root.join("oci-layout");
         if !layout.exists() {
-            write_atomic(&store.tmp, &layout, br#"{"imageLayoutVersion":"1.0.0"}"#)?;
+            write_atomic(&store.tmp, &layout, OCI_LAYOUT)?;
         }
         Ok(store)
     }
