@@ -11,6 +11,7 @@ use anyhow::{bail, Context};
 use clap::Args;
 
 use crate::engine::progress::{Progress, ProgressMode};
+use crate::engine::cache_exchange::{self, CacheExport, CacheLocation, CacheMode, CacheRecord, ImportedCache};
 use crate::engine::{fs_export, BuildOutcome, BuildRequest, Builder};
 use crate::oci::layout::{self, ExportEntry, Format};
 use crate::oci::{Compression, Store};
@@ -82,6 +83,12 @@ pub struct BuildArgs {
     /// Layer compression: gzip, zstd or none
     #[arg(long, default_value = "gzip")]
     pub compression: Compression,
+    /// Export the build cache: type=registry,ref=REF or type=local,dest=DIR [,mode=min|max][,ignore-error=true]
+    #[arg(long = "cache-to")]
+    pub cache_to: Vec<String>,
+    /// Import a build cache: REF, type=registry,ref=REF or type=local,src=DIR
+    #[arg(long = "cache-from")]
+    pub cache_from: Vec<String>,
     /// Allow plain HTTP to this registry (host[:port]); loopback always may
     #[arg(long = "insecure-registry", env = "KILN_INSECURE_REGISTRIES", value_delimiter = ',')]
     pub insecure: Vec<String>,
@@ -95,7 +102,9 @@ enum Output {
     /// A Docker archive for `docker load`.
     Docker { dest: PathBuf },
     /// Keep in the local store under `names`; push them when `push`.
-    Image { names: Vec<String>, push: bool },
+    /// With `by_digest`, push to the names' repositories without a tag
+    /// (and tag nothing locally), for a later `imagetools create`.
+    Image { names: Vec<String>, push: bool, by_digest: bool },
     /// The final file system as files below a directory.
     Local { dest: PathBuf },
     /// The final file system as one tar; `-` is standard output.
@@ -161,7 +170,7 @@ fn parse_output(spec: &str, tags: &[String]) -> anyhow::Result<Output> {
             if names.is_empty() {
                 bail!("--output {spec}: give name= or --tag");
             }
-            Output::Image { names, push: kind == "registry" || truthy("push") }
+            Output::Image { names, push: kind == "registry" || truthy("push"), by_digest: truthy("push-by-digest") }
         }
         "local" => Output::Local { dest: dest()? },
         "tar" => Output::Tar { dest: dest()? },
@@ -246,11 +255,17 @@ pub fn run(args: BuildArgs, cancel: &'static std::sync::atomic::AtomicBool) -> a
         if tags.is_empty() {
             bail!("--push needs a --tag to push to");
         }
-        outputs.push(Output::Image { names: tags.clone(), push: true });
+        outputs.push(Output::Image { names: tags.clone(), push: true, by_digest: false });
     }
     if (args.load || !tags.is_empty()) && !outputs.iter().any(|o| matches!(o, Output::Image { .. })) {
-        outputs.push(Output::Image { names: tags.clone(), push: false });
+        outputs.push(Output::Image { names: tags.clone(), push: false, by_digest: false });
     }
+    if let Some(Output::Image { push: false, by_digest: true, .. }) = outputs.iter().find(|o| matches!(o, Output::Image { by_digest: true, .. })) {
+        bail!("--output push-by-digest=true needs push=true (or type=registry)");
+    }
+    let cache_to: Vec<CacheExport> =
+        args.cache_to.iter().map(|c| cache_exchange::parse_cache_to(c, args.compression)).collect::<Result<_, _>>()?;
+    let cache_from: Vec<CacheLocation> = args.cache_from.iter().map(|c| cache_exchange::parse_cache_from(c)).collect::<Result<_, _>>()?;
 
     // A Dockerfile from stdin lives in a private temp dir, with an empty context beside it.
     let stdin_dir;
@@ -288,6 +303,31 @@ pub fn run(args: BuildArgs, cancel: &'static std::sync::atomic::AtomicBool) -> a
     if platforms.len() > 1 && outputs.iter().any(|o| matches!(o, Output::Docker { .. })) {
         bail!("--output type=docker holds one platform; use type=oci for a multi-platform image");
     }
+    let registry = ClientOptions {
+        insecure_registries: args.insecure.clone(),
+        docker_config: Some(crate::registry::auth::default_config_path()),
+        ..Default::default()
+    };
+    let quiet = args.quiet || args.progress == ProgressMode::Quiet;
+    let mut mode = if quiet { ProgressMode::Quiet } else { args.progress };
+    // The live tty view follows one step at a time; concurrent platforms print plain lines.
+    if platforms.len() > 1 && matches!(mode, ProgressMode::Auto | ProgressMode::Tty) {
+        mode = ProgressMode::Plain;
+    }
+    let progress = Arc::new(Mutex::new(Progress::new(mode)));
+    let store = Store::open_default().context("opening the image store")?;
+    let started = std::time::Instant::now();
+    // --no-cache ignores imported caches too, as in buildx.
+    let imported = if cache_from.is_empty() || args.no_cache {
+        ImportedCache::empty()
+    } else {
+        let (imported, warnings) = ImportedCache::load(&cache_from, &registry, &store, cancel);
+        let mut progress = progress.lock().unwrap_or_else(|e| e.into_inner());
+        for w in warnings {
+            progress.note(&format!("warning: {w}"));
+        }
+        imported
+    };
     let req = BuildRequest {
         dockerfile,
         context,
@@ -302,22 +342,10 @@ pub fn run(args: BuildArgs, cancel: &'static std::sync::atomic::AtomicBool) -> a
         memory_mib: args.memory,
         cpus: args.cpus.unwrap_or_else(|| crate::vm::VmConfig::new(Platform::host()).cpus),
         compression: args.compression,
-        registry: ClientOptions {
-            insecure_registries: args.insecure.clone(),
-            docker_config: Some(crate::registry::auth::default_config_path()),
-            ..Default::default()
-        },
+        registry,
         secrets: parse_secrets(&args.secret)?,
+        cache_from: Arc::new(imported),
     };
-    let quiet = args.quiet || args.progress == ProgressMode::Quiet;
-    let mut mode = if quiet { ProgressMode::Quiet } else { args.progress };
-    // The live tty view follows one step at a time; concurrent platforms print plain lines.
-    if platforms.len() > 1 && matches!(mode, ProgressMode::Auto | ProgressMode::Tty) {
-        mode = ProgressMode::Plain;
-    }
-    let progress = Arc::new(Mutex::new(Progress::new(mode)));
-    let store = Store::open_default().context("opening the image store")?;
-    let started = std::time::Instant::now();
     let outcomes = build_platforms(&store, &req, &platforms, &progress, cancel)?;
     let result = if outcomes.len() == 1 {
         outcomes[0].manifest.clone()
@@ -326,6 +354,7 @@ pub fn run(args: BuildArgs, cancel: &'static std::sync::atomic::AtomicBool) -> a
     };
     let mut progress = progress.lock().unwrap_or_else(|e| e.into_inner());
     deliver(&store, &result, &outcomes, &outputs, &req, &mut progress, cancel)?;
+    export_cache(&store, &outcomes, &cache_to, &outputs, &req, &mut progress, cancel)?;
 
     // Like buildx: the image ID is the config digest, or the index digest for several platforms.
     let image_id = if outcomes.len() == 1 { outcomes[0].config_digest.clone() } else { result.digest().to_string() };
@@ -439,10 +468,12 @@ fn deliver(
     let mut runtime = None;
     for output in outputs {
         match output {
-            Output::Image { names, push } => {
-                for name in names {
-                    store.tag(name, image)?;
-                    progress.note(&format!("naming to {name}"));
+            Output::Image { names, push, by_digest } => {
+                if !by_digest {
+                    for name in names {
+                        store.tag(name, image)?;
+                        progress.note(&format!("naming to {name}"));
+                    }
                 }
                 if *push {
                     let client = Client::new(req.registry.clone())?;
@@ -451,9 +482,16 @@ fn deliver(
                         None => runtime.insert(tokio::runtime::Builder::new_multi_thread().enable_all().build()?),
                     };
                     for name in names {
-                        let dest = Reference::parse(name)?;
+                        let mut dest = Reference::parse(name)?;
+                        if *by_digest {
+                            dest.tag = None;
+                        }
                         let report = crate::cancel::block_on(rt, cancel, client.push(store, image, &dest, &PushOptions::default()))??;
-                        progress.note(&format!("pushed {dest} ({})", report.digest));
+                        if *by_digest {
+                            progress.note(&format!("pushed {}@{}", dest.name(), report.digest));
+                        } else {
+                            progress.note(&format!("pushed {dest} ({})", report.digest));
+                        }
                     }
                 }
             }
@@ -489,6 +527,41 @@ fn deliver(
                     progress.note(&format!("exported the file system as a tar to {}", dest.display()));
                 }
             }
+        }
+    }
+    Ok(())
+}
+
+/// Writes each `--cache-to`: the records of the image's steps, or of every
+/// step with `mode=max`. Layers a push just sent to the same registry are
+/// mounted from there, not uploaded again.
+fn export_cache(
+    store: &Store,
+    outcomes: &[BuildOutcome],
+    exports: &[CacheExport],
+    outputs: &[Output],
+    req: &BuildRequest,
+    progress: &mut Progress,
+    cancel: &std::sync::atomic::AtomicBool,
+) -> anyhow::Result<()> {
+    let pushed = outputs.iter().find_map(|o| match o {
+        Output::Image { names, push: true, .. } => names.first().and_then(|n| Reference::parse(n).ok()),
+        _ => None,
+    });
+    for export in exports {
+        let mut records: Vec<CacheRecord> = Vec::new();
+        for o in outcomes {
+            let of_outcome = if export.mode == CacheMode::Max { &o.all_records } else { &o.image_records };
+            for r in of_outcome {
+                if !records.iter().any(|x| x.key == r.key) {
+                    records.push(r.clone());
+                }
+            }
+        }
+        match cache_exchange::export(store, &records, export, &req.registry, pushed.as_ref(), cancel) {
+            Ok(digest) => progress.note(&format!("exported the build cache to {} ({} records, {digest})", export.location, records.len())),
+            Err(e) if export.ignore_error => progress.note(&format!("warning: --cache-to {}: {e}", export.location)),
+            Err(e) => bail!("--cache-to {}: {e}", export.location),
         }
     }
     Ok(())
@@ -541,16 +614,16 @@ mod tests {
         let tags = vec!["docker.io/library/x:latest".to_string()];
         assert_eq!(parse_output("type=oci,dest=out.tar", &tags).unwrap(), Output::Oci { dest: "out.tar".into(), tar: true });
         assert_eq!(parse_output("type=oci,dest=d,tar=false", &tags).unwrap(), Output::Oci { dest: "d".into(), tar: false });
-        assert_eq!(parse_output("type=image,push=true", &tags).unwrap(), Output::Image { names: tags.clone(), push: true });
+        assert_eq!(parse_output("type=image,push=true", &tags).unwrap(), Output::Image { names: tags.clone(), push: true, by_digest: false });
         assert_eq!(
             parse_output("type=registry,name=a/b:c", &tags).unwrap(),
-            Output::Image { names: vec!["a/b:c".into()], push: true }
+            Output::Image { names: vec!["a/b:c".into()], push: true, by_digest: false }
         );
         assert!(parse_output("type=oci", &tags).unwrap_err().to_string().contains("dest="));
         assert!(parse_output("type=bogus,dest=x", &tags).is_err());
         assert!(parse_output("type=image", &[]).is_err());
         // Several names: quoted as CSV, or name= repeated; a bare field is an error, not a lost name.
-        let both = Output::Image { names: vec!["a:1".into(), "b:2".into()], push: false };
+        let both = Output::Image { names: vec!["a:1".into(), "b:2".into()], push: false, by_digest: false };
         assert_eq!(parse_output(r#"type=image,"name=a:1,b:2""#, &tags).unwrap(), both);
         assert_eq!(parse_output("type=image,name=a:1,name=b:2", &tags).unwrap(), both);
         assert!(parse_output("type=image,name=a:1,b:2", &tags).unwrap_err().to_string().contains("quote"));

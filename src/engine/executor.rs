@@ -20,6 +20,7 @@ use oci_spec::image::Descriptor;
 
 use super::base_image::BaseImages;
 use super::cache::{BuildCache, CacheEntry, CacheKey, CachedLayer};
+use super::cache_exchange::{CacheRecord, ImportedCache};
 use super::context::BuildContext;
 use super::image_config::{rfc3339, History, ImageConfigFile};
 use super::layer_tar::{write_layer, ContentSource, LayerOptions};
@@ -60,6 +61,8 @@ pub struct BuildRequest {
     pub registry: ClientOptions,
     /// `--secret` values by id; only ever sent to the guest's memory.
     pub secrets: BTreeMap<String, Vec<u8>>,
+    /// `--cache-from`: records consulted when the local cache misses.
+    pub cache_from: Arc<ImportedCache>,
 }
 
 /// What a finished build produced.
@@ -75,6 +78,10 @@ pub struct BuildOutcome {
     /// The image's platform, as its config names it (a `FROM --platform`
     /// stage may differ from the requested one).
     pub platform: crate::platform::Platform,
+    /// The cache records of the image's own steps (`--cache-to mode=min`).
+    pub image_records: Vec<CacheRecord>,
+    /// The cache records of every step the build ran or found (`mode=max`).
+    pub all_records: Vec<CacheRecord>,
 }
 
 /// A stage's state between steps.
@@ -85,6 +92,8 @@ struct StageState {
     key: CacheKey,
     /// Host-side view of the stage's files, built when a step needs it.
     stack: Option<LayerStack>,
+    /// The cache records of the steps that made this state.
+    records: Vec<CacheRecord>,
 }
 
 /// What a step works with besides its stage's state.
@@ -112,6 +121,8 @@ pub struct Builder<'a> {
     context: Option<BuildContext>,
     steps: usize,
     cached: usize,
+    /// Every step's cache record, in the order the steps ended.
+    records: Vec<CacheRecord>,
 }
 
 /// A failure at `span` of the Dockerfile at `path` (free of the builder, so
@@ -139,6 +150,7 @@ impl<'a> Builder<'a> {
             context: None,
             steps: 0,
             cached: 0,
+            records: Vec::new(),
         }
     }
 
@@ -161,7 +173,16 @@ impl<'a> Builder<'a> {
         let (manifest, config_digest) = super::manifest::write_image(self.store, &config, &state.layers)?;
         let vm_booted = self.sessions.booted();
         let platform = crate::platform::Platform { os: config.os, architecture: config.architecture, variant: config.variant };
-        Ok(BuildOutcome { manifest, config_digest, steps: self.steps, cached: self.cached, vm_booted, platform })
+        Ok(BuildOutcome {
+            manifest,
+            config_digest,
+            steps: self.steps,
+            cached: self.cached,
+            vm_booted,
+            platform,
+            image_records: state.records,
+            all_records: self.records,
+        })
     }
 
     fn run_stages(&mut self, df: &Dockerfile, ev: &Evaluator<'_>, graph: &StageGraph) -> Result<HashMap<usize, StageState>, BuildError> {
@@ -237,6 +258,7 @@ impl<'a> Builder<'a> {
                 layers: Vec::new(),
                 key: CacheKey::root(&format!("scratch {platform}")),
                 stack: Some(LayerStack::empty()),
+                records: Vec::new(),
             },
             BaseRef::Stage(i) => built.get(i).cloned().expect("stages are built in dependency order"),
             BaseRef::Image(name) => self.image_state(name, platform).map_err(|e| self.at_span(df, df.stages[index].span, e))?,
@@ -300,12 +322,27 @@ impl<'a> Builder<'a> {
         LayerOptions { compression: self.req.compression, source_date_epoch: self.req.source_date_epoch }
     }
 
-    /// Looks `key` up; on a hit applies the cached result to `state`.
+    /// Looks `key` up, in the local cache and then in `--cache-from`'s
+    /// records; on a hit applies the cached result to `state`.
     fn try_cache(&mut self, key: &CacheKey, state: &mut StageState) -> Result<bool, BuildError> {
         if self.req.no_cache {
             return Ok(false);
         }
-        let Some(entry) = self.cache.get(self.store, key) else { return Ok(false) };
+        let entry = match self.cache.get(self.store, key) {
+            Some(entry) => entry,
+            None => match self.req.cache_from.fetch(self.store, key, self.cancel) {
+                Ok(Some(entry)) => {
+                    self.cache.put(self.store, key, &entry)?;
+                    entry
+                }
+                Ok(None) => return Ok(false),
+                Err(why) => {
+                    self.progress.note(&format!("warning: --cache-from: {why}; running the step"));
+                    return Ok(false);
+                }
+            },
+        };
+        self.record(state, key, &entry);
         let mut history = entry.history;
         if self.req.source_date_epoch.is_some() {
             history.created = Some(self.created());
@@ -329,7 +366,15 @@ impl<'a> Builder<'a> {
             history: history.clone(),
         };
         self.cache.put(self.store, &key, &entry)?;
+        self.record(state, &key, &entry);
         self.apply(state, key, layer, history)
+    }
+
+    /// Notes a step's cache record for `--cache-to`.
+    fn record(&mut self, state: &mut StageState, key: &CacheKey, entry: &CacheEntry) {
+        let record = CacheRecord { key: key.clone(), entry: entry.clone() };
+        state.records.push(record.clone());
+        self.records.push(record);
     }
 
     fn apply(&mut self, state: &mut StageState, key: CacheKey, layer: Option<LayerRef>, history: History) -> Result<(), BuildError> {
@@ -391,5 +436,5 @@ fn state_from_image(image: &Image) -> Result<StageState, String> {
         return Err(format!("the image has {} layers but its config lists {} diff_ids", layers.len(), diff_ids.len()));
     }
     let layers = layers.iter().zip(diff_ids).map(|(d, id)| LayerRef { descriptor: d.clone(), diff_id: id.clone() }).collect();
-    Ok(StageState { key: CacheKey::root(image.manifest_descriptor.digest().as_ref()), config, layers, stack: None })
+    Ok(StageState { key: CacheKey::root(image.manifest_descriptor.digest().as_ref()), config, layers, stack: None, records: Vec::new() })
 }

@@ -14,6 +14,7 @@
 
 mod base_image;
 pub mod cache;
+pub mod cache_exchange;
 pub mod context;
 pub mod copy;
 pub mod executor;

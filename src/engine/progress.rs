@@ -292,6 +292,11 @@ impl StepLog {
         self.lock().end(id, how, elapsed)
     }
 
+    /// A line of its own (a warning, a summary), prefixed like step names.
+    pub fn note(&self, text: &str) {
+        self.lock().note(&format!("{}{text}", self.prefix))
+    }
+
     /// Runs `work` as a step of its own named `name` (`[internal] ...`).
     pub fn step<T, E>(&self, name: &str, work: impl FnOnce() -> Result<T, E>) -> Result<T, E> {
         let id = self.start(name);

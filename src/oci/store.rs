@@ -32,7 +32,7 @@ use crate::platform::Platform;
 pub const REF_NAME_ANNOTATION: &str = "org.opencontainers.image.ref.name";
 
 /// The `oci-layout` file of an image layout: the store's and every export's.
-pub(crate) const OCI_LAYOUT: &[u8] = br#"{"imageLayoutVersion":"1.0.0"}"#;
+pub const OCI_LAYOUT: &[u8] = br#"{"imageLayoutVersion":"1.0.0"}"#;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

@@ -112,6 +112,16 @@ impl Client {
         Ok(PullReport { name, descriptor: tagged, blobs_downloaded, bytes_downloaded })
     }
 
+    /// Downloads one blob of `reference`'s repository into `store`,
+    /// verified against `blob` before it is stored.
+    pub async fn pull_blob(&self, store: &Store, reference: &Reference, blob: &Descriptor) -> Result<()> {
+        let scopes = [format!("repository:{}:pull", reference.repository)];
+        let ingest = store.begin_ingest()?;
+        self.fetch_blob(reference, blob, &ingest, &scopes, &AtomicBool::new(false)).await?;
+        ingest.commit()?;
+        Ok(())
+    }
+
     /// Fetches a manifest by tag or digest and checks it against the digest
     /// it was asked for (or that the registry claims). Returns its bytes and descriptor.
     pub async fn fetch_manifest(

@@ -38,6 +38,12 @@ enum BlobOutcome {
     Uploaded(u64),
 }
 
+enum BlobStart {
+    Done(BlobOutcome),
+    /// The registry opened an upload session at this URL.
+    Upload(String),
+}
+
 impl Client {
     /// Pushes the image or index `source` from `store` to `dest`.
     pub async fn push(&self, store: &Store, source: &Descriptor, dest: &Reference, opts: &PushOptions) -> Result<PushReport> {
@@ -88,6 +94,13 @@ impl Client {
 
     async fn put_manifest(&self, store: &Store, m: &Descriptor, dest: &Reference, target: &str, scopes: &[String]) -> Result<()> {
         let bytes = store.read_blob(m.digest(), Some(m.size()))?;
+        self.put_manifest_bytes(bytes, m, dest, target, scopes).await
+    }
+
+    /// Uploads a manifest or index (`bytes`, described by `m`) to `dest`'s
+    /// repository under `target`, a tag or its digest, and checks that the
+    /// registry stored it under the digest it has here.
+    pub async fn put_manifest_bytes(&self, bytes: Vec<u8>, m: &Descriptor, dest: &Reference, target: &str, scopes: &[String]) -> Result<()> {
         let what = format!("uploading manifest {} to {}", m.digest(), dest.name());
         let req = Request {
             registry: &dest.registry,
@@ -110,7 +123,38 @@ impl Client {
         Ok(())
     }
 
+    /// Copies one blob from the repository `from` to `to`: nothing when `to`
+    /// has it, a cross-repository mount on the same registry, otherwise
+    /// through `store` (downloaded and verified there first, unless it is
+    /// already there) and uploaded.
+    pub async fn copy_blob(&self, store: &Store, blob: &Descriptor, from: &Reference, to: &Reference) -> Result<()> {
+        let same_registry = from.registry == to.registry;
+        let mut scopes = vec![format!("repository:{}:pull,push", to.repository)];
+        if from.repository != to.repository || !same_registry {
+            scopes.push(format!("repository:{}:pull", from.repository));
+        }
+        let mount_from = same_registry.then(|| from.repository.clone());
+        let opts = PushOptions { mount_from };
+        if let BlobStart::Upload(location) = self.start_blob(blob, to, &opts, &scopes).await? {
+            if !store.has_intact_blob(blob) {
+                self.pull_blob(store, from, blob).await?;
+            }
+            self.upload_blob(store, blob, to, location, &scopes).await?;
+        }
+        Ok(())
+    }
+
     async fn push_blob(&self, store: &Store, blob: &Descriptor, dest: &Reference, opts: &PushOptions, scopes: &[String]) -> Result<BlobOutcome> {
+        match self.start_blob(blob, dest, opts, scopes).await? {
+            BlobStart::Done(outcome) => Ok(outcome),
+            BlobStart::Upload(location) => Ok(BlobOutcome::Uploaded(self.upload_blob(store, blob, dest, location, scopes).await?)),
+        }
+    }
+
+    /// The first half of a blob push: skipped when `dest` has the blob,
+    /// mounted when `opts` names a repository that has it, otherwise an
+    /// upload session is opened.
+    async fn start_blob(&self, blob: &Descriptor, dest: &Reference, opts: &PushOptions, scopes: &[String]) -> Result<BlobStart> {
         let what = format!("uploading blob {} to {}", blob.digest(), dest.name());
         let repo = &dest.repository;
         let reg = &dest.registry;
@@ -118,7 +162,7 @@ impl Client {
         let head = Request { registry: reg, scopes, method: Method::HEAD, target: &blob_url, headers: vec![], body: Body::Empty, what: &what };
         let resp = self.send(&head).await?;
         if resp.status() == StatusCode::OK {
-            return Ok(BlobOutcome::Skipped);
+            return Ok(BlobStart::Done(BlobOutcome::Skipped));
         }
         client::check(self, resp, &[StatusCode::NOT_FOUND], &what, reg, repo).await?;
 
@@ -130,10 +174,19 @@ impl Client {
         let resp = self.send(&post).await?;
         let resp = client::check(self, resp, &[StatusCode::CREATED, StatusCode::ACCEPTED], &what, reg, repo).await?;
         if resp.status() == StatusCode::CREATED {
-            return Ok(BlobOutcome::Mounted);
+            return Ok(BlobStart::Done(BlobOutcome::Mounted));
         }
         let base = self.base_url(reg).await?;
-        let mut location = client::resolve_location(&base, &resp, &what)?;
+        Ok(BlobStart::Upload(client::resolve_location(&base, &resp, &what)?))
+    }
+
+    /// The second half: the blob's bytes from `store` into the upload
+    /// session at `location`. Returns the bytes sent.
+    async fn upload_blob(&self, store: &Store, blob: &Descriptor, dest: &Reference, mut location: String, scopes: &[String]) -> Result<u64> {
+        let what = format!("uploading blob {} to {}", blob.digest(), dest.name());
+        let repo = &dest.repository;
+        let reg = &dest.registry;
+        let base = self.base_url(reg).await?;
         let path = store.blob_path(blob.digest())?;
         // Re-check the stored blob before it leaves the machine.
         std::io::copy(&mut store.get_blob(blob)?, &mut std::io::sink())
@@ -176,6 +229,6 @@ impl Client {
         };
         let resp = self.send(&put).await?;
         client::check(self, resp, &[StatusCode::CREATED, StatusCode::NO_CONTENT], &what, reg, repo).await?;
-        Ok(BlobOutcome::Uploaded(size))
+        Ok(size)
     }
 }
