@@ -131,7 +131,7 @@ pub struct RegistryArgs {
 }
 
 impl RegistryArgs {
-    fn client(&self) -> anyhow::Result<Client> {
+    pub(crate) fn client(&self) -> anyhow::Result<Client> {
         Ok(Client::new(ClientOptions {
             insecure_registries: self.insecure.clone(),
             ca_certs: self.ca_certs.clone(),
@@ -141,7 +141,7 @@ impl RegistryArgs {
     }
 }
 
-fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+pub(crate) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
 }
 

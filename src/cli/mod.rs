@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 pub mod build;
 pub mod debug;
 pub mod image;
+pub mod imagetools;
 pub mod import;
 pub mod kernel;
 pub mod manifest;
@@ -33,6 +34,9 @@ pub enum Command {
     /// Combine local single-platform images under one multi-platform name
     #[command(subcommand)]
     Manifest(manifest::ManifestCommand),
+    /// Work with multi-platform images in registries (buildx imagetools)
+    #[command(subcommand)]
+    Imagetools(imagetools::ImagetoolsCommand),
     /// Run commands in a guest VM
     #[command(subcommand)]
     Vm(vm::VmCommand),
@@ -53,6 +57,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Build(args) => build::run(args, signals::install()),
         Command::Run(args) => run::run(args, signals::install()),
         Command::Manifest(cmd) => manifest::run(cmd),
+        Command::Imagetools(cmd) => imagetools::run(cmd),
         Command::Vm(cmd) => vm::run(cmd),
         Command::Kernel(cmd) => kernel::run(cmd),
         Command::Image(cmd) => image::run(cmd),

@@ -5,9 +5,11 @@
 //! - [`client`]: transport (TLS, plain HTTP for loopback/insecure hosts),
 //!   authentication (Basic, Bearer tokens), retries.
 //! - [`pull`] and [`push`]: moving images between a registry and the store.
+//! - [`combine`]: one multi-platform index over images already in registries.
 
 pub mod auth;
 pub mod client;
+pub mod combine;
 pub mod pull;
 pub mod push;
 pub mod reference;
