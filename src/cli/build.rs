@@ -365,7 +365,7 @@ pub fn run(args: BuildArgs, cancel: &'static std::sync::atomic::AtomicBool) -> a
         let mut meta = serde_json::json!({
             "containerimage.digest": result.digest().to_string(),
             "containerimage.descriptor": result,
-            "image.name": tags.join(","),
+            "image.name": image_names(&outputs).join(","),
         });
         if outcomes.len() == 1 {
             meta["containerimage.config.digest"] = outcomes[0].config_digest.clone().into();
@@ -595,6 +595,18 @@ fn export(
     let entry = ExportEntry { descriptor: image.clone(), ref_name, repo_tag: name };
     layout::export(store, &[entry], format, dest, None, true, cancel)?;
     Ok(())
+}
+
+/// The names the image was tagged or pushed as, for `--metadata-file`.
+fn image_names(outputs: &[Output]) -> Vec<String> {
+    outputs
+        .iter()
+        .filter_map(|o| match o {
+            Output::Image { names, .. } => Some(names.clone()),
+            _ => None,
+        })
+        .flatten()
+        .collect()
 }
 
 fn write_atomically(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {

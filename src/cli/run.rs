@@ -47,6 +47,11 @@ pub struct RunArgs {
     /// Guest CPUs (default: the host's, at most 4)
     #[arg(long)]
     pub cpus: Option<u32>,
+    /// Pull the image: missing (when the store lacks it for the platform), always or never
+    #[arg(long, default_value = "missing", value_parser = ["missing", "always", "never"])]
+    pub pull: String,
+    #[command(flatten)]
+    pub registry: super::image::RegistryArgs,
     pub image: String,
     /// Command and arguments (replace the image's CMD)
     #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
@@ -98,6 +103,7 @@ pub fn run(args: RunArgs, cancel: &'static std::sync::atomic::AtomicBool) -> any
         cpus: args.cpus.unwrap_or_else(|| crate::vm::VmConfig::new(Platform::host()).cpus),
     };
     let store = Store::open_default().context("opening the image store")?;
+    pull_if_needed(&store, &args, cancel)?;
     let (mut out, mut err) = (std::io::stdout(), std::io::stderr());
     let mut sink = |stream: u8, bytes: &[u8]| {
         let _ = if stream == kiln_protocol::stream::STDERR {
@@ -112,6 +118,30 @@ pub fn run(args: RunArgs, cancel: &'static std::sync::atomic::AtomicBool) -> any
     let io = ExecIo { stdin, sink: &mut sink, resizes: &mut resizes };
     let code = run_image(&store, &req, io, cancel)?;
     Ok(ExitCode::from(code.clamp(0, 255) as u8))
+}
+
+/// Pulls the image as `docker run --pull` does: by default only when the
+/// store has no image of that name for the platform.
+fn pull_if_needed(store: &Store, args: &RunArgs, cancel: &std::sync::atomic::AtomicBool) -> anyhow::Result<()> {
+    let platform = args.platform.clone().unwrap_or_else(Platform::host);
+    let local = crate::registry::reference::resolve_local(store, &args.image).ok();
+    let usable = local.as_ref().is_some_and(|(_, d)| {
+        let image = store.image(d, Some(&platform));
+        args.platform.is_none() || image.is_ok_and(|i| crate::oci::model::platform_matches(&platform, &i.platform()))
+    });
+    match args.pull.as_str() {
+        "never" => return Ok(()),
+        "missing" if usable => return Ok(()),
+        "missing" => eprintln!("Unable to find image '{}' locally", args.image),
+        _ => {}
+    }
+    let reference = crate::registry::Reference::parse(&args.image).with_context(|| format!("invalid image name {:?}", args.image))?;
+    let client = args.registry.client()?;
+    let opts = crate::registry::PullOptions { platform: Some(platform), all_platforms: false };
+    let report = crate::cancel::block_on(&super::image::runtime()?, cancel, client.pull(store, &reference, &opts))?
+        .with_context(|| format!("pulling {reference}"))?;
+    eprintln!("{}: pulled {} ({} blobs)", report.name, report.descriptor.digest(), report.blobs_downloaded);
+    Ok(())
 }
 
 #[cfg(test)]

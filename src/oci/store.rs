@@ -117,7 +117,15 @@ impl Store {
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
             Err(e) => return Err(io_err(&gc_path)(e)),
         }
-        lock(&store.gc_lock, LockKind::Shared).map_err(io_err(&gc_path))?;
+        // Only a prune holds the lock exclusively for long: say so rather than hang silently.
+        match lock(&store.gc_lock, LockKind::TryShared) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                eprintln!("Waiting for a `kiln prune` in another process to finish with {}...", store.root.display());
+                lock(&store.gc_lock, LockKind::Shared).map_err(io_err(&gc_path))?;
+            }
+            Err(e) => return Err(io_err(&gc_path)(e)),
+        }
         // Written through tmp/ only under the lock, so another kiln's sweep cannot take it away.
         let layout = store.root.join("oci-layout");
         if !layout.exists() {
@@ -563,16 +571,18 @@ fn open_lock(path: &Path) -> Result<File> {
 
 pub(crate) enum LockKind {
     Shared,
+    TryShared,
     Exclusive,
     TryExclusive,
 }
 
-/// Takes an advisory lock on `file` (flock on Unix), waiting unless `TryExclusive`.
+/// Takes an advisory lock on `file` (flock on Unix), waiting unless a `Try` kind.
 #[cfg(unix)]
 pub(crate) fn lock(file: &File, kind: LockKind) -> io::Result<()> {
     use std::os::fd::AsRawFd;
     let op = match kind {
         LockKind::Shared => libc::LOCK_SH,
+        LockKind::TryShared => libc::LOCK_SH | libc::LOCK_NB,
         LockKind::Exclusive => libc::LOCK_EX,
         LockKind::TryExclusive => libc::LOCK_EX | libc::LOCK_NB,
     };
@@ -592,6 +602,10 @@ pub(crate) fn lock(file: &File, kind: LockKind) -> io::Result<()> {
 pub(crate) fn lock(file: &File, kind: LockKind) -> io::Result<()> {
     match kind {
         LockKind::Shared => file.lock_shared(),
+        LockKind::TryShared => file.try_lock_shared().map_err(|e| match e {
+            std::fs::TryLockError::WouldBlock => io::ErrorKind::WouldBlock.into(),
+            std::fs::TryLockError::Error(e) => e,
+        }),
         LockKind::Exclusive => file.lock(),
         LockKind::TryExclusive => file.try_lock().map_err(|e| match e {
             std::fs::TryLockError::WouldBlock => io::ErrorKind::WouldBlock.into(),

@@ -57,7 +57,13 @@ pub fn run_image(store: &Store, req: &RunRequest, io: ExecIo<'_>, cancel: &Atomi
     let bad = |message: String| RunError::Image { image: req.image.clone(), message };
     let (_, desc) = crate::registry::reference::resolve_local(store, &req.image)?;
     let image = match &req.platform {
-        Some(p) => store.image(&desc, Some(p))?,
+        Some(p) => {
+            let image = store.image(&desc, Some(p))?;
+            if !crate::oci::model::platform_matches(p, &image.platform()) {
+                return Err(bad(format!("the image is {}, not {p} (pull the {p} image, or run without --platform)", image.platform())));
+            }
+            image
+        }
         None => store.image(&desc, None).or_else(|_| single_platform(store, &desc))?,
     };
     let config: ImageConfigFile =
