@@ -383,7 +383,7 @@ fn write_cache_manifest(store: &Store, records: &[CacheRecord]) -> Result<Descri
 /// that `mount_from`, a repository of the same registry, has are mounted;
 /// those the destination has are skipped), or into a layout directory
 /// (created, or updated in place: blobs added, index.json replaced). Returns
-/// the cache manifest's digest.
+/// the cache manifest's digest and, for a push, what moved.
 pub fn export(
     store: &Store,
     records: &[CacheRecord],
@@ -399,11 +399,22 @@ pub fn export(
             let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(|e| e.to_string())?;
             let mount_from = mount_from.filter(|m| m.registry == dest.registry && m.repository != dest.repository).map(|m| m.repository.clone());
             let opts = PushOptions { mount_from };
-            crate::cancel::block_on(&runtime, cancel, client.push(store, &manifest, dest, &opts)).map_err(|e| e.to_string())?.map_err(|e| e.to_string())?;
+            let report = crate::cancel::block_on(&runtime, cancel, client.push(store, &manifest, dest, &opts))
+                .map_err(|e| e.to_string())?
+                .map_err(|e| e.to_string())?;
+            Ok(format!(
+                "{}; {} blobs uploaded, {} mounted, {} already there",
+                manifest.digest(),
+                report.uploaded,
+                report.mounted,
+                report.skipped
+            ))
         }
-        CacheLocation::Local(dir) => write_local(store, &manifest, dir, cancel)?,
+        CacheLocation::Local(dir) => {
+            write_local(store, &manifest, dir, cancel)?;
+            Ok(manifest.digest().to_string())
+        }
     }
-    Ok(manifest.digest().to_string())
 }
 
 fn write_local(store: &Store, manifest: &Descriptor, dir: &Path, cancel: &AtomicBool) -> Result<(), String> {
