@@ -143,3 +143,34 @@ fn runners_share_a_registry_cache_and_merge_their_images_by_digest() {
         env.assert_tmp_empty();
     }
 }
+
+#[test]
+fn inline_cache_records_travel_in_the_image_and_stop_there() {
+    let registry = RegistryServer::start(RegistrySetup::default());
+    let reg = registry.addr.clone();
+    let base = format!("{reg}/busybox:arm64");
+    let image = format!("{reg}/app:inline");
+    let first = Env::with_private_cache();
+    first.import_busybox("arm64", &base);
+    first.ok(&["push", &base]);
+    first.write("Dockerfile", &format!("FROM {base}\nRUN echo built > /built\n"));
+    let ctx = first.ctx();
+    let built = first.ok(&["build", "--platform", "linux/arm64", "--cache-to", "type=inline", "--push", "-t", &image, ctx.to_str().unwrap()]);
+    assert!(stderr(&built).contains("exported the build cache to the image config (1 records"), "{}", stderr(&built));
+
+    // A fresh store finds the RUN's record in the pushed image's config.
+    let second = Env::with_private_cache();
+    second.write("Dockerfile", &format!("FROM {base}\nRUN echo built > /built\n"));
+    let ctx = second.ctx();
+    let rebuilt = second.ok(&["build", "--progress=plain", "--platform", "linux/arm64", "--cache-from", &image, "-t", "again", ctx.to_str().unwrap()]);
+    assert!(stderr(&rebuilt).contains("1 steps, 1 cached, no VM booted"), "{}", stderr(&rebuilt));
+    // Neither that image nor one built on top of the inline-cached image carries the records on.
+    second.write("Dockerfile", &format!("FROM {image}\nENV CHILD=1\n"));
+    second.ok(&["build", "--platform", "linux/arm64", "-t", "child", ctx.to_str().unwrap()]);
+    for name in ["again", "child"] {
+        let inspect = String::from_utf8_lossy(&second.ok(&["inspect", name]).stdout).into_owned();
+        assert!(!inspect.contains("kiln.build-cache"), "{name}: {inspect}");
+    }
+    let inspect = String::from_utf8_lossy(&first.ok(&["inspect", &image]).stdout).into_owned();
+    assert!(inspect.contains("kiln.build-cache.v1"), "the inline image carries its records: {inspect}");
+}

@@ -345,6 +345,7 @@ pub fn run(args: BuildArgs, cancel: &'static std::sync::atomic::AtomicBool) -> a
         registry,
         secrets: parse_secrets(&args.secret)?,
         cache_from: Arc::new(imported),
+        inline_cache: cache_to.iter().any(|c| c.location == CacheLocation::Inline),
     };
     let outcomes = build_platforms(&store, &req, &platforms, &progress, cancel)?;
     let result = if outcomes.len() == 1 {

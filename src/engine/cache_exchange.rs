@@ -9,6 +9,9 @@
 //! or mounts them instead of uploading them twice. A directory holds the
 //! same manifest as an OCI layout.
 //!
+//! `type=inline` puts the image's own records in its config instead (under
+//! [`INLINE_CACHE_KEY`]), so `--cache-from IMAGE` finds them there.
+//!
 //! An imported record is trusted no more than a local one: its layer is
 //! downloaded by digest and size, and its uncompressed content must hash to
 //! the record's diff_id before the step counts as cached. The key already
@@ -32,6 +35,8 @@ use crate::registry::{Client, ClientOptions, PushOptions, Reference};
 pub const CACHE_CONFIG_MEDIA_TYPE: &str = "application/vnd.kiln.build-cache.config.v1+json";
 /// The artifact type that marks a manifest as a kiln build cache.
 pub const CACHE_ARTIFACT_TYPE: &str = "application/vnd.kiln.build-cache.v1";
+/// The image config field that holds inline cache records.
+pub const INLINE_CACHE_KEY: &str = "kiln.build-cache.v1";
 /// The largest record list read (a record is about 600 bytes).
 const MAX_RECORDS_SIZE: u64 = 32 << 20;
 
@@ -55,6 +60,8 @@ pub enum CacheLocation {
     Registry(Reference),
     /// An OCI layout directory.
     Local(PathBuf),
+    /// The image's own config (`--cache-to type=inline`).
+    Inline,
 }
 
 impl std::fmt::Display for CacheLocation {
@@ -62,6 +69,7 @@ impl std::fmt::Display for CacheLocation {
         match self {
             CacheLocation::Registry(r) => write!(f, "{r}"),
             CacheLocation::Local(p) => write!(f, "{}", p.display()),
+            CacheLocation::Inline => write!(f, "the image config"),
         }
     }
 }
@@ -115,7 +123,8 @@ fn location(option: &'static str, spec: &str, kv: &mut HashMap<String, String>, 
             let dir = kv.remove(dir_key).filter(|d| !d.is_empty()).ok_or_else(|| invalid(format!("{dir_key}= is required")))?;
             Ok(CacheLocation::Local(dir.into()))
         }
-        Some("inline") => Err(invalid("type=inline is not supported: kiln keeps cache records out of the image; use type=registry with a ref of its own".into())),
+        Some("inline") if option == "--cache-to" => Ok(CacheLocation::Inline),
+        Some("inline") => Err(invalid("type=inline is written with --cache-to; read it with --cache-from IMAGE".into())),
         Some(other) => Err(invalid(format!("unknown type {other:?} (expected registry or local)"))),
         None => Err(invalid("type= is required".into())),
     }
@@ -163,6 +172,9 @@ pub fn parse_cache_to(spec: &str, compression: Compression) -> Result<CacheExpor
         Some("max") => CacheMode::Max,
         Some(other) => return Err(CacheSpecError::Invalid { option: OPT, spec: spec.into(), reason: format!("mode={other}: expected min or max") }),
     };
+    if location == CacheLocation::Inline && mode == CacheMode::Max {
+        return Err(CacheSpecError::Invalid { option: OPT, spec: spec.into(), reason: "an image holds only its own steps' layers: type=inline supports mode=min".into() });
+    }
     let ignore_error = kv.remove("ignore-error").is_some_and(|v| v == "true");
     check_fixed_fields(OPT, spec, &mut kv, compression)?;
     no_more_fields(OPT, spec, kv)?;
@@ -212,6 +224,7 @@ impl ImportedCache {
             let read = match source {
                 CacheLocation::Registry(reference) => cache.registry_records(reference, registry, store, cancel),
                 CacheLocation::Local(dir) => read_local_records(dir),
+                CacheLocation::Inline => unreachable!("--cache-from never reads type=inline"),
             };
             match read {
                 Ok(records) => {
@@ -245,16 +258,8 @@ impl ImportedCache {
         }
         self.runtime()?;
         let (client, runtime) = (self.client.as_ref().expect("set above"), self.runtime.as_ref().expect("set above"));
-        let scopes = [format!("repository:{}:pull", reference.repository)];
-        let work = async {
-            let (bytes, _) = client.fetch_manifest(reference, &reference.target(), None, &scopes).await.map_err(|e| e.to_string())?;
-            let config = cache_config(&bytes)?;
-            client.pull_blob(store, reference, &config).await.map_err(|e| e.to_string())?;
-            Ok::<_, String>(config)
-        };
-        let config = crate::cancel::block_on(runtime, cancel, work).map_err(|e| e.to_string())??;
-        let bytes = store.read_blob(config.digest(), Some(config.size())).map_err(|e| e.to_string())?;
-        parse_records(&bytes)
+        let work = client_records(client, store, reference);
+        crate::cancel::block_on(runtime, cancel, work).map_err(|e| e.to_string())?
     }
 
     /// The imported entry for `key`, its layer fetched into `store` and
@@ -274,6 +279,7 @@ impl ImportedCache {
                         .map_err(|e| format!("layer {} from {reference}: {e}", blob.digest()))?;
                 }
                 CacheLocation::Local(dir) => copy_local_blob(dir, store, blob)?,
+                CacheLocation::Inline => unreachable!("--cache-from never reads type=inline"),
             }
         }
         let actual = diff_id_of(store, blob).map_err(|e| format!("layer {}: {e}", blob.digest()))?;
@@ -284,26 +290,55 @@ impl ImportedCache {
     }
 }
 
+/// The records `reference` holds: a cache manifest's, or those inline in
+/// an image's config (every platform's, for an index).
+async fn client_records(client: &Client, store: &Store, reference: &Reference) -> Result<Vec<CacheRecord>, String> {
+    let scopes = [format!("repository:{}:pull", reference.repository)];
+    let (bytes, desc) = client.fetch_manifest(reference, &reference.target(), None, &scopes).await.map_err(|e| e.to_string())?;
+    let manifests = match crate::oci::Manifest::parse(&bytes, Some(desc.media_type().as_ref()), &reference.to_string()).map_err(|e| e.to_string())? {
+        crate::oci::Manifest::Image(m) => vec![*m],
+        crate::oci::Manifest::Index(index) => {
+            let mut images = Vec::new();
+            for child in index.manifests().iter().filter(|d| media::is_manifest(d.media_type().as_ref())) {
+                let (b, _) = client.fetch_manifest(reference, child.digest().as_ref(), Some(child), &scopes).await.map_err(|e| e.to_string())?;
+                images.push(serde_json::from_slice(&b).map_err(|e| format!("{}: {e}", child.digest()))?);
+            }
+            images
+        }
+    };
+    let mut records = Vec::new();
+    for m in &manifests {
+        let config = m.config();
+        if config.size() > MAX_RECORDS_SIZE {
+            return Err(format!("its config is larger than {MAX_RECORDS_SIZE} bytes"));
+        }
+        client.pull_blob(store, reference, config).await.map_err(|e| e.to_string())?;
+        let bytes = store.read_blob(config.digest(), Some(config.size())).map_err(|e| e.to_string())?;
+        records.extend(records_in(config.media_type().as_ref(), &bytes)?);
+    }
+    Ok(records)
+}
+
+/// The records in a config blob: a cache manifest's record list, or the
+/// inline records of an image config. An image without them is an error,
+/// so that a wrong `--cache-from` is reported.
+fn records_in(media_type: &str, config: &[u8]) -> Result<Vec<CacheRecord>, String> {
+    if media_type == CACHE_CONFIG_MEDIA_TYPE {
+        return parse_records(config);
+    }
+    let value: serde_json::Value = serde_json::from_slice(config).map_err(|e| format!("its config is not JSON: {e}"))?;
+    match value.get(INLINE_CACHE_KEY) {
+        Some(list) => serde_json::from_value(list.clone()).map_err(|e| format!("its inline cache records are not valid: {e}")),
+        None => Err("this is neither a kiln build cache nor an image built with --cache-to type=inline".into()),
+    }
+}
+
 /// The sha256 of a layer's uncompressed tar.
 fn diff_id_of(store: &Store, blob: &Descriptor) -> Result<String, String> {
     let mut tar = crate::oci::layer::open_layer(store, blob).map_err(|e| e.to_string())?;
     let mut hashing = HashingWriter::new(std::io::sink());
     std::io::copy(&mut tar, &mut hashing).map_err(|e| e.to_string())?;
     Ok(hashing.finish().0.to_string())
-}
-
-/// The config descriptor of a cache manifest; an error names what the
-/// document is instead (an image, an index, not JSON).
-fn cache_config(manifest: &[u8]) -> Result<Descriptor, String> {
-    let m: oci_spec::image::ImageManifest =
-        serde_json::from_slice(manifest).map_err(|_| "this is not a kiln build cache (not an image manifest)".to_string())?;
-    if m.config().media_type().as_ref() != CACHE_CONFIG_MEDIA_TYPE {
-        return Err(format!("this is not a kiln build cache (its config is {})", m.config().media_type()));
-    }
-    if m.config().size() > MAX_RECORDS_SIZE {
-        return Err(format!("its record list is larger than {MAX_RECORDS_SIZE} bytes"));
-    }
-    Ok(m.config().clone())
 }
 
 fn parse_records(bytes: &[u8]) -> Result<Vec<CacheRecord>, String> {
@@ -355,8 +390,13 @@ fn read_local_records(dir: &Path) -> Result<Vec<CacheRecord>, String> {
     if manifest.size() > crate::oci::model::MAX_MANIFEST_SIZE {
         return Err(format!("its manifest is larger than {} bytes", crate::oci::model::MAX_MANIFEST_SIZE));
     }
-    let config = cache_config(&read_local_blob(dir, manifest)?)?;
-    parse_records(&read_local_blob(dir, &config)?)
+    let manifest: oci_spec::image::ImageManifest =
+        serde_json::from_slice(&read_local_blob(dir, manifest)?).map_err(|e| format!("its manifest is not valid: {e}"))?;
+    let config = manifest.config();
+    if config.size() > MAX_RECORDS_SIZE {
+        return Err(format!("its config is larger than {MAX_RECORDS_SIZE} bytes"));
+    }
+    records_in(config.media_type().as_ref(), &read_local_blob(dir, config)?)
 }
 
 /// Writes `records` as a cache manifest into `store` and returns it.
@@ -392,6 +432,9 @@ pub fn export(
     mount_from: Option<&Reference>,
     cancel: &AtomicBool,
 ) -> Result<String, String> {
+    if export.location == CacheLocation::Inline {
+        return Ok("no upload of its own".into());
+    }
     let manifest = write_cache_manifest(store, records)?;
     match &export.location {
         CacheLocation::Registry(dest) => {
@@ -414,6 +457,7 @@ pub fn export(
             write_local(store, &manifest, dir, cancel)?;
             Ok(manifest.digest().to_string())
         }
+        CacheLocation::Inline => unreachable!("returned above"),
     }
 }
 
@@ -472,7 +516,7 @@ mod tests {
             ("type=registry", "ref="),
             ("type=local", "dest="),
             ("type=gha", "unknown type"),
-            ("type=inline", "not supported"),
+            ("type=inline,mode=max", "mode=min"),
             ("type=local,dest=d,mode=most", "mode=most"),
             ("type=local,dest=d,compression=zstd", "--compression zstd"),
             ("type=local,dest=d,oci-mediatypes=false", "OCI"),
@@ -482,6 +526,8 @@ mod tests {
             assert!(err.contains(why), "{bad}: {err}");
         }
         assert!(parse_cache_from("type=local,dest=d").unwrap_err().to_string().contains("src="));
+        assert_eq!(parse_cache_to("type=inline", gz).unwrap().location, CacheLocation::Inline);
+        assert!(parse_cache_from("type=inline").is_err());
     }
 
     fn record(store: &Store, key: &str, content: &[u8]) -> CacheRecord {

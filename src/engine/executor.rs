@@ -20,7 +20,7 @@ use oci_spec::image::Descriptor;
 
 use super::base_image::BaseImages;
 use super::cache::{BuildCache, CacheEntry, CacheKey, CachedLayer};
-use super::cache_exchange::{CacheRecord, ImportedCache};
+use super::cache_exchange::{CacheRecord, ImportedCache, INLINE_CACHE_KEY};
 use super::context::BuildContext;
 use super::image_config::{rfc3339, History, ImageConfigFile};
 use super::layer_tar::{write_layer, ContentSource, LayerOptions};
@@ -63,6 +63,8 @@ pub struct BuildRequest {
     pub secrets: BTreeMap<String, Vec<u8>>,
     /// `--cache-from`: records consulted when the local cache misses.
     pub cache_from: Arc<ImportedCache>,
+    /// `--cache-to type=inline`: the image's config carries its steps' cache records.
+    pub inline_cache: bool,
 }
 
 /// What a finished build produced.
@@ -168,6 +170,10 @@ impl<'a> Builder<'a> {
         let mut config = state.config;
         for (k, v) in &self.req.labels {
             config.config.labels.insert(k.clone(), v.clone());
+        }
+        if self.req.inline_cache {
+            let records = serde_json::to_value(&state.records).expect("records serialise");
+            config.other.insert(INLINE_CACHE_KEY.to_string(), records);
         }
         config.created = Some(self.created());
         let (manifest, config_digest) = super::manifest::write_image(self.store, &config, &state.layers)?;
@@ -429,7 +435,9 @@ impl<'a> Builder<'a> {
 }
 
 fn state_from_image(image: &Image) -> Result<StageState, String> {
-    let config: ImageConfigFile = serde_json::from_slice(&image.config_bytes).map_err(|e| format!("the image config is not valid: {e}"))?;
+    let mut config: ImageConfigFile = serde_json::from_slice(&image.config_bytes).map_err(|e| format!("the image config is not valid: {e}"))?;
+    // A base image's inline cache describes the base's build, not this one.
+    config.other.remove(INLINE_CACHE_KEY);
     let diff_ids = &config.rootfs.diff_ids;
     let layers = image.manifest.layers();
     if layers.len() != diff_ids.len() {
