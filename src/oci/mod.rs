@@ -10,6 +10,7 @@
 
 pub mod archive;
 pub mod digest;
+pub mod file_mode;
 pub mod import;
 pub mod layer;
 pub mod layout;

@@ -145,17 +145,13 @@ fn key(config: &VmConfig, files: &BootFiles, arch: &dyn GuestArch, slots: &[Path
         hash.update([0]);
     }
     // The emulator and the boot files, by identity (the initramfs is named for its content).
-    for path in [find_binary(arch.qemu_binary()), Some(files.kernel.clone()), Some(files.initramfs.clone())].into_iter().flatten() {
+    for path in [super::qemu::locate(arch.qemu_binary()).ok(), Some(files.kernel.clone()), Some(files.initramfs.clone())].into_iter().flatten() {
         if let Ok(meta) = fs::metadata(&path) {
             let mtime = meta.modified().ok().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok());
             hash.update(format!("{}:{}:{:?}", path.display(), meta.len(), mtime));
         }
     }
     hex::encode(&hash.finalize()[..12])
-}
-
-fn find_binary(name: &str) -> Option<PathBuf> {
-    std::env::var_os("PATH").and_then(|paths| std::env::split_paths(&paths).map(|d| d.join(name)).find(|p| p.is_file()))
 }
 
 /// Restores the snapshot in `dir` into a fresh run directory.

@@ -107,9 +107,7 @@ fn write_archive(agent: &[u8], modules: &[(String, Vec<u8>)], out: &mut impl Wri
     cpio.finish()?.flush()
 }
 
-const S_IFDIR: u32 = 0o040000;
-const S_IFREG: u32 = 0o100000;
-const S_IFCHR: u32 = 0o020000;
+use crate::oci::file_mode::{S_IFCHR, S_IFDIR, S_IFREG};
 
 /// (major, minor) packed for [`CpioWriter::entry`].
 const fn dev(major: u32, minor: u32) -> u64 {

@@ -97,6 +97,69 @@ fn option_value(path: &Path) -> String {
     path.display().to_string().replace(',', ",,")
 }
 
+/// The host kinds whose QEMU installs kiln knows where to look for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HostOs {
+    Linux,
+    MacOs,
+    Windows,
+}
+
+impl HostOs {
+    pub fn current() -> Self {
+        if cfg!(target_os = "macos") {
+            HostOs::MacOs
+        } else if cfg!(windows) {
+            HostOs::Windows
+        } else {
+            HostOs::Linux
+        }
+    }
+
+    /// How to get QEMU on this kind of host.
+    pub fn install_hint(self) -> &'static str {
+        match self {
+            HostOs::Linux => "on Debian 12: scripts/setup-host.sh, or apt-get install -t bookworm-backports qemu-system-arm qemu-system-x86",
+            HostOs::MacOs => "brew install qemu (or MacPorts' qemu), or set KILN_QEMU_DIR to the folder holding qemu-system-*",
+            HostOs::Windows => "install QEMU from https://qemu.weilnetz.de/w64/ into C:\\Program Files\\qemu, or set KILN_QEMU_DIR",
+        }
+    }
+}
+
+/// Where to look for the emulator `name`, in order: `KILN_QEMU_DIR`, then
+/// `PATH`, then where the host's usual installers put QEMU (Homebrew on
+/// Apple Silicon and Intel, MacPorts; the Windows installer's folder).
+/// Pure, so that every host's order is tested on any host.
+pub fn qemu_candidates(name: &str, host: HostOs, qemu_dir: Option<&std::ffi::OsStr>, path: Option<&std::ffi::OsStr>) -> Vec<PathBuf> {
+    let file = if host == HostOs::Windows { format!("{name}.exe") } else { name.to_string() };
+    let mut dirs: Vec<PathBuf> = Vec::new();
+    dirs.extend(qemu_dir.filter(|d| !d.is_empty()).map(PathBuf::from));
+    if let Some(path) = path {
+        // PATH's separator is the host's; on another host (tests) split both ways.
+        let list = path.to_string_lossy();
+        let sep = if host == HostOs::Windows { ';' } else { ':' };
+        dirs.extend(list.split(sep).filter(|d| !d.is_empty()).map(PathBuf::from));
+    }
+    let known: &[&str] = match host {
+        HostOs::Linux => &[],
+        HostOs::MacOs => &["/opt/homebrew/bin", "/usr/local/bin", "/opt/local/bin"],
+        HostOs::Windows => &["C:\\Program Files\\qemu"],
+    };
+    dirs.extend(known.iter().map(PathBuf::from));
+    dirs.into_iter().map(|d| d.join(&file)).collect()
+}
+
+/// The emulator `name` on this host, or an error saying how to install it.
+pub fn locate(name: &str) -> Result<PathBuf, QemuError> {
+    let host = HostOs::current();
+    let qemu_dir = std::env::var_os("KILN_QEMU_DIR");
+    let path = std::env::var_os("PATH");
+    qemu_candidates(name, host, qemu_dir.as_deref(), path.as_deref())
+        .into_iter()
+        .find(|p| p.is_file())
+        .ok_or(QemuError::NotFound { binary: name.to_string(), hint: host.install_hint() })
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum QemuError {
     #[error("{binary} not found: install QEMU ({hint})")]
@@ -113,22 +176,14 @@ pub struct QemuProcess {
 
 impl QemuProcess {
     pub fn spawn(config: &QemuConfig, stderr_log: &Path) -> Result<QemuProcess, QemuError> {
-        let binary = config.arch.qemu_binary().to_string();
+        let path = locate(config.arch.qemu_binary())?;
+        let binary = path.display().to_string();
         let stderr = std::fs::File::create(stderr_log)
             .map_err(|source| QemuError::Spawn { binary: binary.clone(), source })?;
-        let mut cmd = Command::new(&binary);
+        let mut cmd = Command::new(&path);
         cmd.args(config.args()).stdin(Stdio::null()).stdout(Stdio::null()).stderr(stderr);
         super::process::die_with_parent(&mut cmd);
-        let child = cmd.spawn().map_err(|source| {
-            if source.kind() == io::ErrorKind::NotFound {
-                QemuError::NotFound {
-                    binary: binary.clone(),
-                    hint: "on Debian 12: scripts/setup-host.sh, or apt-get install -t bookworm-backports qemu-system-arm qemu-system-x86",
-                }
-            } else {
-                QemuError::Spawn { binary: binary.clone(), source }
-            }
-        })?;
+        let child = cmd.spawn().map_err(|source| QemuError::Spawn { binary: binary.clone(), source })?;
         Ok(QemuProcess { child, binary, console_log: config.console_log.to_path_buf() })
     }
 
@@ -196,6 +251,29 @@ fn read_end(path: &Path, max: u64) -> String {
 mod tests {
     use super::*;
     use crate::platform::Platform;
+
+    #[test]
+    fn qemu_is_looked_for_where_each_host_installs_it() {
+        use std::ffi::OsStr;
+        let name = "qemu-system-aarch64";
+        let linux = qemu_candidates(name, HostOs::Linux, Some(OsStr::new("/opt/q")), Some(OsStr::new("/usr/bin:/bin")));
+        assert_eq!(linux, ["/opt/q", "/usr/bin", "/bin"].map(|d| Path::new(d).join(name)).to_vec());
+        let mac = qemu_candidates(name, HostOs::MacOs, None, Some(OsStr::new("/usr/bin")));
+        assert_eq!(
+            mac,
+            ["/usr/bin", "/opt/homebrew/bin", "/usr/local/bin", "/opt/local/bin"].map(|d| Path::new(d).join(name)).to_vec()
+        );
+        let win = qemu_candidates(name, HostOs::Windows, Some(OsStr::new("D:\\qemu")), Some(OsStr::new("C:\\Windows;C:\\bin")));
+        let win: Vec<String> = win.iter().map(|p| p.to_string_lossy().replace('/', "\\")).collect();
+        assert_eq!(win.len(), 4);
+        assert!(win[0].starts_with("D:\\qemu") && win[3].starts_with("C:\\Program Files\\qemu"), "{win:?}");
+        assert!(win.iter().all(|p| p.ends_with("qemu-system-aarch64.exe")), "{win:?}");
+        // An empty KILN_QEMU_DIR is no directory.
+        assert_eq!(qemu_candidates(name, HostOs::Linux, Some(OsStr::new("")), None), Vec::<PathBuf>::new());
+        // What is not installed is named, with how to install it on this host.
+        let err = locate("qemu-system-kiln-test-none").unwrap_err().to_string();
+        assert!(err.contains("qemu-system-kiln-test-none not found") && err.contains(HostOs::current().install_hint()), "{err}");
+    }
 
     #[test]
     fn arm64_command_line() {

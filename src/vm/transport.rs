@@ -2,8 +2,9 @@
 //!
 //! In every mode the host listens first and the guest connects when its agent
 //! is ready, so there is no polling for readiness:
-//! * `serial`: a virtio-serial port whose chardev connects to our unix socket
-//!   (QEMU is the client). Works with any QEMU on any host OS.
+//! * `serial`: a virtio-serial port whose chardev connects to our socket
+//!   (QEMU is the client): a unix socket, or on hosts without them (Windows)
+//!   a TCP listener on 127.0.0.1. Works with any QEMU on any host OS.
 //! * `vsock` via `vhost-device-vsock` (user space, no privileges): the agent
 //!   connects to host CID 2, which the daemon forwards to `<uds>_<port>`.
 //! * `vsock` via the kernel (`/dev/vhost-vsock`): the agent connects to an
@@ -118,8 +119,43 @@ pub struct HostEnd {
 enum Listener {
     #[cfg(unix)]
     Unix(std::os::unix::net::UnixListener),
+    Tcp(std::net::TcpListener),
     #[cfg(target_os = "linux")]
     Vsock(vsock::VsockListener),
+}
+
+/// The kind of socket the serial port's chardev connects to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SerialSocket {
+    /// A unix socket in the VM's private run directory.
+    Unix,
+    /// A TCP listener on 127.0.0.1 with a port the OS picks (hosts without
+    /// unix sockets that QEMU can use: Windows).
+    TcpLoopback,
+}
+
+impl SerialSocket {
+    /// What this host uses.
+    pub fn for_host() -> Self {
+        if cfg!(unix) { SerialSocket::Unix } else { SerialSocket::TcpLoopback }
+    }
+}
+
+/// Listens for the agent's serial connection; returns the listener and the
+/// QEMU chardev that connects to it.
+fn listen_serial(kind: SerialSocket, dir: &Path) -> Result<(Listener, String), TransportError> {
+    match kind {
+        SerialSocket::Unix => {
+            let sock = dir.join("agent.sock");
+            Ok((listen_unix(&sock)?, format!("socket,id=agent,path={},server=off", sock.display())))
+        }
+        SerialSocket::TcpLoopback => {
+            let listen_err = |source| TransportError::Listen { path: "127.0.0.1 (TCP)".into(), source };
+            let listener = std::net::TcpListener::bind(("127.0.0.1", 0)).map_err(listen_err)?;
+            let port = listener.local_addr().map_err(listen_err)?.port();
+            Ok((Listener::Tcp(listener), format!("socket,id=agent,host=127.0.0.1,port={port},server=off")))
+        }
+    }
 }
 
 /// QEMU arguments for the agent's virtio-serial port on `chardev` (whose id must be `agent`).
@@ -142,10 +178,8 @@ impl HostEnd {
     pub fn setup(transport: Transport, dir: &Path, memory_mib: u64) -> Result<HostEnd, TransportError> {
         match transport {
             Transport::Serial => {
-                let sock = dir.join("agent.sock");
-                let listener = listen_unix(&sock)?;
-                let qemu_args = serial_port_args(&format!("socket,id=agent,path={},server=off", sock.display()));
-                Ok(HostEnd { transport, qemu_args, daemon: None, listener })
+                let (listener, chardev) = listen_serial(SerialSocket::for_host(), dir)?;
+                Ok(HostEnd { transport, qemu_args: serial_port_args(&chardev), daemon: None, listener })
             }
             Transport::VsockUser => {
                 let vhost_sock = dir.join("vhost.sock");
@@ -214,6 +248,7 @@ impl HostEnd {
         match &self.listener {
             #[cfg(unix)]
             Listener::Unix(l) => l.set_nonblocking(on),
+            Listener::Tcp(l) => l.set_nonblocking(on),
             #[cfg(target_os = "linux")]
             Listener::Vsock(l) => l.set_nonblocking(on),
         }
@@ -225,6 +260,13 @@ impl HostEnd {
             Listener::Unix(l) => {
                 let (stream, _) = l.accept()?;
                 stream.set_nonblocking(false)?;
+                let reader = stream.try_clone()?;
+                Ok(Connection { reader: Box::new(reader), writer: Box::new(stream) })
+            }
+            Listener::Tcp(l) => {
+                let (stream, _) = l.accept()?;
+                stream.set_nonblocking(false)?;
+                stream.set_nodelay(true)?;
                 let reader = stream.try_clone()?;
                 Ok(Connection { reader: Box::new(reader), writer: Box::new(stream) })
             }
@@ -294,6 +336,28 @@ fn kernel_vsock_end(_: Transport) -> Result<HostEnd, TransportError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_serial_port_listens_where_the_host_can() {
+        assert_eq!(SerialSocket::for_host(), if cfg!(windows) { SerialSocket::TcpLoopback } else { SerialSocket::Unix });
+        let dir = tempfile::tempdir().unwrap();
+        // The loopback listener (Windows' kind) works everywhere; QEMU's chardev names its port.
+        let (listener, chardev) = listen_serial(SerialSocket::TcpLoopback, dir.path()).unwrap();
+        let port: u16 = chardev.rsplit_once("port=").unwrap().1.trim_end_matches(",server=off").parse().unwrap();
+        assert!(chardev.starts_with("socket,id=agent,host=127.0.0.1,"), "{chardev}");
+        let end = HostEnd { transport: Transport::Serial, qemu_args: serial_port_args(&chardev), daemon: None, listener };
+        let mut guest = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let mut conn = end.accept(Instant::now() + Duration::from_secs(5), || Ok(())).unwrap().expect("connected");
+        io::Write::write_all(&mut guest, b"ready").unwrap();
+        let mut got = [0u8; 5];
+        io::Read::read_exact(&mut conn.reader, &mut got).unwrap();
+        assert_eq!(&got, b"ready");
+        #[cfg(unix)]
+        {
+            let (_, chardev) = listen_serial(SerialSocket::Unix, dir.path()).unwrap();
+            assert_eq!(chardev, format!("socket,id=agent,path={},server=off", dir.path().join("agent.sock").display()));
+        }
+    }
 
     #[test]
     fn serial_is_always_available() {

@@ -12,6 +12,7 @@
 //! meta_blkaddr   inodes, each followed by its xattrs and inline tail
 //! ```
 
+use crate::oci::file_mode;
 use std::collections::HashMap;
 use std::io::{self, BufWriter, Read, Seek, SeekFrom, Write};
 
@@ -425,17 +426,17 @@ impl<'t> Plan<'t> {
         let (ifmt, layout, u, inline) = match (&self.dirs[i], &inode.body) {
             (Some(dir), _) => {
                 let l = if dir.inline { DataLayout::FlatInline } else { DataLayout::FlatPlain };
-                (libc::S_IFDIR, l, dir_blkaddr.unwrap_or(0), dir.inline)
+                (file_mode::S_IFDIR, l, dir_blkaddr.unwrap_or(0), dir.inline)
             }
             (None, Body::File(d) | Body::Symlink(d)) => {
-                let ifmt = if matches!(inode.body, Body::File(_)) { libc::S_IFREG } else { libc::S_IFLNK };
+                let ifmt = if matches!(inode.body, Body::File(_)) { file_mode::S_IFREG } else { file_mode::S_IFLNK };
                 let l = if d.tail.is_some() { DataLayout::FlatInline } else { DataLayout::FlatPlain };
                 (ifmt, l, d.blkaddr, d.tail.is_some())
             }
-            (None, Body::CharDevice(ma, mi)) => (libc::S_IFCHR, DataLayout::FlatPlain, layout::encode_rdev(*ma, *mi), false),
-            (None, Body::BlockDevice(ma, mi)) => (libc::S_IFBLK, DataLayout::FlatPlain, layout::encode_rdev(*ma, *mi), false),
-            (None, Body::Fifo) => (libc::S_IFIFO, DataLayout::FlatPlain, 0, false),
-            (None, _) => (libc::S_IFSOCK, DataLayout::FlatPlain, 0, false),
+            (None, Body::CharDevice(ma, mi)) => (file_mode::S_IFCHR, DataLayout::FlatPlain, layout::encode_rdev(*ma, *mi), false),
+            (None, Body::BlockDevice(ma, mi)) => (file_mode::S_IFBLK, DataLayout::FlatPlain, layout::encode_rdev(*ma, *mi), false),
+            (None, Body::Fifo) => (file_mode::S_IFIFO, DataLayout::FlatPlain, 0, false),
+            (None, _) => (file_mode::S_IFSOCK, DataLayout::FlatPlain, 0, false),
         };
         let header = InodeHeader {
             compact: self.compact(i, inode),

@@ -74,11 +74,16 @@ pub fn for_platform(platform: &Platform) -> Result<&'static dyn GuestArch, Unsup
 
 /// The fastest accelerator usable for `guest` on this host.
 pub fn best_accel(guest: &Platform, cache_dir: &Path) -> Accel {
-    if guest.architecture != Platform::host().architecture {
-        return Accel::Tcg;
-    }
-    match host_accel() {
-        Some(accel) if !known_unusable(accel, &guest.arch_key(), cache_dir) => accel,
+    let arch_key = guest.arch_key();
+    pick_accel(guest, &Platform::host().architecture, host_accel(), |a| known_unusable(a, &arch_key, cache_dir))
+}
+
+/// The accelerator for `guest` on a host of `host_arch` that offers
+/// `available` (KVM, HVF or WHPX): only for a guest of the host's own
+/// architecture, and not once it failed to boot one here; TCG otherwise.
+pub fn pick_accel(guest: &Platform, host_arch: &str, available: Option<Accel>, unusable: impl Fn(Accel) -> bool) -> Accel {
+    match available {
+        Some(accel) if guest.architecture == host_arch && !unusable(accel) => accel,
         _ => Accel::Tcg,
     }
 }
@@ -140,6 +145,21 @@ pub(crate) fn virt_board_args(tcg_cpu: &str, accel: Accel) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn accelerators_serve_only_their_hosts_own_architecture() {
+        let arm64: Platform = "linux/arm64".parse().unwrap();
+        let amd64: Platform = "linux/amd64".parse().unwrap();
+        let never = |_| false;
+        // An Apple Silicon Mac: HVF for arm64 guests, TCG for amd64 ones.
+        assert_eq!(pick_accel(&arm64, "arm64", Some(Accel::Hvf), never), Accel::Hvf);
+        assert_eq!(pick_accel(&amd64, "arm64", Some(Accel::Hvf), never), Accel::Tcg);
+        // A Windows PC: WHPX for amd64 guests.
+        assert_eq!(pick_accel(&amd64, "amd64", Some(Accel::Whpx), never), Accel::Whpx);
+        // KVM that failed to boot a guest here, or no accelerator at all: TCG.
+        assert_eq!(pick_accel(&amd64, "amd64", Some(Accel::Kvm), |a| a == Accel::Kvm), Accel::Tcg);
+        assert_eq!(pick_accel(&amd64, "amd64", None, never), Accel::Tcg);
+    }
 
     fn arch(platform: &str) -> Result<&'static dyn GuestArch, UnsupportedPlatform> {
         for_platform(&platform.parse::<Platform>().unwrap())
