@@ -180,3 +180,29 @@ fn local_and_tar_outputs_write_the_final_file_system_like_buildx() {
     let left: Vec<_> = std::fs::read_dir(dir.path().join("tmp")).unwrap().map(|e| e.unwrap().file_name()).collect();
     assert!(left.is_empty(), "temporary files left behind: {left:?}");
 }
+
+/// A build with SOURCE_DATE_EPOCH is reproducible even on a store whose
+/// cache holds the same steps from a build without it (their layers carry
+/// other mtimes, so they must not be reused), and so is one with another
+/// compression.
+#[test]
+fn the_cache_never_hands_a_reproducible_build_layers_made_otherwise() {
+    let dir = tempfile::tempdir().unwrap();
+    let ctx = dir.path().join("ctx");
+    write(&ctx, "Dockerfile", b"FROM scratch\nCOPY hello.txt /hello.txt\nWORKDIR /app\n");
+    write(&ctx, "hello.txt", b"hello\n");
+    let digest = |store: &str, extra: &[&str]| {
+        let meta = dir.path().join(format!("{store}.json"));
+        let mut cmd = kiln(dir.path());
+        cmd.env("KILN_DATA_DIR", dir.path().join(store)).args(["build", "-q", "--platform", "linux/arm64", "--metadata-file"]);
+        ok(cmd.arg(&meta).args(extra).arg(&ctx));
+        let meta: serde_json::Value = serde_json::from_slice(&std::fs::read(&meta).unwrap()).unwrap();
+        meta["containerimage.digest"].as_str().unwrap().to_string()
+    };
+    let epoch = ["--build-arg", "SOURCE_DATE_EPOCH=1700000000"];
+    let fresh = digest("fresh", &epoch);
+    digest("used", &[]);
+    assert_eq!(digest("used", &epoch), fresh, "the epoch build reused layers of the build without it");
+    let zstd = digest("used", &["--compression", "zstd"]);
+    assert_eq!(zstd, digest("fresh-zstd", &["--compression", "zstd"]), "the zstd build reused gzip layers");
+}

@@ -262,7 +262,7 @@ impl<'a> Builder<'a> {
             BaseRef::Scratch => StageState {
                 config: ImageConfigFile::scratch(platform),
                 layers: Vec::new(),
-                key: CacheKey::root(&format!("scratch {platform}")),
+                key: self.root_key(&format!("scratch {platform}")),
                 stack: Some(LayerStack::empty()),
                 records: Vec::new(),
             },
@@ -430,7 +430,24 @@ impl<'a> Builder<'a> {
     /// A stage's starting state from the base image `name`.
     fn image_state(&mut self, name: &str, platform: &Platform) -> Result<StageState, String> {
         let image = self.bases.resolve(self.store, &self.progress, name, platform, self.cancel)?;
-        state_from_image(&image)
+        let mut state = state_from_image(&image)?;
+        state.key = self.root_key(image.manifest_descriptor.digest().as_ref());
+        Ok(state)
+    }
+
+    /// The key a stage starts from (`what`: its base image's digest, or
+    /// `scratch` and the platform), with what shapes every layer's bytes
+    /// beyond the steps themselves: SOURCE_DATE_EPOCH (mtimes are clamped
+    /// to it) and the compression. Without them a layer made by a build
+    /// without the epoch would be reused by one that must be reproducible.
+    fn root_key(&self, what: &str) -> CacheKey {
+        let (epoch, compression) = (self.req.source_date_epoch, self.req.compression);
+        if epoch.is_none() && compression == Compression::default() {
+            // The key older kilns gave these builds, so their caches stay valid.
+            return CacheKey::root(what);
+        }
+        let shape = format!("SOURCE_DATE_EPOCH={epoch:?} compression={compression:?}");
+        CacheKey::derive(None, &[what.as_bytes(), shape.as_bytes()])
     }
 }
 
@@ -444,5 +461,6 @@ fn state_from_image(image: &Image) -> Result<StageState, String> {
         return Err(format!("the image has {} layers but its config lists {} diff_ids", layers.len(), diff_ids.len()));
     }
     let layers = layers.iter().zip(diff_ids).map(|(d, id)| LayerRef { descriptor: d.clone(), diff_id: id.clone() }).collect();
+    // The key is the builder's to set (Builder::root_key).
     Ok(StageState { key: CacheKey::root(image.manifest_descriptor.digest().as_ref()), config, layers, stack: None, records: Vec::new() })
 }
