@@ -53,13 +53,22 @@ fn process_exists(pid: u32) -> bool {
     Path::new("/proc").join(pid.to_string()).exists()
 }
 
-/// Elsewhere nothing is removed: an unknown process counts as alive.
-#[cfg(not(target_os = "linux"))]
+/// Other Unix hosts (macOS): signal 0 checks for the process without touching it.
+#[cfg(all(unix, not(target_os = "linux")))]
+fn process_exists(pid: u32) -> bool {
+    let Ok(pid) = libc::pid_t::try_from(pid) else { return false };
+    // SAFETY: kill with signal 0 only checks whether the process exists.
+    unsafe { libc::kill(pid, 0) == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM) }
+}
+
+/// Elsewhere (Windows) nothing is removed: an unknown process counts as alive.
+#[cfg(not(unix))]
 fn process_exists(_pid: u32) -> bool {
     true
 }
 
-#[cfg(test)]
+// Leftovers are told apart by process liveness, which Windows builds do not check.
+#[cfg(all(test, unix))]
 mod tests {
     use super::*;
 

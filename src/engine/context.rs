@@ -134,7 +134,7 @@ impl BuildContext {
     /// start at it. The result need not exist.
     pub fn resolve(&self, rel: &str) -> Result<String, ContextError> {
         match resolve_lexically(self, rel) {
-            Ok(path) => Ok(path.to_str().expect("joined from UTF-8 parts").to_string()),
+            Ok(path) => Ok(super::slash_path(&path)),
             // A failed lookup comes back as it was; anything else is a loop.
             Err(e) => match e.into_inner().map(|inner| inner.downcast::<ContextError>()) {
                 Some(Ok(lookup)) => Err(*lookup),
@@ -151,7 +151,7 @@ impl BuildContext {
 
 impl Tree for BuildContext {
     fn node(&self, rel: &Path) -> io::Result<Node> {
-        let entry = self.entry(rel.to_str().expect("joined from UTF-8 parts")).map_err(io::Error::other)?;
+        let entry = self.entry(&super::slash_path(rel)).map_err(io::Error::other)?;
         Ok(Node::of_entry(entry.as_ref().map(|e| &e.entry.kind)))
     }
 }

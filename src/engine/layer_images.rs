@@ -177,7 +177,8 @@ impl LayerImages {
     }
 }
 
-#[cfg(test)]
+// The tests check sparseness and inodes through Unix extensions.
+#[cfg(all(test, unix))]
 mod tests {
     use super::*;
     use crate::oci::media;

@@ -36,6 +36,21 @@ pub mod vm_session;
 pub use executor::{BuildOutcome, BuildRequest, Builder};
 pub use kiln_protocol::{EntryKind, LayerEntry, Xattr};
 
+/// A path that `confined_path` resolved in an image or context tree, as
+/// those trees spell paths: `/`-separated on every host (a `PathBuf` joins
+/// with `\\` on Windows).
+pub(crate) fn slash_path(path: &std::path::Path) -> String {
+    let parts: Vec<&str> = path
+        .components()
+        .filter_map(|c| match c {
+            std::path::Component::Normal(p) => Some(p.to_str().expect("joined from UTF-8 parts")),
+            std::path::Component::ParentDir => Some(".."),
+            _ => None,
+        })
+        .collect();
+    parts.join("/")
+}
+
 /// Why a build stopped. Step failures carry the Dockerfile, line and cause.
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {

@@ -202,7 +202,7 @@ impl LayerStack {
     /// The result need not exist. Errors on a symlink loop.
     pub fn resolve(&self, path: &str) -> Result<String, RootfsError> {
         let resolved = resolve_lexically(self, path).map_err(|e| path_err(path, e.to_string()))?;
-        Ok(resolved.to_str().expect("joined from UTF-8 parts").to_string())
+        Ok(super::slash_path(&resolved))
     }
 
     /// The content of the regular file at `path` (symlinks followed), if any.
@@ -303,7 +303,7 @@ struct Spool {
 
 impl Tree for LayerStack {
     fn node(&self, rel: &std::path::Path) -> io::Result<confined_path::Node> {
-        Ok(confined_path::Node::of_entry(self.entry(rel.to_str().expect("joined from UTF-8 parts")).map(|e| &e.kind)))
+        Ok(confined_path::Node::of_entry(self.entry(&super::slash_path(rel)).map(|e| &e.kind)))
     }
 }
 

@@ -124,7 +124,8 @@ impl ContentSource for Ext4Contents {
     }
 }
 
-#[cfg(test)]
+// The tests make symlinks and ext4 images with Unix tools.
+#[cfg(all(test, unix))]
 mod tests {
     use super::*;
     use crate::engine::layer_tar::tests::{entry, read_tar, uncompressed};

@@ -598,8 +598,12 @@ pub(crate) fn lock(file: &File, kind: LockKind) -> io::Result<()> {
     }
 }
 
+/// Windows locks stack instead of converting (a handle holding the lock
+/// exclusively that asks for it shared holds both), so the old lock is
+/// dropped first, as flock's conversion does; like flock's, that is not atomic.
 #[cfg(not(unix))]
 pub(crate) fn lock(file: &File, kind: LockKind) -> io::Result<()> {
+    let _ = file.unlock();
     match kind {
         LockKind::Shared => file.lock_shared(),
         LockKind::TryShared => file.try_lock_shared().map_err(|e| match e {

@@ -173,7 +173,7 @@ fn member_path(raw: &str, archive: &str) -> Result<Option<String>, CopyError> {
 /// What the archive's members so far and the stage below hold.
 impl Tree for Planner<'_> {
     fn node(&self, rel: &Path) -> io::Result<Node> {
-        let here = rel.to_str().expect("joined from UTF-8 parts");
+        let here = &crate::engine::slash_path(rel);
         let kind = match self.out.get(here) {
             Some(p) => Some(&p.entry.kind),
             None => self.input.dest_root.entry(here).map(|e| &e.kind),
@@ -190,7 +190,7 @@ impl Planner<'_> {
         let dir = if parent(rel).is_empty() { dest.to_string() } else { join(dest, parent(rel)) };
         // Nothing there yet: the rest is created as written.
         let resolved = resolve_lexically(self, &dir).map_err(|e| self.dest_err(format!("{e} below /{dest} for {rel}")))?;
-        Ok(join(resolved.to_str().expect("joined from UTF-8 parts"), basename(rel)))
+        Ok(join(&crate::engine::slash_path(&resolved), basename(rel)))
     }
 
     /// Adds the members of a tar archive below `dest` (already a directory).

@@ -15,7 +15,8 @@
 
 mod from_tar;
 pub mod layout;
-#[cfg(test)]
+// The tests read file metadata through Unix extensions.
+#[cfg(all(test, unix))]
 mod tests;
 mod tree;
 pub mod writer;
