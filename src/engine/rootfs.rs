@@ -608,7 +608,10 @@ mod tests {
         let stack = LayerStack::open(&s, &layers).unwrap();
         let want = ["usr/bin/tool", "var/cache/new", "etc/passwd", "opt"];
         let mut spool = stack.spool(&s, &want.map(String::from)).unwrap();
-        assert_eq!(std::fs::read_dir(s.root().join("tmp")).unwrap().count(), 0, "the spool file has no name");
+        // (On Windows a temp file has a name until it is closed.)
+        if cfg!(unix) {
+            assert_eq!(std::fs::read_dir(s.root().join("tmp")).unwrap().count(), 0, "the spool file has no name");
+        }
         for p in want.iter().rev() {
             let expected = stack.read_file(&s, p).unwrap().unwrap();
             let mut got = Vec::new();

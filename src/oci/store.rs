@@ -693,6 +693,8 @@ mod tests {
         assert_eq!(fs::read_dir(s.root().join("tmp")).unwrap().count(), 0);
     }
 
+    // A forgotten writer stands in for a killed one; on Windows its open handle would keep the file.
+    #[cfg(unix)]
     #[test]
     fn opening_a_store_nobody_uses_sweeps_what_killed_writers_left() {
         let dir = tempfile::tempdir().unwrap();
