@@ -43,7 +43,7 @@ echo hello > "$work/ctx/hello.txt"
 digest() { sed -n 's/.*"containerimage.digest": "\(sha256:[0-9a-f]*\)".*/\1/p' "$1"; }
 (cd "$work/ctx" && KILN_DATA_DIR='data-win' win "$root/$exe" build -q --platform linux/arm64 \
    --build-arg SOURCE_DATE_EPOCH=1700000000 --metadata-file win.json -o type=oci,dest=win.tar . >/dev/null)
-KILN_DATA_DIR="$work/data-linux" cargo run --quiet --release -- build -q --platform linux/arm64 \
+KILN_DATA_DIR="$work/data-linux" cargo run --quiet -- build -q --platform linux/arm64 \
   --build-arg SOURCE_DATE_EPOCH=1700000000 --metadata-file "$work/linux.json" -o "type=oci,dest=$work/linux.tar" "$work/ctx" >/dev/null
 [ -n "$(digest "$work/ctx/win.json")" ] && [ "$(digest "$work/ctx/win.json")" = "$(digest "$work/linux.json")" ] \
   || { echo "cross-build: kiln.exe built $(digest "$work/ctx/win.json"), the Linux kiln $(digest "$work/linux.json")" >&2; exit 1; }

@@ -26,9 +26,11 @@ fi
 
 need_apt=0
 for bin in qemu-system-aarch64 qemu-system-arm qemu-system-x86_64 aarch64-linux-gnu-gcc arm-linux-gnueabihf-gcc docker-registry \
-           skopeo umoci htpasswd oci-image-tool mke2fs zstd xz curl runc debootstrap musl-gcc unshare fsck.erofs; do
+           skopeo umoci htpasswd oci-image-tool mke2fs zstd xz curl runc debootstrap musl-gcc unshare fsck.erofs \
+           x86_64-w64-mingw32-gcc file; do
   command -v "$bin" >/dev/null 2>&1 || need_apt=1
 done
+[ -x /usr/lib/wine/wine64 ] || need_apt=1
 if [ "$need_apt" = 1 ]; then
   log "installing Debian packages"
   export DEBIAN_FRONTEND=noninteractive
@@ -37,7 +39,8 @@ if [ "$need_apt" = 1 ]; then
   apt-get install -y -qq --no-install-recommends \
     gcc-aarch64-linux-gnu libc6-dev-arm64-cross gcc-arm-linux-gnueabihf libc6-dev-armhf-cross \
     docker-registry skopeo umoci oci-image-tool apache2-utils runc \
-    e2fsprogs zstd xz-utils curl ca-certificates python3 debootstrap openssl musl-tools util-linux erofs-utils >/dev/null
+    e2fsprogs zstd xz-utils curl ca-certificates python3 debootstrap openssl musl-tools util-linux erofs-utils \
+    gcc-mingw-w64-x86-64 wine64 file >/dev/null
 fi
 
 # User-space vsock (kernel vhost-vsock is unavailable here, and on macOS/Windows).
@@ -50,6 +53,18 @@ fi
 # its C parts (ring, zstd, xz) build with musl-tools' musl-gcc (.cargo/config.toml).
 rustup target list --installed 2>/dev/null | grep -qx x86_64-unknown-linux-musl \
   || rustup target add x86_64-unknown-linux-musl >/dev/null
+
+# kiln for Windows and macOS hosts (scripts/cross-build.sh): rustup's
+# standard libraries for them; mingw-w64 (above) links the Windows build and
+# wine64 smoke-tests it; zig, from PyPI through cargo-zigbuild, links macOS's.
+for t in x86_64-pc-windows-gnu aarch64-apple-darwin x86_64-apple-darwin; do
+  rustup target list --installed 2>/dev/null | grep -qx "$t" || rustup target add "$t" >/dev/null
+done
+if ! command -v cargo-zigbuild >/dev/null 2>&1; then
+  log "installing cargo-zigbuild and zig from PyPI"
+  python3 -m pip install --quiet ziglang cargo-zigbuild 2>/dev/null \
+    || python3 -m pip install --quiet --break-system-packages ziglang cargo-zigbuild
+fi
 
 # Rust toolchains that can build the aarch64 and armv7 guest agents.
 "$(dirname "$0")/setup-cross-rust.sh" arm64

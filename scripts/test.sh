@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # kiln's test command (README.md, .ci/run): installs what is missing on a
 # Debian 12 host, builds the guest agents, prepares fixtures and kernels,
-# checks the static binary, then runs the conformance suites and every cargo
+# checks the static binary and the Windows and macOS cross-builds, then runs the conformance suites and every cargo
 # test (unit, registry, OCI layout, VM). Kernels are cached in kiln's cache
 # dir (~/.cache/kiln), so a second run on the same machine downloads nothing.
 set -euo pipefail
@@ -52,6 +52,9 @@ fi
 machine="$("$static" vm exec --platform linux/arm64 --rootfs "$fixtures/busybox-arm64.tar" -- /bin/uname -m)"
 [ "$machine" = aarch64 ] || { echo "test.sh: the static kiln's arm64 guest said '$machine', not aarch64" >&2; exit 1; }
 echo "static kiln: $(stat -c %s "$static") bytes, arm64 guest ok" >&2
+
+# kiln for Windows and macOS, cross-built, and the Windows one smoke-tested under wine.
+scripts/cross-build.sh
 
 scripts/conformance.sh
 # Two at a time: VM tests each run a TCG guest on this 2-core machine.
