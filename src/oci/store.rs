@@ -601,7 +601,9 @@ pub(crate) fn lock(file: &File, kind: LockKind) -> io::Result<()> {
 /// Windows locks stack instead of converting (a handle holding the lock
 /// exclusively that asks for it shared holds both), so the old lock is
 /// dropped first, as flock's conversion does; like flock's, that is not atomic.
+// File::lock is std's portable lock, stable since 1.89: non-Unix builds need that toolchain.
 #[cfg(not(unix))]
+#[allow(clippy::incompatible_msrv)]
 pub(crate) fn lock(file: &File, kind: LockKind) -> io::Result<()> {
     let _ = file.unlock();
     match kind {
