@@ -206,3 +206,20 @@ fn the_cache_never_hands_a_reproducible_build_layers_made_otherwise() {
     let zstd = digest("used", &["--compression", "zstd"]);
     assert_eq!(zstd, digest("fresh-zstd", &["--compression", "zstd"]), "the zstd build reused gzip layers");
 }
+
+/// `RUN --network=host` and `--security=insecure` need buildx's entitlement
+/// flag; without it the build stops at the step's line before any VM boots.
+#[test]
+fn privileged_run_options_need_the_allow_entitlement() {
+    let dir = tempfile::tempdir().unwrap();
+    let ctx = dir.path().join("ctx");
+    for (flag, entitlement) in [("--network=host", "network.host"), ("--security=insecure", "security.insecure")] {
+        write(&ctx, "Dockerfile", format!("FROM scratch\nRUN {flag} true\n").as_bytes());
+        let out = kiln(dir.path()).args(["build", "--platform", "linux/arm64"]).arg(&ctx).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success());
+        assert!(err.contains("Dockerfile:2:1") && err.contains(&format!("--allow {entitlement}")), "{err}");
+    }
+    let out = kiln(dir.path()).args(["build", "--allow", "root.everything"]).arg(&ctx).output().unwrap();
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("network.host"));
+}

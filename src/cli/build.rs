@@ -71,6 +71,9 @@ pub struct BuildArgs {
     /// Networking mode for RUN: default or none
     #[arg(long, default_value = "default")]
     pub network: String,
+    /// Allow an entitlement: network.host (RUN --network=host) or security.insecure (RUN --security=insecure)
+    #[arg(long = "allow", value_delimiter = ',', value_parser = ["network.host", "security.insecure"])]
+    pub allow: Vec<String>,
     /// Secret to expose to the build: id=ID[,src=PATH|,env=VAR]
     #[arg(long)]
     pub secret: Vec<String>,
@@ -339,6 +342,8 @@ pub fn run(args: BuildArgs, cancel: &'static std::sync::atomic::AtomicBool) -> a
         pull: args.pull,
         labels: parse_labels(&args.labels)?,
         network_none,
+        allow_network_host: args.allow.iter().any(|a| a == "network.host"),
+        allow_insecure: args.allow.iter().any(|a| a == "security.insecure"),
         memory_mib: args.memory,
         cpus: args.cpus.unwrap_or_else(|| crate::vm::VmConfig::new(Platform::host()).cpus),
         compression: args.compression,

@@ -54,6 +54,10 @@ pub struct BuildRequest {
     pub labels: BTreeMap<String, String>,
     /// `--network none`: no RUN step gets a network.
     pub network_none: bool,
+    /// `--allow network.host`: `RUN --network=host` may run.
+    pub allow_network_host: bool,
+    /// `--allow security.insecure`: `RUN --security=insecure` may run.
+    pub allow_insecure: bool,
     pub memory_mib: u64,
     pub cpus: u32,
     pub source_date_epoch: Option<i64>,

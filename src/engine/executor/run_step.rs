@@ -12,14 +12,32 @@ use crate::engine::vm_session::{RunSpec, SessionError};
 use crate::engine::BuildError;
 use crate::vm::VmError;
 use crate::dockerfile::expand::Scope;
-use crate::dockerfile::instructions::{Network, Run};
+use crate::dockerfile::instructions::{Network, Run, Security};
 use crate::dockerfile::mount::{Mount, MountType};
 use crate::dockerfile::{ShellOrExec, Span};
 
 impl Builder<'_> {
+    /// `RUN --network=host` and `--security=insecure` need the build's
+    /// `--allow`, as in buildx. In the VM, host networking is the VM's own
+    /// network (what every RUN has), and a RUN already holds every
+    /// capability without seccomp, so once allowed they run as any RUN does.
+    fn check_entitlements(&self, cx: &StepCx<'_>, run: &Run) -> Result<(), BuildError> {
+        let span = cx.instr.span;
+        if run.network == Network::Host && !self.req.allow_network_host {
+            let why = "RUN --network=host needs the entitlement: build with --allow network.host (it then uses the build VM's network)";
+            return Err(step_error(cx.df, &self.req.dockerfile, span, why));
+        }
+        if run.security == Security::Insecure && !self.req.allow_insecure {
+            let why = "RUN --security=insecure needs the entitlement: build with --allow security.insecure";
+            return Err(step_error(cx.df, &self.req.dockerfile, span, why));
+        }
+        Ok(())
+    }
+
     /// Runs `run` (or takes it from the cache); returns whether it was cached.
     pub(super) fn run(&mut self, cx: &StepCx<'_>, scope: &Scope<'_, '_>, state: &mut StageState, run: &Run) -> Result<bool, BuildError> {
         let span = cx.instr.span;
+        self.check_entitlements(cx, run)?;
         let config = &state.config.config;
         let argv = run_argv(config, run, scope, span).map_err(|e| e.in_file(&self.req.dockerfile))?;
         let mut env: Vec<String> = scope.run_env().iter().map(|(k, v)| format!("{k}={v}")).collect();
