@@ -9,6 +9,9 @@ use kiln_protocol::{CMDLINE_TRANSPORT, SERIAL_PORT_NAME, VSOCK_PORT};
 
 /// How long to wait for the transport device to appear after module loading.
 const DEVICE_WAIT: Duration = Duration::from_secs(20);
+/// How long a serial port may wait for its host end (guest time; a boot
+/// snapshot saved while waiting resumes the wait when restored).
+const HOST_WAIT: Duration = Duration::from_secs(60);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
@@ -64,6 +67,7 @@ fn open_serial() -> io::Result<Conn> {
             let file = fs::OpenOptions::new().read(true).write(true).open(&dev)?;
             // The host saves boot snapshots at this line (vm/boot_snapshot.rs).
             super::console::line(kiln_protocol::AGENT_WAITS_FOR_HOST);
+            wait_for_host(&file)?;
             let reader = file.try_clone()?;
             return Ok(Conn { reader: Box::new(reader), writer: Box::new(file) });
         }
@@ -74,6 +78,32 @@ fn open_serial() -> io::Result<Conn> {
             ));
         }
         std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Waits until the port's host end is connected, which poll reports as
+/// writable (HUP while it is not). Writing sooner would block for good: a
+/// kiln killed while its VM booted never connects, and without this the
+/// agent would wait forever and keep that QEMU alive on hosts where the
+/// kernel does not kill QEMU with kiln (macOS, Windows). After `HOST_WAIT`
+/// the agent gives up, which powers the VM off.
+fn wait_for_host(port: &fs::File) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let deadline = Instant::now() + HOST_WAIT;
+    loop {
+        let mut fds = [libc::pollfd { fd: port.as_raw_fd(), events: libc::POLLOUT, revents: 0 }];
+        // SAFETY: one pollfd that lives across the call.
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), 1, 100) };
+        if n > 0 && fds[0].revents & libc::POLLOUT != 0 {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(io::Error::new(io::ErrorKind::TimedOut, format!("the host did not connect within {HOST_WAIT:?}")));
+        }
+        if n != 0 {
+            // HUP (or EINTR) comes back at once: pace the retries.
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 }
 
