@@ -117,14 +117,23 @@ impl Store {
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
             Err(e) => return Err(io_err(&gc_path)(e)),
         }
-        // Only a prune holds the lock exclusively for long: say so rather than hang silently.
-        match lock(&store.gc_lock, LockKind::TryShared) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                eprintln!("Waiting for a `kiln prune` in another process to finish with {}...", store.root.display());
-                lock(&store.gc_lock, LockKind::Shared).map_err(io_err(&gc_path))?;
+        // Another kiln opening the store holds the lock exclusively for the
+        // moment its sweep takes; only a prune holds it for long, and that
+        // wait is announced rather than silent.
+        let patience = std::time::Instant::now() + std::time::Duration::from_secs(2);
+        loop {
+            match lock(&store.gc_lock, LockKind::TryShared) {
+                Ok(()) => break,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock && std::time::Instant::now() < patience => {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    eprintln!("Waiting for a `kiln prune` in another process to finish with {}...", store.root.display());
+                    lock(&store.gc_lock, LockKind::Shared).map_err(io_err(&gc_path))?;
+                    break;
+                }
+                Err(e) => return Err(io_err(&gc_path)(e)),
             }
-            Err(e) => return Err(io_err(&gc_path)(e)),
         }
         // Written through tmp/ only under the lock, so another kiln's sweep cannot take it away.
         let layout = store.root.join("oci-layout");
