@@ -13,19 +13,21 @@ set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
 
-cargo build --quiet --release --target x86_64-pc-windows-gnu
-cargo zigbuild --quiet --release --target aarch64-apple-darwin 2>/dev/null \
-  || cargo zigbuild --release --target aarch64-apple-darwin
-cargo zigbuild --quiet --release --target x86_64-apple-darwin 2>/dev/null \
-  || cargo zigbuild --release --target x86_64-apple-darwin
+work="$(mktemp -d)"
+trap 'rm -rf "$work"' EXIT
+# mingw's gcc leaves empty cc* files in the temp folder: keep them in ours.
+mkdir "$work/tmp"
+TMPDIR="$work/tmp" cargo build --quiet --release --target x86_64-pc-windows-gnu
+for t in aarch64-apple-darwin x86_64-apple-darwin; do
+  TMPDIR="$work/tmp" cargo zigbuild --quiet --release --target "$t" 2>/dev/null \
+    || TMPDIR="$work/tmp" cargo zigbuild --release --target "$t"
+done
 for t in x86_64-pc-windows-gnu/release/kiln.exe aarch64-apple-darwin/release/kiln x86_64-apple-darwin/release/kiln; do
   echo "cross-build: target/$t: $(stat -c %s "target/$t") bytes ($(file -b "target/$t" | cut -d, -f1))" >&2
 done
 
 wine64=$(command -v wine64 || echo /usr/lib/wine/wine64)
 [ -x "$wine64" ] || { echo "cross-build: wine64 is not installed (scripts/setup-host.sh)" >&2; exit 1; }
-work="$(mktemp -d)"
-trap 'rm -rf "$work"' EXIT
 # Debian 12's wine lacks bcryptprimitives.dll, which Rust's std imports on Windows 10+.
 x86_64-w64-mingw32-gcc -O2 -shared -o "$work/bcryptprimitives.dll" \
   scripts/wine/bcryptprimitives.c scripts/wine/bcryptprimitives.def -ladvapi32
@@ -49,5 +51,5 @@ KILN_DATA_DIR="$work/data-linux" cargo run --quiet -- build -q --platform linux/
   || { echo "cross-build: kiln.exe built $(digest "$work/ctx/win.json"), the Linux kiln $(digest "$work/linux.json")" >&2; exit 1; }
 echo "cross-build: kiln.exe under wine built the same image as the Linux kiln ($(digest "$work/linux.json"))" >&2
 
-CARGO_TARGET_X86_64_PC_WINDOWS_GNU_RUNNER="$wine64" cargo test --quiet --release --target x86_64-pc-windows-gnu --lib 2>&1 \
+TMPDIR="$work/tmp" CARGO_TARGET_X86_64_PC_WINDOWS_GNU_RUNNER="$wine64" cargo test --quiet --release --target x86_64-pc-windows-gnu --lib 2>&1 \
   | tr -d '\r' | grep -E '^test result|FAILED|panicked' >&2
