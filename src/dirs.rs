@@ -27,6 +27,15 @@ pub fn parent_dir(path: &Path) -> &Path {
     path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."))
 }
 
+/// Writes `bytes` to `path` through a temporary file beside it, renamed
+/// into place, so a reader sees the old file or the new one, never half.
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let mut tmp = tempfile::NamedTempFile::new_in(parent_dir(path))?;
+    std::io::Write::write_all(&mut tmp, bytes)?;
+    tmp.persist(path).map_err(|e| e.error)?;
+    Ok(())
+}
+
 /// A temporary-name prefix that carries this process's id (`<prefix><pid>-`),
 /// so that [`remove_stale`] can tell a dead kiln's leftovers from a live one's.
 pub fn owned_prefix(prefix: &str) -> String {

@@ -616,11 +616,7 @@ fn image_names(outputs: &[Output]) -> Vec<String> {
 }
 
 fn write_atomically(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    let dir = crate::dirs::parent_dir(path);
-    let mut tmp = tempfile::NamedTempFile::new_in(dir).with_context(|| format!("writing {}", path.display()))?;
-    std::io::Write::write_all(&mut tmp, bytes)?;
-    tmp.persist(path).with_context(|| format!("writing {}", path.display()))?;
-    Ok(())
+    crate::dirs::write_atomically(path, bytes).with_context(|| format!("writing {}", path.display()))
 }
 
 #[cfg(test)]

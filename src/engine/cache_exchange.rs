@@ -18,7 +18,7 @@
 //! covers the step's inputs, since it is computed here from them.
 
 use std::collections::HashMap;
-use std::io::{Read, Write};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 
@@ -468,7 +468,7 @@ fn write_local(store: &Store, manifest: &Descriptor, dir: &Path, cancel: &Atomic
     for blob in store.closure(manifest).map_err(|e| e.to_string())? {
         crate::cancel::check(cancel).map_err(|e| e.to_string())?;
         let path = local_blob_path(dir, &blob)?;
-        if read_local_blob_ok(dir, &blob) {
+        if has_local_blob(dir, &blob) {
             continue;
         }
         let mut tmp = tempfile::NamedTempFile::new_in(&blobs).map_err(|e| io(&blobs, e))?;
@@ -476,23 +476,16 @@ fn write_local(store: &Store, manifest: &Descriptor, dir: &Path, cancel: &Atomic
         tmp.persist(&path).map_err(|e| io(&path, e.error))?;
     }
     let layout = dir.join("oci-layout");
-    write_file_atomically(&layout, crate::oci::store::OCI_LAYOUT)?;
+    let write = |path: &Path, bytes: &[u8]| crate::dirs::write_atomically(path, bytes).map_err(|e| io(path, e));
+    write(&layout, crate::oci::store::OCI_LAYOUT)?;
     let index = serde_json::json!({ "schemaVersion": 2, "mediaType": media::OCI_INDEX, "manifests": [manifest] });
-    write_file_atomically(&dir.join("index.json"), &serde_json::to_vec_pretty(&index).expect("serialises"))
+    write(&dir.join("index.json"), &serde_json::to_vec_pretty(&index).expect("serialises"))
 }
 
 /// Whether the layout already holds this blob, whole (size checked; the
 /// content was verified when it was written).
-fn read_local_blob_ok(dir: &Path, blob: &Descriptor) -> bool {
+fn has_local_blob(dir: &Path, blob: &Descriptor) -> bool {
     local_blob_path(dir, blob).ok().and_then(|p| std::fs::metadata(p).ok()).is_some_and(|m| m.is_file() && m.len() == blob.size())
-}
-
-fn write_file_atomically(path: &Path, bytes: &[u8]) -> Result<(), String> {
-    let dir = crate::dirs::parent_dir(path);
-    let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(|e| format!("{}: {e}", path.display()))?;
-    tmp.write_all(bytes).map_err(|e| format!("{}: {e}", path.display()))?;
-    tmp.persist(path).map_err(|e| format!("{}: {}", path.display(), e.error))?;
-    Ok(())
 }
 
 #[cfg(test)]
