@@ -27,6 +27,7 @@ use serde::{Deserialize, Serialize};
 
 use super::cache::{CacheEntry, CacheKey};
 use crate::oci::digest::{self, HashingWriter};
+use crate::oci::layout;
 use crate::oci::store::Store;
 use crate::oci::{media, Compression};
 use crate::registry::{Client, ClientOptions, PushOptions, Reference};
@@ -361,17 +362,12 @@ fn read_local_blob(dir: &Path, blob: &Descriptor) -> Result<Vec<u8>, String> {
 }
 
 fn local_blob_path(dir: &Path, blob: &Descriptor) -> Result<PathBuf, String> {
-    let hex = digest::sha256_hex(blob.digest()).map_err(|e| e.to_string())?;
-    Ok(dir.join("blobs").join("sha256").join(hex))
+    layout::blob_path(dir, blob.digest()).map_err(|e| e.to_string())
 }
 
 fn copy_local_blob(dir: &Path, store: &Store, blob: &Descriptor) -> Result<(), String> {
-    let path = local_blob_path(dir, blob)?;
-    let file = std::fs::File::open(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let mut writer = store.blob_writer().map_err(|e| e.to_string())?;
-    std::io::copy(&mut file.take(blob.size() + 1), &mut writer).map_err(|e| format!("{}: {e}", path.display()))?;
-    writer.commit(blob.media_type().clone(), Some((blob.digest(), blob.size()))).map_err(|e| format!("{}: {e}", path.display()))?;
-    Ok(())
+    let writer = store.blob_writer().map_err(|e| e.to_string())?;
+    layout::copy_blob(dir, blob, writer).map_err(|e| e.to_string())
 }
 
 /// The records of a cache directory: its index's manifest, then that
@@ -463,7 +459,7 @@ pub fn export(
 
 fn write_local(store: &Store, manifest: &Descriptor, dir: &Path, cancel: &AtomicBool) -> Result<(), String> {
     let io = |path: &Path, e: std::io::Error| format!("{}: {e}", path.display());
-    let blobs = dir.join("blobs").join("sha256");
+    let blobs = crate::dirs::parent_dir(&local_blob_path(dir, manifest)?).to_path_buf();
     std::fs::create_dir_all(&blobs).map_err(|e| io(&blobs, e))?;
     for blob in store.closure(manifest).map_err(|e| e.to_string())? {
         crate::cancel::check(cancel).map_err(|e| e.to_string())?;

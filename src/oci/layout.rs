@@ -16,7 +16,7 @@ use oci_spec::image::{Descriptor, Digest};
 use crate::oci::digest;
 use crate::oci::media;
 use crate::oci::model::{Manifest, MAX_MANIFEST_SIZE};
-use crate::oci::store::{Ingest, Store, StoreError, OCI_LAYOUT, REF_NAME_ANNOTATION};
+use crate::oci::store::{BlobWriter, Ingest, Store, StoreError, OCI_LAYOUT, REF_NAME_ANNOTATION};
 use crate::platform::Platform;
 
 #[derive(Debug, thiserror::Error)]
@@ -105,7 +105,7 @@ pub fn export(
             fs::create_dir_all(&b).map_err(io_err(&b))?;
             for d in &plan.blobs {
                 crate::cancel::check(cancel)?;
-                let path = b.join(digest::sha256_hex(d.digest()).map_err(StoreError::from)?);
+                let path = blob_path(tmp.path(), d.digest())?;
                 let mut out = BufWriter::new(File::create(&path).map_err(io_err(&path))?);
                 io::copy(&mut store.get_blob(d)?, &mut out).map_err(io_err(&path))?;
                 out.flush().map_err(io_err(&path))?;
@@ -348,8 +348,7 @@ fn copy_closure(dir: &Path, ingest: &Ingest<'_>, d: &Descriptor, seen: &mut Hash
     if !seen.insert(d.digest().clone()) {
         return Ok(());
     }
-    let hex = digest::sha256_hex(d.digest()).map_err(StoreError::from)?;
-    let path = dir.join("blobs").join("sha256").join(hex);
+    let path = blob_path(dir, d.digest())?;
     let mt = d.media_type().as_ref();
     if media::is_index(mt) || media::is_manifest(mt) {
         // Bounded: a blob may be a link to /dev/zero. One byte over is enough
@@ -364,11 +363,24 @@ fn copy_closure(dir: &Path, ingest: &Ingest<'_>, d: &Descriptor, seen: &mut Hash
             copy_closure(dir, ingest, &child, seen)?;
         }
     } else if !ingest.has_blob(d.digest()) {
-        let mut f = File::open(&path).map_err(|_| LayoutError::MissingBlob { path: dir.to_path_buf(), digest: d.digest().to_string() })?;
-        let mut w = ingest.blob_writer()?;
-        // One byte over the descriptor's size is enough for commit to refuse it.
-        io::copy(&mut (&mut f).take(d.size() + 1), &mut w).map_err(io_err(&path))?;
-        w.commit(d.media_type().clone(), Some((d.digest(), d.size())))?;
+        copy_blob(dir, d, ingest.blob_writer()?)?;
     }
+    Ok(())
+}
+
+/// Where the layout directory `dir` keeps the blob `digest`.
+pub fn blob_path(dir: &Path, digest: &Digest) -> Result<PathBuf> {
+    Ok(dir.join("blobs").join("sha256").join(digest::sha256_hex(digest).map_err(StoreError::from)?))
+}
+
+/// Copies the blob `d` of the layout directory `dir` through `writer`,
+/// verified against its digest and size on commit.
+pub fn copy_blob(dir: &Path, d: &Descriptor, mut writer: BlobWriter) -> Result<()> {
+    let path = blob_path(dir, d.digest())?;
+    let mut f = File::open(&path).map_err(|_| LayoutError::MissingBlob { path: dir.to_path_buf(), digest: d.digest().to_string() })?;
+    // One byte over the descriptor's size is enough for commit to refuse it
+    // (and a link to /dev/zero is read no further).
+    io::copy(&mut (&mut f).take(d.size() + 1), &mut writer).map_err(io_err(&path))?;
+    writer.commit(d.media_type().clone(), Some((d.digest(), d.size())))?;
     Ok(())
 }
