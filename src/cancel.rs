@@ -23,6 +23,11 @@ pub fn check(cancel: &AtomicBool) -> Result<(), Interrupted> {
     }
 }
 
+/// The async runtime kiln's registry work runs on (driven by [`block_on`]).
+pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread().enable_all().build()
+}
+
 /// Drives `work` on `runtime` until it finishes or `cancel` is set. On a
 /// cancel, `work` is dropped at its next await point, which closes its
 /// connections and drops its partial files.

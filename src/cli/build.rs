@@ -485,7 +485,7 @@ fn deliver(
                     let client = Client::new(req.registry.clone())?;
                     let rt = match &mut runtime {
                         Some(rt) => rt,
-                        None => runtime.insert(tokio::runtime::Builder::new_multi_thread().enable_all().build()?),
+                        None => runtime.insert(crate::cancel::runtime()?),
                     };
                     for name in names {
                         let mut dest = Reference::parse(name)?;

@@ -141,10 +141,6 @@ impl RegistryArgs {
     }
 }
 
-pub(crate) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
-}
-
 /// The tags `rmi IMAGE` removes: IMAGE itself when it is a name, else (a
 /// digest or its prefix, as `kiln images` shows it) the one name that holds
 /// that image. Like `docker rmi`, an image with several names is removed
@@ -252,7 +248,7 @@ pub fn run(cmd: ImageCommand) -> anyhow::Result<ExitCode> {
             let store = store()?;
             let client = registry.client()?;
             let opts = PullOptions { platform, all_platforms };
-            let report = crate::cancel::block_on(&runtime()?, super::signals::install(), client.pull(&store, &reference, &opts))??;
+            let report = crate::cancel::block_on(&crate::cancel::runtime()?, super::signals::install(), client.pull(&store, &reference, &opts))??;
             println!(
                 "Pulled {} ({}): {} blobs, {} downloaded",
                 report.name,
@@ -269,7 +265,7 @@ pub fn run(cmd: ImageCommand) -> anyhow::Result<ExitCode> {
             let client = registry.client()?;
             let opts = PushOptions { mount_from };
             let pushing = client.push(&store, &d, &dest, &opts);
-            let report = crate::cancel::block_on(&runtime()?, super::signals::install(), pushing)??;
+            let report = crate::cancel::block_on(&crate::cancel::runtime()?, super::signals::install(), pushing)??;
             println!(
                 "Pushed {dest} ({}): {} blobs uploaded ({}), {} mounted, {} already present",
                 report.digest,
@@ -296,7 +292,7 @@ pub fn run(cmd: ImageCommand) -> anyhow::Result<ExitCode> {
             }
             let creds = Credentials { username, secret };
             let client = registry_args.client()?;
-            runtime()?.block_on(client.check_credentials(&registry, &creds))?;
+            crate::cancel::runtime()?.block_on(client.check_credentials(&registry, &creds))?;
             let config = DockerConfig::new(registry_args.auth_file.clone().unwrap_or_else(crate::registry::auth::default_config_path));
             config.store(&registry, &creds)?;
             println!("Login succeeded; credentials stored in {}", config.path().display());

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
 
-use super::image::{runtime, RegistryArgs};
+use super::image::RegistryArgs;
 use crate::oci::model::{self, Manifest};
 use crate::oci::Store;
 use crate::registry::combine::entry_platform;
@@ -62,7 +62,7 @@ pub fn run(cmd: ImagetoolsCommand) -> anyhow::Result<ExitCode> {
             let client = args.registry.client()?;
             // Configs of single images are read through the store, verified.
             let store = Store::open_default().context("opening the image store")?;
-            let made = crate::cancel::block_on(&runtime()?, cancel, client.create_index(&store, &sources, &tags, args.dry_run))??;
+            let made = crate::cancel::block_on(&crate::cancel::runtime()?, cancel, client.create_index(&store, &sources, &tags, args.dry_run))??;
             if args.dry_run {
                 std::io::stdout().write_all(&made.bytes)?;
                 println!();
@@ -78,7 +78,7 @@ pub fn run(cmd: ImagetoolsCommand) -> anyhow::Result<ExitCode> {
             let scopes = [format!("repository:{}:pull", reference.repository)];
             let target = reference.target();
             let fetching = client.fetch_manifest(&reference, &target, None, &scopes);
-            let (bytes, desc) = crate::cancel::block_on(&runtime()?, cancel, fetching)??;
+            let (bytes, desc) = crate::cancel::block_on(&crate::cancel::runtime()?, cancel, fetching)??;
             if args.raw {
                 std::io::stdout().write_all(&bytes)?;
                 return Ok(ExitCode::SUCCESS);

@@ -70,7 +70,7 @@ fn pull(store: &Store, image: &str, registry: &super::image::RegistryArgs) -> an
     let client = registry.client()?;
     let opts = PullOptions { platform: None, all_platforms: true };
     let cancel = super::signals::install();
-    let report = crate::cancel::block_on(&super::image::runtime()?, cancel, client.pull(store, &reference, &opts))?
+    let report = crate::cancel::block_on(&crate::cancel::runtime()?, cancel, client.pull(store, &reference, &opts))?
         .with_context(|| format!("{image}: not in the local store, and pulling it failed"))?;
     eprintln!("{}: pulled {}", report.name, report.descriptor.digest());
     Ok(report.descriptor)

@@ -138,7 +138,7 @@ fn pull_if_needed(store: &Store, args: &RunArgs, cancel: &std::sync::atomic::Ato
     let reference = crate::registry::Reference::parse(&args.image).with_context(|| format!("invalid image name {:?}", args.image))?;
     let client = args.registry.client()?;
     let opts = crate::registry::PullOptions { platform: Some(platform), all_platforms: false };
-    let report = crate::cancel::block_on(&super::image::runtime()?, cancel, client.pull(store, &reference, &opts))?
+    let report = crate::cancel::block_on(&crate::cancel::runtime()?, cancel, client.pull(store, &reference, &opts))?
         .with_context(|| format!("pulling {reference}"))?;
     eprintln!("{}: pulled {} ({} blobs)", report.name, report.descriptor.digest(), report.blobs_downloaded);
     Ok(())

@@ -35,7 +35,7 @@ impl BaseImages {
         let reference = Reference::parse(name).map_err(|e| format!("{name}: {e}"))?;
         let client = Client::new(self.registry.clone()).map_err(|e| e.to_string())?;
         if self.runtime.is_none() {
-            let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build();
+            let runtime = crate::cancel::runtime();
             self.runtime = Some(runtime.map_err(|e| format!("starting the async runtime: {e}"))?);
         }
         let runtime = self.runtime.as_ref().expect("set above");

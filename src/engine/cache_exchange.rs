@@ -247,7 +247,7 @@ impl ImportedCache {
 
     fn runtime(&mut self) -> Result<&tokio::runtime::Runtime, String> {
         if self.runtime.is_none() {
-            let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(|e| format!("starting the async runtime: {e}"))?;
+            let rt = crate::cancel::runtime().map_err(|e| format!("starting the async runtime: {e}"))?;
             self.runtime = Some(rt);
         }
         Ok(self.runtime.as_ref().expect("set above"))
@@ -435,7 +435,7 @@ pub fn export(
     match &export.location {
         CacheLocation::Registry(dest) => {
             let client = Client::new(registry.clone()).map_err(|e| e.to_string())?;
-            let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(|e| e.to_string())?;
+            let runtime = crate::cancel::runtime().map_err(|e| format!("starting the async runtime: {e}"))?;
             let mount_from = mount_from.filter(|m| m.registry == dest.registry && m.repository != dest.repository).map(|m| m.repository.clone());
             let opts = PushOptions { mount_from };
             let report = crate::cancel::block_on(&runtime, cancel, client.push(store, &manifest, dest, &opts))
