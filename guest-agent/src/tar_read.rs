@@ -16,12 +16,52 @@ const BLOCK: u64 = 512;
 /// PAX and GNU long-name members larger than this are refused, not buffered.
 const MAX_META: u64 = 64 << 20;
 
+/// What a member is, from its type flag. Every reader in kiln matches on
+/// this instead of on raw type bytes, so that they all read an archive alike.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// `0`, `7` (contiguous), and the pre-POSIX `\0` unless its name ends in `/`.
+    File,
+    /// `1`: `link` names an earlier member.
+    HardLink,
+    /// `2`: `link` is the target, as written.
+    Symlink,
+    /// `3`
+    CharDevice,
+    /// `4`
+    BlockDevice,
+    /// `5`, and a pre-POSIX `\0` member whose name ends in `/` (as Go's
+    /// archive/tar and GNU tar read such old archives).
+    Dir,
+    /// `6`
+    Fifo,
+    /// Any other flag: no file system object (GNU volume labels,
+    /// multi-volume continuations, vendor types). The byte is kept for errors.
+    Other(u8),
+}
+
+impl Kind {
+    fn of(flag: u8, path: &[u8]) -> Self {
+        match flag {
+            b'\0' if path.ends_with(b"/") => Kind::Dir,
+            b'0' | b'\0' | b'7' => Kind::File,
+            b'1' => Kind::HardLink,
+            b'2' => Kind::Symlink,
+            b'3' => Kind::CharDevice,
+            b'4' => Kind::BlockDevice,
+            b'5' => Kind::Dir,
+            b'6' => Kind::Fifo,
+            other => Kind::Other(other),
+        }
+    }
+}
+
 /// One member, with PAX and GNU long-name headers already applied.
 #[derive(Debug, Clone)]
 pub struct Member {
     pub path: Vec<u8>,
     pub link: Vec<u8>,
-    pub kind: u8,
+    pub kind: Kind,
     pub mode: u32,
     pub uid: u64,
     pub gid: u64,
@@ -250,9 +290,9 @@ impl<R: Read> TarReader<R> {
             };
             // Only regular files carry data in practice; a hardlink's size is skipped too.
             let member = Member {
+                kind: Kind::of(kind, &path),
                 path,
                 link,
-                kind,
                 mode: (number(&h[100..108])? & 0o7777) as u32,
                 uid,
                 gid,
@@ -323,10 +363,10 @@ mod tests {
         let bytes = b.into_inner().unwrap();
         let mut r = TarReader::new(&bytes[..]);
         let m = r.next_member().unwrap().unwrap();
-        assert_eq!((m.path, m.size, m.uid, m.kind), (long.into_bytes(), 3, 0o7777777 + 5, b'0'));
+        assert_eq!((m.path, m.size, m.uid, m.kind), (long.into_bytes(), 3, 0o7777777 + 5, Kind::File));
         assert_eq!(&bytes[m.offset as usize..m.offset as usize + 3], b"abc");
         let m = r.next_member().unwrap().unwrap();
-        assert_eq!((m.path, m.link, m.kind), (b"link".to_vec(), target.into_bytes(), b'2'));
+        assert_eq!((m.path, m.link, m.kind), (b"link".to_vec(), target.into_bytes(), Kind::Symlink));
         assert!(r.next_member().unwrap().is_none());
     }
 
@@ -368,6 +408,46 @@ mod tests {
         let bytes = b.into_inner().unwrap();
         let err = TarReader::new(&bytes[..]).next_member().unwrap_err();
         assert!(err.to_string().contains("sparse"), "{err}");
+    }
+
+    /// Hand-made pre-POSIX (v7) header: no magic, type flag `\0`.
+    fn v7_member(name: &str, size: u64) -> Vec<u8> {
+        let mut h = [0u8; 512];
+        h[..name.len()].copy_from_slice(name.as_bytes());
+        h[100..107].copy_from_slice(b"0000755");
+        h[124..135].copy_from_slice(format!("{size:011o}").as_bytes());
+        h[148..156].copy_from_slice(b"        ");
+        let sum: u32 = h.iter().map(|&b| b as u32).sum();
+        h[148..155].copy_from_slice(format!("{sum:06o}\0").as_bytes());
+        let mut out = h.to_vec();
+        out.resize(512 + size.div_ceil(512) as usize * 512, 0);
+        out
+    }
+
+    #[test]
+    fn every_type_flag_reads_as_one_kind() {
+        // A pre-POSIX regular member whose name ends in '/' is a directory, as
+        // Go's archive/tar reads it; without the slash it is a file.
+        let mut bytes = [v7_member("old/", 0), v7_member("old/file", 3)].concat();
+        bytes.extend_from_slice(&[0u8; 1024]);
+        let mut r = TarReader::new(&bytes[..]);
+        assert_eq!(r.next_member().unwrap().unwrap().kind, Kind::Dir);
+        let m = r.next_member().unwrap().unwrap();
+        assert_eq!((m.kind, m.size), (Kind::File, 3));
+        assert!(r.next_member().unwrap().is_none());
+        for (flag, kind) in [
+            (b'0', Kind::File),
+            (b'7', Kind::File),
+            (b'1', Kind::HardLink),
+            (b'2', Kind::Symlink),
+            (b'3', Kind::CharDevice),
+            (b'4', Kind::BlockDevice),
+            (b'5', Kind::Dir),
+            (b'6', Kind::Fifo),
+            (b'V', Kind::Other(b'V')),
+        ] {
+            assert_eq!(Kind::of(flag, b"name/"), kind, "flag {:?}", flag as char);
+        }
     }
 
     #[test]

@@ -20,7 +20,7 @@ use kiln_protocol::{EntryKind, LayerEntry, Xattr};
 use oci_spec::image::Descriptor;
 
 use super::layer_tar::ContentSource;
-use super::tar_read::TarReader;
+use super::tar_read::{Kind, TarReader};
 use crate::oci::layer::Compression;
 use crate::oci::media;
 use crate::oci::store::{Store, StoreError};
@@ -390,21 +390,21 @@ fn parse_layer(reader: Box<dyn Read + '_>, layer: usize) -> Result<ParsedLayer, 
         };
         let mut content = None;
         e.kind = match m.kind {
-            b'0' | b'\0' | b'7' => {
+            Kind::File => {
                 content = Some(Content { layer, offset: m.offset });
                 EntryKind::File { size: m.size, link: None }
             }
-            b'1' => {
+            Kind::HardLink => {
                 let target = layer_path(&link)?;
                 out.items.push(Item::Hardlink { entry: e, target });
                 continue;
             }
-            b'2' => EntryKind::Symlink { target: link },
-            b'3' => EntryKind::CharDevice { major: m.dev.0, minor: m.dev.1 },
-            b'4' => EntryKind::BlockDevice { major: m.dev.0, minor: m.dev.1 },
-            b'5' => EntryKind::Dir { opaque: false },
-            b'6' => EntryKind::Fifo,
-            other => return Err(path_err(&path, format!("unsupported tar entry type {:?} in layer", other as char))),
+            Kind::Symlink => EntryKind::Symlink { target: link },
+            Kind::CharDevice => EntryKind::CharDevice { major: m.dev.0, minor: m.dev.1 },
+            Kind::BlockDevice => EntryKind::BlockDevice { major: m.dev.0, minor: m.dev.1 },
+            Kind::Dir => EntryKind::Dir { opaque: false },
+            Kind::Fifo => EntryKind::Fifo,
+            Kind::Other(other) => return Err(path_err(&path, format!("unsupported tar entry type {:?} in layer", other as char))),
         };
         out.items.push(Item::Node(Node { entry: e, content }));
     }

@@ -13,7 +13,7 @@ use std::fs::{self, File};
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 
-use kiln_protocol::tar_read::TarReader;
+use kiln_protocol::tar_read::{Kind, TarReader};
 use oci_spec::image::{Descriptor, MediaType};
 
 use super::layout::{import_dir, LayoutError};
@@ -67,7 +67,7 @@ pub fn import_archive(
     let mut members = 0usize;
     while let Some(member) = tar.next_member().map_err(|e| not_archive(format!("not a readable tar: {e}")))? {
         members += 1;
-        if !matches!(member.kind, b'0' | b'\0' | b'7') {
+        if member.kind != Kind::File {
             continue;
         }
         let Some(name) = staged_name(&member.path) else { continue };

@@ -23,7 +23,7 @@ use crate::oci::layer::{Compression, LayerWriter};
 use crate::oci::media;
 use crate::oci::store::{Store, StoreError};
 use crate::platform::Platform;
-use kiln_protocol::tar_read::TarReader;
+use kiln_protocol::tar_read::{Kind, TarReader};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ImportError {
@@ -128,7 +128,7 @@ fn copy_checked_tar(input: impl Read, source_name: &str, out: &mut impl Write) -
     while let Some(member) = archive.next_member().map_err(|e| if is_format_error(&e) { not_tar(e) } else { read_err(e) })? {
         // Hard link targets are paths in the archive too; symlink targets are
         // resolved inside the root by whoever unpacks, so they may say anything.
-        let link = (member.kind == b'1').then_some(&member.link);
+        let link = (member.kind == Kind::HardLink).then_some(&member.link);
         for path in std::iter::once(&member.path).chain(link) {
             if path.split(|&b| b == b'/').any(|c| c == b"..") {
                 let entry = String::from_utf8_lossy(path).into_owned();

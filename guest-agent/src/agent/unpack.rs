@@ -10,7 +10,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path, PathBuf};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 
-use kiln_protocol::tar_read::{Member, TarReader};
+use kiln_protocol::tar_read::{Kind, Member, TarReader};
 use kiln_protocol::AgentMsg;
 
 use super::outbox::{send, Out};
@@ -50,36 +50,36 @@ fn unpack(reader: &mut dyn Read, dest: &Path) -> io::Result<()> {
         let target = confined(dest, &rel)?;
         let at = |e: io::Error| io::Error::new(e.kind(), format!("{}: {e}", rel.display()));
         match member.kind {
-            b'0' | b'\0' | b'7' => {
+            Kind::File => {
                 replace_non_dir(&target).map_err(at)?;
                 let mut file = std::fs::OpenOptions::new().write(true).create_new(true).open(&target).map_err(at)?;
                 io::copy(&mut tar, &mut file).map_err(at)?;
             }
-            b'1' => {
+            Kind::HardLink => {
                 let source = confined(dest, Path::new(OsStr::from_bytes(&member.link)))?;
                 replace_non_dir(&target).map_err(at)?;
                 std::fs::hard_link(&source, &target).map_err(at)?;
                 continue; // a hardlink shares its source's metadata
             }
-            b'2' => {
+            Kind::Symlink => {
                 replace_non_dir(&target).map_err(at)?;
                 std::os::unix::fs::symlink(OsStr::from_bytes(&member.link), &target).map_err(at)?;
             }
-            b'5' => {
+            Kind::Dir => {
                 if !std::fs::symlink_metadata(&target).is_ok_and(|m| m.is_dir()) {
                     replace_non_dir(&target).map_err(at)?;
                     std::fs::create_dir(&target).map_err(at)?;
                 }
                 dirs.push((target.clone(), member.mtime));
             }
-            b'3' | b'4' | b'6' => {
+            Kind::CharDevice | Kind::BlockDevice | Kind::Fifo => {
                 replace_non_dir(&target).map_err(at)?;
                 make_node(&target, member.kind, member.mode, member.dev).map_err(at)?;
             }
-            _ => continue, // no file system object (e.g. a GNU volume label)
+            Kind::Other(_) => continue, // no file system object (e.g. a GNU volume label)
         }
         set_metadata(&target, &member).map_err(at)?;
-        if member.kind != b'5' {
+        if member.kind != Kind::Dir {
             set_mtime(&target, member.mtime).map_err(at)?;
         }
     }
@@ -110,7 +110,7 @@ fn set_metadata(path: &Path, member: &Member) -> io::Result<()> {
         if libc::lchown(c.as_ptr(), uid, gid) < 0 {
             return Err(io::Error::last_os_error());
         }
-        if member.kind != b'2' && libc::chmod(c.as_ptr(), member.mode) < 0 {
+        if member.kind != Kind::Symlink && libc::chmod(c.as_ptr(), member.mode) < 0 {
             return Err(io::Error::last_os_error());
         }
     }
@@ -194,10 +194,10 @@ impl Whiteout {
 }
 
 /// A character or block device or a FIFO (owner and mode are set after).
-fn make_node(target: &Path, kind: u8, mode: u32, (major, minor): (u32, u32)) -> io::Result<()> {
+fn make_node(target: &Path, kind: Kind, mode: u32, (major, minor): (u32, u32)) -> io::Result<()> {
     let file_type = match kind {
-        b'3' => libc::S_IFCHR,
-        b'4' => libc::S_IFBLK,
+        Kind::CharDevice => libc::S_IFCHR,
+        Kind::BlockDevice => libc::S_IFBLK,
         _ => libc::S_IFIFO,
     };
     let path = CString::new(target.as_os_str().as_bytes()).map_err(io::Error::other)?;

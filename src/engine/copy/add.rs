@@ -10,7 +10,7 @@ use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use kiln_protocol::confined_path::{resolve_lexically, Node, Tree};
-use kiln_protocol::tar_read::TarReader;
+use kiln_protocol::tar_read::{Kind, TarReader};
 use kiln_protocol::{EntryKind, LayerEntry, Xattr};
 use sha2::{Digest, Sha256, Sha384, Sha512};
 
@@ -248,9 +248,7 @@ impl Planner<'_> {
                 std::str::from_utf8(&member.link).map_err(|_| arch_err(format!("{raw}: the link target is not UTF-8")))
             };
             entry.kind = match member.kind {
-                // A pre-POSIX regular file whose name ends in '/' is a directory (as Go's archive/tar reads it).
-                b'\0' if raw.ends_with('/') => EntryKind::Dir { opaque: false },
-                b'0' | b'\0' | b'7' => {
+                Kind::File => {
                     let (c, len, h) = self.spool.append(&mut ar).map_err(io_err)?;
                     content = Some(c);
                     hash = Some(h);
@@ -258,7 +256,7 @@ impl Planner<'_> {
                     files.insert(target.clone(), (format!("a:{target}"), len));
                     EntryKind::File { size: len, link: None }
                 }
-                b'1' => {
+                Kind::HardLink => {
                     let link = link_target()?;
                     if link.is_empty() {
                         return Err(arch_err(format!("{raw}: a hardlink without a target")));
@@ -278,19 +276,19 @@ impl Planner<'_> {
                     group = Some(g);
                     EntryKind::File { size, link: None }
                 }
-                b'2' => {
+                Kind::Symlink => {
                     let link = link_target()?;
                     if link.is_empty() {
                         return Err(arch_err(format!("{raw}: a symlink without a target")));
                     }
                     EntryKind::Symlink { target: link.to_string() }
                 }
-                b'5' => EntryKind::Dir { opaque: false },
-                b'3' => EntryKind::CharDevice { major: member.dev.0, minor: member.dev.1 },
-                b'4' => EntryKind::BlockDevice { major: member.dev.0, minor: member.dev.1 },
-                b'6' => EntryKind::Fifo,
+                Kind::Dir => EntryKind::Dir { opaque: false },
+                Kind::CharDevice => EntryKind::CharDevice { major: member.dev.0, minor: member.dev.1 },
+                Kind::BlockDevice => EntryKind::BlockDevice { major: member.dev.0, minor: member.dev.1 },
+                Kind::Fifo => EntryKind::Fifo,
                 // Other kinds (volume labels, multi-volume parts) carry no file.
-                _ => continue,
+                Kind::Other(_) => continue,
             };
             // An archive's directory over an existing directory merges into it.
             if is_dir(&entry) && self.existing(&target) == Some(true) && !self.out.contains_key(&target) {

@@ -9,7 +9,7 @@ use std::io::{self, Read, Seek, Write};
 
 use super::writer::{EntryMeta, ErofsWriter, NodeKind, Summary};
 use super::ErofsError;
-use crate::engine::tar_read::TarReader;
+use crate::engine::tar_read::{Kind, TarReader};
 
 const WHITEOUT_PREFIX: &[u8] = b".wh.";
 const OPAQUE_MARKER: &[u8] = b".wh..wh..opq";
@@ -41,15 +41,15 @@ pub fn from_tar<W: Write + Seek>(tar: impl Read, out: W) -> Result<(W, Summary),
             continue;
         }
         let kind = match m.kind {
-            b'0' | b'\0' | b'7' => NodeKind::File { size: m.size },
-            b'1' => NodeKind::Hardlink { target: &m.link },
-            b'2' => NodeKind::Symlink { target: &m.link },
-            b'3' => NodeKind::CharDevice { major: m.dev.0, minor: m.dev.1 },
-            b'4' => NodeKind::BlockDevice { major: m.dev.0, minor: m.dev.1 },
-            b'5' => NodeKind::Dir { opaque: false },
-            b'6' => NodeKind::Fifo,
+            Kind::File => NodeKind::File { size: m.size },
+            Kind::HardLink => NodeKind::Hardlink { target: &m.link },
+            Kind::Symlink => NodeKind::Symlink { target: &m.link },
+            Kind::CharDevice => NodeKind::CharDevice { major: m.dev.0, minor: m.dev.1 },
+            Kind::BlockDevice => NodeKind::BlockDevice { major: m.dev.0, minor: m.dev.1 },
+            Kind::Dir => NodeKind::Dir { opaque: false },
+            Kind::Fifo => NodeKind::Fifo,
             // Other types (GNU volume labels, multi-volume parts...) carry no file.
-            _ => continue,
+            Kind::Other(_) => continue,
         };
         writer.add(path, kind, &meta, &mut reader)?;
     }
