@@ -15,6 +15,11 @@ use std::io::{self, Read};
 const BLOCK: u64 = 512;
 /// PAX and GNU long-name members larger than this are refused, not buffered.
 const MAX_META: u64 = 64 << 20;
+/// How much of what follows the end-of-archive blocks [`TarReader::finish`]
+/// reads: tar pads to 10 KiB records, and this is enough to reach a
+/// compressed stream's end and checksum, while a bomb hidden after the end
+/// (gigabytes of zeros in a few megabytes of gzip) costs nothing.
+pub const MAX_TRAILER: u64 = 1 << 20;
 
 /// What a member is, from its type flag. Every reader in kiln matches on
 /// this instead of on raw type bytes, so that they all read an archive alike.
@@ -142,10 +147,14 @@ impl<R: Read> TarReader<R> {
         Self { r, pos: 0, pending: 0, data_left: 0 }
     }
 
-    /// The underlying reader, positioned after what has been read: after the
-    /// end-of-archive block once `next_member` returned `None`.
-    pub fn into_inner(self) -> R {
-        self.r
+    /// Once `next_member` returned `None`: reads on through what follows the
+    /// archive's end, at most [`MAX_TRAILER`] bytes, so that a decompressor
+    /// underneath reaches its end and verifies its checksum. Like Docker,
+    /// kiln ignores what follows the end; it only has to decompress correctly.
+    pub fn finish(self) -> io::Result<R> {
+        let mut r = self.r;
+        io::copy(&mut (&mut r).take(MAX_TRAILER), &mut io::sink())?;
+        Ok(r)
     }
 
     fn skip(&mut self, n: u64) -> io::Result<()> {
@@ -447,6 +456,33 @@ mod tests {
             (b'V', Kind::Other(b'V')),
         ] {
             assert_eq!(Kind::of(flag, b"name/"), kind, "flag {:?}", flag as char);
+        }
+    }
+
+    #[test]
+    fn finishing_reads_a_bounded_trailer() {
+        struct Counted<R>(R, u64);
+        impl<R: Read> Read for Counted<R> {
+            fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+                let n = self.0.read(buf)?;
+                self.1 += n as u64;
+                Ok(n)
+            }
+        }
+        let mut b = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_ustar();
+        h.set_size(1);
+        b.append_data(&mut h, "f", &b"x"[..]).unwrap();
+        let archive = b.into_inner().unwrap();
+        // A short trailer is read to its end; of 16 GiB after the end, only
+        // MAX_TRAILER bytes past the first end-of-archive block are read.
+        let first_end_block = archive.len() as u64 - 512;
+        for (trailer, want) in [(3000u64, archive.len() as u64 + 3000), (16 << 30, first_end_block + MAX_TRAILER)] {
+            let input = Counted(archive.as_slice().chain(io::repeat(0).take(trailer)), 0);
+            let mut r = TarReader::new(input);
+            while r.next_member().unwrap().is_some() {}
+            let input = r.finish().unwrap();
+            assert_eq!(input.1, want, "bytes read with a {trailer}-byte trailer");
         }
     }
 

@@ -140,8 +140,9 @@ fn copy_checked_tar(input: impl Read, source_name: &str, out: &mut impl Write) -
     if entries == 0 {
         return Err(ImportError::NotATar { source_name: source_name.to_string(), reason: "the archive has no entries".into() });
     }
-    // The end-of-archive blocks and record padding belong to the layer too.
-    io::copy(&mut archive.into_inner(), &mut io::sink()).map_err(read_err)?;
+    // The end-of-archive blocks and record padding belong to the layer too;
+    // what lies beyond MAX_TRAILER (a decompression bomb) is left unread.
+    archive.finish().map_err(read_err)?;
     Ok(())
 }
 
@@ -283,6 +284,31 @@ mod tests {
         }
         manifests.dedup();
         assert_eq!(manifests.len(), 1, "same tar and options give the same image");
+    }
+
+    #[test]
+    fn a_decompression_bomb_after_the_archive_end_is_left_unread() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let tar = tar_of(&[("etc/os-release", b"ID=test\n")]);
+        let gzip = |data: &[u8]| {
+            let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+            e.write_all(data).unwrap();
+            e.finish().unwrap()
+        };
+        // 4 GiB of zeros in 256 concatenated gzip members of 16 MiB: about 4 MB.
+        let zeros = gzip(&vec![0u8; 16 << 20]);
+        let mut bomb = gzip(&tar);
+        for _ in 0..256 {
+            bomb.extend_from_slice(&zeros);
+        }
+        let d = import_tar(&store, &bomb[..], "bomb.tgz", &opts(&[])).unwrap();
+        let img = store.image(&d, None).unwrap();
+        // The layer is the archive up to its first end block, and MAX_TRAILER
+        // bytes after that.
+        let mut want = tar[..tar.len() - 512].to_vec();
+        want.resize(want.len() + kiln_protocol::tar_read::MAX_TRAILER as usize, 0);
+        assert_eq!(img.diff_ids(), [crate::oci::digest::of_bytes(&want).to_string()]);
     }
 
     #[test]

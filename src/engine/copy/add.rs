@@ -120,18 +120,6 @@ fn is_tar_header(block: &[u8]) -> bool {
     stored == sum
 }
 
-/// How much of what follows an archive's end-of-archive blocks is read
-/// (tar pads to 10 KiB records): enough to reach a compressed stream's end
-/// and checksum, while a bomb hidden after the end costs nothing.
-const MAX_TRAILER: u64 = 1 << 20;
-
-/// Reads on to the end of `r` (at most `MAX_TRAILER` bytes), so that a
-/// decompressor verifies its checksum. Like Docker, kiln ignores what
-/// follows the archive's end; it only has to decompress correctly.
-fn drain_trailer(r: impl Read) -> io::Result<()> {
-    io::copy(&mut r.take(MAX_TRAILER), &mut io::sink()).map(|_| ())
-}
-
 /// The archive kind of `r`'s bytes, if they are a (compressed) tar archive.
 fn sniff(mut open: impl FnMut() -> io::Result<Box<dyn Read>>) -> io::Result<Option<ArchiveKind>> {
     let mut magic = [0u8; 6];
@@ -297,9 +285,8 @@ impl Planner<'_> {
             }
             self.put(Planned { entry, content, hash, group }, true)?;
         }
-        // The tar reader stops at the end-of-archive blocks; the compressed
-        // stream's checksum is only checked at its end, so read on to it.
-        drain_trailer(ar.into_inner()).map_err(io_err)
+        // The compressed stream's checksum is only checked at its end.
+        ar.finish().map(drop).map_err(io_err)
     }
 
     /// ADD <url>: the download becomes a 0600 file (mtime from
