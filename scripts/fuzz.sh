@@ -6,6 +6,7 @@
 # Targets (fuzz/fuzz_targets/): parse and expand (the Dockerfile frontend),
 # tar_read (the one tar reader of host and guest), layer_to_erofs (a layer
 # tar to a disk image, as every pulled layer is turned on the host),
+# layer_unpack (the guest agent's unpack, run on the host as root),
 # manifest (manifests, indexes, configs), dockerignore and copy_patterns.
 # Needs `cargo install cargo-fuzz`; uses nightly features through
 # RUSTC_BOOTSTRAP unless a nightly toolchain is selected. New corpus entries
@@ -48,7 +49,7 @@ for t in "${targets[@]}"; do
       if [ -d "$suite/parser" ]; then
         for c in "$suite"/parser/*/*/; do seeds+=("$c"); done
       fi ;;
-    tar_read|layer_to_erofs) seed_tars "$corpus" ;;
+    tar_read|layer_to_erofs|layer_unpack) seed_tars "$corpus" ;;
     manifest)
       printf '{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"sha256:%064d","size":1,"platform":{"os":"linux","architecture":"arm64"}}]}' 0 >"$corpus/index.json"
       printf '{"architecture":"arm64","os":"linux","variant":"v8","rootfs":{"type":"layers","diff_ids":[]}}' >"$corpus/config.json" ;;
@@ -56,7 +57,7 @@ for t in "${targets[@]}"; do
     copy_patterns) printf '[a-c]*/**.rs\nbin/run.rs' >"$corpus/seed" ;;
   esac
   max_len=8192
-  case $t in expand) max_len=2048 ;; tar_read|layer_to_erofs) max_len=65536 ;; esac
+  case $t in expand) max_len=2048 ;; tar_read|layer_to_erofs|layer_unpack) max_len=65536 ;; esac
   log=$(mktemp)
   echo "fuzz: $t for ${secs}s" >&2
   rc=0

@@ -25,6 +25,10 @@ pub mod frame;
 pub mod message;
 pub mod layer_entry;
 pub mod tar_read;
+#[cfg(target_os = "linux")]
+pub mod layer_unpack;
+#[cfg(target_os = "linux")]
+pub mod xattr;
 
 pub use frame::{Frame, FrameError, FrameReader, FrameWriter, MAX_FRAME};
 pub use message::*;

@@ -8,13 +8,15 @@
 //! server       -> exec, unpack, layer_disk, snapshot, reaper, transport, outbox, console
 //! exec         -> root, pty, reaper, mounts, outbox
 //! root         -> mount_points, mounts, scratch
-//! unpack       -> xattr, scratch, outbox
-//! snapshot     -> xattr, scratch, outbox, console
-//! mount_points -> xattr (paths: kiln_protocol::confined_path)
+//! unpack       -> scratch, outbox (the unpacking: kiln_protocol::layer_unpack)
+//! snapshot     -> scratch, outbox, console
+//! mount_points -> (paths: kiln_protocol::confined_path)
 //! init         -> scratch, console
 //! layer_disk   -> scratch
-//! leaves       : outbox, scratch, console, mounts, pty, reaper, transport, xattr
+//! leaves       : outbox, scratch, console, mounts, pty, reaper, transport
 //! ```
+//!
+//! Extended attributes come from `kiln_protocol::xattr`, beside the unpacking.
 
 mod console;
 mod exec;
@@ -31,7 +33,6 @@ mod server;
 mod snapshot;
 mod transport;
 mod unpack;
-mod xattr;
 
 use std::fmt::Display;
 

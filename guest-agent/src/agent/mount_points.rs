@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 
 use kiln_protocol::confined_path::{resolve_existing, resolve_in_root, Gap};
 
-use super::xattr::is_opaque;
+use kiln_protocol::xattr::is_opaque;
 
 /// Mount points created by the agent, and the state of the directories they
 /// were created in, so both can be put back.

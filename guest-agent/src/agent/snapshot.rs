@@ -16,7 +16,7 @@ use kiln_protocol::{stream, AgentMsg, EntryKind, LayerEntry, Xattr};
 use super::console::log;
 use super::outbox::{send, send_data, Out};
 use super::scratch::{scratch_path, SCRATCH};
-use super::xattr::{self, is_opaque};
+use kiln_protocol::xattr::{self, is_opaque};
 
 /// `_IOWR('X', 119, int)` and `_IOWR('X', 120, int)`, the same on every Linux architecture kiln runs.
 const FIFREEZE: u32 = 0xC004_5877;
