@@ -490,6 +490,48 @@ fn signals_stop_a_stalled_pull_and_a_stalled_add_download() {
     }
 }
 
+/// Linux file names are bytes. One that is not UTF-8 (a Latin-1 `é`,
+/// 0xe9) passes through COPY, ADD of an archive, a RUN's snapshot, the next
+/// build's layers (mounted as disks or unpacked) and a local export
+/// unchanged, as with Docker.
+#[test]
+fn names_that_are_not_utf8_pass_through_every_path() {
+    use std::os::unix::ffi::OsStrExt;
+    let env = Env::new();
+    env.import_busybox("arm64", BUSYBOX);
+    let latin1 = |prefix: &str| std::ffi::OsString::from(std::ffi::OsStr::from_bytes(&[prefix.as_bytes(), b"\xe9"].concat()));
+    std::fs::write(env.ctx().join(latin1("ctx")), "x").unwrap();
+    std::os::unix::fs::symlink(latin1("ctx"), env.ctx().join("link")).unwrap();
+    let mut archive = tar::Builder::new(Vec::new());
+    let mut h = tar::Header::new_ustar();
+    h.set_size(1);
+    h.set_mode(0o644);
+    archive.append_data(&mut h, std::path::Path::new(&latin1("arch")), &b"a"[..]).unwrap();
+    std::fs::write(env.ctx().join("a.tar"), archive.into_inner().unwrap()).unwrap();
+    env.write(
+        "Dockerfile",
+        &format!("FROM {BUSYBOX}\nCOPY . /c/\nADD a.tar /a/\nRUN printf r > \"/run$(printf '\\351')\"\n"),
+    );
+    let out = env.build(&["-t", "kiln.local/latin1"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    let check = "e=$(printf '\\351'); test -f \"/c/ctx$e\" && test \"$(readlink /c/link)\" = \"ctx$e\" && test -f \"/a/arch$e\" && test -f \"/run$e\" && echo all-there";
+    env.write("Dockerfile", &format!("FROM kiln.local/latin1\nRUN {check}\n"));
+    for disks in ["on", "off"] {
+        let mut cmd = env.kiln();
+        cmd.env("KILN_LAYER_DISKS", disks).args(["build", "--progress", "plain", "--no-cache", "--platform", "linux/arm64"]);
+        let dest = format!("type=local,dest={}", env.path(&format!("out-{disks}")).display());
+        let out = cmd.args(["-o", &dest]).arg(env.ctx()).output().unwrap();
+        assert!(out.status.success() && stderr(&out).contains("all-there"), "layer disks {disks}: {}", stderr(&out));
+    }
+    let out = env.path("out-on");
+    for name in [Path::new("c").join(latin1("ctx")), Path::new("a").join(latin1("arch")), PathBuf::from(latin1("run"))] {
+        assert!(out.join(&name).is_file(), "{} is not in the export", name.display());
+    }
+    assert_eq!(std::fs::read_link(out.join("c/link")).unwrap().as_os_str(), latin1("ctx"));
+    env.assert_tmp_empty();
+}
+
 #[test]
 fn copy_errors_name_the_file_line_and_source() {
     let env = Env::new();

@@ -21,6 +21,7 @@
 //! message, a wrong port) is reported as such and not misparsed.
 
 pub mod confined_path;
+pub mod file_name;
 pub mod frame;
 pub mod message;
 pub mod layer_entry;

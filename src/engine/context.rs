@@ -11,7 +11,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use kiln_protocol::confined_path::{resolve_lexically, Node, Tree};
-use kiln_protocol::{EntryKind, LayerEntry, Xattr};
+use kiln_protocol::{file_name, EntryKind, LayerEntry, Xattr};
 
 use crate::dockerfile::dockerignore::IgnoreMatcher;
 
@@ -25,8 +25,9 @@ pub enum ContextError {
     Ignore(#[from] crate::dockerfile::Error),
     #[error("build context: too many levels of symbolic links resolving /{path}")]
     SymlinkLoop { path: String },
-    #[error("build context: {path}: the name is not valid UTF-8")]
-    NotUtf8 { path: PathBuf },
+    /// Only on Windows: a name of unpaired UTF-16 surrogates.
+    #[error("build context: {path}: the name is not valid Unicode")]
+    NotUnicode { path: PathBuf },
 }
 
 /// A build context directory and its .dockerignore rules.
@@ -73,7 +74,7 @@ impl BuildContext {
         if rel.is_empty() {
             self.root.clone()
         } else {
-            self.root.join(rel)
+            self.root.join(file_name::to_os(rel))
         }
     }
 
@@ -106,17 +107,17 @@ impl BuildContext {
         for item in rd {
             let item = item.map_err(|source| ContextError::Io { path: host.clone(), source })?;
             let name = item.file_name();
-            let Some(name) = name.to_str() else {
-                // Layer paths are UTF-8; a name that is not only matters
-                // when .dockerignore lets it into the build.
+            let Some(name) = file_name::from_os(&name) else {
+                // Only on Windows (unpaired surrogates); such a name only
+                // matters when .dockerignore lets it into the build.
                 let lossy = name.to_string_lossy();
                 let is_dir = item.file_type().is_ok_and(|t| t.is_dir());
                 if self.visible(&join(rel, &lossy), is_dir) {
-                    return Err(ContextError::NotUtf8 { path: item.path() });
+                    return Err(ContextError::NotUnicode { path: item.path() });
                 }
                 continue;
             };
-            names.push(name.to_string());
+            names.push(name.into_owned());
         }
         names.sort_unstable();
         let mut out = Vec::with_capacity(names.len());
@@ -174,14 +175,14 @@ pub fn open_in_root(root: &Path, rel: &str) -> io::Result<File> {
         use std::os::unix::fs::OpenOptionsExt;
         opts.custom_flags(libc::O_NOFOLLOW);
     }
-    opts.open(root.join(rel))
+    opts.open(root.join(file_name::to_os(rel)))
 }
 
 #[cfg(target_os = "linux")]
 fn open_beneath(root: &Path, rel: &str) -> io::Result<File> {
     use std::os::fd::{AsRawFd, FromRawFd};
     let dir = File::open(root)?;
-    let c_rel = std::ffi::CString::new(rel).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    let c_rel = std::ffi::CString::new(file_name::to_bytes(rel)).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
     /// The kernel's `struct open_how` (libc's is non-exhaustive).
     #[repr(C)]
     struct OpenHow {
@@ -221,8 +222,8 @@ fn to_entry(rel: &str, host: &Path, meta: &Metadata) -> Result<Option<ContextEnt
     let (mode, mtime, mtime_nsec, inode) = unix_bits(meta);
     let kind = if ft.is_symlink() {
         let target = std::fs::read_link(host).map_err(|source| ContextError::Io { path: host.to_path_buf(), source })?;
-        let target = target.to_str().ok_or_else(|| ContextError::NotUtf8 { path: host.to_path_buf() })?;
-        EntryKind::Symlink { target: target.to_string() }
+        let target = file_name::from_os(target.as_os_str()).ok_or_else(|| ContextError::NotUnicode { path: host.to_path_buf() })?;
+        EntryKind::Symlink { target: target.into_owned() }
     } else if ft.is_dir() {
         EntryKind::Dir { opaque: false }
     } else if ft.is_file() {
@@ -360,18 +361,26 @@ mod tests {
         (dir, c)
     }
 
-    #[cfg(target_os = "linux")]
+    #[cfg(unix)]
     #[test]
-    fn a_name_that_is_not_utf8_fails_only_when_the_build_sees_it() {
+    fn a_name_that_is_not_utf8_is_walked_and_read_like_any_other() {
         use std::os::unix::ffi::OsStrExt;
         let (dir, _) = ctx(&[("sub/ok.txt", "ok")], None);
         std::fs::write(dir.path().join("sub").join(std::ffi::OsStr::from_bytes(b"bad\xff")), "x").unwrap();
+        std::os::unix::fs::symlink(std::ffi::OsStr::from_bytes(b"bad\xff"), dir.path().join("sub/l")).unwrap();
         let c = BuildContext::open(dir.path(), None).unwrap();
-        assert!(matches!(c.read_dir("sub"), Err(ContextError::NotUtf8 { .. })), "copied: an error naming it");
+        let bad = format!("sub/{}", file_name::from_bytes(b"bad\xff"));
+        let entries = c.read_dir("sub").unwrap();
+        let names: Vec<&str> = entries.iter().map(|e| e.entry.path.as_str()).collect();
+        assert_eq!(names, [bad.as_str(), "sub/l", "sub/ok.txt"]);
+        let link = file_name::from_bytes(b"bad\xff").into_owned();
+        assert_eq!(entries[1].entry.kind, EntryKind::Symlink { target: link });
+        assert_eq!(std::io::read_to_string(c.open_file(&bad).unwrap()).unwrap(), "x");
+        assert!(c.entry(&bad).unwrap().is_some());
         std::fs::write(dir.path().join(".dockerignore"), "sub/bad*\n").unwrap();
         let c = BuildContext::open(dir.path(), None).unwrap();
         let names: Vec<String> = c.read_dir("sub").unwrap().into_iter().map(|e| e.entry.path).collect();
-        assert_eq!(names, ["sub/ok.txt"], "ignored: skipped like any excluded file");
+        assert_eq!(names, ["sub/l", "sub/ok.txt"], "`*` matches the name's bytes, as in Docker");
     }
 
     #[test]

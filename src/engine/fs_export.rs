@@ -12,7 +12,7 @@
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 
-use kiln_protocol::{EntryKind, LayerEntry};
+use kiln_protocol::{file_name, EntryKind, LayerEntry};
 
 use super::layer_tar::{write_tar, ContentSource, LayerOptions, LayerTarError};
 use super::rootfs::{LayerStack, RootfsError};
@@ -122,7 +122,7 @@ pub fn write_dir(store: &Store, parts: &[Part<'_>], dest: &Path) -> Result<Skipp
     // mtime, and a read-only directory could not be filled.
     let mut dirs: Vec<(PathBuf, &LayerEntry)> = Vec::new();
     for entry in &entries {
-        let target = dest.join(&entry.path);
+        let target = dest.join(file_name::to_os(&entry.path));
         check_parents(dest, &entry.path)?;
         let existing = std::fs::symlink_metadata(&target).ok();
         let is_dir_entry = matches!(entry.kind, EntryKind::Dir { .. });
@@ -168,7 +168,7 @@ fn check_parents(dest: &Path, rel: &str) -> Result<(), FsExportError> {
     let mut at = dest.to_path_buf();
     let parts: Vec<&str> = rel.split('/').collect();
     for part in &parts[..parts.len().saturating_sub(1)] {
-        at.push(part);
+        at.push(file_name::to_os(part));
         match std::fs::symlink_metadata(&at) {
             Ok(m) if m.file_type().is_symlink() => {
                 return Err(FsExportError::ThroughSymlink { path: dest.join(rel), link: at });
@@ -204,7 +204,7 @@ fn set_mtime(file: &std::fs::File, mtime: i64) -> io::Result<()> {
 
 #[cfg(unix)]
 fn symlink(link: &str, at: &Path) -> io::Result<()> {
-    std::os::unix::fs::symlink(link, at)
+    std::os::unix::fs::symlink(file_name::to_os(link), at)
 }
 
 #[cfg(not(unix))]

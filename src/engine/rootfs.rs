@@ -16,7 +16,7 @@ use std::ops::Bound;
 use std::io::{self, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
 
 use kiln_protocol::confined_path::{self, resolve_lexically, Tree};
-use kiln_protocol::{EntryKind, LayerEntry, Xattr};
+use kiln_protocol::{file_name, EntryKind, LayerEntry, Xattr};
 use oci_spec::image::Descriptor;
 
 use super::layer_tar::ContentSource;
@@ -359,7 +359,7 @@ fn parse_layer(reader: Box<dyn Read + '_>, layer: usize) -> Result<ParsedLayer, 
     let mut tar = TarReader::new(BufReader::with_capacity(1 << 16, reader));
     let io_err = |source: io::Error| path_err(&format!("layer {layer}"), format!("reading the tar: {source}"));
     while let Some(m) = tar.next_member().map_err(io_err)? {
-        let raw_path = String::from_utf8_lossy(&m.path).into_owned();
+        let raw_path = file_name::from_bytes(&m.path).into_owned();
         let path = layer_path(&raw_path)?;
         let (parent, name) = match path.rsplit_once('/') {
             Some((p, n)) => (p.to_string(), n.to_string()),
@@ -377,7 +377,7 @@ fn parse_layer(reader: Box<dyn Read + '_>, layer: usize) -> Result<ParsedLayer, 
         if path.is_empty() {
             continue; // the root directory itself
         }
-        let link = String::from_utf8_lossy(&m.link).into_owned();
+        let link = file_name::from_bytes(&m.link).into_owned();
         let mut e = LayerEntry {
             path: path.clone(),
             kind: EntryKind::Fifo,

@@ -18,7 +18,7 @@ use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 
 use ext4_view::{Ext4, Ext4Read, FileType};
-use kiln_protocol::LayerEntry;
+use kiln_protocol::{file_name, LayerEntry};
 
 use super::layer_tar::ContentSource;
 
@@ -82,7 +82,7 @@ impl Ext4Contents {
             let abs = format!("{}/{dir}", self.upper);
             let err = |e| ext4_err(&self.image, &abs, e);
             let mut types = HashMap::new();
-            for entry in self.fs.read_dir(abs.as_str()).map_err(err)? {
+            for entry in self.fs.read_dir(&*file_name::to_bytes(&abs)).map_err(err)? {
                 let entry = entry.map_err(err)?;
                 types.insert(entry.file_name().as_ref().to_vec(), entry.file_type().map_err(err)?);
             }
@@ -106,7 +106,7 @@ impl ContentSource for Ext4Contents {
             if matches!(*name, "" | "." | "..") {
                 return Err(what("not a normalised path"));
             }
-            let ty = self.listing(dir)?.get(name.as_bytes()).copied();
+            let ty = self.listing(dir)?.get(&*file_name::to_bytes(name)).copied();
             let last = i + 1 == parts.len();
             match ty {
                 None => return Err(io::Error::new(io::ErrorKind::NotFound, format!("{}: {path}: not found", image.display()))),
@@ -119,7 +119,7 @@ impl ContentSource for Ext4Contents {
             dir_end += name.len() + 1;
         }
         // Size differences surface in the tar writer as SizeMismatch.
-        let file = self.fs.open(path.as_str()).map_err(|e| ext4_err(&self.image, &path, e))?;
+        let file = self.fs.open(&*file_name::to_bytes(&path)).map_err(|e| ext4_err(&self.image, &path, e))?;
         Ok(Box::new(file))
     }
 }

@@ -6,12 +6,13 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::io;
 use std::os::fd::AsRawFd;
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use kiln_protocol::frame::DATA_CHUNK;
-use kiln_protocol::{stream, AgentMsg, EntryKind, LayerEntry, Xattr};
+use kiln_protocol::{file_name, stream, AgentMsg, EntryKind, LayerEntry, Xattr};
 
 use super::console::log;
 use super::outbox::{send, send_data, Out};
@@ -70,7 +71,7 @@ pub fn manifest(upper: &Path) -> Result<Vec<LayerEntry>, String> {
     let mut entries = Vec::with_capacity(paths.len());
     for rel in paths {
         let full = upper.join(&rel);
-        let path = rel.to_str().ok_or_else(|| format!("{}: file name is not UTF-8", rel.display()))?.to_string();
+        let path = file_name::from_bytes(rel.as_os_str().as_bytes()).into_owned();
         let meta = std::fs::symlink_metadata(&full).map_err(|e| format!("{path}: {e}"))?;
         let mut xattrs = Vec::new();
         for name in xattr::list(&full).map_err(|e| format!("{path}: listing xattrs: {e}"))? {
@@ -138,7 +139,7 @@ fn entry_kind(
         EntryKind::File { size: meta.len(), link }
     } else if ft.is_symlink() {
         let target = std::fs::read_link(full).map_err(|e| format!("{path}: {e}"))?;
-        let target = target.to_str().ok_or_else(|| format!("{path}: symlink target is not UTF-8"))?.to_string();
+        let target = file_name::from_bytes(target.as_os_str().as_bytes()).into_owned();
         EntryKind::Symlink { target }
     } else if ft.is_char_device() && major == 0 && minor == 0 {
         EntryKind::Whiteout
@@ -264,5 +265,19 @@ mod tests {
         assert_eq!(entries[at(&entries, second)].kind, EntryKind::File { size: 1, link: Some(first.into()) });
         assert_eq!(entries[4].kind, EntryKind::Symlink { target: "a.txt".into() });
         assert_eq!(entries[0].kind, EntryKind::Dir { opaque: false });
+    }
+
+    #[test]
+    fn names_that_are_not_utf8_are_carried_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let up = dir.path();
+        let latin1 = std::ffi::OsStr::from_bytes(b"caf\xe9");
+        std::fs::create_dir(up.join(latin1)).unwrap();
+        std::os::unix::fs::symlink(latin1, up.join(latin1).join("l")).unwrap();
+        let entries = manifest(up).unwrap();
+        let name = file_name::from_bytes(b"caf\xe9").into_owned();
+        assert_eq!(entries[0].path, name);
+        assert_eq!(entries[1].path, format!("{name}/l"));
+        assert_eq!(entries[1].kind, EntryKind::Symlink { target: name });
     }
 }

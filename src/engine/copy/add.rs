@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use kiln_protocol::confined_path::{resolve_lexically, Node, Tree};
 use kiln_protocol::tar_read::{Kind, TarReader};
-use kiln_protocol::{EntryKind, LayerEntry, Xattr};
+use kiln_protocol::{file_name, EntryKind, LayerEntry, Xattr};
 use sha2::{Digest, Sha256, Sha384, Sha512};
 
 use super::content::{Content, Spool};
@@ -194,7 +194,7 @@ impl Planner<'_> {
         // Group keys of the regular files seen so far, for hardlinks.
         let mut files: HashMap<String, (String, u64)> = HashMap::new();
         while let Some(member) = ar.next_member().map_err(io_err)? {
-            let raw = std::str::from_utf8(&member.path).map_err(|_| arch_err("an entry's name is not valid UTF-8".into()))?.to_string();
+            let raw = file_name::from_bytes(&member.path).into_owned();
             let Some(rel) = member_path(&raw, archive)? else { continue };
             // Docker's untar writes through symlinks already on the way
             // (e.g. `lib -> usr/lib` on a usrmerged base), inside the root.
@@ -232,9 +232,7 @@ impl Planner<'_> {
                 self.put(Planned { entry, content, hash, group }, true)?;
                 continue;
             }
-            let link_target = || {
-                std::str::from_utf8(&member.link).map_err(|_| arch_err(format!("{raw}: the link target is not UTF-8")))
-            };
+            let link = file_name::from_bytes(&member.link);
             entry.kind = match member.kind {
                 Kind::File => {
                     let (c, len, h) = self.spool.append(&mut ar).map_err(io_err)?;
@@ -245,11 +243,10 @@ impl Planner<'_> {
                     EntryKind::File { size: len, link: None }
                 }
                 Kind::HardLink => {
-                    let link = link_target()?;
                     if link.is_empty() {
                         return Err(arch_err(format!("{raw}: a hardlink without a target")));
                     }
-                    let to = match member_path(link, archive)? {
+                    let to = match member_path(&link, archive)? {
                         Some(l) => self.member_target(dest, &l).map_err(in_archive)?,
                         None => String::new(),
                     };
@@ -265,7 +262,6 @@ impl Planner<'_> {
                     EntryKind::File { size, link: None }
                 }
                 Kind::Symlink => {
-                    let link = link_target()?;
                     if link.is_empty() {
                         return Err(arch_err(format!("{raw}: a symlink without a target")));
                     }

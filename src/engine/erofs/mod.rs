@@ -23,7 +23,7 @@ pub mod writer;
 
 use std::io;
 
-use kiln_protocol::{EntryKind, LayerEntry};
+use kiln_protocol::{file_name, EntryKind, LayerEntry};
 
 pub use from_tar::from_tar;
 pub use writer::{EntryMeta, ErofsWriter, NodeKind, Summary};
@@ -67,9 +67,9 @@ pub fn from_entries<W: io::Write + io::Seek>(
     for e in others.into_iter().chain(links) {
         let xattrs: Vec<(&[u8], &[u8])> = e.xattrs.iter().map(|x| (x.name.as_bytes(), x.value.as_slice())).collect();
         let meta = EntryMeta { mode: e.mode, uid: e.uid, gid: e.gid, mtime: e.mtime, mtime_nsec: e.mtime_nsec, xattrs: &xattrs };
-        let path = e.path.as_bytes();
+        let path = &*file_name::to_bytes(&e.path);
         let kind = match &e.kind {
-            EntryKind::File { link: Some(target), .. } => NodeKind::Hardlink { target: target.as_bytes() },
+            EntryKind::File { link: Some(target), .. } => NodeKind::Hardlink { target: &file_name::to_bytes(target) },
             EntryKind::File { size, link: None } => {
                 let mut reader = contents
                     .open(e)
@@ -78,7 +78,7 @@ pub fn from_entries<W: io::Write + io::Seek>(
                 continue;
             }
             EntryKind::Dir { opaque } => NodeKind::Dir { opaque: *opaque },
-            EntryKind::Symlink { target } => NodeKind::Symlink { target: target.as_bytes() },
+            EntryKind::Symlink { target } => NodeKind::Symlink { target: &file_name::to_bytes(target) },
             EntryKind::CharDevice { major, minor } => NodeKind::CharDevice { major: *major, minor: *minor },
             EntryKind::BlockDevice { major, minor } => NodeKind::BlockDevice { major: *major, minor: *minor },
             EntryKind::Fifo => NodeKind::Fifo,

@@ -8,7 +8,7 @@
 
 use std::io::{self, Read, Write};
 
-use kiln_protocol::Xattr;
+use kiln_protocol::{file_name, Xattr};
 
 const BLOCK: usize = 512;
 const OCTAL_7: u64 = 0o7777777;
@@ -88,12 +88,13 @@ impl<W: Write> TarEncoder<W> {
         let (name, prefix) = match split_ustar_path(&h.path) {
             Some(split) => split,
             None => {
-                pax.push(("path".into(), h.path.as_bytes().to_vec()));
+                // Raw bytes, as Go writes them: a name need not be UTF-8.
+                pax.push(("path".into(), file_name::to_bytes(&h.path).into_owned()));
                 (truncate(&h.path, 100), "")
             }
         };
         let link = if h.link.len() > 100 || !h.link.is_ascii() {
-            pax.push(("linkpath".into(), h.link.as_bytes().to_vec()));
+            pax.push(("linkpath".into(), file_name::to_bytes(h.link).into_owned()));
             truncate(h.link, 100)
         } else {
             h.link
