@@ -183,6 +183,35 @@ fn rmi_takes_the_digest_that_images_shows_like_docker_rmi() {
     assert!(!ok(kiln(&data).arg("images").output().unwrap()).contains(id));
 }
 
+/// A layer blob damaged in place (same size) is caught before anything is
+/// tagged over it: a build with only metadata steps reads no layer, so the
+/// tag's check is what stops it, and `kiln tag` is refused the same way.
+#[test]
+fn a_damaged_layer_blob_is_never_tagged_again() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    ok(import(&data, &["-", "base:1"], Some(&rootfs_tar())));
+    let blobs = data.join("images/blobs/sha256");
+    let layer = std::fs::read_dir(&blobs).unwrap().map(|e| e.unwrap().path()).max_by_key(|p| p.metadata().unwrap().len()).unwrap();
+    let mut bytes = std::fs::read(&layer).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0xff;
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    std::fs::write(&layer, bytes).unwrap();
+
+    let ctx = tmp.path().join("ctx");
+    std::fs::create_dir(&ctx).unwrap();
+    std::fs::write(ctx.join("Dockerfile"), "FROM base:1\nLABEL a=b\n").unwrap();
+    let out = kiln(&data).args(["build", "--platform", "linux/amd64", "-t", "derived:1"]).arg(&ctx).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    let name = layer.file_name().unwrap().to_string_lossy().into_owned();
+    assert!(!out.status.success() && err.contains(&name) && err.contains("damaged"), "{err}");
+    let out = kiln(&data).args(["tag", "base:1", "copy:1"]).output().unwrap();
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("damaged"));
+    let images = ok(kiln(&data).arg("images").output().unwrap());
+    assert!(!images.contains("derived") && !images.contains("copy"), "{images}");
+}
+
 /// Runs `kiln ARGS` under `data` with `input` on its standard input.
 fn with_stdin(data: &Path, args: &[&str], input: &[u8]) -> Output {
     let mut child = kiln(data).args(args).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();

@@ -76,82 +76,44 @@ impl BuildCache {
     }
 
     /// A usable entry for `key`: parsed, and its layer blob present with the
-    /// recorded size and intact. The blob's digest is checked when the file
-    /// changed since the entry last saw it (its stamp differs), so a warm
-    /// build does not hash every cached layer, yet a blob rewritten with the
-    /// same size is caught. Anything else (missing, damaged, pruned blob) is a
-    /// miss; a damaged entry file is removed so it is rebuilt.
+    /// recorded size and intact ([`Store::blob_is_intact`]: hashed only when
+    /// the file changed since the store last knew it intact, so a warm build
+    /// hashes nothing, yet a blob rewritten with the same size is caught).
+    /// Anything else (missing, damaged, pruned blob) is a miss; a damaged
+    /// entry file is removed so it is rebuilt.
     pub fn get(&self, store: &Store, key: &CacheKey) -> Option<CacheEntry> {
         let path = self.path(key);
         let bytes = std::fs::read(&path).ok()?;
-        let Ok(stored) = serde_json::from_slice::<StoredEntry>(&bytes) else {
+        let Ok(entry) = serde_json::from_slice::<CacheEntry>(&bytes) else {
             let _ = std::fs::remove_file(&path);
             return None;
         };
-        if let Some(layer) = &stored.entry.layer {
-            let blob = store.blob_path(layer.descriptor.digest()).ok()?;
-            let meta = std::fs::metadata(blob).ok()?;
-            if meta.len() != layer.descriptor.size() {
+        if let Some(layer) = &entry.layer {
+            if !store.blob_is_intact(&layer.descriptor) {
                 return None;
             }
-            let stamp = blob_stamp(&meta);
-            if stored.blob_stamp.as_deref() != Some(stamp.as_str()) {
-                if !store.has_intact_blob(&layer.descriptor) {
-                    return None;
-                }
-                // Best effort: without the new stamp the next build checks again.
-                let _ = self.write(&path, &StoredEntry { entry: stored.entry.clone(), blob_stamp: Some(stamp) });
-            }
         }
-        Some(stored.entry)
+        Some(entry)
     }
 
-    /// Records `entry` under `key`, with the stamp of its layer blob (just
-    /// written by this build, so known to be intact).
-    pub fn put(&self, store: &Store, key: &CacheKey, entry: &CacheEntry) -> Result<(), CacheError> {
-        let blob_stamp = entry
-            .layer
-            .as_ref()
-            .and_then(|l| store.blob_path(l.descriptor.digest()).ok())
-            .and_then(|p| std::fs::metadata(p).ok())
-            .map(|m| blob_stamp(&m));
-        self.write(&self.path(key), &StoredEntry { entry: entry.clone(), blob_stamp })
+    /// Records `entry` under `key`.
+    pub fn put(&self, key: &CacheKey, entry: &CacheEntry) -> Result<(), CacheError> {
+        self.write(&self.path(key), entry)
     }
 
     /// Writes an entry file to a temp file and renames it, so a reader sees
     /// the old entry, the new one or none, never half of one.
-    fn write(&self, path: &std::path::Path, stored: &StoredEntry) -> Result<(), CacheError> {
+    fn write(&self, path: &std::path::Path, entry: &CacheEntry) -> Result<(), CacheError> {
         let dir = path.parent().expect("entry paths have a parent");
         let io = |source| CacheError::Io { path: path.to_path_buf(), source };
         std::fs::create_dir_all(dir).map_err(io)?;
         let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(io)?;
-        let json = serde_json::to_vec(stored).expect("cache entries serialise");
+        let json = serde_json::to_vec(entry).expect("cache entries serialise");
         tmp.write_all(&json).map_err(io)?;
         tmp.as_file().sync_data().map_err(io)?;
         tmp.persist(path).map_err(|e| io(e.error))?;
         Ok(())
     }
-}
-
-/// An entry as stored: the entry, and the stamp its layer blob had when the
-/// entry last knew it intact (absent in entries of older kilns).
-#[derive(Serialize, Deserialize)]
-struct StoredEntry {
-    #[serde(flatten)]
-    entry: CacheEntry,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    blob_stamp: Option<String>,
-}
-
-/// What changes when a file is written to or replaced: its size, its
-/// modification time and (on Unix) its inode.
-fn blob_stamp(meta: &std::fs::Metadata) -> String {
-    let mtime = meta.modified().ok().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()).map(|d| d.as_nanos()).unwrap_or(0);
-    #[cfg(unix)]
-    let ino = std::os::unix::fs::MetadataExt::ino(meta);
-    #[cfg(not(unix))]
-    let ino = 0u64;
-    format!("{}:{mtime}:{ino}", meta.len())
 }
 
 #[cfg(test)]
@@ -183,7 +145,7 @@ mod tests {
             layer: Some(CachedLayer { descriptor: blob.clone(), diff_id: "sha256:00".into() }),
             history: History { created_by: "RUN x".into(), ..Default::default() },
         };
-        cache.put(&store, &key, &entry).unwrap();
+        cache.put(&key, &entry).unwrap();
         assert_eq!(cache.get(&store, &key), Some(entry.clone()));
 
         // A blob rewritten with the same size (a later write: a new mtime) is a miss.
@@ -202,7 +164,7 @@ mod tests {
 
         // A damaged entry is a miss and is removed.
         let other = CacheKey::root("y");
-        cache.put(&store, &other, &CacheEntry { layer: None, ..entry }).unwrap();
+        cache.put(&other, &CacheEntry { layer: None, ..entry }).unwrap();
         std::fs::write(cache.path(&other), b"{not json").unwrap();
         assert!(cache.get(&store, &other).is_none());
         assert!(!cache.path(&other).exists());

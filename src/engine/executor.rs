@@ -342,7 +342,7 @@ impl<'a> Builder<'a> {
             Some(entry) => entry,
             None => match self.req.cache_from.fetch(self.store, key, self.cancel) {
                 Ok(Some(entry)) => {
-                    self.cache.put(self.store, key, &entry)?;
+                    self.cache.put(key, &entry)?;
                     entry
                 }
                 Ok(None) => return Ok(false),
@@ -375,7 +375,7 @@ impl<'a> Builder<'a> {
             layer: layer.as_ref().map(|l| CachedLayer { descriptor: l.descriptor.clone(), diff_id: l.diff_id.clone() }),
             history: history.clone(),
         };
-        self.cache.put(self.store, &key, &entry)?;
+        self.cache.put(&key, &entry)?;
         self.record(state, &key, &entry);
         self.apply(state, key, layer, history)
     }

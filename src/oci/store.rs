@@ -6,6 +6,8 @@
 //! ```text
 //! oci-layout, index.json        layout marker and the tags
 //! blobs/sha256/<hex>            content, written to tmp/ first then renamed
+//! verified/<hex>                the file stamp a blob had when last known
+//!                               intact (kiln's own; layout readers ignore it)
 //! tmp/                          temp files and ingest staging folders
 //! index.lock                    held exclusively while index.json changes
 //! gc.lock                       held shared by every open Store, exclusively by prune
@@ -54,6 +56,8 @@ pub enum StoreError {
     NoSuchImage(String),
     #[error("cannot tag {name}: {digest} references blob {missing}, which is not in the store")]
     Incomplete { name: String, digest: String, missing: String },
+    #[error("cannot tag {name}: blob {damaged} in the image store no longer matches its digest (damaged on disk); pull or build the image again")]
+    Damaged { name: String, damaged: String },
 }
 
 type Result<T, E = StoreError> = std::result::Result<T, E>;
@@ -83,6 +87,8 @@ pub struct Store {
     root: PathBuf,
     blobs: PathBuf,
     tmp: PathBuf,
+    /// Stamps of blobs known intact (see [`Store::blob_is_intact`]).
+    verified: PathBuf,
     gc_lock: File,
 }
 
@@ -107,7 +113,8 @@ impl Store {
         fs::create_dir_all(&tmp).map_err(io_err(&tmp))?;
         let gc_path = root.join("gc.lock");
         let gc_lock = open_lock(&gc_path)?;
-        let store = Self { root, blobs, tmp, gc_lock };
+        let verified = root.join("verified");
+        let store = Self { root, blobs, tmp, verified, gc_lock };
         // Alone with the store: whatever is in tmp/ was left by a kiln that
         // was killed, so sweep it now instead of waiting for a prune.
         match lock(&store.gc_lock, LockKind::TryExclusive) {
@@ -157,7 +164,7 @@ impl Store {
 
     /// A writer whose content becomes a blob of this store on [`BlobWriter::commit`].
     pub fn blob_writer(&self) -> Result<BlobWriter> {
-        BlobWriter::new(&self.tmp, self.blobs.clone())
+        BlobWriter::new(&self.tmp, self.blobs.clone(), self.verified.clone())
     }
 
     /// Copies a reader into the store and returns its descriptor.
@@ -186,6 +193,30 @@ impl Store {
             _ => StoreError::Io { path: path.clone(), source: e },
         })?;
         Ok(VerifyingReader::new(file, descriptor.digest().clone(), descriptor.size()))
+    }
+
+    /// Whether `descriptor`'s blob is intact, cheaply: a blob whose file is
+    /// unchanged since kiln last knew it intact (same size, mtime and inode
+    /// as its stamp in `verified/`, written when the blob was committed) is
+    /// trusted; any other is read whole, and stamped if intact. So a warm
+    /// build hashes nothing, yet a blob rewritten in place is caught.
+    pub fn blob_is_intact(&self, descriptor: &Descriptor) -> bool {
+        let Ok(path) = self.blob_path(descriptor.digest()) else { return false };
+        let Ok(meta) = fs::metadata(&path) else { return false };
+        if meta.len() != descriptor.size() {
+            return false;
+        }
+        let stamp_path = self.verified.join(path.file_name().expect("blob paths end in a name"));
+        let stamp = file_stamp(&meta);
+        if fs::read_to_string(&stamp_path).is_ok_and(|s| s == stamp) {
+            return true;
+        }
+        if !self.has_intact_blob(descriptor) {
+            return false;
+        }
+        // Best effort: without the stamp the next check reads the blob again.
+        let _ = write_stamp(&self.verified, &stamp_path, &stamp);
+        true
     }
 
     /// Whether the store holds `descriptor`'s blob with exactly its digest
@@ -270,17 +301,17 @@ impl Store {
     }
 
     /// Points `name` at `descriptor`, after checking that every blob it
-    /// references is present, so a tag never names an incomplete image.
+    /// references is present and intact ([`Store::blob_is_intact`]), so a
+    /// tag never names an incomplete or damaged image.
     pub fn tag(&self, name: &str, descriptor: &Descriptor) -> Result<()> {
-        if let Err(e) = self.closure(descriptor) {
-            return Err(match e {
-                StoreError::MissingBlob { digest } => StoreError::Incomplete {
-                    name: name.to_string(),
-                    digest: descriptor.digest().to_string(),
-                    missing: digest,
-                },
-                other => other,
-            });
+        let blobs = self.closure(descriptor).map_err(|e| match e {
+            StoreError::MissingBlob { digest } => {
+                StoreError::Incomplete { name: name.to_string(), digest: descriptor.digest().to_string(), missing: digest }
+            }
+            other => other,
+        })?;
+        if let Some(damaged) = blobs.iter().find(|b| !self.blob_is_intact(b)) {
+            return Err(StoreError::Damaged { name: name.to_string(), damaged: damaged.digest().to_string() });
         }
         self.update_index(|tags| {
             tags.insert(name.to_string(), descriptor.clone());
@@ -377,6 +408,12 @@ impl Store {
                 fs::remove_file(entry.path()).map_err(io_err(&entry.path()))?;
                 report.blobs += 1;
                 report.bytes += len;
+            }
+        }
+        // Stamps of blobs that are gone.
+        for entry in fs::read_dir(&self.verified).into_iter().flatten().flatten() {
+            if !self.blobs.join(entry.file_name()).exists() {
+                let _ = fs::remove_file(entry.path());
             }
         }
         (report.partial_files, report.partial_bytes) = self.sweep_tmp();
@@ -485,7 +522,7 @@ impl Ingest<'_> {
     }
 
     pub fn blob_writer(&self) -> Result<BlobWriter> {
-        BlobWriter::new(&self.store.tmp, self.dir.path().to_path_buf())
+        BlobWriter::new(&self.store.tmp, self.dir.path().to_path_buf(), self.store.verified.clone())
     }
 
     pub fn put_bytes(&self, bytes: &[u8], media_type: MediaType, expected: Option<(&Digest, u64)>) -> Result<Descriptor> {
@@ -522,12 +559,13 @@ impl Ingest<'_> {
 pub struct BlobWriter {
     inner: HashingWriter<BufWriter<NamedTempFile>>,
     dest_dir: PathBuf,
+    verified: PathBuf,
 }
 
 impl BlobWriter {
-    fn new(tmp: &Path, dest_dir: PathBuf) -> Result<Self> {
+    fn new(tmp: &Path, dest_dir: PathBuf, verified: PathBuf) -> Result<Self> {
         let file = NamedTempFile::new_in(tmp).map_err(io_err(tmp))?;
-        Ok(Self { inner: HashingWriter::new(BufWriter::with_capacity(1 << 20, file)), dest_dir })
+        Ok(Self { inner: HashingWriter::new(BufWriter::with_capacity(1 << 20, file)), dest_dir, verified })
     }
 
     pub fn written(&self) -> u64 {
@@ -551,8 +589,14 @@ impl BlobWriter {
             }
         }
         file.as_file().sync_data().map_err(io_err(&tmp_path))?;
-        let dest = self.dest_dir.join(digest::sha256_hex(&digest)?);
+        let name = digest::sha256_hex(&digest)?;
+        let dest = self.dest_dir.join(&name);
         file.persist(&dest).map_err(|e| io_err(&dest)(e.error))?;
+        // The content was just hashed. An ingest's rename into blobs/ keeps
+        // the inode and mtime, so the stamp stays valid there.
+        if let Ok(meta) = fs::metadata(&dest) {
+            let _ = write_stamp(&self.verified, &self.verified.join(&name), &file_stamp(&meta));
+        }
         Ok(Descriptor::new(media_type, size, digest))
     }
 }
@@ -572,6 +616,24 @@ fn write_atomic(tmp: &Path, dest: &Path, bytes: &[u8]) -> Result<()> {
     f.as_file().sync_data().map_err(io_err(tmp))?;
     f.persist(dest).map_err(|e| io_err(dest)(e.error))?;
     Ok(())
+}
+
+/// What changes when a file is written to or replaced: its size, its
+/// modification time and (on Unix) its inode.
+fn file_stamp(meta: &fs::Metadata) -> String {
+    let mtime = meta.modified().ok().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()).map(|d| d.as_nanos()).unwrap_or(0);
+    #[cfg(unix)]
+    let ino = std::os::unix::fs::MetadataExt::ino(meta);
+    #[cfg(not(unix))]
+    let ino = 0u64;
+    format!("{}:{mtime}:{ino}", meta.len())
+}
+
+/// A stamp is a few bytes, written in place: one cut short by a crash just
+/// fails to match, and the blob is read again.
+fn write_stamp(dir: &Path, path: &Path, stamp: &str) -> io::Result<()> {
+    fs::create_dir_all(dir)?;
+    fs::write(path, stamp)
 }
 
 fn open_lock(path: &Path) -> Result<File> {
@@ -755,6 +817,37 @@ mod tests {
         assert_eq!(img.manifest.layers().len(), 1);
         s.untag("x:1").unwrap();
         assert!(matches!(s.untag("x:1"), Err(StoreError::NoSuchImage(_))));
+    }
+
+    #[test]
+    fn tag_refuses_an_image_whose_blob_was_damaged_in_place() {
+        let (_d, s) = store();
+        let layer = s.put_blob_bytes(b"layer", MediaType::ImageLayerGzip).unwrap();
+        let config = s.put_blob_bytes(br#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}"#, MediaType::ImageConfig).unwrap();
+        let m = serde_json::json!({"schemaVersion":2,"mediaType":media::OCI_MANIFEST,"config":config,"layers":[layer]});
+        let m = s.put_json(&m, MediaType::ImageManifest).unwrap();
+        // Committed blobs carry their stamp: checking them reads nothing.
+        assert!(s.verified.join(digest::sha256_hex(layer.digest()).unwrap()).is_file());
+        s.tag("x:1", &m).unwrap();
+
+        // Rewritten with the same size (a later write: a new mtime).
+        let path = s.blob_path(layer.digest()).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        fs::write(&path, b"LAYER").unwrap();
+        let err = s.tag("x:2", &m).unwrap_err();
+        assert!(matches!(&err, StoreError::Damaged { damaged, .. } if damaged == &layer.digest().to_string()), "{err}");
+        assert!(err.to_string().contains("pull or build the image again"), "{err}");
+        assert!(s.resolve("x:2").is_err(), "nothing tagged");
+
+        // Intact again (a re-pull's write), the check hashes it once and stamps it.
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        fs::write(&path, b"layer").unwrap();
+        s.tag("x:2", &m).unwrap();
+        // Prune drops the stamps of the blobs it removes.
+        s.untag("x:1").unwrap();
+        s.untag("x:2").unwrap();
+        s.prune().unwrap();
+        assert_eq!(fs::read_dir(&s.verified).unwrap().count(), 0);
     }
 
     #[test]
