@@ -590,12 +590,12 @@ impl BlobWriter {
         }
         file.as_file().sync_data().map_err(io_err(&tmp_path))?;
         let name = digest::sha256_hex(&digest)?;
-        let dest = self.dest_dir.join(&name);
+        let dest = self.dest_dir.join(name);
         file.persist(&dest).map_err(|e| io_err(&dest)(e.error))?;
         // The content was just hashed. An ingest's rename into blobs/ keeps
         // the inode and mtime, so the stamp stays valid there.
         if let Ok(meta) = fs::metadata(&dest) {
-            let _ = write_stamp(&self.verified, &self.verified.join(&name), &file_stamp(&meta));
+            let _ = write_stamp(&self.verified, &self.verified.join(name), &file_stamp(&meta));
         }
         Ok(Descriptor::new(media_type, size, digest))
     }
