@@ -2,7 +2,8 @@
 # Make a tiny root filesystem tar for guest tests from Debian's busybox-static.
 #
 # Usage: scripts/make-busybox-rootfs.sh ARCH OUT.tar
-#   ARCH: a Debian or OCI architecture name: arm64 (aarch64), amd64 (x86_64), armhf (arm, armv7)
+#   ARCH: a Debian or OCI architecture name: arm64 (aarch64), amd64 (x86_64),
+#   armhf (arm, armv7), i386 (386), armel (armv6, armv5: Debian's armel is ARMv5TE)
 #
 # The .deb of the foreign architecture is downloaded with apt's own mirror and
 # signature checks, into private apt state under .cache/ (the system's apt
@@ -17,7 +18,9 @@ case "$1" in
   arm64|aarch64) arch=arm64 ;;
   amd64|x86_64) arch=amd64 ;;
   armhf|arm|armv7) arch=armhf ;;
-  *) die "unsupported architecture $1 (arm64, amd64, armhf)" ;;
+  i386|386|i686) arch=i386 ;;
+  armel|armv6|armv5) arch=armel ;;
+  *) die "unsupported architecture $1 (arm64, amd64, armhf, i386, armel)" ;;
 esac
 out="$2"
 for tool in apt-get dpkg-deb tar; do command -v "$tool" >/dev/null || die "needs $tool"; done

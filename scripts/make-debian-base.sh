@@ -3,7 +3,8 @@
 # store, tagged TAG, without binfmt_misc, qemu-user or a container registry.
 #
 # Usage: scripts/make-debian-base.sh ARCH TAG
-#   ARCH  arm64 | amd64
+#   ARCH  a Debian architecture: arm64 | amd64 | armhf (linux/arm/v7) |
+#         armel (linux/arm/v5: Debian's armel is ARMv5TE) | i386 (linux/386)
 #   TAG   image name; the examples use kiln.local/debian:bookworm-ARCH
 #
 # How:
@@ -21,7 +22,7 @@
 #      finished root file system back as a tar on stdout. The agent's mounts
 #      and its bind mounts of the VM's /etc/resolv.conf and /etc/hosts are
 #      excluded from that tar, so nothing of the VM leaks into the image;
-#   3. `kiln import --platform linux/ARCH` stores it as a one-layer image
+#   3. `kiln import --platform PLATFORM` stores it as a one-layer image
 #      with CMD ["bash"] and the usual PATH.
 #
 # Cache: the image is kept as an OCI archive (`kiln save`) in
@@ -45,11 +46,18 @@
 # Timings (stage 1, stage 2, import) are printed to stderr.
 set -euo pipefail
 
-usage() { echo "usage: $0 arm64|amd64 TAG" >&2; exit 2; }
+usage() { echo "usage: $0 arm64|amd64|armhf|armel|i386 TAG" >&2; exit 2; }
 [ $# -eq 2 ] || usage
 arch="$1"
 tag="$2"
-case "$arch" in arm64 | amd64) ;; *) echo "$0: unknown ARCH $arch (known: arm64, amd64)" >&2; usage ;; esac
+# The OCI platform of each Debian architecture, as Docker Hub's debian images name them.
+case "$arch" in
+  arm64 | amd64) platform="linux/$arch" ;;
+  armhf) platform=linux/arm/v7 ;;
+  armel) platform=linux/arm/v5 ;;
+  i386) platform=linux/386 ;;
+  *) echo "$0: unknown ARCH $arch (known: arm64, amd64, armhf, armel, i386)" >&2; usage ;;
+esac
 
 root="$(cd "$(dirname "$0")/.." && pwd)"
 kiln="${KILN:-$root/target/debug/kiln}"
@@ -143,9 +151,9 @@ exec tar --numeric-owner --xattrs --xattrs-include="security.capability" --one-f
   "--exclude=./proc/*" "--exclude=./sys/*" "--exclude=./dev/*" "--exclude=./tmp/*" \
   --exclude=./etc/resolv.conf --exclude=./etc/hosts .'
 
-log "stage 2: debootstrap --second-stage in a linux/$arch VM (kiln vm exec)"
+log "stage 2: debootstrap --second-stage in a $platform VM (kiln vm exec)"
 t=$(now)
-"$kiln" vm exec --platform "linux/$arch" --memory "$memory" --rootfs "$work/stage1.tar" \
+"$kiln" vm exec --platform "$platform" --memory "$memory" --rootfs "$work/stage1.tar" \
   -- /bin/sh -c "$stage2" > "$work/rootfs.tar" 2> "$work/stage2.log" || {
   tail -n 30 "$work/stage2.log" >&2
   echo "$0: stage 2 in the VM failed (log above)" >&2
@@ -163,7 +171,7 @@ stage2_s=$(since "$t")
 log "stage 2 done in ${stage2_s}s ($(du -m "$work/rootfs.tar" | cut -f1) MB)"
 
 t=$(now)
-digest=$("$kiln" import --platform "linux/$arch" \
+digest=$("$kiln" import --platform "$platform" \
   -c 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
   -c 'CMD ["bash"]' \
   -m "debootstrap --variant=minbase $suite ($arch), scripts/make-debian-base.sh $key" \

@@ -17,7 +17,7 @@ scripts/build-agents.sh
 fixtures=.cache/fixtures
 mkdir -p "$fixtures"
 fresh() { [ -e "$1" ] && [ "$(cat "$1.key" 2>/dev/null)" = "$2" ]; }
-for arch in arm64 amd64 armv7; do
+for arch in arm64 amd64 armv7 armv6 386; do
   out="$fixtures/busybox-$arch.tar"
   key="$(scripts/fixture-key.sh busybox "$arch")"
   fresh "$out" "$key" || { scripts/make-busybox-rootfs.sh "$arch" "$out" && echo "$key" > "$out.key"; }

@@ -37,17 +37,6 @@ impl Platform {
         Self::new("linux", arch, None)
     }
 
-    /// `uname -m` inside a guest of this platform.
-    pub fn uname_machine(&self) -> &str {
-        match self.architecture.as_str() {
-            "amd64" => "x86_64",
-            "arm64" => "aarch64",
-            "arm" => "armv7l",
-            "386" => "i686",
-            other => other,
-        }
-    }
-
     /// Short name used for per-architecture files (kernels/<name>.toml, agents).
     pub fn arch_key(&self) -> String {
         match &self.variant {
@@ -132,6 +121,9 @@ mod tests {
         assert_eq!(p("linux/arm/7"), "linux/arm/v7");
         assert_eq!(p("arm64"), "linux/arm64");
         assert_eq!(p("Linux/ARM64"), "linux/arm64");
+        assert_eq!(p("linux/i386"), "linux/386");
+        assert_eq!(p("linux/armel"), "linux/arm/v6");
+        assert_eq!(p("linux/arm/6"), "linux/arm/v6");
     }
 
     #[test]
@@ -144,7 +136,6 @@ mod tests {
     #[test]
     fn guest_names() {
         let arm: Platform = "linux/arm64".parse().unwrap();
-        assert_eq!(arm.uname_machine(), "aarch64");
         assert_eq!(arm.arch_key(), "arm64");
         let v7: Platform = "linux/arm/v7".parse().unwrap();
         assert_eq!(v7.arch_key(), "armv7");

@@ -294,24 +294,36 @@ fn boot_snapshots_restore_with_the_hosts_clock_and_fresh_randomness() {
     env.assert_tmp_empty();
 }
 
-/// A 32-bit arm build runs its RUN in an armv7 guest and makes an arm/v7 image.
+/// 32-bit builds: linux/arm/v7 in the armv7 guest, linux/arm/v6 (Debian's
+/// armel busybox) in the same guest, and linux/386 (Debian's i386 busybox)
+/// in the amd64 guest under the 32-bit personality, so `uname -m` says
+/// `i686` as on a 32-bit machine. Each image carries its own platform.
 #[test]
-fn armv7_build_runs_in_an_armv7_guest() {
+fn thirty_two_bit_builds_run_in_the_guest_that_runs_them() {
     let env = Env::new();
-    let tar = support::build_env::fixture("busybox-armv7.tar", "run scripts/make-busybox-rootfs.sh armv7");
-    env.ok(&["import", "--platform", "linux/arm/v7", tar.to_str().unwrap(), "kiln.local/busybox:armv7"]);
-    env.write("Dockerfile", "FROM kiln.local/busybox:armv7\nRUN uname -m > /arch\n");
-    let out = env.kiln().args(["build", "--progress", "plain", "--platform", "linux/arm/v7", "-t", "test/armv7:1"]).arg(env.ctx()).output().unwrap();
-    assert!(out.status.success(), "{}", stderr(&out));
-    let root = unpack_with_umoci(&env, "test/armv7:1", "1");
-    assert_eq!(std::fs::read_to_string(root.join("arch")).unwrap(), "armv7l\n");
-    let inspect = Command::new("skopeo")
-        .args(["inspect", "--override-arch", "arm", "--override-variant", "v7", "--config"])
-        .arg(format!("oci:{}:1", env.path("layout").display()))
-        .output()
-        .unwrap();
-    let config: serde_json::Value = serde_json::from_slice(&inspect.stdout).unwrap();
-    assert_eq!((config["architecture"].as_str(), config["variant"].as_str()), (Some("arm"), Some("v7")));
+    for (platform, fixture, machine, arch, variant) in [
+        ("linux/arm/v7", "armv7", "armv7l", "arm", Some("v7")),
+        ("linux/arm/v6", "armv6", "armv7l", "arm", Some("v6")),
+        ("linux/386", "386", "i686", "386", None),
+    ] {
+        let tar = support::build_env::fixture(&format!("busybox-{fixture}.tar"), &format!("run scripts/make-busybox-rootfs.sh {fixture}"));
+        let base = format!("kiln.local/busybox:{fixture}");
+        env.ok(&["import", "--platform", platform, tar.to_str().unwrap(), &base]);
+        env.write("Dockerfile", &format!("FROM {base}\nRUN uname -m > /arch\n"));
+        let tag = format!("test/{fixture}:1");
+        let out = env.kiln().args(["build", "--progress", "plain", "--platform", platform, "-t", &tag]).arg(env.ctx()).output().unwrap();
+        assert!(out.status.success(), "{platform}: {}", stderr(&out));
+        let root = unpack_with_umoci(&env, &tag, "1");
+        assert_eq!(std::fs::read_to_string(root.join("arch")).unwrap(), format!("{machine}\n"), "{platform}");
+        let mut inspect = Command::new("skopeo");
+        inspect.args(["inspect", "--override-arch", arch]);
+        if let Some(v) = variant {
+            inspect.args(["--override-variant", v]);
+        }
+        let inspect = inspect.arg("--config").arg(format!("oci:{}:1", env.path("layout").display())).output().unwrap();
+        let config: serde_json::Value = serde_json::from_slice(&inspect.stdout).unwrap();
+        assert_eq!((config["architecture"].as_str(), config["variant"].as_str()), (Some(arch), variant), "{platform}");
+    }
     env.assert_tmp_empty();
 }
 

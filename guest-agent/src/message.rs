@@ -100,6 +100,11 @@ pub struct ExecRequest {
     /// output comes on stream STDOUT, and STDIN data is typed into it.
     #[serde(default)]
     pub tty: Option<TtySize>,
+    /// Run under the 32-bit personality (`linux32`): a 32-bit platform in a
+    /// 64-bit guest (linux/386 in the amd64 VM) then sees `uname -m` say
+    /// `i686`, as on a 32-bit machine, instead of `x86_64`.
+    #[serde(default)]
+    pub linux32: bool,
 }
 
 /// A terminal's size in character cells.

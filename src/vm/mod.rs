@@ -154,13 +154,23 @@ pub struct Vm {
     /// From QEMU start to the agent's hello.
     pub boot_time: Duration,
     arch: &'static dyn GuestArch,
+    /// Commands run under the 32-bit personality ([`arch::runs_as_linux32`]).
+    linux32: bool,
 }
 
 impl Vm {
     pub fn boot(config: &VmConfig, files: &BootFiles, cancel: &AtomicBool) -> Result<Vm, VmError> {
         let arch = arch::for_platform(&config.platform)?;
         let cache = crate::dirs::cache_dir();
-        let accel = config.accel.unwrap_or_else(|| arch::best_accel(&config.platform, &cache));
+        let accel = config.accel.unwrap_or_else(|| arch::best_accel(arch, &cache));
+        let mut vm = Self::boot_accelerated(config, files, accel, cancel)?;
+        vm.linux32 = arch::runs_as_linux32(&config.platform);
+        Ok(vm)
+    }
+
+    fn boot_accelerated(config: &VmConfig, files: &BootFiles, accel: Accel, cancel: &AtomicBool) -> Result<Vm, VmError> {
+        let arch = arch::for_platform(&config.platform)?;
+        let cache = crate::dirs::cache_dir();
         if config.accel.is_some() || accel == Accel::Tcg {
             return Self::boot_with(config, files, accel, config.boot_timeout, cancel);
         }
@@ -245,7 +255,7 @@ impl Vm {
         };
         let boot_time = started.elapsed();
         check_arch(&client, config)?;
-        Ok(Vm { client, qemu, _host_end: Some(host_end), run_dir, scratch, transport, accel, boot_time, arch })
+        Ok(Vm { client, qemu, _host_end: Some(host_end), run_dir, scratch, transport, accel, boot_time, arch, linux32: false })
     }
 
     /// A TCG VM over the serial transport whose agent shook hands (`started`: QEMU's start).
@@ -259,7 +269,8 @@ impl Vm {
         arch: &'static dyn GuestArch,
     ) -> Vm {
         let boot_time = started.elapsed();
-        Vm { client, qemu, _host_end: None, run_dir, scratch: Some(scratch), transport: Transport::Serial, accel: Accel::Tcg, boot_time, arch }
+        let (transport, accel) = (Transport::Serial, Accel::Tcg);
+        Vm { client, qemu, _host_end: None, run_dir, scratch: Some(scratch), transport, accel, boot_time, arch, linux32: false }
     }
 
     pub fn agent_kernel(&self) -> &str {
@@ -299,6 +310,7 @@ impl Vm {
         resizes: client::Resizes,
         cancel: &AtomicBool,
     ) -> Result<ExitStatus, VmError> {
+        let req = ExecRequest { linux32: self.linux32, ..req };
         let mut watcher = Watcher::new(&mut self.qemu, self.run_dir.path(), cancel);
         let result = self.client.exec_resizable(req, stdin, sink, resizes, &mut || watcher.check());
         result.map_err(|e| watcher.error(e, &self.run_dir.path().join("console.log")))
@@ -414,7 +426,7 @@ const RUN_DIR_PREFIX: &str = "kiln-vm-";
 
 /// The agent that answered must be of the platform asked for.
 fn check_arch(client: &AgentClient, config: &VmConfig) -> Result<(), VmError> {
-    let want = config.platform.uname_machine();
+    let want = arch::for_platform(&config.platform)?.machine();
     match &client.hello().arch {
         got if got == want => Ok(()),
         got => Err(VmError::WrongArch { got: got.clone(), want: want.to_string() }),
@@ -464,7 +476,7 @@ pub fn reference_boot(config: &VmConfig, files: &BootFiles) -> Result<Duration, 
     let qemu_config = QemuConfig {
         arch,
         tcg_cpu: config.tcg_cpu.as_deref(),
-        accel: config.accel.unwrap_or_else(|| arch::best_accel(&config.platform, &crate::dirs::cache_dir())),
+        accel: config.accel.unwrap_or_else(|| arch::best_accel(arch, &crate::dirs::cache_dir())),
         memory_mib: config.memory_mib,
         cpus: config.cpus,
         kernel: &files.kernel,

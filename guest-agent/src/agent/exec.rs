@@ -261,7 +261,12 @@ struct ChildSetup {
     groups: Vec<libc::gid_t>,
     /// stdin is a terminal to make the controlling one of the new session.
     controlling_tty: bool,
+    /// Switch to the 32-bit personality (see [`ExecRequest::linux32`]).
+    linux32: bool,
 }
+
+/// `PER_LINUX32` from the kernel's `<linux/personality.h>` (the libc crate lacks it).
+const PER_LINUX32: libc::c_ulong = 0x0008;
 
 struct ChildRoot {
     dir: CString,
@@ -286,6 +291,7 @@ impl ChildSetup {
             gid: req.gid,
             groups: req.groups.clone(),
             controlling_tty: req.tty.is_some(),
+            linux32: req.linux32,
         })
     }
 
@@ -295,6 +301,10 @@ impl ChildSetup {
         // SAFETY: every pointer is a live CString owned by self.
         unsafe {
             check(libc::setsid())?;
+            if self.linux32 {
+                // Inherited through exec and by every process the command starts.
+                check(libc::personality(PER_LINUX32))?;
+            }
             if self.controlling_tty {
                 // Job control and ^C need the terminal to belong to the session.
                 check(libc::ioctl(0, libc::TIOCSCTTY, 0))?;

@@ -23,6 +23,14 @@ impl GuestArch for Aarch64 {
         "ttyAMA0"
     }
 
+    fn architecture(&self) -> &'static str {
+        "arm64"
+    }
+
+    fn machine(&self) -> &'static str {
+        "aarch64"
+    }
+
     fn key(&self) -> &'static str {
         "arm64"
     }

@@ -1,4 +1,5 @@
-//! 32-bit arm (linux/arm/v7) guests on QEMU's `virt` board.
+//! 32-bit arm guests on QEMU's `virt` board: linux/arm/v7, and the v6 and
+//! v5 userlands an ARMv7 CPU runs as they are.
 
 use super::{virt_board_args, Accel, GuestArch};
 
@@ -22,6 +23,14 @@ impl GuestArch for Armv7 {
 
     fn console(&self) -> &'static str {
         "ttyAMA0"
+    }
+
+    fn architecture(&self) -> &'static str {
+        "arm"
+    }
+
+    fn machine(&self) -> &'static str {
+        "armv7l"
     }
 
     fn key(&self) -> &'static str {

@@ -55,35 +55,48 @@ pub trait GuestArch: Send + Sync {
     fn machine_args(&self, accel: Accel, tcg_cpu: &str) -> Vec<String>;
     /// The kernel's serial console device.
     fn console(&self) -> &'static str;
+    /// The VM's own OCI architecture (the host's, for an accelerator to apply).
+    fn architecture(&self) -> &'static str;
+    /// `uname -m` of the guest kernel, as the agent reports it.
+    fn machine(&self) -> &'static str;
     /// The key of the embedded agent and kernel manifest (`arm64`, `amd64`, `armv7`).
     fn key(&self) -> &'static str;
 }
 
 #[derive(Debug, thiserror::Error)]
-#[error("no guest support for platform {0}: kiln can build for linux/arm64, linux/amd64 and linux/arm/v7")]
+#[error("no guest support for platform {0}: kiln can build for linux/arm64, linux/amd64, linux/386, linux/arm/v7, linux/arm/v6 and linux/arm/v5")]
 pub struct UnsupportedPlatform(pub String);
 
+/// The VM that runs `platform`'s userland: its own, or for a 32-bit
+/// platform that a 64-bit or newer CPU runs as it is, that machine's.
 pub fn for_platform(platform: &Platform) -> Result<&'static dyn GuestArch, UnsupportedPlatform> {
-    match (platform.os.as_str(), platform.architecture.as_str()) {
-        ("linux", "arm64") => Ok(&aarch64::Aarch64),
-        ("linux", "amd64") => Ok(&x86_64::X86_64),
-        ("linux", "arm") if platform.variant.as_deref() == Some("v7") => Ok(&arm::Armv7),
+    match (platform.os.as_str(), platform.architecture.as_str(), platform.variant.as_deref()) {
+        ("linux", "arm64", _) => Ok(&aarch64::Aarch64),
+        ("linux", "amd64", _) | ("linux", "386", None) => Ok(&x86_64::X86_64),
+        ("linux", "arm", Some("v7" | "v6" | "v5")) => Ok(&arm::Armv7),
         _ => Err(UnsupportedPlatform(platform.to_string())),
     }
 }
 
-/// The fastest accelerator usable for `guest` on this host.
-pub fn best_accel(guest: &Platform, cache_dir: &Path) -> Accel {
-    let arch_key = guest.arch_key();
-    pick_accel(guest, &Platform::host().architecture, host_accel(), |a| known_unusable(a, &arch_key, cache_dir))
+/// Whether commands of `platform` run under the 32-bit personality: a
+/// 32-bit userland in a 64-bit VM (linux/386 in the amd64 one), so that
+/// `uname -m` says `i686` as on a 32-bit machine and as qemu-user says.
+pub fn runs_as_linux32(platform: &Platform) -> bool {
+    platform.architecture == "386"
 }
 
-/// The accelerator for `guest` on a host of `host_arch` that offers
-/// `available` (KVM, HVF or WHPX): only for a guest of the host's own
+/// The fastest accelerator usable for `guest`'s VM on this host.
+pub fn best_accel(guest: &dyn GuestArch, cache_dir: &Path) -> Accel {
+    let key = guest.key();
+    pick_accel(guest.architecture(), &Platform::host().architecture, host_accel(), |a| known_unusable(a, key, cache_dir))
+}
+
+/// The accelerator for a VM of `guest_arch` on a host of `host_arch` that
+/// offers `available` (KVM, HVF or WHPX): only for a VM of the host's own
 /// architecture, and not once it failed to boot one here; TCG otherwise.
-pub fn pick_accel(guest: &Platform, host_arch: &str, available: Option<Accel>, unusable: impl Fn(Accel) -> bool) -> Accel {
+pub fn pick_accel(guest_arch: &str, host_arch: &str, available: Option<Accel>, unusable: impl Fn(Accel) -> bool) -> Accel {
     match available {
-        Some(accel) if guest.architecture == host_arch && !unusable(accel) => accel,
+        Some(accel) if guest_arch == host_arch && !unusable(accel) => accel,
         _ => Accel::Tcg,
     }
 }
@@ -148,17 +161,18 @@ mod tests {
 
     #[test]
     fn accelerators_serve_only_their_hosts_own_architecture() {
-        let arm64: Platform = "linux/arm64".parse().unwrap();
-        let amd64: Platform = "linux/amd64".parse().unwrap();
+        let (arm64, amd64) = ("arm64", "amd64");
         let never = |_| false;
         // An Apple Silicon Mac: HVF for arm64 guests, TCG for amd64 ones.
-        assert_eq!(pick_accel(&arm64, "arm64", Some(Accel::Hvf), never), Accel::Hvf);
-        assert_eq!(pick_accel(&amd64, "arm64", Some(Accel::Hvf), never), Accel::Tcg);
-        // A Windows PC: WHPX for amd64 guests.
-        assert_eq!(pick_accel(&amd64, "amd64", Some(Accel::Whpx), never), Accel::Whpx);
+        assert_eq!(pick_accel(arm64, "arm64", Some(Accel::Hvf), never), Accel::Hvf);
+        assert_eq!(pick_accel(amd64, "arm64", Some(Accel::Hvf), never), Accel::Tcg);
+        // A Windows PC: WHPX for amd64 guests, and so for linux/386 ones (their VM is amd64).
+        assert_eq!(pick_accel(amd64, "amd64", Some(Accel::Whpx), never), Accel::Whpx);
+        let i386_vm = for_platform(&"linux/386".parse().unwrap()).unwrap().architecture();
+        assert_eq!(pick_accel(i386_vm, "amd64", Some(Accel::Whpx), never), Accel::Whpx);
         // KVM that failed to boot a guest here, or no accelerator at all: TCG.
-        assert_eq!(pick_accel(&amd64, "amd64", Some(Accel::Kvm), |a| a == Accel::Kvm), Accel::Tcg);
-        assert_eq!(pick_accel(&amd64, "amd64", None, never), Accel::Tcg);
+        assert_eq!(pick_accel(amd64, "amd64", Some(Accel::Kvm), |a| a == Accel::Kvm), Accel::Tcg);
+        assert_eq!(pick_accel(amd64, "amd64", None, never), Accel::Tcg);
     }
 
     fn arch(platform: &str) -> Result<&'static dyn GuestArch, UnsupportedPlatform> {
@@ -167,25 +181,32 @@ mod tests {
 
     #[test]
     fn every_supported_platform_has_its_emulator_and_keys() {
-        for (platform, binary, key) in [
-            ("linux/arm64", "qemu-system-aarch64", "arm64"),
-            ("linux/amd64", "qemu-system-x86_64", "amd64"),
-            ("linux/arm/v7", "qemu-system-arm", "armv7"),
+        for (platform, binary, key, linux32) in [
+            ("linux/arm64", "qemu-system-aarch64", "arm64", false),
+            ("linux/amd64", "qemu-system-x86_64", "amd64", false),
+            ("linux/arm/v7", "qemu-system-arm", "armv7", false),
+            // 32-bit userlands in the VM of a CPU that runs them as they are
+            ("linux/386", "qemu-system-x86_64", "amd64", true),
+            ("linux/arm/v6", "qemu-system-arm", "armv7", false),
+            ("linux/arm/v5", "qemu-system-arm", "armv7", false),
             // containerd's spellings of the same platforms
-            ("linux/arm", "qemu-system-arm", "armv7"),
-            ("linux/armhf", "qemu-system-arm", "armv7"),
+            ("linux/arm", "qemu-system-arm", "armv7", false),
+            ("linux/armhf", "qemu-system-arm", "armv7", false),
+            ("linux/armel", "qemu-system-arm", "armv7", false),
+            ("linux/i386", "qemu-system-x86_64", "amd64", true),
+            ("linux/arm64/v8", "qemu-system-aarch64", "arm64", false),
+            ("linux/aarch64", "qemu-system-aarch64", "arm64", false),
+            ("linux/x86_64", "qemu-system-x86_64", "amd64", false),
         ] {
+            let p: Platform = platform.parse().unwrap();
             let arch = arch(platform).unwrap_or_else(|e| panic!("{platform}: {e}"));
-            assert_eq!(arch.qemu_binary(), binary, "{platform}");
-            assert_eq!(arch.key(), key, "{platform}");
-            // The agent and kernel manifest are looked up by this key.
-            assert_eq!(arch.key(), platform.parse::<Platform>().unwrap().arch_key(), "{platform}");
+            assert_eq!((arch.qemu_binary(), arch.key(), runs_as_linux32(&p)), (binary, key, linux32), "{platform}");
         }
     }
 
     #[test]
-    fn armv6_and_other_arches_are_refused_by_name() {
-        for platform in ["linux/arm/v6", "linux/riscv64", "windows/amd64"] {
+    fn other_arches_are_refused_by_name() {
+        for platform in ["linux/arm/v8", "linux/386/v2", "linux/riscv64", "windows/amd64"] {
             let err = arch(platform).err().unwrap_or_else(|| panic!("{platform} accepted"));
             assert!(err.to_string().contains(&platform.parse::<Platform>().unwrap().to_string()), "{err}");
         }

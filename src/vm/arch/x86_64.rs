@@ -1,4 +1,5 @@
-//! amd64 guests on QEMU's q35 machine.
+//! amd64 guests on QEMU's q35 machine; linux/386 userlands run in them
+//! through the kernel's IA32 emulation, under the 32-bit personality.
 
 use super::{Accel, GuestArch};
 
@@ -30,6 +31,14 @@ impl GuestArch for X86_64 {
 
     fn console(&self) -> &'static str {
         "ttyS0"
+    }
+
+    fn architecture(&self) -> &'static str {
+        "amd64"
+    }
+
+    fn machine(&self) -> &'static str {
+        "x86_64"
     }
 
     fn key(&self) -> &'static str {

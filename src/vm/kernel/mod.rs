@@ -127,7 +127,9 @@ const RECORD_FILE: &str = "kernel.json";
 /// The kernel for `platform`: a local override if set, else the pinned Debian
 /// kernel from the cache, downloading and unpacking it on first use. Blocking.
 pub fn ensure_kernel(platform: &Platform, opts: &KernelOptions) -> Result<GuestKernel, KernelError> {
-    let manifest = manifest::load(&platform.arch_key(), opts.manifest_dir.as_deref());
+    // A 32-bit platform that another VM runs (linux/386, linux/arm/v6) uses that VM's kernel.
+    let key = crate::vm::arch::for_platform(platform).map(|a| a.key().to_string()).unwrap_or_else(|_| platform.arch_key());
+    let manifest = manifest::load(&key, opts.manifest_dir.as_deref());
     if let (None, Some(dir)) = (&opts.kernel_image, &opts.kernel_modules) {
         return Err(KernelError::ModulesWithoutKernel(dir.clone()));
     }
@@ -136,7 +138,7 @@ pub fn ensure_kernel(platform: &Platform, opts: &KernelOptions) -> Result<GuestK
         let wanted = manifest.map(|m| m.modules).unwrap_or_default();
         return local_kernel(image, opts.kernel_modules.as_deref(), &wanted);
     }
-    ensure_pinned(&platform.arch_key(), &manifest?, opts)
+    ensure_pinned(&key, &manifest?, opts)
 }
 
 fn kernels_root(cache_dir: &Path) -> PathBuf {
