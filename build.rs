@@ -14,7 +14,7 @@ fn main() {
     // A directory's mtime changes when scripts/build-agents.sh renames a new agent in.
     println!("cargo:rerun-if-changed={}", dir.display());
     let mut code = String::from("/// (architecture key, agent binary)\npub static EMBEDDED_AGENTS: &[(&str, &[u8])] = &[\n");
-    for arch in ["arm64", "amd64", "armv7"] {
+    for arch in ["arm64", "amd64", "armv7", "riscv64", "ppc64le", "s390x"] {
         let path = dir.join(format!("kiln-agent-{arch}"));
         if path.is_file() {
             writeln!(code, "    ({arch:?}, include_bytes!({:?})),", path.display().to_string()).unwrap();

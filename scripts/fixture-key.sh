@@ -23,9 +23,10 @@ cd "$root"
 case "$1" in
   debian-base)
     inputs=(scripts/make-debian-base.sh scripts/fixture-key.sh scripts/build-agents.sh guest-agent
-            src/vm src/cli/vm.rs kernels src/oci/import.rs src/oci/layer.rs src/cli/import.rs Cargo.lock) ;;
+            src/vm src/cli/vm.rs kernels src/oci/import.rs src/oci/layer.rs src/cli/import.rs Cargo.lock
+            scripts/lib) ;;
   busybox)
-    inputs=(scripts/make-busybox-rootfs.sh scripts/fixture-key.sh) ;;
+    inputs=(scripts/make-busybox-rootfs.sh scripts/fixture-key.sh scripts/lib) ;;
   *) echo "$0: unknown fixture $1 (debian-base, busybox)" >&2; exit 2 ;;
 esac
 # Each file's path and content, in a fixed order; build outputs never count.

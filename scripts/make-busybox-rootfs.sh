@@ -3,7 +3,8 @@
 #
 # Usage: scripts/make-busybox-rootfs.sh ARCH OUT.tar
 #   ARCH: a Debian or OCI architecture name: arm64 (aarch64), amd64 (x86_64),
-#   armhf (arm, armv7), i386 (386), armel (armv6, armv5: Debian's armel is ARMv5TE)
+#   armhf (arm, armv7), i386 (386), armel (armv6, armv5: Debian's armel is ARMv5TE),
+#   ppc64el (ppc64le), s390x, riscv64 (from trixie: riscv64 is official since then)
 #
 # The .deb of the foreign architecture is downloaded with apt's own mirror and
 # signature checks, into private apt state under .cache/ (the system's apt
@@ -20,8 +21,14 @@ case "$1" in
   armhf|arm|armv7) arch=armhf ;;
   i386|386|i686) arch=i386 ;;
   armel|armv6|armv5) arch=armel ;;
-  *) die "unsupported architecture $1 (arm64, amd64, armhf, i386, armel)" ;;
+  ppc64el|ppc64le) arch=ppc64el ;;
+  s390x) arch=s390x ;;
+  riscv64) arch=riscv64 ;;
+  *) die "unsupported architecture $1 (arm64, amd64, armhf, i386, armel, ppc64el, s390x, riscv64)" ;;
 esac
+# The suite apt's own sources name, unless the architecture needs a newer one.
+suite=
+[ "$arch" != riscv64 ] || suite=trixie
 out="$2"
 for tool in apt-get dpkg-deb tar; do command -v "$tool" >/dev/null || die "needs $tool"; done
 
@@ -33,6 +40,16 @@ if [ -z "$deb" ]; then
   mkdir -p "$state/lists/partial" "$state/cache/archives/partial"
   o=(-oAPT::Architecture="$arch" -oAPT::Architectures="$arch"
      -oDir::State::Lists="$state/lists" -oDir::Cache="$state/cache" -oDebug::NoLocking=1)
+  if [ -n "$suite" ]; then
+    # A private sources list for that suite, on the mirror apt uses.
+    # shellcheck source=lib/debian-mirror.sh
+    . "$root/scripts/lib/debian-mirror.sh"
+    mirror="${KILN_DEBIAN_MIRROR:-$(debian_mirror "$suite")}"
+    [ -n "$mirror" ] || die "no Debian mirror in apt's sources; set KILN_DEBIAN_MIRROR"
+    mkdir -p "$state/parts"
+    echo "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] $mirror $suite main" > "$state/sources.list"
+    o+=(-oDir::Etc::SourceList="$state/sources.list" -oDir::Etc::SourceParts="$state/parts")
+  fi
   # As root, apt would hand downloads to the _apt user, who cannot write into the checkout.
   [ "$(id -u)" != 0 ] || o+=(-oAPT::Sandbox::User=root)
   echo "==> downloading busybox-static:$arch" >&2
@@ -46,11 +63,14 @@ fi
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
 dpkg-deb -x "$deb" "$work/deb"
-[ -x "$work/deb/bin/busybox" ] || die "$deb has no bin/busybox"
+# bookworm ships bin/busybox, trixie (merged /usr) usr/bin/busybox.
+bin="$work/deb/bin/busybox"
+[ -x "$bin" ] || bin="$work/deb/usr/bin/busybox"
+[ -x "$bin" ] || die "$deb has no bin/busybox or usr/bin/busybox"
 
 fs="$work/rootfs"
 mkdir -p "$fs"/{bin,etc,tmp,proc,sys,dev,root,usr/bin,var}
-cp "$work/deb/bin/busybox" "$fs/bin/busybox"
+cp "$bin" "$fs/bin/busybox"
 chmod 0755 "$fs/bin/busybox"
 # Common applets; a foreign busybox cannot be asked for its list on this host.
 for applet in sh ash awk basename cat chmod chown cp cut date dd df dirname du echo env \

@@ -86,27 +86,9 @@ if [ -f "$cache" ]; then
   exit 0
 fi
 
-# The mirror apt uses: the first URIs of a deb822 stanza whose Suites name
-# $suite, else the first one-line `deb URI $suite` entry.
-mirror_from_apt() {
-  local f=/etc/apt/sources.list.d/debian.sources
-  if [ -r "$f" ]; then
-    awk -v suite="$suite" 'BEGIN { RS = ""; FS = "\n" }
-      {
-        uris = ""; suites = ""; types = ""
-        for (i = 1; i <= NF; i++) {
-          if ($i ~ /^URIs:/) { v = $i; sub(/^URIs:[ \t]*/, "", v); uris = v }
-          if ($i ~ /^Suites:/) { v = $i; sub(/^Suites:[ \t]*/, "", v); suites = " " v " " }
-          if ($i ~ /^Types:/) { v = $i; sub(/^Types:[ \t]*/, "", v); types = " " v " " }
-        }
-        if (types ~ / deb / && index(suites, " " suite " ") && uris != "") { split(uris, u, " "); print u[1]; exit }
-      }' "$f"
-  fi
-  if [ -r /etc/apt/sources.list ]; then
-    sed -e 's/\[[^]]*\]//' /etc/apt/sources.list | awk -v suite="$suite" '$1 == "deb" && $3 == suite { print $2; exit }'
-  fi
-}
-mirror="${KILN_DEBIAN_MIRROR:-$(mirror_from_apt | head -n1)}"
+# shellcheck source=lib/debian-mirror.sh
+. "$root/scripts/lib/debian-mirror.sh"
+mirror="${KILN_DEBIAN_MIRROR:-$(debian_mirror "$suite")}"
 [ -n "$mirror" ] || { echo "$0: no Debian mirror for $suite in apt's sources; set KILN_DEBIAN_MIRROR" >&2; exit 1; }
 command -v debootstrap >/dev/null || { echo "$0: debootstrap is not installed (apt-get install debootstrap)" >&2; exit 1; }
 

@@ -20,33 +20,8 @@ keyring="${KILN_DEBIAN_KEYRING:-/usr/share/keyrings/debian-archive-keyring.gpg}"
 die() { printf 'refresh-kernels: %s\n' "$*" >&2; exit 1; }
 for tool in curl xz awk sha256sum; do command -v "$tool" >/dev/null || die "needs $tool"; done
 
-# The first http(s) Debian mirror in apt's sources serving $1 (security archive excluded).
-apt_mirror() {
-  local suite="$1" f
-  {
-    for f in /etc/apt/sources.list.d/*.sources; do
-      [ -r "$f" ] || continue
-      # deb822 stanzas -> "URI SUITE..." lines
-      awk 'BEGIN{RS=""; FS="\n"}
-           { types=""; uris=""; suites=""; enabled=1
-             for (i=1;i<=NF;i++) { line=$i; if (line ~ /^#/) continue
-               if (line ~ /^Types:/) { sub(/^Types:[ \t]*/,"",line); types=line }
-               else if (line ~ /^URIs:/) { sub(/^URIs:[ \t]*/,"",line); uris=line }
-               else if (line ~ /^Suites:/) { sub(/^Suites:[ \t]*/,"",line); suites=line }
-               else if (line ~ /^Enabled:[ \t]*[Nn]o/) enabled=0 }
-             if (enabled && types ~ /(^| )deb( |$)/) { n=split(uris,u," "); for (j=1;j<=n;j++) print u[j], suites } }' "$f"
-    done
-    for f in /etc/apt/sources.list /etc/apt/sources.list.d/*.list; do
-      [ -r "$f" ] || continue
-      sed -e 's/#.*//' -e 's/\[[^]]*\]//' "$f" | awk '$1=="deb" {print $2, $3}'
-    done
-  } | awk -v want="$suite" '
-      $1 !~ /^https?:\/\// { next }
-      { sec=1; for (i=2;i<=NF;i++) if ($i !~ /-security$/) sec=0; if (sec) next }
-      { for (i=2;i<=NF;i++) if ($i==want) { print $1; exit } }
-      !fallback && $1 ~ /\/debian\/?$/ { fallback=$1 }
-      END { if (fallback) print fallback }' | head -n1
-}
+# shellcheck source=lib/debian-mirror.sh
+. "$root/scripts/lib/debian-mirror.sh"
 
 field() { # field FILE KEY -> value of a top-level `key = "value"` line
   sed -n "s/^$2[[:space:]]*=[[:space:]]*\"\\(.*\\)\"[[:space:]]*\$/\\1/p" "$1" | head -n1
@@ -79,14 +54,15 @@ fetch_index() {
 
 # stanza PACKAGES NAME -> the paragraph of the highest version of NAME
 stanza() {
-  awk -v name="$2" 'BEGIN{RS=""} $0 ~ ("(^|\n)Package: " name "(\n|$)") {print; print ""}' "$1" > "$work/stanzas"
+  # An exact line match: names like linux-image-6.12.57+deb13-riscv64 hold regex characters.
+  awk -v name="$2" 'BEGIN{RS=""} { n=split($0, l, "\n"); for (i=1;i<=n;i++) if (l[i] == "Package: " name) { print; print ""; next } }' "$1" > "$work/stanzas"
   [ -s "$work/stanzas" ] || return 1
   # Several versions can coexist; dpkg decides which is highest.
   local best="" v
   for v in $(awk '/^Version:/ {print $2}' "$work/stanzas"); do
     if [ -z "$best" ] || dpkg --compare-versions "$v" gt "$best"; then best="$v"; fi
   done
-  awk -v v="$best" 'BEGIN{RS=""} $0 ~ ("\nVersion: " v "(\n|$)") {print; exit}' "$work/stanzas"
+  awk -v v="$best" 'BEGIN{RS=""} { n=split($0, l, "\n"); for (i=1;i<=n;i++) if (l[i] == "Version: " v) { print; exit } }' "$work/stanzas"
 }
 
 get() { sed -n "s/^$1: //p" <<<"$2" | head -n1; }
@@ -99,7 +75,7 @@ for m in "${manifests[@]}"; do
   arch=$(field "$m" debian_arch); suite=$(field "$m" suite); comp=$(field "$m" component); meta=$(field "$m" meta_package)
   [ -n "$arch" ] && [ -n "$suite" ] && [ -n "$comp" ] && [ -n "$meta" ] || die "$m: needs debian_arch, suite, component, meta_package"
   grep -q '^\[package\]$' "$m" || die "$m: no [package] table"
-  mirror="${KILN_DEBIAN_MIRROR:-$(apt_mirror "$suite")}"
+  mirror="${KILN_DEBIAN_MIRROR:-$(debian_mirror "$suite")}"
   mirror="${mirror%/}"
   [ -n "$mirror" ] || die "no Debian mirror in the apt sources; set KILN_DEBIAN_MIRROR"
   index=$(fetch_index "$mirror" "$suite" "$comp" "$arch")

@@ -294,17 +294,19 @@ fn boot_snapshots_restore_with_the_hosts_clock_and_fresh_randomness() {
     env.assert_tmp_empty();
 }
 
-/// 32-bit builds: linux/arm/v7 in the armv7 guest, linux/arm/v6 (Debian's
-/// armel busybox) in the same guest, and linux/386 (Debian's i386 busybox)
-/// in the amd64 guest under the 32-bit personality, so `uname -m` says
-/// `i686` as on a 32-bit machine. Each image carries its own platform.
+/// Every platform but arm64 and amd64 (which the other tests build): a RUN
+/// in its guest, checked by umoci (diff_ids) and skopeo (platform).
+/// linux/arm/v6 (Debian's armel busybox) runs in the armv7 guest, linux/386
+/// (Debian's i386 busybox) in the amd64 guest under the 32-bit personality,
+/// so `uname -m` says `i686` as on a 32-bit machine.
 #[test]
-fn thirty_two_bit_builds_run_in_the_guest_that_runs_them() {
+fn every_platform_builds_with_a_run_in_its_guest() {
     let env = Env::new();
     for (platform, fixture, machine, arch, variant) in [
         ("linux/arm/v7", "armv7", "armv7l", "arm", Some("v7")),
         ("linux/arm/v6", "armv6", "armv7l", "arm", Some("v6")),
         ("linux/386", "386", "i686", "386", None),
+        ("linux/riscv64", "riscv64", "riscv64", "riscv64", None),
     ] {
         let tar = support::build_env::fixture(&format!("busybox-{fixture}.tar"), &format!("run scripts/make-busybox-rootfs.sh {fixture}"));
         let base = format!("kiln.local/busybox:{fixture}");

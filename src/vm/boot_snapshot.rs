@@ -49,6 +49,7 @@ pub const ENV_SWITCH: &str = "KILN_BOOT_SNAPSHOT";
 /// options are part of the machine).
 pub fn eligible(config: &VmConfig, accel: Accel) -> bool {
     accel == Accel::Tcg
+        && arch::for_platform(&config.platform).is_ok_and(|a| a.restores_from_snapshots())
         && matches!(config.transport, TransportChoice::Auto | TransportChoice::Serial)
         && config.scratch
         && config.netdev_extra.is_empty()

@@ -2,6 +2,7 @@
 
 mod aarch64;
 mod arm;
+mod riscv64;
 mod x86_64;
 
 use std::path::{Path, PathBuf};
@@ -59,12 +60,17 @@ pub trait GuestArch: Send + Sync {
     fn architecture(&self) -> &'static str;
     /// `uname -m` of the guest kernel, as the agent reports it.
     fn machine(&self) -> &'static str;
+    /// Whether a guest restored from a boot snapshot runs as well as a
+    /// freshly booted one.
+    fn restores_from_snapshots(&self) -> bool {
+        true
+    }
     /// The key of the embedded agent and kernel manifest (`arm64`, `amd64`, `armv7`).
     fn key(&self) -> &'static str;
 }
 
 #[derive(Debug, thiserror::Error)]
-#[error("no guest support for platform {0}: kiln can build for linux/arm64, linux/amd64, linux/386, linux/arm/v7, linux/arm/v6 and linux/arm/v5")]
+#[error("no guest support for platform {0}: kiln can build for linux/arm64, linux/amd64, linux/386, linux/arm/v7, linux/arm/v6, linux/arm/v5 and linux/riscv64")]
 pub struct UnsupportedPlatform(pub String);
 
 /// The VM that runs `platform`'s userland: its own, or for a 32-bit
@@ -74,6 +80,7 @@ pub fn for_platform(platform: &Platform) -> Result<&'static dyn GuestArch, Unsup
         ("linux", "arm64", _) => Ok(&aarch64::Aarch64),
         ("linux", "amd64", _) | ("linux", "386", None) => Ok(&x86_64::X86_64),
         ("linux", "arm", Some("v7" | "v6" | "v5")) => Ok(&arm::Armv7),
+        ("linux", "riscv64", None) => Ok(&riscv64::Riscv64),
         _ => Err(UnsupportedPlatform(platform.to_string())),
     }
 }
@@ -197,6 +204,7 @@ mod tests {
             ("linux/arm64/v8", "qemu-system-aarch64", "arm64", false),
             ("linux/aarch64", "qemu-system-aarch64", "arm64", false),
             ("linux/x86_64", "qemu-system-x86_64", "amd64", false),
+            ("linux/riscv64", "qemu-system-riscv64", "riscv64", false),
         ] {
             let p: Platform = platform.parse().unwrap();
             let arch = arch(platform).unwrap_or_else(|e| panic!("{platform}: {e}"));
@@ -206,7 +214,7 @@ mod tests {
 
     #[test]
     fn other_arches_are_refused_by_name() {
-        for platform in ["linux/arm/v8", "linux/386/v2", "linux/riscv64", "windows/amd64"] {
+        for platform in ["linux/arm/v8", "linux/386/v2", "linux/mips64le", "windows/amd64"] {
             let err = arch(platform).err().unwrap_or_else(|| panic!("{platform} accepted"));
             assert!(err.to_string().contains(&platform.parse::<Platform>().unwrap().to_string()), "{err}");
         }

@@ -67,9 +67,10 @@ fn extract_data_tar(data: impl Read, wanted: &[String], out: &Path) -> Result<Ex
             continue;
         }
         let path = entry.path().map_err(read_err)?.to_string_lossy().trim_start_matches("./").to_string();
-        if let Some(rel) = path.strip_prefix("boot/vmlinuz-") {
+        // riscv64 packages name their (uncompressed, EFI-stub) Image vmlinux-*.
+        if let Some(rel) = path.strip_prefix("boot/vmlinuz-").or_else(|| path.strip_prefix("boot/vmlinux-")) {
             if image_seen {
-                return Err(KernelError::BadPackage { package: "data.tar".into(), why: "more than one boot/vmlinuz-*".into() });
+                return Err(KernelError::BadPackage { package: "data.tar".into(), why: "more than one boot/vmlinu[xz]-*".into() });
             }
             image_seen = true;
             release = Some(rel.to_string());
@@ -92,7 +93,7 @@ fn extract_data_tar(data: impl Read, wanted: &[String], out: &Path) -> Result<Ex
             modules.insert(info.name.clone().unwrap_or(name), (info, elf));
         }
     }
-    let release = release.ok_or_else(|| KernelError::BadPackage { package: "data.tar".into(), why: "no boot/vmlinuz-* in the package".into() })?;
+    let release = release.ok_or_else(|| KernelError::BadPackage { package: "data.tar".into(), why: "no boot/vmlinuz-* or boot/vmlinux-* in the package".into() })?;
     let infos: BTreeMap<String, ModInfo> = modules.iter().map(|(n, (i, _))| (n.clone(), i.clone())).collect();
     let order = modinfo::load_order(wanted, &infos, &builtin)?;
     let dir = out.join(MODULES_DIR);

@@ -15,6 +15,7 @@ const EMBEDDED: &[(&str, &str)] = &[
     ("arm64", include_str!("../../../kernels/arm64.toml")),
     ("amd64", include_str!("../../../kernels/amd64.toml")),
     ("armv7", include_str!("../../../kernels/armv7.toml")),
+    ("riscv64", include_str!("../../../kernels/riscv64.toml")),
 ];
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
