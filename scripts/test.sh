@@ -17,13 +17,13 @@ scripts/build-agents.sh
 fixtures=.cache/fixtures
 mkdir -p "$fixtures"
 fresh() { [ -e "$1" ] && [ "$(cat "$1.key" 2>/dev/null)" = "$2" ]; }
-for arch in arm64 amd64 armv7 armv6 386 riscv64; do
+for arch in arm64 amd64 armv7 armv6 386 riscv64 ppc64le s390x; do
   out="$fixtures/busybox-$arch.tar"
   key="$(scripts/fixture-key.sh busybox "$arch")"
   fresh "$out" "$key" || { scripts/make-busybox-rootfs.sh "$arch" "$out" && echo "$key" > "$out.key"; }
 done
 cargo build --quiet --bins
-./target/debug/kiln kernel fetch --platform linux/arm64,linux/amd64,linux/arm/v7,linux/riscv64 >/dev/null
+./target/debug/kiln kernel fetch --platform linux/arm64,linux/amd64,linux/arm/v7,linux/riscv64,linux/ppc64le,linux/s390x >/dev/null
 # The Debian base images the build tests start from, as OCI layouts
 # (make-debian-base.sh also caches them per machine in ~/.cache/kiln-fixtures).
 # Stage 1 runs as debootstrap runs it inside a docker container, so the

@@ -307,6 +307,8 @@ fn every_platform_builds_with_a_run_in_its_guest() {
         ("linux/arm/v6", "armv6", "armv7l", "arm", Some("v6")),
         ("linux/386", "386", "i686", "386", None),
         ("linux/riscv64", "riscv64", "riscv64", "riscv64", None),
+        ("linux/ppc64le", "ppc64le", "ppc64le", "ppc64le", None),
+        ("linux/s390x", "s390x", "s390x", "s390x", None),
     ] {
         let tar = support::build_env::fixture(&format!("busybox-{fixture}.tar"), &format!("run scripts/make-busybox-rootfs.sh {fixture}"));
         let base = format!("kiln.local/busybox:{fixture}");

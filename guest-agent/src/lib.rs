@@ -55,6 +55,14 @@ pub const AGENT_WAITS_FOR_HOST: &str = "kiln-agent: waiting for the host";
 /// Kernel command-line key telling the agent which transport the host set up.
 pub const CMDLINE_TRANSPORT: &str = "kiln.transport";
 
+/// Kernel command-line flag: the host attached a scratch disk, with the
+/// virtio serial [`SCRATCH_DISK_SERIAL`]. The agent waits for it: on s390x
+/// the channel subsystem finds disks after the agent has started.
+pub const CMDLINE_SCRATCH: &str = "kiln.scratch";
+
+/// The scratch disk's virtio serial.
+pub const SCRATCH_DISK_SERIAL: &str = "kiln-scratch";
+
 /// Kernel command-line flag: power off right after boot (benchmark reference runs).
 pub const CMDLINE_POWEROFF: &str = "kiln.poweroff";
 

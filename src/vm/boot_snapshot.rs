@@ -126,8 +126,9 @@ fn qemu_config<'a>(
 }
 
 /// The serial port as a socket QEMU listens on, and the QMP socket.
-fn device_args(agent_sock: &Path, qmp_sock: &Path) -> Vec<String> {
-    let mut args = serial_port_args(&format!("socket,id=agent,path={},server=on,wait=off", agent_sock.display()));
+fn device_args(agent_sock: &Path, qmp_sock: &Path, arch: &dyn GuestArch) -> Vec<String> {
+    let chardev = format!("socket,id=agent,path={},server=on,wait=off", agent_sock.display());
+    let mut args = serial_port_args(&chardev, arch.virtio_bus());
     args.extend(["-qmp".into(), format!("unix:{},server=on,wait=off", qmp_sock.display())]);
     args
 }
@@ -136,7 +137,7 @@ fn device_args(agent_sock: &Path, qmp_sock: &Path) -> Vec<String> {
 fn key(config: &VmConfig, files: &BootFiles, arch: &dyn GuestArch, slots: &[PathBuf]) -> String {
     let canonical = Path::new("/run");
     let slot_names: Vec<PathBuf> = (0..slots.len()).map(|i| PathBuf::from(format!("/slot{i}"))).collect();
-    let extra = device_args(&canonical.join("agent.sock"), &canonical.join("qmp.sock"));
+    let extra = device_args(&canonical.join("agent.sock"), &canonical.join("qmp.sock"), arch);
     let (scratch, console) = (canonical.join("scratch.img"), canonical.join("console.log"));
     let args = qemu_config(config, files, arch, &slot_names, &scratch, &console, &extra).args();
     let mut hash = Sha256::new();
@@ -166,7 +167,7 @@ fn restore(
 ) -> Result<Vm, VmError> {
     let run = Run::new()?;
     scratch::copy_sparse(&dir.join("scratch.img"), &run.scratch).map_err(VmError::RunDir)?;
-    let mut extra = device_args(&run.agent_sock, &run.qmp_sock);
+    let mut extra = device_args(&run.agent_sock, &run.qmp_sock, arch);
     extra.extend(["-incoming".to_string(), format!("file:{}", dir.join("state").display())]);
     let qemu_config = qemu_config(config, files, arch, slots, &run.scratch, &run.console, &extra);
     let started = Instant::now();
@@ -196,7 +197,7 @@ fn boot_and_save(
 ) -> Result<Vm, VmError> {
     let run = Run::new()?;
     scratch::create(&run.scratch)?;
-    let extra = device_args(&run.agent_sock, &run.qmp_sock);
+    let extra = device_args(&run.agent_sock, &run.qmp_sock, arch);
     let qemu_config = qemu_config(config, files, arch, slots, &run.scratch, &run.console, &extra);
     let started = Instant::now();
     let mut qemu = QemuProcess::spawn(&qemu_config, &run.dir.path().join("qemu.stderr"))?;

@@ -204,7 +204,7 @@ impl Vm {
         if boot_snapshot::eligible(config, accel) {
             return boot_snapshot::boot(config, files, boot_timeout, cancel);
         }
-        let transport = transport::choose(config.transport)?;
+        let transport = transport::choose(config.transport, arch.virtio_bus())?;
         let run_dir = new_run_dir()?;
         let scratch = if config.scratch {
             let path = run_dir.path().join("scratch.img");
@@ -213,7 +213,7 @@ impl Vm {
         } else {
             None
         };
-        let host_end = HostEnd::setup(transport, run_dir.path(), config.memory_mib)?;
+        let host_end = HostEnd::setup(transport, run_dir.path(), config.memory_mib, arch.virtio_bus())?;
         let console_log = run_dir.path().join("console.log");
         let qemu_config = QemuConfig {
             arch,

@@ -39,8 +39,9 @@ impl QemuConfig<'_> {
     pub fn args(&self) -> Vec<String> {
         let mut args: Vec<String> =
             ["-nodefaults", "-no-user-config", "-display", "none", "-no-reboot"].map(String::from).to_vec();
+        let scratch_flag = if self.scratch.is_some() { kiln_protocol::CMDLINE_SCRATCH } else { "" };
         let cmdline = format!(
-            "console={} panic=-1 quiet loglevel=4 {BOOT_TUNING} kiln.transport={} {}",
+            "console={} panic=-1 quiet loglevel=4 {BOOT_TUNING} kiln.transport={} {scratch_flag} {}",
             self.arch.console(),
             self.transport.cmdline_value(),
             self.extra_cmdline
@@ -67,7 +68,7 @@ impl QemuConfig<'_> {
                 "-drive".into(),
                 format!("file={},if=none,id=scratch,format=raw,cache=unsafe,discard=unmap", option_value(scratch)),
                 "-device".into(),
-                "virtio-blk-pci,drive=scratch".into(),
+                format!("{},drive=scratch,serial={}", self.arch.virtio_bus().device("virtio-blk"), kiln_protocol::SCRATCH_DISK_SERIAL),
             ]);
         }
         for (index, disk) in self.layer_disks.iter().enumerate() {
@@ -76,7 +77,7 @@ impl QemuConfig<'_> {
                 "-drive".into(),
                 format!("file={},if=none,id=layer{index},format=raw,readonly=on", option_value(disk)),
                 "-device".into(),
-                format!("virtio-blk-pci,drive=layer{index},serial={}", super::layer_disk_serial(index)),
+                format!("{},drive=layer{index},serial={}", self.arch.virtio_bus().device("virtio-blk"), super::layer_disk_serial(index)),
             ]);
         }
         if self.network {
@@ -85,7 +86,7 @@ impl QemuConfig<'_> {
                 netdev.push(',');
                 netdev.push_str(extra);
             }
-            args.extend(["-netdev".into(), netdev, "-device".into(), "virtio-net-pci,netdev=net0".into()]);
+            args.extend(["-netdev".into(), netdev, "-device".into(), format!("{},netdev=net0", self.arch.virtio_bus().device("virtio-net"))]);
         }
         args.extend(self.transport_args.iter().cloned());
         args

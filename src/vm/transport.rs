@@ -18,6 +18,8 @@ use std::time::{Duration, Instant};
 
 use kiln_protocol::{SERIAL_PORT_NAME, VSOCK_PORT};
 
+use super::arch::VirtioBus;
+
 /// What the user asked for with `--transport`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum TransportChoice {
@@ -73,11 +75,14 @@ pub enum TransportError {
 
 const VHOST_USER_VSOCK: &str = "vhost-device-vsock";
 
-pub fn choose(choice: TransportChoice) -> Result<Transport, TransportError> {
+pub fn choose(choice: TransportChoice, bus: VirtioBus) -> Result<Transport, TransportError> {
     let kernel = kernel_vsock_usable();
     let user = || find_in_path(VHOST_USER_VSOCK).is_some();
     match choice {
         TransportChoice::Serial => Ok(Transport::Serial),
+        // QEMU has no vsock device on the s390x channel subsystem.
+        TransportChoice::Auto if bus == VirtioBus::Ccw => Ok(Transport::Serial),
+        TransportChoice::Vsock if bus == VirtioBus::Ccw => Err(TransportError::NoVsock),
         TransportChoice::Vsock | TransportChoice::Auto if kernel => Ok(Transport::VsockKernel),
         TransportChoice::Vsock | TransportChoice::Auto if user() => Ok(Transport::VsockUser),
         TransportChoice::Vsock => Err(TransportError::NoVsock),
@@ -159,12 +164,12 @@ fn listen_serial(kind: SerialSocket, dir: &Path) -> Result<(Listener, String), T
 }
 
 /// QEMU arguments for the agent's virtio-serial port on `chardev` (whose id must be `agent`).
-pub fn serial_port_args(chardev: &str) -> Vec<String> {
+pub fn serial_port_args(chardev: &str, bus: VirtioBus) -> Vec<String> {
     vec![
         "-chardev".into(),
         chardev.to_string(),
         "-device".into(),
-        "virtio-serial-pci".into(),
+        bus.device("virtio-serial"),
         "-device".into(),
         format!("virtserialport,chardev=agent,name={SERIAL_PORT_NAME}"),
     ]
@@ -175,11 +180,11 @@ const GUEST_CID: u32 = 3;
 
 impl HostEnd {
     /// Prepares the host end inside `dir` (the VM's private run directory).
-    pub fn setup(transport: Transport, dir: &Path, memory_mib: u64) -> Result<HostEnd, TransportError> {
+    pub fn setup(transport: Transport, dir: &Path, memory_mib: u64, bus: VirtioBus) -> Result<HostEnd, TransportError> {
         match transport {
             Transport::Serial => {
                 let (listener, chardev) = listen_serial(SerialSocket::for_host(), dir)?;
-                Ok(HostEnd { transport, qemu_args: serial_port_args(&chardev), daemon: None, listener })
+                Ok(HostEnd { transport, qemu_args: serial_port_args(&chardev, bus), daemon: None, listener })
             }
             Transport::VsockUser => {
                 let vhost_sock = dir.join("vhost.sock");
@@ -345,7 +350,7 @@ mod tests {
         let (listener, chardev) = listen_serial(SerialSocket::TcpLoopback, dir.path()).unwrap();
         let port: u16 = chardev.rsplit_once("port=").unwrap().1.trim_end_matches(",server=off").parse().unwrap();
         assert!(chardev.starts_with("socket,id=agent,host=127.0.0.1,"), "{chardev}");
-        let end = HostEnd { transport: Transport::Serial, qemu_args: serial_port_args(&chardev), daemon: None, listener };
+        let end = HostEnd { transport: Transport::Serial, qemu_args: serial_port_args(&chardev, VirtioBus::Pci), daemon: None, listener };
         let mut guest = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
         let mut conn = end.accept(Instant::now() + Duration::from_secs(5), || Ok(())).unwrap().expect("connected");
         io::Write::write_all(&mut guest, b"ready").unwrap();
@@ -361,8 +366,13 @@ mod tests {
 
     #[test]
     fn serial_is_always_available() {
-        assert_eq!(choose(TransportChoice::Serial).unwrap(), Transport::Serial);
-        assert!(choose(TransportChoice::Auto).is_ok());
+        assert_eq!(choose(TransportChoice::Serial, VirtioBus::Pci).unwrap(), Transport::Serial);
+        assert!(choose(TransportChoice::Auto, VirtioBus::Pci).is_ok());
+        // s390x has no vsock device: automatic choice is the serial port,
+        // and asking for vsock says it is missing.
+        assert_eq!(choose(TransportChoice::Auto, VirtioBus::Ccw).unwrap(), Transport::Serial);
+        assert!(matches!(choose(TransportChoice::Vsock, VirtioBus::Ccw), Err(TransportError::NoVsock)));
+        assert_eq!(serial_port_args("c", VirtioBus::Ccw)[3], "virtio-serial-ccw");
         assert!("carrier-pigeon".parse::<TransportChoice>().is_err());
     }
 }

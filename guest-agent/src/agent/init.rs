@@ -9,7 +9,7 @@ use std::path::Path;
 use nix::mount::{mount, MsFlags};
 
 use super::console::log;
-use super::scratch::SCRATCH;
+use super::scratch::{find_disk, SCRATCH};
 
 /// File listing module paths in load order (written by the host into the initramfs).
 const MODULE_LIST: &str = "/etc/kiln/modules";
@@ -57,17 +57,27 @@ pub fn load_modules() -> io::Result<()> {
 /// background, turning a few MB on the host into gigabytes.
 pub fn mount_scratch() {
     let _ = fs::create_dir_all(SCRATCH);
-    if !Path::new("/dev/vda").exists() {
-        return;
-    }
+    // Found by its serial, waiting for it a while: PCI disks are there at
+    // once, s390x's channel subsystem probes its devices in the background.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let device = loop {
+        match find_disk(Path::new("/sys/block"), kiln_protocol::SCRATCH_DISK_SERIAL) {
+            Ok(device) => break device,
+            Err(e) if std::time::Instant::now() > deadline => {
+                log(format_args!("cannot find the scratch disk: {e}"));
+                return;
+            }
+            Err(_) => std::thread::sleep(std::time::Duration::from_millis(20)),
+        }
+    };
     if let Err(e) = mount(
-        Some("/dev/vda"),
+        Some(&device),
         SCRATCH,
         Some("ext4"),
         MsFlags::MS_NOATIME,
         Some("noinit_itable,errors=remount-ro"),
     ) {
-        log(format_args!("cannot mount the scratch disk /dev/vda: {e}"));
+        log(format_args!("cannot mount the scratch disk {}: {e}", device.display()));
     }
 }
 

@@ -3,11 +3,11 @@
 //! lowers exactly like unpacked layer directories.
 
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use nix::mount::{mount, MsFlags};
 
-use super::scratch::scratch_path;
+use super::scratch::{find_disk, scratch_path};
 
 /// Mounts the EROFS image on the disk with serial `disk` read-only at `dest`.
 pub fn do_mount_layer(disk: &str, dest: &str) -> Result<(), String> {
@@ -35,34 +35,4 @@ fn drop_cached_blocks(device: &Path) -> Result<(), String> {
         return Err(format!("flushing {}: {}", device.display(), std::io::Error::last_os_error()));
     }
     Ok(())
-}
-
-/// `/dev/vdX` for the block device whose `serial` attribute is `serial`.
-fn find_disk(sys_block: &Path, serial: &str) -> Result<PathBuf, String> {
-    let entries = fs::read_dir(sys_block).map_err(|e| format!("listing {}: {e}", sys_block.display()))?;
-    for entry in entries.flatten() {
-        let Ok(found) = fs::read_to_string(entry.path().join("serial")) else { continue };
-        if found.trim_end() == serial {
-            return Ok(Path::new("/dev").join(entry.file_name()));
-        }
-    }
-    Err(format!("no disk with serial {serial}"))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn finds_the_disk_by_serial() {
-        let sys = tempfile::tempdir().unwrap();
-        for (dev, serial) in [("vda", "kiln-scratch\n"), ("vdb", "kiln-layer-0\n"), ("vdc", "kiln-layer-1\n")] {
-            fs::create_dir(sys.path().join(dev)).unwrap();
-            fs::write(sys.path().join(dev).join("serial"), serial).unwrap();
-        }
-        fs::create_dir(sys.path().join("loop0")).unwrap();
-        assert_eq!(find_disk(sys.path(), "kiln-layer-1").unwrap(), Path::new("/dev/vdc"));
-        let err = find_disk(sys.path(), "kiln-layer-7").unwrap_err();
-        assert!(err.contains("no disk with serial kiln-layer-7"), "{err}");
-    }
 }

@@ -64,7 +64,9 @@ fn run() -> Result<(), String> {
         return Ok(());
     }
     init::load_modules().map_err(|e| format!("loading kernel modules: {e}"))?;
-    init::mount_scratch();
+    if cmdline.split_whitespace().any(|w| w == kiln_protocol::CMDLINE_SCRATCH) {
+        init::mount_scratch();
+    }
     init::network();
     let reaper = reaper::Reaper::start();
     let transport = transport::Kind::from_cmdline(&cmdline);

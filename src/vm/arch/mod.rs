@@ -2,7 +2,9 @@
 
 mod aarch64;
 mod arm;
+mod ppc64le;
 mod riscv64;
+mod s390x;
 mod x86_64;
 
 use std::path::{Path, PathBuf};
@@ -46,6 +48,25 @@ impl Accel {
     }
 }
 
+/// How virtio devices attach to the machine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VirtioBus {
+    Pci,
+    /// s390x channel I/O: no vhost-user vsock there, so the agent talks
+    /// over virtio-serial.
+    Ccw,
+}
+
+impl VirtioBus {
+    /// The QEMU device `name` (`virtio-blk`, `virtio-serial`, ...) on this bus.
+    pub fn device(self, name: &str) -> String {
+        match self {
+            VirtioBus::Pci => format!("{name}-pci"),
+            VirtioBus::Ccw => format!("{name}-ccw"),
+        }
+    }
+}
+
 /// What differs between guest architectures.
 pub trait GuestArch: Send + Sync {
     /// The QEMU system emulator for this architecture.
@@ -60,6 +81,10 @@ pub trait GuestArch: Send + Sync {
     fn architecture(&self) -> &'static str;
     /// `uname -m` of the guest kernel, as the agent reports it.
     fn machine(&self) -> &'static str;
+    /// How virtio devices attach.
+    fn virtio_bus(&self) -> VirtioBus {
+        VirtioBus::Pci
+    }
     /// Whether a guest restored from a boot snapshot runs as well as a
     /// freshly booted one.
     fn restores_from_snapshots(&self) -> bool {
@@ -70,7 +95,7 @@ pub trait GuestArch: Send + Sync {
 }
 
 #[derive(Debug, thiserror::Error)]
-#[error("no guest support for platform {0}: kiln can build for linux/arm64, linux/amd64, linux/386, linux/arm/v7, linux/arm/v6, linux/arm/v5 and linux/riscv64")]
+#[error("no guest support for platform {0}: kiln can build for linux/arm64, linux/amd64, linux/386, linux/arm/v7, linux/arm/v6, linux/arm/v5, linux/riscv64, linux/ppc64le and linux/s390x")]
 pub struct UnsupportedPlatform(pub String);
 
 /// The VM that runs `platform`'s userland: its own, or for a 32-bit
@@ -81,6 +106,8 @@ pub fn for_platform(platform: &Platform) -> Result<&'static dyn GuestArch, Unsup
         ("linux", "amd64", _) | ("linux", "386", None) => Ok(&x86_64::X86_64),
         ("linux", "arm", Some("v7" | "v6" | "v5")) => Ok(&arm::Armv7),
         ("linux", "riscv64", None) => Ok(&riscv64::Riscv64),
+        ("linux", "ppc64le", None) => Ok(&ppc64le::Ppc64le),
+        ("linux", "s390x", None) => Ok(&s390x::S390x),
         _ => Err(UnsupportedPlatform(platform.to_string())),
     }
 }
@@ -205,6 +232,8 @@ mod tests {
             ("linux/aarch64", "qemu-system-aarch64", "arm64", false),
             ("linux/x86_64", "qemu-system-x86_64", "amd64", false),
             ("linux/riscv64", "qemu-system-riscv64", "riscv64", false),
+            ("linux/ppc64le", "qemu-system-ppc64", "ppc64le", false),
+            ("linux/s390x", "qemu-system-s390x", "s390x", false),
         ] {
             let p: Platform = platform.parse().unwrap();
             let arch = arch(platform).unwrap_or_else(|e| panic!("{platform}: {e}"));

@@ -16,6 +16,8 @@ const EMBEDDED: &[(&str, &str)] = &[
     ("amd64", include_str!("../../../kernels/amd64.toml")),
     ("armv7", include_str!("../../../kernels/armv7.toml")),
     ("riscv64", include_str!("../../../kernels/riscv64.toml")),
+    ("ppc64le", include_str!("../../../kernels/ppc64le.toml")),
+    ("s390x", include_str!("../../../kernels/s390x.toml")),
 ];
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
