@@ -25,7 +25,8 @@ if ! grep -rqs 'bookworm-backports' /etc/apt/sources.list /etc/apt/sources.list.
 fi
 
 need_apt=0
-for bin in qemu-system-aarch64 qemu-system-arm qemu-system-x86_64 aarch64-linux-gnu-gcc arm-linux-gnueabihf-gcc docker-registry \
+for bin in qemu-system-aarch64 qemu-system-arm qemu-system-x86_64 qemu-system-riscv64 qemu-system-ppc64 qemu-system-s390x \
+           aarch64-linux-gnu-gcc arm-linux-gnueabihf-gcc riscv64-linux-gnu-gcc powerpc64le-linux-gnu-gcc s390x-linux-gnu-gcc docker-registry \
            skopeo umoci htpasswd oci-image-tool mke2fs zstd xz curl runc debootstrap musl-gcc unshare fsck.erofs \
            x86_64-w64-mingw32-gcc file; do
   command -v "$bin" >/dev/null 2>&1 || need_apt=1
@@ -35,9 +36,13 @@ if [ "$need_apt" = 1 ]; then
   log "installing Debian packages"
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
-  apt-get install -y -qq -t bookworm-backports qemu-system-arm qemu-system-x86 >/dev/null
+  # Their firmware (opensbi for riscv64, SLOF for ppc64, s390-ccw.img) comes as dependencies.
+  apt-get install -y -qq -t bookworm-backports \
+    qemu-system-arm qemu-system-x86 qemu-system-riscv qemu-system-ppc qemu-system-s390x >/dev/null
   apt-get install -y -qq --no-install-recommends \
     gcc-aarch64-linux-gnu libc6-dev-arm64-cross gcc-arm-linux-gnueabihf libc6-dev-armhf-cross \
+    gcc-riscv64-linux-gnu libc6-dev-riscv64-cross gcc-powerpc64le-linux-gnu libc6-dev-ppc64el-cross \
+    gcc-s390x-linux-gnu libc6-dev-s390x-cross \
     docker-registry skopeo umoci oci-image-tool apache2-utils runc \
     e2fsprogs zstd xz-utils curl ca-certificates python3 debootstrap openssl musl-tools util-linux erofs-utils \
     gcc-mingw-w64-x86-64 wine64 file >/dev/null
@@ -65,6 +70,12 @@ if ! command -v cargo-zigbuild >/dev/null 2>&1; then
   python3 -m pip install --quiet ziglang cargo-zigbuild 2>/dev/null \
     || python3 -m pip install --quiet --break-system-packages ziglang cargo-zigbuild
 fi
+
+# The riscv64, ppc64le and s390x guest agents: rustup's gnu targets, linked
+# statically with the cross gcc above (rustup serves no musl std for them here).
+for t in riscv64gc-unknown-linux-gnu powerpc64le-unknown-linux-gnu s390x-unknown-linux-gnu; do
+  rustup target list --installed 2>/dev/null | grep -qx "$t" || rustup target add "$t" >/dev/null
+done
 
 # Rust toolchains that can build the aarch64 and armv7 guest agents.
 "$(dirname "$0")/setup-cross-rust.sh" arm64
