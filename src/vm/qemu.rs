@@ -117,13 +117,28 @@ impl HostOs {
         }
     }
 
-    /// How to get QEMU on this kind of host.
-    pub fn install_hint(self) -> &'static str {
+    /// How to get the emulator `binary` on this kind of host.
+    pub fn install_hint(self, binary: &str) -> String {
         match self {
-            HostOs::Linux => "on Debian 12: scripts/setup-host.sh, or apt-get install -t bookworm-backports qemu-system-arm qemu-system-x86",
-            HostOs::MacOs => "brew install qemu (or MacPorts' qemu), or set KILN_QEMU_DIR to the folder holding qemu-system-*",
-            HostOs::Windows => "install QEMU from https://qemu.weilnetz.de/w64/ into C:\\Program Files\\qemu, or set KILN_QEMU_DIR",
+            HostOs::Linux => format!(
+                "on Debian 12: apt-get install -t bookworm-backports {}, or scripts/setup-host.sh",
+                debian_package(binary)
+            ),
+            HostOs::MacOs => "brew install qemu (or MacPorts' qemu), or set KILN_QEMU_DIR to the folder holding qemu-system-*".into(),
+            HostOs::Windows => "install QEMU from https://qemu.weilnetz.de/w64/ into C:\\Program Files\\qemu, or set KILN_QEMU_DIR".into(),
         }
+    }
+}
+
+/// The Debian package that ships the emulator `binary`.
+pub fn debian_package(binary: &str) -> &'static str {
+    match binary.trim_start_matches("qemu-system-") {
+        "aarch64" | "arm" => "qemu-system-arm",
+        "x86_64" | "i386" => "qemu-system-x86",
+        "riscv64" | "riscv32" => "qemu-system-riscv",
+        "ppc64" | "ppc" => "qemu-system-ppc",
+        "s390x" => "qemu-system-s390x",
+        _ => "qemu-system-misc",
     }
 }
 
@@ -158,13 +173,13 @@ pub fn locate(name: &str) -> Result<PathBuf, QemuError> {
     qemu_candidates(name, host, qemu_dir.as_deref(), path.as_deref())
         .into_iter()
         .find(|p| p.is_file())
-        .ok_or(QemuError::NotFound { binary: name.to_string(), hint: host.install_hint() })
+        .ok_or_else(|| QemuError::NotFound { binary: name.to_string(), hint: host.install_hint(name) })
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum QemuError {
     #[error("{binary} not found: install QEMU ({hint})")]
-    NotFound { binary: String, hint: &'static str },
+    NotFound { binary: String, hint: String },
     #[error("starting {binary}: {source}")]
     Spawn { binary: String, source: io::Error },
 }
@@ -273,7 +288,18 @@ mod tests {
         assert_eq!(qemu_candidates(name, HostOs::Linux, Some(OsStr::new("")), None), Vec::<PathBuf>::new());
         // What is not installed is named, with how to install it on this host.
         let err = locate("qemu-system-kiln-test-none").unwrap_err().to_string();
-        assert!(err.contains("qemu-system-kiln-test-none not found") && err.contains(HostOs::current().install_hint()), "{err}");
+        assert!(err.contains("qemu-system-kiln-test-none not found") && err.contains(&HostOs::current().install_hint("none")), "{err}");
+        // On Debian, the hint names the package of each guest's emulator.
+        for (binary, package) in [
+            ("qemu-system-aarch64", "qemu-system-arm"),
+            ("qemu-system-arm", "qemu-system-arm"),
+            ("qemu-system-x86_64", "qemu-system-x86"),
+            ("qemu-system-riscv64", "qemu-system-riscv"),
+            ("qemu-system-ppc64", "qemu-system-ppc"),
+            ("qemu-system-s390x", "qemu-system-s390x"),
+        ] {
+            assert!(HostOs::Linux.install_hint(binary).contains(&format!("apt-get install -t bookworm-backports {package},")), "{binary}");
+        }
     }
 
     #[test]
