@@ -4,7 +4,9 @@
 #
 # Usage: scripts/make-debian-base.sh ARCH TAG
 #   ARCH  a Debian architecture: arm64 | amd64 | armhf (linux/arm/v7) |
-#         armel (linux/arm/v5: Debian's armel is ARMv5TE) | i386 (linux/386)
+#         armel (linux/arm/v5: Debian's armel is ARMv5TE) | i386 (linux/386) |
+#         ppc64el (linux/ppc64le) | s390x | riscv64 (from trixie, where
+#         riscv64 became official)
 #   TAG   image name; the examples use kiln.local/debian:bookworm-ARCH
 #
 # How:
@@ -46,23 +48,25 @@
 # Timings (stage 1, stage 2, import) are printed to stderr.
 set -euo pipefail
 
-usage() { echo "usage: $0 arm64|amd64|armhf|armel|i386 TAG" >&2; exit 2; }
+usage() { echo "usage: $0 arm64|amd64|armhf|armel|i386|ppc64el|s390x|riscv64 TAG" >&2; exit 2; }
 [ $# -eq 2 ] || usage
 arch="$1"
 tag="$2"
 # The OCI platform of each Debian architecture, as Docker Hub's debian images name them.
+suite=bookworm
 case "$arch" in
-  arm64 | amd64) platform="linux/$arch" ;;
+  arm64 | amd64 | s390x) platform="linux/$arch" ;;
   armhf) platform=linux/arm/v7 ;;
   armel) platform=linux/arm/v5 ;;
   i386) platform=linux/386 ;;
-  *) echo "$0: unknown ARCH $arch (known: arm64, amd64, armhf, armel, i386)" >&2; usage ;;
+  ppc64el) platform=linux/ppc64le ;;
+  riscv64) platform=linux/riscv64; suite=trixie ;;
+  *) echo "$0: unknown ARCH $arch (known: arm64, amd64, armhf, armel, i386, ppc64el, s390x, riscv64)" >&2; usage ;;
 esac
 
 root="$(cd "$(dirname "$0")/.." && pwd)"
 kiln="${KILN:-$root/target/debug/kiln}"
 [ -x "$kiln" ] || { echo "$0: kiln binary $kiln not found; run cargo build or set KILN" >&2; exit 1; }
-suite=bookworm
 memory="${KILN_BASE_MEMORY:-2048}"
 
 key="$("$root/scripts/fixture-key.sh" debian-base "$arch")"
