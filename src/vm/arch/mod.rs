@@ -182,11 +182,17 @@ fn host_accel() -> Option<Accel> {
 /// QEMU's `virt` board (arm and arm64): `tcg_cpu` under TCG, the host's CPU
 /// under a hardware accelerator.
 pub(crate) fn virt_board_args(tcg_cpu: &str, accel: Accel) -> Vec<String> {
+    machine_cpu_accel("virt", tcg_cpu, accel)
+}
+
+/// `-M machine -cpu C -accel A`: `tcg_cpu` with multi-threaded TCG, or the
+/// host's CPU under a hardware accelerator.
+pub(crate) fn machine_cpu_accel(machine: &str, tcg_cpu: &str, accel: Accel) -> Vec<String> {
     let (cpu, accel) = match accel {
         Accel::Tcg => (tcg_cpu, "tcg,thread=multi".to_string()),
         other => ("host", other.name().to_string()),
     };
-    ["-M", "virt", "-cpu", cpu, "-accel", &accel].map(String::from).to_vec()
+    ["-M", machine, "-cpu", cpu, "-accel", &accel].map(String::from).to_vec()
 }
 
 #[cfg(test)]

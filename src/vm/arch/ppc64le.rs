@@ -1,7 +1,7 @@
 //! ppc64le guests on QEMU's `pseries` machine (SLOF firmware, PCI virtio,
 //! the hypervisor console hvc0).
 
-use super::{Accel, GuestArch};
+use super::{machine_cpu_accel, Accel, GuestArch};
 
 pub struct Ppc64le;
 
@@ -17,14 +17,9 @@ impl GuestArch for Ppc64le {
     }
 
     fn machine_args(&self, accel: Accel, tcg_cpu: &str) -> Vec<String> {
-        let (cpu, accel) = match accel {
-            Accel::Tcg => (tcg_cpu, "tcg,thread=multi".to_string()),
-            other => ("host", other.name().to_string()),
-        };
         // The Spectre mitigation capabilities default to "workaround", which
         // TCG cannot provide: say they are absent, as on a TCG host.
-        let machine = "pseries,cap-cfpc=broken,cap-sbbc=broken,cap-ibs=broken,cap-ccf-assist=off";
-        ["-M", machine, "-cpu", cpu, "-accel", &accel].map(String::from).to_vec()
+        machine_cpu_accel("pseries,cap-cfpc=broken,cap-sbbc=broken,cap-ibs=broken,cap-ccf-assist=off", tcg_cpu, accel)
     }
 
     fn console(&self) -> &'static str {

@@ -1,7 +1,7 @@
 //! s390x guests on QEMU's `s390-ccw-virtio` machine: virtio devices on the
 //! channel subsystem, the SCLP console.
 
-use super::{Accel, GuestArch, VirtioBus};
+use super::{machine_cpu_accel, Accel, GuestArch, VirtioBus};
 
 pub struct S390x;
 
@@ -16,11 +16,7 @@ impl GuestArch for S390x {
     }
 
     fn machine_args(&self, accel: Accel, tcg_cpu: &str) -> Vec<String> {
-        let (cpu, accel) = match accel {
-            Accel::Tcg => (tcg_cpu, "tcg,thread=multi".to_string()),
-            other => ("host", other.name().to_string()),
-        };
-        ["-M", "s390-ccw-virtio", "-cpu", cpu, "-accel", &accel].map(String::from).to_vec()
+        machine_cpu_accel("s390-ccw-virtio", tcg_cpu, accel)
     }
 
     fn console(&self) -> &'static str {
