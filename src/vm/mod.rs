@@ -204,7 +204,7 @@ impl Vm {
         if boot_snapshot::eligible(config, accel) {
             return boot_snapshot::boot(config, files, boot_timeout, cancel);
         }
-        let transport = transport::choose(config.transport, arch.virtio_bus())?;
+        let transport = transport::choose(config.transport, arch.no_vsock())?;
         let run_dir = new_run_dir()?;
         let scratch = if config.scratch {
             let path = run_dir.path().join("scratch.img");

@@ -65,6 +65,8 @@ impl Transport {
 pub enum TransportError {
     #[error("--transport vsock: this host offers no vsock (no usable /dev/vhost-vsock and no vhost-device-vsock on PATH; `cargo install vhost-device-vsock` provides it)")]
     NoVsock,
+    #[error("--transport vsock: not for this guest: {0}; use --transport serial")]
+    NoVsockInGuest(&'static str),
     #[error("starting vhost-device-vsock: {0}")]
     Daemon(io::Error),
     #[error("vhost-device-vsock did not create its socket {0} within 10 s")]
@@ -75,14 +77,18 @@ pub enum TransportError {
 
 const VHOST_USER_VSOCK: &str = "vhost-device-vsock";
 
-pub fn choose(choice: TransportChoice, bus: VirtioBus) -> Result<Transport, TransportError> {
+/// `no_vsock`: why the guest cannot use vsock, if it cannot ([`crate::vm::arch::GuestArch::no_vsock`]).
+pub fn choose(choice: TransportChoice, no_vsock: Option<&'static str>) -> Result<Transport, TransportError> {
+    if let Some(why) = no_vsock {
+        return match choice {
+            TransportChoice::Vsock => Err(TransportError::NoVsockInGuest(why)),
+            TransportChoice::Auto | TransportChoice::Serial => Ok(Transport::Serial),
+        };
+    }
     let kernel = kernel_vsock_usable();
     let user = || find_in_path(VHOST_USER_VSOCK).is_some();
     match choice {
         TransportChoice::Serial => Ok(Transport::Serial),
-        // QEMU has no vsock device on the s390x channel subsystem.
-        TransportChoice::Auto if bus == VirtioBus::Ccw => Ok(Transport::Serial),
-        TransportChoice::Vsock if bus == VirtioBus::Ccw => Err(TransportError::NoVsock),
         TransportChoice::Vsock | TransportChoice::Auto if kernel => Ok(Transport::VsockKernel),
         TransportChoice::Vsock | TransportChoice::Auto if user() => Ok(Transport::VsockUser),
         TransportChoice::Vsock => Err(TransportError::NoVsock),
@@ -366,12 +372,18 @@ mod tests {
 
     #[test]
     fn serial_is_always_available() {
-        assert_eq!(choose(TransportChoice::Serial, VirtioBus::Pci).unwrap(), Transport::Serial);
-        assert!(choose(TransportChoice::Auto, VirtioBus::Pci).is_ok());
-        // s390x has no vsock device: automatic choice is the serial port,
-        // and asking for vsock says it is missing.
-        assert_eq!(choose(TransportChoice::Auto, VirtioBus::Ccw).unwrap(), Transport::Serial);
-        assert!(matches!(choose(TransportChoice::Vsock, VirtioBus::Ccw), Err(TransportError::NoVsock)));
+        assert_eq!(choose(TransportChoice::Serial, None).unwrap(), Transport::Serial);
+        assert!(choose(TransportChoice::Auto, None).is_ok());
+        // A guest without vsock (s390x, riscv64): automatic choice is the
+        // serial port, and asking for vsock says why not.
+        let why = Some("no vsock here");
+        assert_eq!(choose(TransportChoice::Auto, why).unwrap(), Transport::Serial);
+        let err = choose(TransportChoice::Vsock, why).unwrap_err().to_string();
+        assert!(err.contains("no vsock here") && err.contains("--transport serial"), "{err}");
+        for platform in ["linux/s390x", "linux/riscv64"] {
+            let arch = crate::vm::arch::for_platform(&platform.parse().unwrap()).unwrap();
+            assert_eq!(choose(TransportChoice::Auto, arch.no_vsock()).unwrap(), Transport::Serial, "{platform}");
+        }
         assert_eq!(serial_port_args("c", VirtioBus::Ccw)[3], "virtio-serial-ccw");
         assert!("carrier-pigeon".parse::<TransportChoice>().is_err());
     }

@@ -52,8 +52,7 @@ impl Accel {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum VirtioBus {
     Pci,
-    /// s390x channel I/O: no vhost-user vsock there, so the agent talks
-    /// over virtio-serial.
+    /// s390x channel I/O.
     Ccw,
 }
 
@@ -84,6 +83,11 @@ pub trait GuestArch: Send + Sync {
     /// How virtio devices attach.
     fn virtio_bus(&self) -> VirtioBus {
         VirtioBus::Pci
+    }
+    /// Why the agent cannot talk over vsock in this guest, if it cannot:
+    /// the transport is then virtio-serial.
+    fn no_vsock(&self) -> Option<&'static str> {
+        None
     }
     /// Whether a guest restored from a boot snapshot runs as well as a
     /// freshly booted one.

@@ -35,6 +35,10 @@ impl GuestArch for S390x {
         VirtioBus::Ccw
     }
 
+    fn no_vsock(&self) -> Option<&'static str> {
+        Some("QEMU has no vsock device on the s390x channel subsystem")
+    }
+
     fn key(&self) -> &'static str {
         "s390x"
     }
