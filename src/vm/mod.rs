@@ -163,14 +163,20 @@ impl Vm {
         let arch = arch::for_platform(&config.platform)?;
         let cache = crate::dirs::cache_dir();
         let accel = config.accel.unwrap_or_else(|| arch::best_accel(arch, &cache));
-        let mut vm = Self::boot_accelerated(config, files, accel, cancel)?;
+        let mut vm = Self::boot_accelerated(config, files, arch, accel, &cache, cancel)?;
         vm.linux32 = arch::runs_as_linux32(&config.platform);
         Ok(vm)
     }
 
-    fn boot_accelerated(config: &VmConfig, files: &BootFiles, accel: Accel, cancel: &AtomicBool) -> Result<Vm, VmError> {
-        let arch = arch::for_platform(&config.platform)?;
-        let cache = crate::dirs::cache_dir();
+    /// Boots with `accel`, falling back to TCG once if it cannot run the guest.
+    fn boot_accelerated(
+        config: &VmConfig,
+        files: &BootFiles,
+        arch: &dyn GuestArch,
+        accel: Accel,
+        cache: &Path,
+        cancel: &AtomicBool,
+    ) -> Result<Vm, VmError> {
         if config.accel.is_some() || accel == Accel::Tcg {
             return Self::boot_with(config, files, accel, config.boot_timeout, cancel);
         }
@@ -180,7 +186,7 @@ impl Vm {
         let probe = config.boot_timeout.min(ACCEL_PROBE_TIMEOUT);
         match Self::boot_with(config, files, accel, probe, cancel) {
             Err(VmError::BootTimeout { .. }) => {
-                arch::mark_unusable(accel, arch.key(), &cache);
+                arch::mark_unusable(accel, arch.key(), cache);
                 eprintln!(
                     "kiln: warning: {} did not boot the {} guest within {probe:?}; using TCG (remembered until the host reboots)",
                     accel.name(),
