@@ -13,6 +13,7 @@ use clap::Args;
 use crate::engine::progress::{Progress, ProgressMode};
 use crate::engine::cache_exchange::{self, CacheExport, CacheLocation, CacheMode, CacheRecord, ImportedCache};
 use crate::engine::{fs_export, BuildOutcome, BuildRequest, Builder};
+use crate::oci::docker_engine;
 use crate::oci::layout::{self, ExportEntry, Format};
 use crate::oci::{Compression, Store};
 use crate::platform::Platform;
@@ -47,13 +48,13 @@ pub struct BuildArgs {
     /// Set a label on the image (KEY=value); repeatable
     #[arg(long = "label")]
     pub labels: Vec<String>,
-    /// Output destination: type=oci|docker|image|registry|local|tar[,dest=PATH][,name=NAME][,push=true]; -o DIR, -o -
+    /// Output destination: type=oci|docker|image|registry|local|tar[,dest=PATH|-][,name=NAME][,push=true][,oci-mediatypes=false]; -o DIR, -o -; type=docker without dest loads into Docker
     #[arg(short = 'o', long = "output")]
     pub outputs: Vec<String>,
     /// Push the image to its registry (same as --output=type=registry)
     #[arg(long)]
     pub push: bool,
-    /// Keep the image in kiln's local store (the default when tagging)
+    /// Keep the image in kiln's local store (the default when tagging) and load it into Docker when a docker CLI is found
     #[arg(long)]
     pub load: bool,
     /// Progress display: auto, tty, plain, quiet or rawjson
@@ -104,10 +105,14 @@ enum Output {
     Oci { dest: PathBuf, tar: bool },
     /// A Docker archive for `docker load`.
     Docker { dest: PathBuf },
+    /// Into a Docker engine through `docker load` (`-o type=docker` without
+    /// dest, which needs one; `--load`, which notes when there is none).
+    DockerEngine { required: bool },
     /// Keep in the local store under `names`; push them when `push`.
     /// With `by_digest`, push to the names' repositories without a tag
     /// (and tag nothing locally), for a later `imagetools create`.
-    Image { names: Vec<String>, push: bool, by_digest: bool },
+    /// `docker_media`: Docker v2 schema 2 media types (`oci-mediatypes=false`).
+    Image { names: Vec<String>, push: bool, by_digest: bool, docker_media: bool },
     /// The final file system as files below a directory.
     Local { dest: PathBuf },
     /// The final file system as one tar; `-` is standard output.
@@ -167,13 +172,19 @@ fn parse_output(spec: &str, tags: &[String]) -> anyhow::Result<Output> {
     let truthy = |k: &str| kv.get(k).is_some_and(|v| v.is_empty() || v == "true" || v == "1");
     Ok(match kind.as_str() {
         "oci" => Output::Oci { dest: dest()?, tar: kv.get("tar").map(|v| v != "false").unwrap_or(true) },
+        "docker" if kv.get("dest").is_none_or(|d| d.is_empty()) => Output::DockerEngine { required: true },
         "docker" => Output::Docker { dest: dest()? },
         "image" | "registry" => {
             let names = if names.is_empty() { tags.to_vec() } else { names };
             if names.is_empty() {
                 bail!("--output {spec}: give name= or --tag");
             }
-            Output::Image { names, push: kind == "registry" || truthy("push"), by_digest: truthy("push-by-digest") }
+            let docker_media = match kv.get("oci-mediatypes").map(String::as_str) {
+                None | Some("true") => false,
+                Some("false") => true,
+                Some(v) => bail!("--output {spec}: oci-mediatypes={v}: expected true or false"),
+            };
+            Output::Image { names, push: kind == "registry" || truthy("push"), by_digest: truthy("push-by-digest"), docker_media }
         }
         "local" => Output::Local { dest: dest()? },
         "tar" => Output::Tar { dest: dest()? },
@@ -258,10 +269,13 @@ pub fn run(args: BuildArgs, cancel: &'static std::sync::atomic::AtomicBool) -> a
         if tags.is_empty() {
             bail!("--push needs a --tag to push to");
         }
-        outputs.push(Output::Image { names: tags.clone(), push: true, by_digest: false });
+        outputs.push(Output::Image { names: tags.clone(), push: true, by_digest: false, docker_media: false });
     }
     if (args.load || !tags.is_empty()) && !outputs.iter().any(|o| matches!(o, Output::Image { .. })) {
-        outputs.push(Output::Image { names: tags.clone(), push: false, by_digest: false });
+        outputs.push(Output::Image { names: tags.clone(), push: false, by_digest: false, docker_media: false });
+    }
+    if args.load && !outputs.iter().any(|o| matches!(o, Output::DockerEngine { .. })) {
+        outputs.push(Output::DockerEngine { required: false });
     }
     if let Some(Output::Image { push: false, by_digest: true, .. }) = outputs.iter().find(|o| matches!(o, Output::Image { by_digest: true, .. })) {
         bail!("--output push-by-digest=true needs push=true (or type=registry)");
@@ -303,7 +317,7 @@ pub fn run(args: BuildArgs, cancel: &'static std::sync::atomic::AtomicBool) -> a
     if platforms.is_empty() {
         platforms.push(Platform::host());
     }
-    if platforms.len() > 1 && outputs.iter().any(|o| matches!(o, Output::Docker { .. })) {
+    if platforms.len() > 1 && outputs.iter().any(|o| matches!(o, Output::Docker { .. } | Output::DockerEngine { required: true })) {
         bail!("--output type=docker holds one platform; use type=oci for a multi-platform image");
     }
     let registry = ClientOptions {
@@ -358,6 +372,12 @@ pub fn run(args: BuildArgs, cancel: &'static std::sync::atomic::AtomicBool) -> a
     } else {
         write_index(&store, &outcomes)?
     };
+    // oci-mediatypes=false: the image the outputs get has Docker media types.
+    let result = if outputs.iter().any(|o| matches!(o, Output::Image { docker_media: true, .. })) {
+        crate::oci::docker_media::convert(&store, &result)?
+    } else {
+        result
+    };
     let mut progress = progress.lock().unwrap_or_else(|e| e.into_inner());
     deliver(&store, &result, &outcomes, &outputs, &req, &mut progress, cancel)?;
     export_cache(&store, &outcomes, &cache_to, &outputs, &req, &mut progress, cancel)?;
@@ -378,7 +398,7 @@ pub fn run(args: BuildArgs, cancel: &'static std::sync::atomic::AtomicBool) -> a
         }
         write_atomically(path, serde_json::to_string_pretty(&meta)?.as_bytes())?;
     }
-    let stdout_taken = outputs.iter().any(|o| matches!(o, Output::Tar { dest } if dest.as_os_str() == "-"));
+    let stdout_taken = outputs.iter().any(|o| matches!(o, Output::Tar { dest } | Output::Oci { dest, .. } | Output::Docker { dest } if dest.as_os_str() == "-"));
     if quiet && stdout_taken {
         eprintln!("{image_id}");
     } else if quiet {
@@ -474,7 +494,7 @@ fn deliver(
     let mut runtime = None;
     for output in outputs {
         match output {
-            Output::Image { names, push, by_digest } => {
+            Output::Image { names, push, by_digest, .. } => {
                 if !by_digest {
                     for name in names {
                         store.tag(name, image)?;
@@ -509,6 +529,18 @@ fn deliver(
             Output::Docker { dest } => {
                 export(store, image, Format::DockerArchive, dest, outputs, cancel)?;
                 progress.note(&format!("exported a Docker archive to {}", dest.display()));
+            }
+            Output::DockerEngine { required } => {
+                if outcomes.len() > 1 {
+                    // Only reachable through --load: type=docker with several platforms is refused up front.
+                    progress.note("not loaded into Docker: a Docker archive holds one platform (the image is in kiln's store)");
+                    continue;
+                }
+                match docker_engine::load(store, &export_entry(image, outputs), cancel) {
+                    Ok(said) => progress.note(&format!("loaded into Docker: {said}")),
+                    Err(e) if *required => return Err(anyhow::Error::new(e).context("--output type=docker")),
+                    Err(e) => progress.note(&format!("not loaded into Docker ({e}); the image is in kiln's store: kiln images")),
+                }
             }
             Output::Local { dest } => {
                 let skipped = fs_export::write_dir(store, &fs_parts(outcomes), dest)?;
@@ -593,14 +625,31 @@ fn export(
     outputs: &[Output],
     cancel: &std::sync::atomic::AtomicBool,
 ) -> anyhow::Result<()> {
+    let entry = export_entry(image, outputs);
+    if dest.as_os_str() == "-" {
+        use std::io::IsTerminal;
+        if format == Format::OciDir {
+            bail!("--output type=oci,tar=false writes a directory: give dest=DIR");
+        }
+        let stdout = std::io::stdout();
+        if stdout.is_terminal() {
+            bail!("refusing to write an image archive to a terminal: redirect the output or give dest=FILE");
+        }
+        layout::export_to_writer(store, &[entry], format, None, &mut stdout.lock(), cancel)?;
+    } else {
+        layout::export(store, &[entry], format, dest, None, true, cancel)?;
+    }
+    Ok(())
+}
+
+/// The image as an export names it: after the first name it is tagged as.
+fn export_entry(image: &crate::oci::Descriptor, outputs: &[Output]) -> ExportEntry {
     let name = outputs.iter().find_map(|o| match o {
         Output::Image { names, .. } => names.first().cloned(),
         _ => None,
     });
     let ref_name = name.as_ref().and_then(|n| Reference::parse(n).ok()).and_then(|r| r.tag).or_else(|| Some("latest".into()));
-    let entry = ExportEntry { descriptor: image.clone(), ref_name, repo_tag: name };
-    layout::export(store, &[entry], format, dest, None, true, cancel)?;
-    Ok(())
+    ExportEntry { descriptor: image.clone(), ref_name, repo_tag: name }
 }
 
 /// The names the image was tagged or pushed as, for `--metadata-file`.
@@ -628,22 +677,30 @@ mod tests {
         let tags = vec!["docker.io/library/x:latest".to_string()];
         assert_eq!(parse_output("type=oci,dest=out.tar", &tags).unwrap(), Output::Oci { dest: "out.tar".into(), tar: true });
         assert_eq!(parse_output("type=oci,dest=d,tar=false", &tags).unwrap(), Output::Oci { dest: "d".into(), tar: false });
-        assert_eq!(parse_output("type=image,push=true", &tags).unwrap(), Output::Image { names: tags.clone(), push: true, by_digest: false });
+        assert_eq!(parse_output("type=image,push=true", &tags).unwrap(), Output::Image { names: tags.clone(), push: true, by_digest: false, docker_media: false });
         assert_eq!(
             parse_output("type=registry,name=a/b:c", &tags).unwrap(),
-            Output::Image { names: vec!["a/b:c".into()], push: true, by_digest: false }
+            Output::Image { names: vec!["a/b:c".into()], push: true, by_digest: false, docker_media: false }
         );
         assert!(parse_output("type=oci", &tags).unwrap_err().to_string().contains("dest="));
         assert!(parse_output("type=bogus,dest=x", &tags).is_err());
         assert!(parse_output("type=image", &[]).is_err());
         // Several names: quoted as CSV, or name= repeated; a bare field is an error, not a lost name.
-        let both = Output::Image { names: vec!["a:1".into(), "b:2".into()], push: false, by_digest: false };
+        let both = Output::Image { names: vec!["a:1".into(), "b:2".into()], push: false, by_digest: false, docker_media: false };
         assert_eq!(parse_output(r#"type=image,"name=a:1,b:2""#, &tags).unwrap(), both);
         assert_eq!(parse_output("type=image,name=a:1,name=b:2", &tags).unwrap(), both);
         assert!(parse_output("type=image,name=a:1,b:2", &tags).unwrap_err().to_string().contains("quote"));
         assert_eq!(parse_output("./out", &tags).unwrap(), Output::Local { dest: "./out".into() });
         assert_eq!(parse_output("-", &tags).unwrap(), Output::Tar { dest: "-".into() });
         assert_eq!(parse_output("type=local,dest=d", &tags).unwrap(), Output::Local { dest: "d".into() });
+        // type=docker without dest goes to a Docker engine; oci-mediatypes=false asks for Docker types.
+        assert_eq!(parse_output("type=docker", &tags).unwrap(), Output::DockerEngine { required: true });
+        assert_eq!(parse_output("type=docker,dest=x.tar", &tags).unwrap(), Output::Docker { dest: "x.tar".into() });
+        assert_eq!(
+            parse_output("type=registry,oci-mediatypes=false", &tags).unwrap(),
+            Output::Image { names: tags.clone(), push: true, by_digest: false, docker_media: true }
+        );
+        assert!(parse_output("type=image,oci-mediatypes=maybe", &tags).unwrap_err().to_string().contains("true or false"));
     }
 
     #[test]

@@ -12,6 +12,7 @@ pub const DOCKER_MANIFEST_LIST: &str = "application/vnd.docker.distribution.mani
 pub const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
 pub const DOCKER_CONFIG: &str = "application/vnd.docker.container.image.v1+json";
 pub const DOCKER_LAYER_GZIP: &str = "application/vnd.docker.image.rootfs.diff.tar.gzip";
+pub const DOCKER_LAYER_TAR: &str = "application/vnd.docker.image.rootfs.diff.tar";
 pub const DOCKER_FOREIGN_LAYER_GZIP: &str = "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip";
 
 /// Everything a registry may answer for a manifest request, in the `Accept` header.
@@ -32,7 +33,7 @@ pub fn is_manifest(media_type: &str) -> bool {
 pub fn layer_compression(media_type: &str) -> Option<crate::oci::Compression> {
     use crate::oci::Compression;
     match media_type {
-        OCI_LAYER_TAR | "application/vnd.oci.image.layer.nondistributable.v1.tar" => Some(Compression::None),
+        OCI_LAYER_TAR | DOCKER_LAYER_TAR | "application/vnd.oci.image.layer.nondistributable.v1.tar" => Some(Compression::None),
         OCI_LAYER_GZIP
         | DOCKER_LAYER_GZIP
         | DOCKER_FOREIGN_LAYER_GZIP

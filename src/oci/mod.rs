@@ -6,10 +6,14 @@
 //! - [`store`]: the local content-addressed store and its tags.
 //! - [`layer`]: turning an uncompressed tar stream into a layer blob + diff_id.
 //! - [`layout`]: OCI image layouts (dir and tar) and Docker archives.
+//! - [`docker_media`]: an image's manifests with Docker media types (`oci-mediatypes=false`).
+//! - [`docker_engine`]: handing an image to a Docker engine through the `docker` CLI.
 //! - [`import`]: a root file system tar as a one-layer image (`kiln import`).
 
 pub mod archive;
 pub mod digest;
+pub mod docker_engine;
+pub mod docker_media;
 pub mod file_mode;
 pub mod import;
 pub mod layer;
