@@ -70,14 +70,12 @@ fn process_exists(pid: u32) -> bool {
     unsafe { libc::kill(pid, 0) == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM) }
 }
 
-/// Elsewhere (Windows) nothing is removed: an unknown process counts as alive.
-#[cfg(not(unix))]
-fn process_exists(_pid: u32) -> bool {
-    true
+#[cfg(windows)]
+fn process_exists(pid: u32) -> bool {
+    crate::win32::process_exists(pid)
 }
 
-// Leftovers are told apart by process liveness, which Windows builds do not check.
-#[cfg(all(test, unix))]
+#[cfg(test)]
 mod tests {
     use super::*;
 

@@ -17,3 +17,5 @@ pub mod platform;
 pub mod registry;
 pub mod run;
 pub mod vm;
+#[cfg(windows)]
+pub mod win32;

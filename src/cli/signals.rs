@@ -22,6 +22,11 @@ pub fn install() -> &'static AtomicBool {
             let _ = unsafe { sigaction(sig, &action) };
         }
     }
+    #[cfg(windows)]
+    crate::win32::on_console_interrupt(|sig| {
+        let _ = SIGNAL.compare_exchange(0, sig, Ordering::SeqCst, Ordering::SeqCst);
+        CANCEL.store(true, Ordering::SeqCst);
+    });
     &CANCEL
 }
 

@@ -129,7 +129,7 @@ impl LayerImages {
         if len > LAYER_DISK_SIZE {
             return Err(LayerImageError::TooLarge { digest, len });
         }
-        tmp.as_file().set_len(LAYER_DISK_SIZE).map_err(io_err)?;
+        crate::vm::scratch::set_sparse_len(tmp.as_file(), LAYER_DISK_SIZE).map_err(io_err)?;
         tmp.persist(&path).map_err(|e| io_err(e.error))?;
         Ok(path)
     }

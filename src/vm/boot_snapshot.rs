@@ -303,7 +303,7 @@ fn empty_disk(root: &Path) -> io::Result<PathBuf> {
     }
     fs::create_dir_all(root)?;
     let tmp = tempfile::NamedTempFile::new_in(root)?;
-    tmp.as_file().set_len(LAYER_DISK_SIZE)?;
+    crate::vm::scratch::set_sparse_len(tmp.as_file(), LAYER_DISK_SIZE)?;
     tmp.persist(&path).map_err(|e| e.error)?;
     Ok(path)
 }

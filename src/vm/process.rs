@@ -4,7 +4,8 @@ use std::process::Command;
 
 /// Puts the child in its own process group (a terminal's Ctrl-C reaches kiln,
 /// which shuts the VM down in order, not QEMU directly) and, on Linux, has the
-/// kernel SIGKILL it when kiln dies, even by SIGKILL.
+/// kernel SIGKILL it when kiln dies, even by SIGKILL. On Windows it gets a
+/// console process group of its own; [`bind_to_kiln`] does the rest.
 ///
 /// The parent-death signal fires when the *thread* that spawned the child
 /// exits, so spawn from a thread that lives as long as the child.
@@ -31,6 +32,22 @@ pub fn die_with_parent(cmd: &mut Command) {
             }
         }
     }
-    #[cfg(not(unix))]
-    let _ = cmd;
+    #[cfg(windows)]
+    {
+        use std::os::windows::process::CommandExt;
+        // Its own console process group: Ctrl-C reaches kiln, not QEMU.
+        const CREATE_NEW_PROCESS_GROUP: u32 = 0x0000_0200;
+        cmd.creation_flags(CREATE_NEW_PROCESS_GROUP);
+    }
+}
+
+/// The rest of [`die_with_parent`] that needs the running child: on
+/// Windows, kiln's kill-on-close job object (there is no parent-death
+/// signal), so QEMU dies the moment kiln does.
+pub fn bind_to_kiln(child: &std::process::Child) -> std::io::Result<()> {
+    #[cfg(windows)]
+    crate::win32::kill_with_kiln(child)?;
+    #[cfg(not(windows))]
+    let _ = child;
+    Ok(())
 }

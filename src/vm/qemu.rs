@@ -199,7 +199,12 @@ impl QemuProcess {
         let mut cmd = Command::new(&path);
         cmd.args(config.args()).stdin(Stdio::null()).stdout(Stdio::null()).stderr(stderr);
         super::process::die_with_parent(&mut cmd);
-        let child = cmd.spawn().map_err(|source| QemuError::Spawn { binary: binary.clone(), source })?;
+        let mut child = cmd.spawn().map_err(|source| QemuError::Spawn { binary: binary.clone(), source })?;
+        if let Err(source) = super::process::bind_to_kiln(&child) {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(QemuError::Spawn { binary, source });
+        }
         Ok(QemuProcess { child, binary, console_log: config.console_log.to_path_buf() })
     }
 

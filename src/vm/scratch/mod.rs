@@ -29,7 +29,7 @@ pub fn create(path: &Path) -> Result<u64, ScratchError> {
     let size = cursor.u64()?;
     let count = cursor.u32()?;
     let file = File::options().write(true).create_new(true).open(path).map_err(io_err)?;
-    file.set_len(size).map_err(io_err)?;
+    set_sparse_len(&file, size).map_err(io_err)?;
     for _ in 0..count {
         let offset = cursor.u64()?;
         let len = cursor.u32()? as usize;
@@ -95,6 +95,14 @@ impl<'a> Cursor<'a> {
     fn u32(&mut self) -> Result<u32, ScratchError> {
         Ok(u32::from_le_bytes(self.take(4)?.try_into().unwrap()))
     }
+}
+
+/// Grows `file` to `len` as a hole: free on Unix file systems, while NTFS
+/// must be told the file is sparse first or it allocates the whole length.
+pub fn set_sparse_len(file: &File, len: u64) -> io::Result<()> {
+    #[cfg(windows)]
+    crate::win32::mark_sparse(file)?;
+    file.set_len(len)
 }
 
 #[cfg(unix)]
