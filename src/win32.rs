@@ -6,6 +6,7 @@
 
 use std::fs::File;
 use std::io;
+use std::net::SocketAddrV4;
 use std::os::windows::io::AsRawHandle;
 use std::process::Child;
 use std::sync::OnceLock;
@@ -19,6 +20,8 @@ use windows_sys::Win32::System::JobObjects::{
     JOBOBJECT_EXTENDED_LIMIT_INFORMATION, JOB_OBJECT_LIMIT_KILL_ON_JOB_CLOSE,
 };
 use windows_sys::Win32::System::Threading::{GetExitCodeProcess, OpenProcess, PROCESS_QUERY_LIMITED_INFORMATION};
+
+use crate::vm::transport::TcpRow;
 
 /// A job object whose only handle kiln holds until it exits: when kiln dies,
 /// however it dies, Windows closes the handle and kills every process in it.
@@ -100,6 +103,34 @@ pub fn mark_sparse(file: &File) -> io::Result<()> {
     Ok(())
 }
 
+/// The process that owns the other end of the loopback TCP connection
+/// `ours` ← `peer`, from the system's TCP table.
+pub fn tcp_peer_pid(ours: SocketAddrV4, peer: SocketAddrV4) -> io::Result<Option<u32>> {
+    use windows_sys::Win32::NetworkManagement::IpHelper::{GetExtendedTcpTable, MIB_TCPROW_OWNER_PID, TCP_TABLE_OWNER_PID_CONNECTIONS};
+    const AF_INET: u32 = 2;
+    const ERROR_INSUFFICIENT_BUFFER: u32 = 122;
+    let mut size = 0u32;
+    let mut buf: Vec<u32> = Vec::new();
+    // The table grows between calls when connections open; ask again until it fits.
+    loop {
+        // SAFETY: `buf` holds `size` bytes (u32-aligned, as the table is).
+        let rc = unsafe { GetExtendedTcpTable(buf.as_mut_ptr().cast(), &mut size, 0, AF_INET, TCP_TABLE_OWNER_PID_CONNECTIONS, 0) };
+        match rc {
+            0 => break,
+            ERROR_INSUFFICIENT_BUFFER => buf = vec![0u32; (size as usize).div_ceil(4)],
+            code => return Err(io::Error::from_raw_os_error(code as i32)),
+        }
+    }
+    let count = buf.first().copied().unwrap_or(0) as usize;
+    let row_words = std::mem::size_of::<MIB_TCPROW_OWNER_PID>() / 4;
+    let rows = buf[1..].chunks_exact(row_words).take(count).map(|r| {
+        // Addresses and ports are in network byte order, ports in the low 16 bits.
+        let addr = |a: u32, p: u32| SocketAddrV4::new(a.to_ne_bytes().into(), u16::from_be(p as u16));
+        TcpRow { local: addr(r[1], r[2]), remote: addr(r[3], r[4]), pid: r[5] }
+    });
+    Ok(crate::vm::transport::owner_of(rows, ours, peer))
+}
+
 /// Whether process `pid` is running (a process kiln may not open counts as running).
 pub fn process_exists(pid: u32) -> bool {
     // SAFETY: the handle is closed before returning.
@@ -128,6 +159,23 @@ mod tests {
         child.wait().unwrap();
         assert!(!process_exists(child.id()));
         assert!(process_exists(std::process::id()));
+    }
+
+    #[test]
+    fn the_tcp_table_names_the_process_at_the_other_end() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (server, _) = listener.accept().unwrap();
+        let v4 = |a: std::net::SocketAddr| match a {
+            std::net::SocketAddr::V4(a) => a,
+            other => panic!("{other}"),
+        };
+        let (ours, peer) = (v4(server.local_addr().unwrap()), v4(server.peer_addr().unwrap()));
+        let owner = tcp_peer_pid(ours, peer).unwrap();
+        // Windows names this process; wine finds the connection but names no owner (0).
+        assert!(owner == Some(std::process::id()) || owner == Some(0), "{owner:?}");
+        assert_eq!(tcp_peer_pid(ours, "127.0.0.1:1".parse().unwrap()).unwrap(), None);
+        drop(client);
     }
 
     #[test]

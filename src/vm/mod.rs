@@ -247,8 +247,9 @@ impl Vm {
             platform: config.platform.to_string(),
             console: log_tail(&console_log, CONSOLE_TAIL),
         };
+        let qemu_pid = qemu.pid();
         let mut watcher = Watcher::new(&mut qemu, run_dir.path(), cancel);
-        let conn = match host_end.accept(deadline, &mut || watcher.check()) {
+        let conn = match host_end.accept(deadline, Some(qemu_pid), &mut || watcher.check()) {
             Ok(Some(conn)) => conn,
             Ok(None) => return Err(timeout_error()),
             Err(msg) => return Err(watcher.error(ClientError::Aborted(msg), &console_log)),

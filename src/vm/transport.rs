@@ -135,6 +135,44 @@ enum Listener {
     Vsock(vsock::VsockListener),
 }
 
+/// One row of the host's TCP connection table: a connection's local and
+/// remote ends and the process that owns it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TcpRow {
+    pub local: std::net::SocketAddrV4,
+    pub remote: std::net::SocketAddrV4,
+    pub pid: u32,
+}
+
+/// The owner of the connection that reached `ours` from `peer`: the row
+/// whose local end is `peer` and whose remote end is `ours`.
+pub fn owner_of(rows: impl IntoIterator<Item = TcpRow>, ours: std::net::SocketAddrV4, peer: std::net::SocketAddrV4) -> Option<u32> {
+    rows.into_iter().find(|r| r.local == peer && r.remote == ours).map(|r| r.pid)
+}
+
+/// Whether the loopback connection `stream` may come from process
+/// `expected`. Any local user may connect to a loopback port before QEMU
+/// does; on Windows, where the agent's port is TCP, kiln therefore refuses a
+/// connection the system's TCP table names another owner for. A table that
+/// names none (pid 0, as wine's does) cannot tell, and is trusted (other
+/// hosts use a unix socket in a private directory).
+#[cfg(windows)]
+fn from_process(stream: &std::net::TcpStream, expected: u32) -> io::Result<bool> {
+    use std::net::SocketAddr;
+    match (stream.local_addr()?, stream.peer_addr()?) {
+        (SocketAddr::V4(ours), SocketAddr::V4(peer)) => {
+            let owner = crate::win32::tcp_peer_pid(ours, peer)?;
+            Ok(matches!(owner, None | Some(0)) || owner == Some(expected))
+        }
+        _ => Ok(false),
+    }
+}
+
+#[cfg(not(windows))]
+fn from_process(_: &std::net::TcpStream, _: u32) -> io::Result<bool> {
+    Ok(true)
+}
+
 /// The kind of socket the serial port's chardev connects to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SerialSocket {
@@ -233,16 +271,18 @@ impl HostEnd {
         Ok(())
     }
 
-    /// Waits for the guest's connection. `alive` is polled so a dead QEMU
-    /// ends the wait early; it returns an error description when dead.
+    /// Waits for the guest's connection, made by QEMU's process `qemu_pid`
+    /// (a TCP connection from another process is dropped). `alive` is polled
+    /// so a dead QEMU ends the wait early; it returns an error description when dead.
     pub fn accept(
         &self,
         deadline: Instant,
+        qemu_pid: Option<u32>,
         mut alive: impl FnMut() -> Result<(), String>,
     ) -> Result<Option<Connection>, String> {
         self.set_nonblocking(true).map_err(|e| e.to_string())?;
         loop {
-            match self.try_accept() {
+            match self.try_accept(qemu_pid) {
                 Ok(conn) => return Ok(Some(conn)),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                 Err(e) => return Err(format!("accepting the agent connection: {e}")),
@@ -265,7 +305,7 @@ impl HostEnd {
         }
     }
 
-    fn try_accept(&self) -> io::Result<Connection> {
+    fn try_accept(&self, qemu_pid: Option<u32>) -> io::Result<Connection> {
         match &self.listener {
             #[cfg(unix)]
             Listener::Unix(l) => {
@@ -276,6 +316,12 @@ impl HostEnd {
             }
             Listener::Tcp(l) => {
                 let (stream, _) = l.accept()?;
+                if let Some(pid) = qemu_pid {
+                    if !from_process(&stream, pid)? {
+                        // Not QEMU: drop it and keep waiting for the real connection.
+                        return Err(io::ErrorKind::WouldBlock.into());
+                    }
+                }
                 stream.set_nonblocking(false)?;
                 stream.set_nodelay(true)?;
                 let reader = stream.try_clone()?;
@@ -349,6 +395,21 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_loopback_connection_is_owned_by_the_process_at_its_other_end() {
+        let addr = |s: &str| s.parse::<std::net::SocketAddrV4>().unwrap();
+        let (kiln, qemu, intruder) = (addr("127.0.0.1:5000"), addr("127.0.0.1:40001"), addr("127.0.0.1:40002"));
+        let rows = [
+            TcpRow { local: kiln, remote: qemu, pid: 10 },
+            TcpRow { local: qemu, remote: kiln, pid: 20 },
+            TcpRow { local: intruder, remote: kiln, pid: 30 },
+        ];
+        // kiln's own end of the connection (pid 10) never answers for the peer.
+        assert_eq!(owner_of(rows, kiln, qemu), Some(20));
+        assert_eq!(owner_of(rows, kiln, intruder), Some(30));
+        assert_eq!(owner_of(rows, kiln, addr("127.0.0.1:40003")), None);
+    }
+
+    #[test]
     fn the_serial_port_listens_where_the_host_can() {
         assert_eq!(SerialSocket::for_host(), if cfg!(windows) { SerialSocket::TcpLoopback } else { SerialSocket::Unix });
         let dir = tempfile::tempdir().unwrap();
@@ -358,7 +419,7 @@ mod tests {
         assert!(chardev.starts_with("socket,id=agent,host=127.0.0.1,"), "{chardev}");
         let end = HostEnd { transport: Transport::Serial, qemu_args: serial_port_args(&chardev, VirtioBus::Pci), daemon: None, listener };
         let mut guest = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-        let mut conn = end.accept(Instant::now() + Duration::from_secs(5), || Ok(())).unwrap().expect("connected");
+        let mut conn = end.accept(Instant::now() + Duration::from_secs(5), Some(std::process::id()), || Ok(())).unwrap().expect("connected");
         io::Write::write_all(&mut guest, b"ready").unwrap();
         let mut got = [0u8; 5];
         io::Read::read_exact(&mut conn.reader, &mut got).unwrap();
