@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use kiln::oci::{Compression, Store};
+use kiln::registry::{PullOptions, PushOptions, Reference};
 use support::*;
 
 /// kiln with its own data dir, HOME and Docker config, and nothing of the
@@ -99,4 +100,82 @@ fn certs_d_client_certificate_is_shown_to_a_registry_requiring_mtls() {
     run(kiln_in(data.path(), home.path()).args(["push", "kiln.test/mtls:1", &dest]));
     let data2 = tempfile::tempdir().unwrap();
     run(kiln_in(data2.path(), home.path()).args(["pull", "--platform", "linux/amd64", &dest]));
+}
+
+/// A TLS registry holding an arm64 base image; returns (CA, registry, base reference).
+fn tls_registry_with_base(seed: u64) -> (TestCa, RegistryServer, String) {
+    let ca = TestCa::new();
+    let reg = RegistryServer::start(RegistrySetup { tls: Some((ca.server_cert(), ca.server_key())), ..Default::default() });
+    let src = temp_store();
+    let image = build_image(&src.store, seed, &[30_000], "linux/arm64", Compression::Gzip);
+    let base = format!("{}/conv/base:1", reg.addr);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(client(None, Some(ca.ca())).push(&src.store, &image, &Reference::parse(&base).unwrap(), &PushOptions::default())).unwrap();
+    (ca, reg, base)
+}
+
+/// The labels of an image in a registry, pulled with `ca`.
+fn remote_labels(reference: &str, ca: &Path) -> serde_json::Value {
+    let back = temp_store();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let pulled = rt
+        .block_on(client(None, Some(ca.to_path_buf())).pull(&back.store, &Reference::parse(reference).unwrap(), &PullOptions::default()))
+        .unwrap();
+    let manifest: serde_json::Value = serde_json::from_slice(&back.store.read_blob(pulled.descriptor.digest(), None).unwrap()).unwrap();
+    let digest: kiln::oci::Digest = manifest["config"]["digest"].as_str().unwrap().parse().unwrap();
+    let config: serde_json::Value = serde_json::from_slice(&back.store.read_blob(&digest, None).unwrap()).unwrap();
+    config["config"]["Labels"].clone()
+}
+
+#[test]
+fn build_pulls_pushes_and_exports_cache_with_ca_cert_or_skipped_verification() {
+    let (ca, reg, base) = tls_registry_with_base(61);
+    let ca_path = ca.ca();
+    let build = |flags: &[&str], label: &str| {
+        let env = build_env::Env::new();
+        env.write("Dockerfile", &format!("FROM {base}\nLABEL built.with={label}\n"));
+        let out = env
+            .kiln()
+            .env_remove("KILN_CA_CERTS")
+            .env_remove("KILN_INSECURE_SKIP_TLS_VERIFY")
+            .args(["build", "--progress", "plain", "--platform", "linux/arm64"])
+            .args(flags)
+            .arg(env.ctx())
+            .output()
+            .unwrap();
+        env.assert_tmp_empty();
+        out
+    };
+
+    // Neither option: the FROM pull fails on the certificate and says what to do.
+    let out = build(&[], "none");
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(err.to_lowercase().contains("certificate") && err.contains("--insecure-skip-tls-verify"), "{err}");
+
+    // --ca-cert: FROM pull, --push and a registry cache export all trust it.
+    let with_ca = format!("{}/conv/with-ca:1", reg.addr);
+    let cache = format!("type=registry,ref={}/conv/cache:1", reg.addr);
+    let out = build(&["--ca-cert", ca_path.to_str().unwrap(), "-t", &with_ca, "--push", "--cache-to", &cache], "ca-cert");
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(remote_labels(&with_ca, &ca_path)["built.with"], "ca-cert");
+
+    // --insecure-skip-tls-verify for this registry only: FROM pull, cache import and --push.
+    let skipped = format!("{}/conv/skipped:1", reg.addr);
+    let out = build(&["--insecure-skip-tls-verify", &reg.addr, "-t", &skipped, "--push", "--cache-from", &cache], "skip-verify");
+    assert!(out.status.success(), "{}", stderr(&out));
+    let log = stderr(&out);
+    assert!(!log.contains("warning"), "the cache import worked without a warning: {log}");
+    assert_eq!(remote_labels(&skipped, &ca_path)["built.with"], "skip-verify");
+
+    // Skipping verification for another registry does not cover this one.
+    let out = build(&["--insecure-skip-tls-verify", "registry.example:5000"], "other");
+    assert!(!out.status.success());
+
+    // The same option on pull (and push, which shares the flags).
+    let data = tempfile::tempdir().unwrap();
+    let home = tempfile::tempdir().unwrap();
+    let out = kiln_in(data.path(), home.path()).args(["pull", "--platform", "linux/arm64", &skipped]).output().unwrap();
+    assert!(!out.status.success());
+    run(kiln_in(data.path(), home.path()).args(["pull", "--platform", "linux/arm64", "--insecure-skip-tls-verify", &reg.addr, &skipped]));
 }
