@@ -9,6 +9,7 @@ use std::process::{Command, Output};
 
 use kiln::oci::{Compression, Store};
 use kiln::registry::{PullOptions, PushOptions, Reference};
+use support::token_issuer::{start_issuer, Accepts, ISSUER, SERVICE};
 use support::*;
 
 /// kiln with its own data dir, HOME and Docker config, and nothing of the
@@ -178,4 +179,108 @@ fn build_pulls_pushes_and_exports_cache_with_ca_cert_or_skipped_verification() {
     let out = kiln_in(data.path(), home.path()).args(["pull", "--platform", "linux/arm64", &skipped]).output().unwrap();
     assert!(!out.status.success());
     run(kiln_in(data.path(), home.path()).args(["pull", "--platform", "linux/arm64", "--insecure-skip-tls-verify", &reg.addr, &skipped]));
+}
+
+const USER: &str = "pusher";
+const PASSWORD: &str = "basic-pa55-not-used-for-pulls";
+const REFRESH: &str = "refresh-t0ken-from-an-oauth-login";
+
+fn write_json(path: &Path, value: serde_json::Value) {
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(path, value.to_string()).unwrap();
+}
+
+fn identity_token_config(registry: &str, token: &str) -> serde_json::Value {
+    serde_json::json!({"auths": {registry: {"identitytoken": token}}})
+}
+
+#[test]
+fn identity_tokens_use_the_refresh_token_flow_from_every_credential_file() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let issuer = start_issuer(rt.handle(), Accepts { basic: Some((USER.into(), PASSWORD.into())), refresh_token: Some(REFRESH.into()) });
+    let reg = RegistryServer::start(RegistrySetup {
+        token: Some((issuer.realm.clone(), SERVICE.into(), ISSUER.into(), issuer.cert.clone())),
+        ..Default::default()
+    });
+    let work = tempfile::tempdir().unwrap();
+    let src = temp_store();
+    let image = build_image(&src.store, 71, &[10_000], "linux/amd64", Compression::Gzip);
+    let app = format!("{}/conv/app:1", reg.addr);
+    let pusher = client(Some(docker_config(work.path(), &reg.addr, USER, PASSWORD)), None);
+    rt.block_on(pusher.push(&src.store, &image, &Reference::parse(&app).unwrap(), &PushOptions::default())).unwrap();
+    issuer.requests.lock().unwrap().clear();
+
+    // A pull with kiln's own data dir and HOME; `setup` writes credential files into them.
+    let pull = |setup: &dyn Fn(&Path, &Path, &mut Command)| {
+        let data = tempfile::tempdir().unwrap();
+        let home = tempfile::tempdir().unwrap();
+        let mut cmd = kiln_in(data.path(), home.path());
+        setup(data.path(), home.path(), &mut cmd);
+        cmd.args(["pull", "--platform", "linux/amd64", &app]).output().unwrap()
+    };
+    let refreshed = || issuer.requests.lock().unwrap().iter().filter(|(u, s)| u == "refresh:kiln" && s == &["repository:conv/app:pull"]).count();
+
+    // docker's config.json with an identitytoken entry: the POST flow, never Basic.
+    let out = pull(&|data, _, _| write_json(&data.join("docker/config.json"), identity_token_config(&reg.addr, REFRESH)));
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(refreshed(), 1, "{:?}", issuer.requests.lock().unwrap());
+    assert!(issuer.requests.lock().unwrap().iter().all(|(u, _)| u == "refresh:kiln"), "{:?}", issuer.requests.lock().unwrap());
+
+    // A wrong refresh token: refused, said so, the token never shown.
+    let out = pull(&|data, _, _| write_json(&data.join("docker/config.json"), identity_token_config(&reg.addr, "stale-token-xyz")));
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(err.contains("rejected the stored identity token") && err.contains(&reg.addr), "{err}");
+    assert!(!err.contains("stale-token-xyz"), "{err}");
+
+    // A credential helper answering with the user name <token> (as ACR's does).
+    let bin = tempfile::tempdir().unwrap();
+    let helper = bin.path().join("docker-credential-kilntoken");
+    std::fs::write(&helper, format!("#!/bin/sh\nread server\necho '{{\"ServerURL\":\"'$server'\",\"Username\":\"<token>\",\"Secret\":\"{REFRESH}\"}}'\n")).unwrap();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&helper, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let path = format!("{}:{}", bin.path().display(), std::env::var("PATH").unwrap());
+    let before = refreshed();
+    let out = pull(&|data, _, cmd| {
+        write_json(&data.join("docker/config.json"), serde_json::json!({"credHelpers": {&reg.addr: "kilntoken"}}));
+        cmd.env("PATH", &path);
+    });
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(refreshed(), before + 1);
+
+    // podman's files: $XDG_RUNTIME_DIR/containers/auth.json, then $HOME/.config/containers/auth.json.
+    let runtime = tempfile::tempdir().unwrap();
+    let out = pull(&|_, _, cmd| {
+        write_json(&runtime.path().join("containers/auth.json"), identity_token_config(&reg.addr, REFRESH));
+        cmd.env("XDG_RUNTIME_DIR", runtime.path());
+    });
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = pull(&|_, home, _| write_json(&home.join(".config/containers/auth.json"), identity_token_config(&reg.addr, REFRESH)));
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    // Which wins: $REGISTRY_AUTH_FILE over docker's config over podman's files.
+    let auth_file = tempfile::tempdir().unwrap();
+    let out = pull(&|data, _, cmd| {
+        write_json(&auth_file.path().join("auth.json"), identity_token_config(&reg.addr, "stale-token-xyz"));
+        write_json(&data.join("docker/config.json"), identity_token_config(&reg.addr, REFRESH));
+        cmd.env("REGISTRY_AUTH_FILE", auth_file.path().join("auth.json"));
+    });
+    assert!(!out.status.success(), "REGISTRY_AUTH_FILE's (wrong) token must be the one used");
+    let out = pull(&|data, home, _| {
+        write_json(&data.join("docker/config.json"), identity_token_config(&reg.addr, REFRESH));
+        write_json(&home.join(".config/containers/auth.json"), identity_token_config(&reg.addr, "stale-token-xyz"));
+    });
+    assert!(out.status.success(), "docker's config wins over podman's: {}", stderr(&out));
+
+    // `kiln login` writes the file read first: $REGISTRY_AUTH_FILE when set, as podman login does.
+    let data = tempfile::tempdir().unwrap();
+    let home = tempfile::tempdir().unwrap();
+    let target = auth_file.path().join("login.json");
+    run(kiln_in(data.path(), home.path()).env("REGISTRY_AUTH_FILE", &target).args(["login", &reg.addr, "-u", USER, "--password", PASSWORD]));
+    let written: serde_json::Value = serde_json::from_slice(&std::fs::read(&target).unwrap()).unwrap();
+    assert!(written["auths"][&reg.addr]["auth"].is_string(), "{written}");
+    assert!(!data.path().join("docker/config.json").exists());
 }
