@@ -284,3 +284,51 @@ fn identity_tokens_use_the_refresh_token_flow_from_every_credential_file() {
     assert!(written["auths"][&reg.addr]["auth"].is_string(), "{written}");
     assert!(!data.path().join("docker/config.json").exists());
 }
+
+/// A proxy that records the request line of each connection and refuses it.
+fn recording_proxy() -> (String, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    use std::io::{BufRead, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = seen.clone();
+    // Runs until the test process ends.
+    std::thread::spawn(move || {
+        for mut conn in listener.incoming().flatten() {
+            let mut line = String::new();
+            let _ = std::io::BufReader::new(&conn).read_line(&mut line);
+            log.lock().unwrap().push(line.trim().to_string());
+            let _ = conn.write_all(b"HTTP/1.1 502 Bad Gateway\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+        }
+    });
+    (url, seen)
+}
+
+#[test]
+fn loopback_registries_are_never_proxied() {
+    let reg = RegistryServer::start(RegistrySetup::default());
+    let (proxy, seen) = recording_proxy();
+    let data = tempfile::tempdir().unwrap();
+    let home = tempfile::tempdir().unwrap();
+    local_image(data.path(), "kiln.test/proxied:1", 81);
+    let with_proxy = |cmd: &mut Command| {
+        cmd.env("HTTPS_PROXY", &proxy).env("http_proxy", &proxy).env("NO_PROXY", "corp.example");
+    };
+    let dest = format!("{}/conv/proxied:1", reg.addr);
+    let mut push = kiln_in(data.path(), home.path());
+    with_proxy(&mut push);
+    run(push.args(["push", "kiln.test/proxied:1", &dest]));
+    let data2 = tempfile::tempdir().unwrap();
+    let mut pull = kiln_in(data2.path(), home.path());
+    with_proxy(&mut pull);
+    run(pull.args(["pull", "--platform", "linux/amd64", &dest]));
+    assert!(seen.lock().unwrap().is_empty(), "loopback went through the proxy: {:?}", seen.lock().unwrap());
+
+    // Any other registry does go through it.
+    let mut remote = kiln_in(data2.path(), home.path());
+    with_proxy(&mut remote);
+    let out = remote.args(["pull", "registry.kiln-proxy-test.example:5000/a:1"]).output().unwrap();
+    assert!(!out.status.success());
+    let seen = seen.lock().unwrap().clone();
+    assert!(seen.iter().any(|l| l.starts_with("CONNECT registry.kiln-proxy-test.example:5000")), "{seen:?}");
+}
