@@ -1,3 +1,4 @@
+#![cfg(unix)]
 //! Registry conventions docker and podman users rely on: per-host certs.d
 //! CAs and client certificates, TLS options for `kiln build`, podman's
 //! credential files, identity (refresh) tokens, and loopback never proxied.
