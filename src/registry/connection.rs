@@ -32,13 +32,15 @@ pub fn default_certs_dirs() -> Vec<PathBuf> {
     if let Some(program_data) = std::env::var_os("ProgramData") {
         dirs.push(PathBuf::from(program_data).join("docker").join("certs.d"));
     }
-    // Rootless podman's per-user directory (on Windows: the user's config dir).
+    // Rootless podman's and rootless docker's per-user directories (on
+    // Windows: below the user's config dir).
     #[cfg(unix)]
     let user = dirs::home_dir().map(|h| h.join(".config"));
     #[cfg(not(unix))]
     let user = dirs::config_dir();
     if let Some(config) = user {
         dirs.push(config.join("containers").join("certs.d"));
+        dirs.push(config.join("docker").join("certs.d"));
     }
     dirs
 }
@@ -52,10 +54,14 @@ pub fn host_certs(host_port: &str, dirs: &[PathBuf]) -> Result<HostCerts, Regist
     if host_port.is_empty() || host_port.contains(['/', '\\']) || host_port.starts_with('.') {
         return Ok(found);
     }
-    // Windows file names cannot hold ':'; docker there names the directory HOST[:PORT] too but
-    // only hosts without a port can be configured. Look the name up as given.
+    // Windows file names cannot hold ':' (it would name a data stream); docker
+    // there drops it: certs.d\\HOST5000 (moby's registry cleanPath).
+    #[cfg(windows)]
+    let name: &str = &host_port.replace(':', "");
+    #[cfg(not(windows))]
+    let name = host_port;
     for dir in dirs {
-        let host_dir = dir.join(host_port);
+        let host_dir = dir.join(name);
         let entries = match std::fs::read_dir(&host_dir) {
             Ok(e) => e,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound || e.kind() == std::io::ErrorKind::NotADirectory => continue,
