@@ -249,7 +249,7 @@ async fn endless_bodies_are_cut_off_at_their_limit() {
 async fn a_blob_that_drips_in_is_given_up_on() {
     let (_src, _image, fake) = fake_with_image().await;
     let client = kiln::registry::Client::new(kiln::registry::ClientOptions {
-        docker_config: None,
+        auth_files: Vec::new(),
         max_attempts: 2,
         initial_backoff: std::time::Duration::from_millis(50),
         low_speed_bytes: 1024,

@@ -90,7 +90,7 @@ async fn chunked_upload_round_trips() {
     let src = temp_store();
     let image = build_image(&src.store, 9, &[700_000], "linux/arm/v7", Compression::Gzip);
     let chunked = kiln::registry::Client::new(kiln::registry::ClientOptions {
-        docker_config: None,
+        auth_files: Vec::new(),
         chunk_size: 64 * 1024,
         ..Default::default()
     })

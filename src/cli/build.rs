@@ -17,7 +17,7 @@ use crate::oci::docker_engine;
 use crate::oci::layout::{self, ExportEntry, Format};
 use crate::oci::{Compression, Store};
 use crate::platform::Platform;
-use crate::registry::{Client, ClientOptions, PushOptions, Reference};
+use crate::registry::{Client, PushOptions, Reference};
 
 #[derive(Debug, Args)]
 pub struct BuildArgs {
@@ -93,9 +93,9 @@ pub struct BuildArgs {
     /// Import a build cache: REF, type=registry,ref=REF or type=local,src=DIR
     #[arg(long = "cache-from")]
     pub cache_from: Vec<String>,
-    /// Allow plain HTTP to this registry (host[:port]); loopback always may
-    #[arg(long = "insecure-registry", env = "KILN_INSECURE_REGISTRIES", value_delimiter = ',')]
-    pub insecure: Vec<String>,
+    /// Registry connection: --insecure-registry, --ca-cert, --insecure-skip-tls-verify
+    #[command(flatten)]
+    pub registry: super::image::RegistryConnectionArgs,
 }
 
 /// One `--output`.
@@ -320,11 +320,7 @@ pub fn run(args: BuildArgs, cancel: &'static std::sync::atomic::AtomicBool) -> a
     if platforms.len() > 1 && outputs.iter().any(|o| matches!(o, Output::Docker { .. } | Output::DockerEngine { required: true })) {
         bail!("--output type=docker holds one platform; use type=oci for a multi-platform image");
     }
-    let registry = ClientOptions {
-        insecure_registries: args.insecure.clone(),
-        docker_config: Some(crate::registry::auth::default_config_path()),
-        ..Default::default()
-    };
+    let registry = args.registry.options();
     let quiet = args.quiet || args.progress == ProgressMode::Quiet;
     let mut mode = if quiet { ProgressMode::Quiet } else { args.progress };
     // The live tty view follows one step at a time; concurrent platforms print plain lines.

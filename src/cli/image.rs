@@ -62,7 +62,7 @@ pub enum ImageCommand {
         #[command(flatten)]
         registry: RegistryArgs,
     },
-    /// Log in to a registry; stores credentials in the Docker config
+    /// Log in to a registry; stores credentials in the Docker config (or $REGISTRY_AUTH_FILE)
     Login {
         /// Registry host (default: docker.io)
         registry: Option<String>,
@@ -81,7 +81,7 @@ pub enum ImageCommand {
     Logout {
         /// Registry host (default: docker.io)
         registry: Option<String>,
-        /// Docker config file with credentials (default: $DOCKER_CONFIG/config.json or ~/.docker/config.json)
+        /// Credentials file (default: $REGISTRY_AUTH_FILE, else $DOCKER_CONFIG/config.json or ~/.docker/config.json)
         #[arg(long)]
         auth_file: Option<PathBuf>,
     },
@@ -117,27 +117,48 @@ pub enum ImageCommand {
     },
 }
 
-#[derive(Debug, Args)]
-pub struct RegistryArgs {
+/// How kiln reaches registries; shared by the image commands and `build`.
+#[derive(Debug, Clone, Args)]
+pub struct RegistryConnectionArgs {
     /// Allow plain HTTP to this registry (host[:port]); loopback always may
     #[arg(long = "insecure-registry", env = "KILN_INSECURE_REGISTRIES", value_delimiter = ',')]
-    insecure: Vec<String>,
-    /// Extra CA certificate (PEM) to trust
+    pub insecure: Vec<String>,
+    /// Extra CA certificate (PEM) to trust for every registry (per registry: certs.d, see README)
     #[arg(long = "ca-cert", env = "KILN_CA_CERTS", value_delimiter = ',')]
-    ca_certs: Vec<PathBuf>,
-    /// Docker config file with credentials (default: $DOCKER_CONFIG/config.json or ~/.docker/config.json)
+    pub ca_certs: Vec<PathBuf>,
+    /// Do not verify the TLS certificate of this registry (host[:port])
+    #[arg(long = "insecure-skip-tls-verify", env = "KILN_INSECURE_SKIP_TLS_VERIFY", value_delimiter = ',', value_name = "REGISTRY")]
+    pub skip_tls_verify: Vec<String>,
+}
+
+impl RegistryConnectionArgs {
+    /// Client options with these settings and the default credential files.
+    pub(crate) fn options(&self) -> ClientOptions {
+        ClientOptions {
+            insecure_registries: self.insecure.clone(),
+            ca_certs: self.ca_certs.clone(),
+            skip_tls_verify: self.skip_tls_verify.clone(),
+            ..Default::default()
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct RegistryArgs {
+    #[command(flatten)]
+    connection: RegistryConnectionArgs,
+    /// Credentials file, used alone (default: $REGISTRY_AUTH_FILE, docker's config.json, podman's auth.json; see README)
     #[arg(long)]
     auth_file: Option<PathBuf>,
 }
 
 impl RegistryArgs {
     pub(crate) fn client(&self) -> anyhow::Result<Client> {
-        Ok(Client::new(ClientOptions {
-            insecure_registries: self.insecure.clone(),
-            ca_certs: self.ca_certs.clone(),
-            docker_config: Some(self.auth_file.clone().unwrap_or_else(crate::registry::auth::default_config_path)),
-            ..Default::default()
-        })?)
+        let mut opts = self.connection.options();
+        if let Some(file) = &self.auth_file {
+            opts.auth_files = vec![file.clone()];
+        }
+        Ok(Client::new(opts)?)
     }
 }
 
@@ -293,13 +314,13 @@ pub fn run(cmd: ImageCommand) -> anyhow::Result<ExitCode> {
             let creds = Credentials { username, secret };
             let client = registry_args.client()?;
             crate::cancel::runtime()?.block_on(client.check_credentials(&registry, &creds))?;
-            let config = DockerConfig::new(registry_args.auth_file.clone().unwrap_or_else(crate::registry::auth::default_config_path));
+            let config = DockerConfig::new(registry_args.auth_file.clone().unwrap_or_else(crate::registry::auth::login_auth_file));
             config.store(&registry, &creds)?;
             println!("Login succeeded; credentials stored in {}", config.path().display());
         }
         ImageCommand::Logout { registry, auth_file } => {
             let registry = registry.unwrap_or_else(|| crate::registry::reference::DOCKER_HUB.to_string());
-            let config = DockerConfig::new(auth_file.unwrap_or_else(crate::registry::auth::default_config_path));
+            let config = DockerConfig::new(auth_file.unwrap_or_else(crate::registry::auth::login_auth_file));
             if config.erase(&registry)? {
                 println!("Removed credentials for {registry}");
             } else {

@@ -1,5 +1,6 @@
 //! Credentials: Docker's `config.json` (auths, credsStore, credHelpers),
-//! credential helpers, and `WWW-Authenticate` challenges.
+//! podman's `auth.json` (the same format), credential helpers, and
+//! `WWW-Authenticate` challenges.
 //!
 //! [`Credentials`] never prints its secret: its Debug output is redacted, and
 //! no error in this module includes one.
@@ -36,7 +37,16 @@ impl fmt::Debug for Credentials {
     }
 }
 
+/// The user name docker's credential helpers (and an `identitytoken` entry)
+/// use for an OAuth2 refresh token, as Azure ACR hands out.
+pub const IDENTITY_TOKEN_USER: &str = "<token>";
+
 impl Credentials {
+    /// A refresh token, exchanged at the token server with grant_type=refresh_token.
+    pub fn is_identity_token(&self) -> bool {
+        self.username == IDENTITY_TOKEN_USER
+    }
+
     pub fn basic_header(&self) -> String {
         format!("Basic {}", B64.encode(format!("{}:{}", self.username, self.secret)))
     }
@@ -48,6 +58,36 @@ pub fn default_config_path() -> PathBuf {
         return PathBuf::from(dir).join("config.json");
     }
     dirs::home_dir().unwrap_or_default().join(".docker").join("config.json")
+}
+
+/// The credential files kiln reads, the first with an entry for a registry
+/// winning: `$REGISTRY_AUTH_FILE` (set on purpose, so first), docker's config
+/// (what `kiln login` and buildx use), then podman's
+/// `$XDG_RUNTIME_DIR/containers/auth.json` and
+/// `$HOME/.config/containers/auth.json`, in podman's order.
+pub fn default_auth_files() -> Vec<PathBuf> {
+    auth_files_from(&|name| std::env::var_os(name), dirs::home_dir())
+}
+
+fn auth_files_from(var: &dyn Fn(&str) -> Option<std::ffi::OsString>, home: Option<PathBuf>) -> Vec<PathBuf> {
+    let var = |name: &str| var(name).filter(|v| !v.is_empty());
+    let mut files = Vec::new();
+    files.extend(var("REGISTRY_AUTH_FILE").map(PathBuf::from));
+    files.push(match var("DOCKER_CONFIG") {
+        Some(dir) => PathBuf::from(dir).join("config.json"),
+        None => home.clone().unwrap_or_default().join(".docker").join("config.json"),
+    });
+    files.extend(var("XDG_RUNTIME_DIR").map(|d| PathBuf::from(d).join("containers").join("auth.json")));
+    files.extend(home.map(|h| h.join(".config").join("containers").join("auth.json")));
+    files.dedup();
+    files
+}
+
+/// The file `kiln login` and `logout` change: `$REGISTRY_AUTH_FILE` when set
+/// (as podman and skopeo do, so the file read first is the one written),
+/// else docker's config.
+pub fn login_auth_file() -> PathBuf {
+    std::env::var_os("REGISTRY_AUTH_FILE").filter(|v| !v.is_empty()).map(PathBuf::from).unwrap_or_else(default_config_path)
 }
 
 /// The key a registry's entry has in `auths`.
@@ -106,6 +146,10 @@ impl DockerConfig {
         });
         let Some(entry) = entry else { return Ok(None) };
         let bad = |reason: &str| AuthError::Config { path: self.path.clone(), reason: format!("auths entry for {key}: {reason}") };
+        // docker writes the refresh token of an OAuth2 login here; it takes the place of the password.
+        if let Some(token) = entry.get("identitytoken").and_then(Value::as_str).filter(|s| !s.is_empty()) {
+            return Ok(Some(Credentials { username: IDENTITY_TOKEN_USER.to_string(), secret: token.to_string() }));
+        }
         if let Some(auth) = entry.get("auth").and_then(Value::as_str).filter(|s| !s.is_empty()) {
             let decoded = B64.decode(auth.trim()).map_err(|_| bad("\"auth\" is not base64"))?;
             let decoded = String::from_utf8(decoded).map_err(|_| bad("\"auth\" is not UTF-8"))?;
@@ -305,6 +349,33 @@ fn parse_params(s: &str) -> BTreeMap<String, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn auth_files_are_read_in_a_documented_order() {
+        let env = |pairs: &'static [(&'static str, &'static str)]| {
+            move |name: &str| pairs.iter().find(|(k, _)| *k == name).map(|(_, v)| std::ffi::OsString::from(v))
+        };
+        let home = Some(PathBuf::from("/home/u"));
+        let all = auth_files_from(
+            &env(&[("REGISTRY_AUTH_FILE", "/a/auth.json"), ("DOCKER_CONFIG", "/d"), ("XDG_RUNTIME_DIR", "/run/user/1")]),
+            home.clone(),
+        );
+        let want: Vec<PathBuf> =
+            ["/a/auth.json", "/d/config.json", "/run/user/1/containers/auth.json", "/home/u/.config/containers/auth.json"].iter().map(PathBuf::from).collect();
+        assert_eq!(all, want);
+        let none = auth_files_from(&env(&[("REGISTRY_AUTH_FILE", "")]), home);
+        assert_eq!(none, vec![PathBuf::from("/home/u/.docker/config.json"), PathBuf::from("/home/u/.config/containers/auth.json")]);
+    }
+
+    #[test]
+    fn identity_token_entries_are_refresh_tokens() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.json");
+        std::fs::write(&path, r#"{"auths":{"acr.example":{"auth":"dTpw","identitytoken":"refresh-123"}}}"#).unwrap();
+        let c = DockerConfig::new(&path).get("acr.example").unwrap().unwrap();
+        assert!(c.is_identity_token());
+        assert_eq!(c.secret, "refresh-123");
+    }
 
     #[test]
     fn parses_challenges() {

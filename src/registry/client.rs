@@ -1,7 +1,6 @@
 //! The registry transport: scheme choice, TLS roots, authentication and retries.
 
 use std::collections::HashMap;
-use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::Duration;
@@ -10,6 +9,7 @@ use reqwest::header::{HeaderMap, HeaderValue, AUTHORIZATION, RETRY_AFTER, WWW_AU
 use reqwest::{Method, Response, StatusCode, Url};
 
 use crate::registry::auth::{self, Challenge, Credentials, DockerConfig};
+use crate::registry::connection;
 use crate::registry::reference::registry_endpoint;
 use crate::registry::RegistryError;
 
@@ -20,10 +20,17 @@ pub struct ClientOptions {
     /// Registries (host or host:port) that may be reached over plain HTTP,
     /// besides localhost and 127.0.0.0/8 which always may.
     pub insecure_registries: Vec<String>,
-    /// Extra PEM CA certificates (files may hold several) trusted for TLS.
+    /// Extra PEM CA certificates (files may hold several) trusted for TLS
+    /// with every registry.
     pub ca_certs: Vec<PathBuf>,
-    /// Docker config with credentials; None means anonymous access only.
-    pub docker_config: Option<PathBuf>,
+    /// Registries (host or host:port) whose TLS certificate is not verified.
+    pub skip_tls_verify: Vec<String>,
+    /// Directories with per-registry `HOST[:PORT]/` CAs and client
+    /// certificates, as docker's and podman's certs.d.
+    pub certs_dirs: Vec<PathBuf>,
+    /// Credential files (Docker config.json format), the first with an entry
+    /// for a registry wins; empty means anonymous access only.
+    pub auth_files: Vec<PathBuf>,
     /// Blob downloads (and uploads) in flight at once.
     pub max_concurrent_transfers: usize,
     /// Attempts per request on 429, 5xx and connection errors.
@@ -44,7 +51,9 @@ impl Default for ClientOptions {
         Self {
             insecure_registries: Vec::new(),
             ca_certs: Vec::new(),
-            docker_config: Some(auth::default_config_path()),
+            skip_tls_verify: Vec::new(),
+            certs_dirs: connection::default_certs_dirs(),
+            auth_files: auth::default_auth_files(),
             max_concurrent_transfers: 4,
             max_attempts: 5,
             initial_backoff: Duration::from_millis(250),
@@ -103,9 +112,10 @@ pub(crate) struct Request<'a> {
 }
 
 pub struct Client {
-    http: reqwest::Client,
+    /// One HTTP client per host[:port]: TLS roots, client certificates and verification are per host.
+    http: Mutex<HashMap<String, reqwest::Client>>,
     opts: ClientOptions,
-    config: Option<DockerConfig>,
+    configs: Vec<DockerConfig>,
     schemes: Mutex<HashMap<String, &'static str>>,
     challenges: Mutex<HashMap<String, Challenge>>,
     tokens: Mutex<HashMap<(String, String), String>>,
@@ -114,29 +124,13 @@ pub struct Client {
 
 impl Client {
     pub fn new(opts: ClientOptions) -> Result<Self> {
-        let mut builder = reqwest::Client::builder()
-            .use_rustls_tls()
-            .user_agent(concat!("kiln/", env!("CARGO_PKG_VERSION")))
-            .connect_timeout(Duration::from_secs(30))
-            .read_timeout(Duration::from_secs(120))
-            .redirect(reqwest::redirect::Policy::limited(10));
-        for path in &opts.ca_certs {
-            let pem = std::fs::read(path).map_err(|e| RegistryError::Setup(format!("CA certificate {}: {e}", path.display())))?;
-            let certs = reqwest::Certificate::from_pem_bundle(&pem)
-                .map_err(|e| RegistryError::Setup(format!("CA certificate {}: {e}", path.display())))?;
-            if certs.is_empty() {
-                return Err(RegistryError::Setup(format!("CA certificate {}: no PEM certificates in it", path.display())));
-            }
-            for c in certs {
-                builder = builder.add_root_certificate(c);
-            }
-        }
-        let http = builder.build().map_err(|e| RegistryError::Setup(e.to_string()))?;
-        let config = opts.docker_config.as_deref().map(DockerConfig::new);
+        // Bad --ca-cert files and proxy variables are reported now, not at the first request.
+        connection::http_client(&connection::HostTls { cas: opts.ca_certs.clone(), ..Default::default() })?;
+        let configs = opts.auth_files.iter().map(DockerConfig::new).collect();
         Ok(Self {
-            http,
+            http: Mutex::default(),
             opts,
-            config,
+            configs,
             schemes: Mutex::default(),
             challenges: Mutex::default(),
             tokens: Mutex::default(),
@@ -150,20 +144,35 @@ impl Client {
 
     /// Whether plain HTTP may be used for this registry.
     pub fn allows_http(&self, registry: &str) -> bool {
-        let host = host_of(registry);
-        let loopback = host == "localhost"
-            || host.parse::<IpAddr>().map(|ip| ip.is_loopback()).unwrap_or(false);
-        loopback || self.opts.insecure_registries.iter().any(|r| r == registry || r == host)
+        connection::is_loopback(connection::host_of(registry)) || connection::listed(&self.opts.insecure_registries, registry)
+    }
+
+    /// The HTTP client for `host_port`, with that host's TLS settings.
+    fn http(&self, host_port: &str) -> Result<reqwest::Client> {
+        if let Some(c) = self.http.lock().unwrap().get(host_port) {
+            return Ok(c.clone());
+        }
+        let tls = connection::host_tls(host_port, &self.opts.ca_certs, &self.opts.certs_dirs, &self.opts.skip_tls_verify)?;
+        let client = connection::http_client(&tls)?;
+        self.http.lock().unwrap().insert(host_port.to_string(), client.clone());
+        Ok(client)
+    }
+
+    fn http_for_url(&self, url: &Url) -> Result<reqwest::Client> {
+        self.http(&host_port(url))
     }
 
     fn credentials(&self, registry: &str) -> Result<Option<Credentials>> {
         if let Some(c) = self.creds.lock().unwrap().get(registry) {
             return Ok(c.clone());
         }
-        let found = match &self.config {
-            Some(cfg) => cfg.get(registry)?,
-            None => None,
-        };
+        let mut found = None;
+        for cfg in &self.configs {
+            found = cfg.get(registry)?;
+            if found.is_some() {
+                break;
+            }
+        }
         self.creds.lock().unwrap().insert(registry.to_string(), found.clone());
         Ok(found)
     }
@@ -174,7 +183,8 @@ impl Client {
             return Ok(format!("{s}://{}", registry_endpoint(registry)));
         }
         let endpoint = registry_endpoint(registry);
-        let mut probe = self.http.get(format!("https://{endpoint}/v2/"));
+        let http = self.http(endpoint)?;
+        let mut probe = http.get(format!("https://{endpoint}/v2/"));
         if self.allows_http(registry) {
             // A plain-HTTP server may sit silently on a TLS handshake; a TLS
             // server on loopback or the LAN answers in milliseconds.
@@ -187,13 +197,19 @@ impl Client {
             }
             Err(e) => e,
         };
-        let detail = error_chain(&https_err);
+        let mut detail = error_chain(&https_err);
+        if detail.to_lowercase().contains("certificate") {
+            detail.push_str(&format!(
+                " (trust its CA with --ca-cert or a {endpoint}/ca.crt in a certs.d directory: {}; or skip verification with --insecure-skip-tls-verify {registry})",
+                self.opts.certs_dirs.iter().map(|d| d.display().to_string()).collect::<Vec<_>>().join(", ")
+            ));
+        }
         if !self.allows_http(registry) {
             return Err(RegistryError::Unreachable { registry: registry.to_string(), detail });
         }
         // Only a registry-looking answer counts: a TLS server answering
         // plain HTTP with 400 must not be mistaken for an HTTP registry.
-        match self.http.get(format!("http://{endpoint}/v2/")).send().await {
+        match http.get(format!("http://{endpoint}/v2/")).send().await {
             Ok(r) if r.status().is_success() || r.status() == StatusCode::UNAUTHORIZED => {
                 self.schemes.lock().unwrap().insert(registry.to_string(), "http");
                 Ok(format!("http://{endpoint}"))
@@ -228,7 +244,7 @@ impl Client {
                 }
             }
             let body = req.body.build().await.map_err(|e| RegistryError::Protocol { what: req.what.to_string(), detail: e.to_string() })?;
-            let mut builder = self.http.request(req.method.clone(), url.clone()).headers(headers);
+            let mut builder = self.http_for_url(&url)?.request(req.method.clone(), url.clone()).headers(headers);
             if !matches!(req.body, Body::Empty) || req.method == Method::PUT || req.method == Method::PATCH || req.method == Method::POST {
                 builder = builder.header(reqwest::header::CONTENT_LENGTH, req.body.len()).body(body);
             }
@@ -309,7 +325,9 @@ impl Client {
     }
 
     /// Runs the token flow: GET realm?service=..&scope=.., with Basic
-    /// credentials when we have them, anonymously otherwise.
+    /// credentials when we have them, anonymously otherwise; or, for an
+    /// identity (refresh) token, the OAuth2 POST the distribution token spec
+    /// describes (grant_type=refresh_token), as docker does.
     async fn fetch_token(
         &self,
         registry: &str,
@@ -319,10 +337,13 @@ impl Client {
         creds: Option<&Credentials>,
     ) -> Result<String> {
         let what = format!("getting a token for {registry}");
-        let mut url = Url::parse(realm).map_err(|e| RegistryError::Protocol { what: what.clone(), detail: format!("bad token realm {realm:?}: {e}") })?;
-        if url.scheme() != "https" && !(url.scheme() == "http" && self.allows_http(&host_port(&url))) {
+        let realm_url = Url::parse(realm).map_err(|e| RegistryError::Protocol { what: what.clone(), detail: format!("bad token realm {realm:?}: {e}") })?;
+        if realm_url.scheme() != "https" && !(realm_url.scheme() == "http" && self.allows_http(&host_port(&realm_url))) {
             return Err(RegistryError::Protocol { what, detail: format!("refusing to send credentials to non-HTTPS token realm {realm}") });
         }
+        let http = self.http_for_url(&realm_url)?;
+        let identity_token = creds.filter(|c| c.is_identity_token());
+        let mut url = realm_url.clone();
         {
             let mut q = url.query_pairs_mut();
             if let Some(s) = service {
@@ -334,8 +355,16 @@ impl Client {
         }
         let mut attempt = 0;
         loop {
-            let mut rb = self.http.get(url.clone());
-            if let Some(c) = creds {
+            let mut rb = http.get(url.clone());
+            if let Some(token) = identity_token {
+                let scope = scopes.join(" ");
+                let mut form = vec![("grant_type", "refresh_token"), ("refresh_token", token.secret.as_str()), ("client_id", "kiln")];
+                form.extend(service.map(|s| ("service", s)));
+                if !scope.is_empty() {
+                    form.push(("scope", scope.as_str()));
+                }
+                rb = http.post(realm_url.clone()).form(&form);
+            } else if let Some(c) = creds {
                 let mut v = HeaderValue::from_str(&c.basic_header()).map_err(|_| RegistryError::Protocol {
                     what: what.clone(),
                     detail: "credentials contain characters not allowed in a header".into(),
@@ -361,7 +390,9 @@ impl Client {
                 return Err(RegistryError::Unauthorized {
                     registry: registry.to_string(),
                     repository: None,
-                    detail: if creds.is_some() {
+                    detail: if identity_token.is_some() {
+                        format!("the token server rejected the stored identity token ({status}); log in again with `kiln login {registry}`")
+                    } else if creds.is_some() {
                         format!("the token server rejected the stored credentials ({status})")
                     } else {
                         format!("the token server refused anonymous access ({status}); log in with `kiln login {registry}`")
@@ -394,8 +425,8 @@ impl Client {
     pub async fn check_credentials(&self, registry: &str, creds: &Credentials) -> Result<()> {
         let base = self.base_url(registry).await?;
         let what = format!("logging in to {registry}");
-        let probe = self
-            .http
+        let http = self.http(registry_endpoint(registry))?;
+        let probe = http
             .get(format!("{base}/v2/"))
             .send()
             .await
@@ -412,8 +443,7 @@ impl Client {
                 let mut v = HeaderValue::from_str(&creds.basic_header())
                     .map_err(|_| RegistryError::Protocol { what: what.clone(), detail: "credentials contain characters not allowed in a header".into() })?;
                 v.set_sensitive(true);
-                let r = self
-                    .http
+                let r = http
                     .get(format!("{base}/v2/"))
                     .header(AUTHORIZATION, v)
                     .send()
@@ -529,13 +559,6 @@ pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
     s
 }
 
-fn host_of(registry: &str) -> &str {
-    if let Some(rest) = registry.strip_prefix('[') {
-        return rest.split(']').next().unwrap_or(rest);
-    }
-    registry.rsplit_once(':').map(|(h, _)| h).unwrap_or(registry)
-}
-
 fn host_port(url: &Url) -> String {
     match (url.host_str(), url.port()) {
         (Some(h), Some(p)) => format!("{h}:{p}"),
@@ -570,7 +593,7 @@ mod tests {
 
     #[test]
     fn plain_http_only_for_loopback_and_listed_hosts() {
-        let c = Client::new(ClientOptions { insecure_registries: vec!["reg.lan:5000".into()], docker_config: None, ..Default::default() }).unwrap();
+        let c = Client::new(ClientOptions { insecure_registries: vec!["reg.lan:5000".into()], auth_files: Vec::new(), ..Default::default() }).unwrap();
         assert!(c.allows_http("localhost:5000"));
         assert!(c.allows_http("127.0.0.1:5000"));
         assert!(c.allows_http("127.4.5.6"));

@@ -2,14 +2,17 @@
 //!
 //! - [`reference`]: image names and Docker Hub normalisation.
 //! - [`auth`]: Docker config credentials, credential helpers, challenges.
-//! - [`client`]: transport (TLS, plain HTTP for loopback/insecure hosts),
-//!   authentication (Basic, Bearer tokens), retries.
+//! - [`client`]: transport (plain HTTP for loopback/insecure hosts),
+//!   authentication (Basic, Bearer tokens, refresh tokens), retries.
+//! - [`connection`]: per-host TLS (certs.d CAs and client certificates,
+//!   skipped verification) and the proxy environment.
 //! - [`pull`] and [`push`]: moving images between a registry and the store.
 //! - [`combine`]: one multi-platform index over images already in registries.
 
 pub mod auth;
 pub mod client;
 pub mod combine;
+pub mod connection;
 pub mod pull;
 pub mod push;
 pub mod reference;

@@ -6,6 +6,7 @@
 pub mod build_env;
 pub mod processes;
 pub mod rootfs_links;
+pub mod token_issuer;
 
 use std::io::Write;
 use std::net::{TcpListener, TcpStream};
@@ -47,6 +48,8 @@ pub fn free_port() -> u16 {
 #[derive(Default)]
 pub struct RegistrySetup {
     pub tls: Option<(PathBuf, PathBuf)>,
+    /// With `tls`: require client certificates signed by this CA (mTLS).
+    pub client_ca: Option<PathBuf>,
     pub htpasswd: Option<PathBuf>,
     /// (realm URL, service, issuer, root cert bundle)
     pub token: Option<(String, String, String, PathBuf)>,
@@ -71,6 +74,9 @@ impl RegistryServer {
         );
         if let Some((cert, key)) = &setup.tls {
             cfg += &format!("  tls:\n    certificate: {}\n    key: {}\n", cert.display(), key.display());
+            if let Some(ca) = &setup.client_ca {
+                cfg += &format!("    clientcas:\n      - {}\n", ca.display());
+            }
         }
         if let Some(h) = &setup.htpasswd {
             cfg += &format!("auth:\n  htpasswd:\n    realm: kiln-test\n    path: {}\n", h.display());
@@ -155,6 +161,14 @@ impl TestCa {
     pub fn server_key(&self) -> PathBuf {
         self.dir.path().join("server.key")
     }
+    /// A client certificate (for mTLS) signed by this CA: (cert, key).
+    pub fn client_cert(&self) -> (PathBuf, PathBuf) {
+        let d = self.dir.path();
+        openssl(d, &["req", "-newkey", "rsa:2048", "-nodes", "-keyout", "client.key", "-out", "client.csr", "-subj", "/CN=kiln test client"]);
+        std::fs::write(d.join("client-ext.cnf"), "basicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=clientAuth\n").unwrap();
+        openssl(d, &["x509", "-req", "-in", "client.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial", "-out", "client.pem", "-days", "2", "-extfile", "client-ext.cnf"]);
+        (d.join("client.pem"), d.join("client.key"))
+    }
 }
 
 pub fn htpasswd_file(dir: &Path, user: &str, password: &str) -> PathBuf {
@@ -175,7 +189,7 @@ pub fn docker_config(dir: &Path, registry: &str, user: &str, password: &str) -> 
 
 pub fn client(docker_config: Option<PathBuf>, ca: Option<PathBuf>) -> Client {
     Client::new(ClientOptions {
-        docker_config,
+        auth_files: docker_config.into_iter().collect(),
         ca_certs: ca.into_iter().collect(),
         max_attempts: 3,
         initial_backoff: Duration::from_millis(50),
