@@ -12,6 +12,7 @@ use clap::Args;
 
 use crate::engine::progress::{Progress, ProgressMode};
 use crate::engine::cache_exchange::{self, CacheExport, CacheLocation, CacheMode, CacheRecord, ImportedCache};
+use crate::engine::named_context::NamedContexts;
 use crate::engine::{fs_export, BuildOutcome, BuildRequest, Builder};
 use crate::oci::layout::{self, ExportEntry, Format};
 use crate::oci::{Compression, Store};
@@ -92,6 +93,9 @@ pub struct BuildArgs {
     /// Import a build cache: REF, type=registry,ref=REF or type=local,src=DIR
     #[arg(long = "cache-from")]
     pub cache_from: Vec<String>,
+    /// Named build context: name=DIR|docker-image://REF|oci-layout://DIR[:TAG|@DIGEST]; repeatable
+    #[arg(long = "build-context", value_name = "NAME=VALUE")]
+    pub build_contexts: Vec<String>,
     /// Allow plain HTTP to this registry (host[:port]); loopback always may
     #[arg(long = "insecure-registry", env = "KILN_INSECURE_REGISTRIES", value_delimiter = ',')]
     pub insecure: Vec<String>,
@@ -269,6 +273,7 @@ pub fn run(args: BuildArgs, cancel: &'static std::sync::atomic::AtomicBool) -> a
     let cache_to: Vec<CacheExport> =
         args.cache_to.iter().map(|c| cache_exchange::parse_cache_to(c, args.compression)).collect::<Result<_, _>>()?;
     let cache_from: Vec<CacheLocation> = args.cache_from.iter().map(|c| cache_exchange::parse_cache_from(c)).collect::<Result<_, _>>()?;
+    let named_contexts = NamedContexts::parse(&args.build_contexts).map_err(anyhow::Error::msg)?;
 
     // A Dockerfile from stdin lives in a private temp dir, with an empty context beside it.
     let stdin_dir;
@@ -351,6 +356,7 @@ pub fn run(args: BuildArgs, cancel: &'static std::sync::atomic::AtomicBool) -> a
         secrets: parse_secrets(&args.secret)?,
         cache_from: Arc::new(imported),
         inline_cache: cache_to.iter().any(|c| c.location == CacheLocation::Inline),
+        named_contexts,
     };
     let outcomes = build_platforms(&store, &req, &platforms, &progress, cancel)?;
     let result = if outcomes.len() == 1 {

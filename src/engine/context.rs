@@ -61,6 +61,24 @@ impl BuildContext {
         Ok(BuildContext { root, ignore })
     }
 
+    /// Opens a `--build-context` directory: only its own `.dockerignore`
+    /// applies (the Dockerfile lives elsewhere).
+    pub fn open_named(root: &Path) -> Result<Self, ContextError> {
+        let meta = std::fs::metadata(root).map_err(|source| ContextError::Io { path: root.to_path_buf(), source })?;
+        if !meta.is_dir() {
+            return Err(ContextError::Invalid { path: root.to_path_buf(), message: "not a directory".into() });
+        }
+        let root = root.canonicalize().map_err(|source| ContextError::Io { path: root.to_path_buf(), source })?;
+        let path = root.join(".dockerignore");
+        let text = match std::fs::read(&path) {
+            Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => String::new(),
+            Err(source) => return Err(ContextError::Io { path, source }),
+        };
+        let ignore = IgnoreMatcher::parse(&text, &path)?;
+        Ok(BuildContext { root, ignore })
+    }
+
     pub fn root(&self) -> &Path {
         &self.root
     }

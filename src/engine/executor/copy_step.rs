@@ -5,6 +5,7 @@ use super::{Builder, StageState, StepCx};
 use crate::engine::cache::CacheKey;
 use crate::engine::context::BuildContext;
 use crate::engine::copy::{self, CopyInput, CopySource};
+use crate::engine::named_context::NamedContext;
 use crate::engine::rootfs::LayerStack;
 use crate::engine::BuildError;
 use crate::dockerfile::expand::Scope;
@@ -34,13 +35,19 @@ impl Builder<'_> {
             }
             None => None,
         };
-        // The source side: the context, another stage or an image.
+        // The source side: the context, a named context directory, another stage or an image.
+        let named_dir = match from.and_then(|f| self.req.named_contexts.get(f)) {
+            Some((name, NamedContext::Dir(dir))) => Some((name.to_string(), dir.clone())),
+            _ => None,
+        };
         let mut from_state = match from {
-            None => None,
-            Some(f) => Some(self.source_state(cx, f)?),
+            Some(f) if named_dir.is_none() => Some(self.source_state(cx, f)?),
+            _ => None,
         };
         if let Some(s) = from_state.as_mut() {
             self.stack(s)?;
+        } else if let Some((name, dir)) = &named_dir {
+            self.named_dir(name, dir)?;
         } else {
             self.open_context()?;
         }
@@ -61,9 +68,10 @@ impl Builder<'_> {
             cancel: self.cancel,
             ..CopyInput::new(add, &files.sources, &files.dest, &workdir, dest_root)
         };
-        let source = match &from_state {
-            Some(s) => CopySource::Stack { stack: s.stack.as_ref().expect("indexed above"), store: self.store },
-            None => CopySource::Context(self.context.as_ref().expect("opened above")),
+        let source = match (&from_state, &named_dir) {
+            (Some(s), _) => CopySource::Stack { stack: s.stack.as_ref().expect("indexed above"), store: self.store },
+            (None, Some((name, _))) => CopySource::Context(&self.named_dirs[name]),
+            (None, None) => CopySource::Context(self.context.as_ref().expect("opened above")),
         };
         let plan = copy::plan(&input, source).map_err(|e| self.at(cx, e.to_string()))?;
         // --link layers do not depend on what is below them.
