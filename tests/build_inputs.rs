@@ -123,3 +123,187 @@ fn bad_build_contexts_name_the_flag() {
         assert!(err.contains(&format!("--build-context {spec}")) && err.contains(&why), "{spec}: {err}");
     }
 }
+
+/// A python3 HTTPS file server on 127.0.0.1 over `root`, killed on drop.
+struct HttpsServer {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl HttpsServer {
+    fn start(root: &Path, ca: &support::TestCa) -> Self {
+        support::require("python3", "python3");
+        let script = r#"
+import functools, http.server, ssl, sys
+root, cert, key = sys.argv[1:4]
+class Quiet(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=root))
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+ctx.load_cert_chain(cert, key)
+srv.socket = ctx.wrap_socket(srv.socket, server_side=True)
+print(srv.server_address[1], flush=True)
+srv.serve_forever()
+"#;
+        let mut child = std::process::Command::new("python3")
+            .arg("-c")
+            .arg(script)
+            .arg(root)
+            .arg(ca.server_cert())
+            .arg(ca.server_key())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.take().unwrap()), &mut line).unwrap();
+        let port = line.trim().parse().unwrap_or_else(|_| panic!("the test server did not start: {line:?}"));
+        HttpsServer { child, port }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("https://127.0.0.1:{}/{path}", self.port)
+    }
+}
+
+impl Drop for HttpsServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn git(dir: &Path, args: &[&str]) -> String {
+    support::require("git", "git");
+    let mut cmd = std::process::Command::new("git");
+    cmd.current_dir(dir).args(args).env("GIT_CONFIG_NOSYSTEM", "1").env("HOME", dir);
+    support::run(cmd.env("GIT_AUTHOR_NAME", "t").env("GIT_AUTHOR_EMAIL", "t@e").env("GIT_COMMITTER_NAME", "t").env("GIT_COMMITTER_EMAIL", "t@e"))
+}
+
+/// A repository served by dumb HTTP: tag v1 has app/f.txt = v1, main has v2.
+/// Returns the commit of v1.
+fn served_repo(env: &Env) -> String {
+    let work = env.path("work");
+    std::fs::create_dir(&work).unwrap();
+    git(&work, &["init", "-q", "-b", "main"]);
+    write(&work, "app/Dockerfile", "FROM scratch\nCOPY . /ctx/\n");
+    write(&work, "app/f.txt", "v1");
+    write(&work, "app/ignored.txt", "no");
+    write(&work, "app/.dockerignore", "ignored.txt\n");
+    write(&work, "top.txt", "top");
+    git(&work, &["add", "-A"]);
+    git(&work, &["commit", "-qm", "one"]);
+    git(&work, &["tag", "v1"]);
+    let v1 = git(&work, &["rev-parse", "HEAD"]).trim().to_string();
+    write(&work, "app/f.txt", "v2");
+    git(&work, &["commit", "-qam", "two"]);
+    let srv = env.path("srv");
+    std::fs::create_dir(&srv).unwrap();
+    git(&srv, &["clone", "-q", "--bare", work.to_str().unwrap(), "repo.git"]);
+    git(&srv.join("repo.git"), &["update-server-info"]);
+    v1
+}
+
+#[test]
+fn a_git_context_over_https_is_checked_out_at_its_ref() {
+    let env = Env::new();
+    let ca = support::TestCa::new();
+    let v1 = served_repo(&env);
+    let server = HttpsServer::start(&env.path("srv"), &ca);
+    let build = |spec: &str, extra: &[&str], out: &str| {
+        let out = env.path(out);
+        let mut cmd = env.kiln();
+        cmd.env("GIT_SSL_CAINFO", ca.ca()).args(["build", "--progress", "plain"]).args(extra).arg("-o").arg(&out).arg(spec);
+        let o = cmd.output().unwrap();
+        (o.status.success(), String::from_utf8_lossy(&o.stderr).into_owned(), out)
+    };
+    let repo = server.url("repo.git");
+    for (fragment, want) in [("#v1:app", "v1"), ("#main:app", "v2"), (&*format!("#{v1}:app"), "v1")] {
+        let (ok, log, out) = build(&format!("{repo}{fragment}"), &[], &format!("out-{want}-{}", fragment.len()));
+        assert!(ok, "{fragment}: {log}");
+        assert_eq!(read(&out.join("ctx/f.txt")), want, "{fragment}");
+        assert!(!out.join("ctx/.git").exists(), ".git is not part of the context");
+        assert!(!out.join("ctx/ignored.txt").exists(), "the checkout's .dockerignore applies");
+        assert!(!out.join("ctx/top.txt").exists(), "only the subdir is the context");
+        assert!(log.contains("at commit "), "{log}");
+    }
+    // The repository's root with -f inside it; the default ref is the remote's HEAD.
+    let (ok, log, out) = build(&repo, &["-f", "app/Dockerfile"], "out-root");
+    assert!(ok, "{log}");
+    assert_eq!(read(&out.join("ctx/app/f.txt")), "v2");
+    assert_eq!(read(&out.join("ctx/top.txt")), "top");
+
+    // A ref the repository lacks, and a subdir out of it: clear errors, nothing left behind.
+    let (ok, log, _) = build(&format!("{repo}#nope"), &[], "out-bad");
+    assert!(!ok && log.contains("git fetch failed") && log.contains("nope"), "{log}");
+    let (ok, log, _) = build(&format!("{repo}#main:../.."), &[], "out-bad2");
+    assert!(!ok && log.contains("inside the repository"), "{log}");
+    env.assert_tmp_empty();
+}
+
+fn tar_gz(files: &[(&str, &str)]) -> Vec<u8> {
+    let mut b = tar::Builder::new(flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast()));
+    for (path, data) in files {
+        let mut h = tar::Header::new_gnu();
+        h.set_mode(0o644);
+        h.set_size(data.len() as u64);
+        h.as_gnu_mut().unwrap().name[..path.len()].copy_from_slice(path.as_bytes());
+        h.set_cksum();
+        b.append(&h, data.as_bytes()).unwrap();
+    }
+    b.into_inner().unwrap().finish().unwrap()
+}
+
+#[test]
+fn a_tarball_url_and_a_tar_on_stdin_are_contexts() {
+    let env = Env::new();
+    let ca = support::TestCa::new();
+    let srv = env.path("srv");
+    std::fs::create_dir(&srv).unwrap();
+    let good = tar_gz(&[("Dockerfile", "FROM scratch\nCOPY . /ctx/\n"), ("sub/f.txt", "from the tarball"), (".dockerignore", "skip.txt\n"), ("skip.txt", "no")]);
+    std::fs::write(srv.join("ctx.tar.gz"), &good).unwrap();
+    std::fs::write(srv.join("evil.tar.gz"), tar_gz(&[("Dockerfile", "FROM scratch\n"), ("../../escaped", "x")])).unwrap();
+    std::fs::write(srv.join("Dockerfile.txt"), "FROM scratch\nCOPY <<EOF /only\njust a Dockerfile\nEOF\n").unwrap();
+    let server = HttpsServer::start(&srv, &ca);
+
+    let out = env.path("out");
+    let mut cmd = env.kiln();
+    cmd.env("SSL_CERT_FILE", ca.ca()).args(["build", "--progress", "plain", "-o"]).arg(&out).arg(server.url("ctx.tar.gz"));
+    let o = cmd.output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(read(&out.join("ctx/sub/f.txt")), "from the tarball");
+    assert!(!out.join("ctx/skip.txt").exists(), "the archive's .dockerignore applies");
+
+    // A URL of a plain file is the Dockerfile, with an empty context.
+    let out2 = env.path("out2");
+    let mut cmd = env.kiln();
+    cmd.env("SSL_CERT_FILE", ca.ca()).args(["build", "--progress", "plain", "-o"]).arg(&out2).arg(server.url("Dockerfile.txt"));
+    let o = cmd.output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(read(&out2.join("only")), "just a Dockerfile\n");
+
+    // An entry that climbs out is refused, and nothing is written outside.
+    let mut cmd = env.kiln();
+    cmd.env("SSL_CERT_FILE", ca.ca()).args(["build", "--progress", "plain"]).arg(server.url("evil.tar.gz"));
+    let o = cmd.output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("outside"), "{err}");
+    assert!(!env.path("escaped").exists() && !env.path("tmp/escaped").exists());
+
+    // The same archive on stdin (buildx sniffs it), -f inside it.
+    let out3 = env.path("out3");
+    let mut child = env
+        .kiln()
+        .args(["build", "--progress", "plain", "-f", "Dockerfile", "-o"])
+        .arg(&out3)
+        .arg("-")
+        .stdin(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), &good).unwrap();
+    let o = child.wait_with_output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(read(&out3.join("ctx/sub/f.txt")), "from the tarball");
+    env.assert_tmp_empty();
+}
