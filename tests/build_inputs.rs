@@ -307,3 +307,39 @@ fn a_tarball_url_and_a_tar_on_stdin_are_contexts() {
     assert_eq!(read(&out3.join("ctx/sub/f.txt")), "from the tarball");
     env.assert_tmp_empty();
 }
+
+#[test]
+fn add_of_a_git_url_copies_the_checkout() {
+    let env = Env::new();
+    let ca = support::TestCa::new();
+    served_repo(&env);
+    let server = HttpsServer::start(&env.path("srv"), &ca);
+    let repo = server.url("repo.git");
+    env.write("Dockerfile", &format!("FROM scratch\nADD {repo}#v1 /src\nADD --keep-git-dir=true {repo} /withgit/\n"));
+    let build = |out: &str| {
+        let mut cmd = env.kiln();
+        cmd.env("GIT_SSL_CAINFO", ca.ca()).args(["build", "--progress", "plain", "-o"]).arg(env.path(out)).arg(env.ctx());
+        let o = cmd.output().unwrap();
+        let log = String::from_utf8_lossy(&o.stderr).into_owned();
+        assert!(o.status.success(), "{log}");
+        log
+    };
+    let first = build("out");
+    let out = env.path("out");
+    assert_eq!(read(&out.join("src/app/f.txt")), "v1", "the tag's tree");
+    assert_eq!(read(&out.join("src/app/ignored.txt")), "no", "a checkout has no .dockerignore rules (as BuildKit)");
+    assert!(!out.join("src/.git").exists(), ".git goes without --keep-git-dir");
+    assert_eq!(read(&out.join("withgit/app/f.txt")), "v2", "no ref: the remote's HEAD");
+    assert!(out.join("withgit/.git/HEAD").is_file(), "--keep-git-dir=true keeps .git");
+    assert!(!first.contains("CACHED"), "{first}");
+    // Fetched again, the same files: the ADD is a cache hit (the key is the content's, not the URL's).
+    let second = build("out2");
+    assert!(second.contains(&format!("#2 [2/3] ADD {repo}#v1 /src\n#2 CACHED")), "{second}");
+
+    env.write("Dockerfile", &format!("FROM scratch\nADD {repo}#v1 local.txt /src\n"));
+    env.write("local.txt", "x");
+    let o = env.kiln().env("GIT_SSL_CAINFO", ca.ca()).args(["build", "--progress", "plain"]).arg(env.ctx()).output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("Dockerfile:2") && err.contains("only source"), "{err}");
+    env.assert_tmp_empty();
+}
