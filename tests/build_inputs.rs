@@ -305,6 +305,22 @@ fn a_tarball_url_and_a_tar_on_stdin_are_contexts() {
     let o = child.wait_with_output().unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert_eq!(read(&out3.join("ctx/sub/f.txt")), "from the tarball");
+
+    // Text on stdin is still the Dockerfile, with an empty context.
+    let out4 = env.path("out4");
+    let mut child = env
+        .kiln()
+        .args(["build", "--progress", "plain", "-o"])
+        .arg(&out4)
+        .arg("-")
+        .stdin(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), b"FROM scratch\nCOPY <<EOF /note\nstdin\nEOF\n").unwrap();
+    let o = child.wait_with_output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(read(&out4.join("note")), "stdin\n");
     env.assert_tmp_empty();
 }
 
@@ -341,5 +357,46 @@ fn add_of_a_git_url_copies_the_checkout() {
     let o = env.kiln().env("GIT_SSL_CAINFO", ca.ca()).args(["build", "--progress", "plain"]).arg(env.ctx()).output().unwrap();
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success() && err.contains("Dockerfile:2") && err.contains("only source"), "{err}");
+    env.assert_tmp_empty();
+}
+
+#[test]
+fn sigterm_during_a_clone_stops_git_and_removes_the_temp_clone() {
+    use support::processes::{alive, children_of, wait_gone};
+    let env = Env::new();
+    // A server that accepts and never answers: git waits until stopped.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for conn in listener.incoming() {
+            held.push(conn);
+        }
+    });
+    let mut kiln = env
+        .kiln()
+        .args(["build", "--progress", "plain", &format!("http://127.0.0.1:{port}/repo.git")])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait for git and its transport helper.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let descendants = loop {
+        let git: Vec<u32> = children_of(kiln.id());
+        let helpers: Vec<u32> = git.iter().flat_map(|&g| children_of(g)).collect();
+        if !helpers.is_empty() {
+            break [git, helpers].concat();
+        }
+        assert!(std::time::Instant::now() < deadline, "git never started its transport helper");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    assert!(std::fs::read_dir(env.path("tmp")).unwrap().next().is_some(), "the clone's temp dir exists while git runs");
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(kiln.id() as i32), nix::sys::signal::Signal::SIGTERM).unwrap();
+    let started = std::time::Instant::now();
+    let status = kiln.wait().unwrap();
+    assert!(started.elapsed() < std::time::Duration::from_secs(5), "kiln took {:?} to stop", started.elapsed());
+    assert_eq!(status.code(), Some(143), "128 + SIGTERM");
+    wait_gone(&descendants, std::time::Duration::from_secs(5));
+    assert!(descendants.iter().all(|&p| !alive(p)));
     env.assert_tmp_empty();
 }

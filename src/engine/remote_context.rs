@@ -118,7 +118,11 @@ pub fn confined_subdir(root: &Path, sub: &str) -> Result<PathBuf, String> {
 
 /// Runs `git ARGS` in `dir`, without prompts; killed when `cancel` is set.
 fn git(dir: &Path, args: &[&str], cancel: &AtomicBool, spec: &str) -> Result<String, RemoteError> {
-    let mut child = Command::new("git")
+    let mut cmd = Command::new("git");
+    // A group of its own, so a cancel stops git's transport helpers (git-remote-https) too.
+    #[cfg(unix)]
+    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+    let mut child = cmd
         .args(args)
         .current_dir(dir)
         .env("GIT_TERMINAL_PROMPT", "0")
@@ -147,6 +151,11 @@ fn git(dir: &Path, args: &[&str], cancel: &AtomicBool, spec: &str) -> Result<Str
     });
     let status = loop {
         if crate::cancel::check(cancel).is_err() {
+            #[cfg(unix)]
+            // SAFETY: plain kill(2) of the process group git leads (its pid, set above).
+            unsafe {
+                libc::kill(-(child.id() as i32), libc::SIGKILL);
+            }
             let _ = child.kill();
             let _ = child.wait();
             return Err(crate::cancel::Interrupted.into());
