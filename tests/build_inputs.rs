@@ -233,6 +233,13 @@ fn a_git_context_over_https_is_checked_out_at_its_ref() {
     assert_eq!(read(&out.join("ctx/app/f.txt")), "v2");
     assert_eq!(read(&out.join("ctx/top.txt")), "top");
 
+    // A git repository as a named context.
+    env.write("Dockerfile", "FROM scratch\nCOPY --from=src f.txt /named.txt\n");
+    let spec = format!("src={repo}#v1:app");
+    let (ok, log, out) = build(env.ctx().to_str().unwrap(), &["--build-context", &spec], "out-named");
+    assert!(ok, "{log}");
+    assert_eq!(read(&out.join("named.txt")), "v1");
+
     // A ref the repository lacks, and a subdir out of it: clear errors, nothing left behind.
     let (ok, log, _) = build(&format!("{repo}#nope"), &[], "out-bad");
     assert!(!ok && log.contains("git fetch failed") && log.contains("nope"), "{log}");

@@ -93,7 +93,7 @@ pub struct BuildArgs {
     /// Import a build cache: REF, type=registry,ref=REF or type=local,src=DIR
     #[arg(long = "cache-from")]
     pub cache_from: Vec<String>,
-    /// Named build context: name=DIR|docker-image://REF|oci-layout://DIR[:TAG|@DIGEST]; repeatable
+    /// Named build context: name=DIR|GIT-URL|TAR-URL|docker-image://REF|oci-layout://DIR[:TAG|@DIGEST]; repeatable
     #[arg(long = "build-context", value_name = "NAME=VALUE")]
     pub build_contexts: Vec<String>,
     /// Allow plain HTTP to this registry (host[:port]); loopback always may
@@ -335,10 +335,11 @@ pub fn run(args: BuildArgs, cancel: &'static std::sync::atomic::AtomicBool) -> a
     let cache_to: Vec<CacheExport> =
         args.cache_to.iter().map(|c| cache_exchange::parse_cache_to(c, args.compression)).collect::<Result<_, _>>()?;
     let cache_from: Vec<CacheLocation> = args.cache_from.iter().map(|c| cache_exchange::parse_cache_from(c)).collect::<Result<_, _>>()?;
-    let named_contexts = NamedContexts::parse(&args.build_contexts).map_err(anyhow::Error::msg)?;
+    let mut named_contexts = NamedContexts::parse(&args.build_contexts).map_err(anyhow::Error::msg)?;
 
     // Kept alive for the build: the temp dir a remote or stdin context (or a lone Dockerfile) lives in.
     let (context, dockerfile, _context_dir, commit) = resolve_context(&args, cancel)?;
+    let _named_dirs = named_contexts.fetch_remote(cancel)?;
     let build_args = parse_build_args(&args.build_args)?;
     let mut platforms: Vec<Platform> = Vec::new();
     for p in &args.platform {

@@ -500,6 +500,7 @@ impl<'a> Builder<'a> {
         let fail = |e: String| step_error(df, &self.req.dockerfile, span, format!("--build-context {name}: {e}"));
         match context {
             NamedContext::Image(reference) => self.image_state(reference, platform).map_err(fail),
+            NamedContext::Remote(url) => Err(fail(format!("{url} was not fetched before the build"))),
             NamedContext::OciLayout { dir, select } => {
                 let desc = crate::oci::layout::import_selected(self.store, dir, select).map_err(|e| fail(e.to_string()))?;
                 let image = self.store.image(&desc, Some(platform)).map_err(|e| fail(e.to_string()))?;

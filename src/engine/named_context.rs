@@ -1,4 +1,5 @@
-//! `--build-context name=VALUE` (as buildx): a directory, an image
+//! `--build-context name=VALUE` (as buildx): a directory, a git repository
+//! or tar archive URL (fetched as a remote build context), an image
 //! (`docker-image://REF`) or an OCI layout on disk
 //! (`oci-layout://DIR[:TAG|@sha256:...]`) that `FROM name`,
 //! `COPY --from=name` and `RUN --mount=from=name` use instead of the image
@@ -7,6 +8,7 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
+use super::remote_context::{self, Fetched, Input, RemoteError};
 use crate::oci::layout::LayoutSelector;
 use crate::registry::Reference;
 
@@ -18,6 +20,8 @@ pub enum NamedContext {
     Image(String),
     /// An image in an OCI layout directory.
     OciLayout { dir: PathBuf, select: LayoutSelector },
+    /// A git repository or a tar archive URL, a `Dir` once fetched ([`NamedContexts::fetch_remote`]).
+    Remote(String),
 }
 
 /// The named contexts of a build, looked up as BuildKit does: by the name
@@ -43,6 +47,28 @@ impl NamedContexts {
         self.0.is_empty()
     }
 
+    /// Fetches every remote context into a temp dir (kept in the returned
+    /// values for the build) and makes it a directory context.
+    pub fn fetch_remote(&mut self, cancel: &std::sync::atomic::AtomicBool) -> Result<Vec<Fetched>, RemoteError> {
+        let mut held = Vec::new();
+        for (name, context) in self.0.iter_mut() {
+            let NamedContext::Remote(url) = context else { continue };
+            let fetched = if remote_context::is_git(url) {
+                remote_context::git_checkout(url, false, cancel)?
+            } else {
+                match remote_context::fetch_url(url, cancel)? {
+                    Input::Context(fetched) => fetched,
+                    Input::Dockerfile(_) => {
+                        return Err(RemoteError::Failed(format!("--build-context {name}={url}: not a git repository or a tar archive")))
+                    }
+                }
+            };
+            *context = NamedContext::Dir(fetched.root.clone());
+            held.push(fetched);
+        }
+        Ok(held)
+    }
+
     /// The context `name` (a stage name, FROM's image or a `--from` value) refers to.
     pub fn get(&self, name: &str) -> Option<(&str, &NamedContext)> {
         if let Some((k, v)) = self.0.get_key_value(name) {
@@ -59,7 +85,8 @@ fn normalise(name: &str) -> Option<String> {
 
 fn parse_one(spec: &str) -> Result<(String, NamedContext), String> {
     let bad = |why: &str| format!("--build-context {spec}: {why}");
-    let (name, value) = spec.split_once('=').ok_or_else(|| bad("expected name=VALUE (a directory, docker-image://REF or oci-layout://DIR)"))?;
+    let (name, value) =
+        spec.split_once('=').ok_or_else(|| bad("expected name=VALUE (a directory, a git or tar URL, docker-image://REF or oci-layout://DIR)"))?;
     let (name, value) = (name.trim(), value.trim());
     if name.is_empty() {
         return Err(bad("the name before = is empty"));
@@ -77,6 +104,8 @@ fn parse_one(spec: &str) -> Result<(String, NamedContext), String> {
             return Err(bad(&format!("{} is not an OCI layout directory (no index.json)", dir.display())));
         }
         NamedContext::OciLayout { dir, select }
+    } else if remote_context::is_git(value) || value.starts_with("https://") || value.starts_with("http://") {
+        NamedContext::Remote(value.to_string())
     } else if value.contains("://") {
         return Err(bad("unsupported scheme (expected a directory, docker-image:// or oci-layout://)"));
     } else {
@@ -118,6 +147,7 @@ mod tests {
             format!("base=oci-layout://{d}:v1"),
             format!("pinned=oci-layout://{d}@sha256:abc"),
             format!("plain=oci-layout://{d}"),
+            "repo=https://h/r.git#v1:sub".into(),
         ])
         .unwrap();
         assert_eq!(c.get("src").unwrap().1, &NamedContext::Dir(dir.path().into()));
@@ -130,6 +160,7 @@ mod tests {
             &NamedContext::OciLayout { dir: dir.path().into(), select: LayoutSelector::Digest("sha256:abc".into()) }
         );
         assert_eq!(c.get("plain").unwrap().1, &NamedContext::OciLayout { dir: dir.path().into(), select: LayoutSelector::Default });
+        assert_eq!(c.get("repo").unwrap().1, &NamedContext::Remote("https://h/r.git#v1:sub".into()));
     }
 
     #[test]
