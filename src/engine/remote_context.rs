@@ -377,12 +377,14 @@ fn symlink(_target: &str, _path: &Path) -> io::Result<()> {
 mod tests {
     use super::*;
 
+    #[cfg(unix)]
     fn tar_of(build: impl FnOnce(&mut tar::Builder<Vec<u8>>)) -> Vec<u8> {
         let mut b = tar::Builder::new(Vec::new());
         build(&mut b);
         b.into_inner().unwrap()
     }
 
+    #[cfg(unix)]
     fn file(b: &mut tar::Builder<Vec<u8>>, path: &str, data: &[u8]) {
         let mut h = tar::Header::new_gnu();
         h.set_mode(0o640);
