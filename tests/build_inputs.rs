@@ -1,6 +1,9 @@
 #![cfg(unix)]
-//! Build inputs besides the local context directory, without a VM (COPY and
-//! FROM only): `--build-context` (directories, images, OCI layouts).
+//! Build inputs besides the local context directory: `--build-context`
+//! (directories, images, OCI layouts, git), git, tarball and stdin contexts,
+//! ADD of a git repository. All without a VM (COPY and FROM only) but
+//! `run_mount_from_a_named_context`; the git and tarball servers are python3
+//! on 127.0.0.1 over HTTPS with a test CA.
 
 mod support;
 
@@ -406,4 +409,23 @@ fn sigterm_during_a_clone_stops_git_and_removes_the_temp_clone() {
     wait_gone(&descendants, std::time::Duration::from_secs(5));
     assert!(descendants.iter().all(|&p| !alive(p)));
     env.assert_tmp_empty();
+}
+
+#[test]
+fn run_mount_from_a_named_context() {
+    let env = Env::new();
+    env.import_busybox("arm64", "kiln.local/busybox:test");
+    let src = env.path("src");
+    write(&src, "f.txt", "mounted from the named context");
+    env.write("Dockerfile", "FROM base\nRUN --mount=from=src,target=/m cat /m/f.txt > /copied\n");
+    let out = env.path("out");
+    let spec = format!("src={}", src.display());
+    env.ok(&[
+        "build", "--progress", "plain", "--platform", "linux/arm64",
+        "--build-context", "base=docker-image://kiln.local/busybox:test",
+        "--build-context", &spec,
+        "-o", out.to_str().unwrap(), env.ctx().to_str().unwrap(),
+    ]);
+    assert_eq!(read(&out.join("copied")), "mounted from the named context");
+    assert!(out.join("bin/busybox").exists(), "FROM base is the busybox image");
 }
