@@ -2,7 +2,6 @@
 //! result loaded, exported or pushed as `--output`/`--load`/`--push` ask.
 
 use std::collections::BTreeMap;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
@@ -12,6 +11,8 @@ use clap::Args;
 
 use crate::engine::progress::{Progress, ProgressMode};
 use crate::engine::cache_exchange::{self, CacheExport, CacheLocation, CacheMode, CacheRecord, ImportedCache};
+use crate::engine::named_context::NamedContexts;
+use crate::engine::remote_context::{self, Fetched};
 use crate::engine::{fs_export, BuildOutcome, BuildRequest, Builder};
 use crate::oci::docker_engine;
 use crate::oci::layout::{self, ExportEntry, Format};
@@ -21,8 +22,8 @@ use crate::registry::{Client, PushOptions, Reference};
 
 #[derive(Debug, Args)]
 pub struct BuildArgs {
-    /// Build context: a directory, or `-` to read the Dockerfile from stdin (no context)
-    #[arg(value_name = "PATH|-")]
+    /// Build context: a directory, a git repository (URL#REF:SUBDIR), an http(s) URL of a tar archive or Dockerfile, or `-` (stdin: a tar context or the Dockerfile)
+    #[arg(value_name = "PATH|URL|-")]
     pub context: String,
     /// Name of the Dockerfile (default: PATH/Dockerfile)
     #[arg(short = 'f', long = "file")]
@@ -96,6 +97,9 @@ pub struct BuildArgs {
     /// Registry connection: --insecure-registry, --ca-cert, --insecure-skip-tls-verify
     #[command(flatten)]
     pub registry: super::image::RegistryConnectionArgs,
+    /// Named build context: name=DIR|GIT-URL|TAR-URL|docker-image://REF|oci-layout://DIR[:TAG|@DIGEST]; repeatable
+    #[arg(long = "build-context", value_name = "NAME=VALUE")]
+    pub build_contexts: Vec<String>,
 }
 
 /// One `--output`.
@@ -244,6 +248,68 @@ fn parse_secrets(specs: &[String]) -> anyhow::Result<BTreeMap<String, Vec<u8>>> 
     Ok(out)
 }
 
+/// Where a context other than a local directory was put for the build.
+enum ContextDir {
+    Local,
+    /// A Dockerfile alone (stdin or a URL), beside an empty context.
+    Dockerfile { _dir: tempfile::TempDir },
+    Fetched { _fetched: Fetched },
+}
+
+/// The context directory and Dockerfile of `PATH|URL|-`, as buildx reads
+/// them: a directory; a git repository (`URL#REF:SUBDIR`); an http(s) URL
+/// of a tar archive or a Dockerfile; stdin with a tar archive or a Dockerfile.
+/// The commit is a git context's.
+fn resolve_context(args: &BuildArgs, cancel: &std::sync::atomic::AtomicBool) -> anyhow::Result<(PathBuf, PathBuf, ContextDir, Option<String>)> {
+    let spec = args.context.as_str();
+    let remote = if spec == "-" {
+        remote_context::from_stdin(std::io::stdin(), cancel)?
+    } else if remote_context::is_git(spec) {
+        remote_context::Input::Context(remote_context::git_checkout(spec, false, cancel)?)
+    } else if spec.starts_with("http://") || spec.starts_with("https://") {
+        remote_context::fetch_url(spec, cancel)?
+    } else if spec.contains("://") {
+        bail!("{spec}: unsupported build context (expected a directory, a git repository, an http(s) URL or -)");
+    } else {
+        let context = PathBuf::from(spec);
+        if !context.is_dir() {
+            bail!("{}: the build context is not a directory", context.display());
+        }
+        let dockerfile = match &args.file {
+            Some(f) if f.as_os_str() == "-" => bail!("-f -: reading the Dockerfile from stdin with a context is not supported yet"),
+            Some(f) => f.clone(),
+            None => context.join("Dockerfile"),
+        };
+        return Ok((context, dockerfile, ContextDir::Local, None));
+    };
+    match remote {
+        remote_context::Input::Dockerfile(text) => {
+            // A Dockerfile alone lives in a private temp dir, with an empty context beside it.
+            let dir = tempfile::Builder::new().prefix("kiln-build-").tempdir()?;
+            std::fs::write(dir.path().join("Dockerfile"), text)?;
+            std::fs::create_dir(dir.path().join("context"))?;
+            let (context, dockerfile) = (dir.path().join("context"), dir.path().join("Dockerfile"));
+            Ok((context, dockerfile, ContextDir::Dockerfile { _dir: dir }, None))
+        }
+        remote_context::Input::Context(fetched) => {
+            // -f names a file of the fetched context (buildx), never one of the host.
+            let dockerfile = match &args.file {
+                None => fetched.root.join("Dockerfile"),
+                Some(f) => {
+                    let rel = f.to_str().filter(|r| !f.is_absolute() && !r.split(['/', '\\']).any(|p| p == ".."));
+                    let rel = rel.with_context(|| format!("-f {}: with a remote or stdin context, -f is a path inside it", f.display()))?;
+                    fetched.root.join(rel)
+                }
+            };
+            if !dockerfile.is_file() {
+                bail!("{spec}: the context has no {}", dockerfile.strip_prefix(&fetched.root).unwrap_or(&dockerfile).display());
+            }
+            let commit = fetched.commit.clone();
+            Ok((fetched.root.clone(), dockerfile, ContextDir::Fetched { _fetched: fetched }, commit))
+        }
+    }
+}
+
 /// SOURCE_DATE_EPOCH from the environment or `--build-arg`, as buildx reads it.
 fn source_date_epoch(build_args: &BTreeMap<String, String>) -> anyhow::Result<Option<i64>> {
     let raw = build_args.get("SOURCE_DATE_EPOCH").cloned().or_else(|| std::env::var("SOURCE_DATE_EPOCH").ok());
@@ -283,30 +349,11 @@ pub fn run(args: BuildArgs, cancel: &'static std::sync::atomic::AtomicBool) -> a
     let cache_to: Vec<CacheExport> =
         args.cache_to.iter().map(|c| cache_exchange::parse_cache_to(c, args.compression)).collect::<Result<_, _>>()?;
     let cache_from: Vec<CacheLocation> = args.cache_from.iter().map(|c| cache_exchange::parse_cache_from(c)).collect::<Result<_, _>>()?;
+    let mut named_contexts = NamedContexts::parse(&args.build_contexts).map_err(anyhow::Error::msg)?;
 
-    // A Dockerfile from stdin lives in a private temp dir, with an empty context beside it.
-    let stdin_dir;
-    let (context, dockerfile) = if args.context == "-" {
-        let mut text = String::new();
-        std::io::stdin().read_to_string(&mut text).context("reading the Dockerfile from stdin")?;
-        stdin_dir = tempfile::Builder::new().prefix("kiln-build-").tempdir()?;
-        std::fs::write(stdin_dir.path().join("Dockerfile"), text)?;
-        std::fs::create_dir(stdin_dir.path().join("context"))?;
-        (stdin_dir.path().join("context"), stdin_dir.path().join("Dockerfile"))
-    } else if args.context.contains("://") || args.context.starts_with("git@") {
-        bail!("{}: remote build contexts are not supported yet; clone it and build the directory", args.context);
-    } else {
-        let context = PathBuf::from(&args.context);
-        if !context.is_dir() {
-            bail!("{}: the build context is not a directory", context.display());
-        }
-        let dockerfile = match &args.file {
-            Some(f) if f.as_os_str() == "-" => bail!("-f -: reading the Dockerfile from stdin with a context is not supported yet"),
-            Some(f) => f.clone(),
-            None => context.join("Dockerfile"),
-        };
-        (context, dockerfile)
-    };
+    // Kept alive for the build: the temp dir a remote or stdin context (or a lone Dockerfile) lives in.
+    let (context, dockerfile, _context_dir, commit) = resolve_context(&args, cancel)?;
+    let _named_dirs = named_contexts.fetch_remote(cancel)?;
     let build_args = parse_build_args(&args.build_args)?;
     let mut platforms: Vec<Platform> = Vec::new();
     for p in &args.platform {
@@ -330,6 +377,9 @@ pub fn run(args: BuildArgs, cancel: &'static std::sync::atomic::AtomicBool) -> a
     let progress = Arc::new(Mutex::new(Progress::new(mode)));
     let store = Store::open_default().context("opening the image store")?;
     let started = std::time::Instant::now();
+    if let Some(commit) = &commit {
+        progress.lock().unwrap_or_else(|e| e.into_inner()).note(&format!("context: {} at commit {commit}", args.context));
+    }
     // --no-cache ignores imported caches too, as in buildx.
     let imported = if cache_from.is_empty() || args.no_cache {
         ImportedCache::empty()
@@ -361,6 +411,7 @@ pub fn run(args: BuildArgs, cancel: &'static std::sync::atomic::AtomicBool) -> a
         secrets: parse_secrets(&args.secret)?,
         cache_from: Arc::new(imported),
         inline_cache: cache_to.iter().any(|c| c.location == CacheLocation::Inline),
+        named_contexts,
     };
     let outcomes = build_platforms(&store, &req, &platforms, &progress, cancel)?;
     let result = if outcomes.len() == 1 {

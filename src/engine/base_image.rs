@@ -52,7 +52,7 @@ impl BaseImages {
     }
 }
 
-fn check_platform(name: &str, image: Image, want: &Platform) -> Result<Image, String> {
+pub(super) fn check_platform(name: &str, image: Image, want: &Platform) -> Result<Image, String> {
     let have = image.platform();
     if !crate::oci::model::platform_matches(want, &have) {
         return Err(format!(

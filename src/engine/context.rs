@@ -51,13 +51,31 @@ impl BuildContext {
     /// Opens `root`, reading `<dockerfile>.dockerignore` next to the
     /// Dockerfile first, then `.dockerignore` at the root (as BuildKit does).
     pub fn open(root: &Path, dockerfile: Option<&Path>) -> Result<Self, ContextError> {
-        let meta = std::fs::metadata(root).map_err(|source| ContextError::Io { path: root.to_path_buf(), source })?;
-        if !meta.is_dir() {
-            return Err(ContextError::Invalid { path: root.to_path_buf(), message: "not a directory".into() });
-        }
-        let root = root.canonicalize().map_err(|source| ContextError::Io { path: root.to_path_buf(), source })?;
+        let root = checked_root(root)?;
         let dockerfile = dockerfile.map(Path::to_path_buf).unwrap_or_else(|| root.join("Dockerfile"));
         let ignore = IgnoreMatcher::load(&root, &dockerfile)?;
+        Ok(BuildContext { root, ignore })
+    }
+
+    /// Opens a `--build-context` directory: only its own `.dockerignore`
+    /// applies (the Dockerfile lives elsewhere).
+    pub fn open_named(root: &Path) -> Result<Self, ContextError> {
+        let root = checked_root(root)?;
+        let path = root.join(".dockerignore");
+        let text = match std::fs::read(&path) {
+            Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => String::new(),
+            Err(source) => return Err(ContextError::Io { path, source }),
+        };
+        let ignore = IgnoreMatcher::parse(&text, &path)?;
+        Ok(BuildContext { root, ignore })
+    }
+
+    /// Opens a directory with no .dockerignore rules (an `ADD <git URL>`
+    /// checkout: BuildKit's git source ignores none).
+    pub fn open_unfiltered(root: &Path) -> Result<Self, ContextError> {
+        let root = checked_root(root)?;
+        let ignore = IgnoreMatcher::parse("", &root)?;
         Ok(BuildContext { root, ignore })
     }
 
@@ -155,6 +173,15 @@ impl Tree for BuildContext {
         let entry = self.entry(&super::slash_path(rel)).map_err(io::Error::other)?;
         Ok(Node::of_entry(entry.as_ref().map(|e| &e.entry.kind)))
     }
+}
+
+/// `root`, canonical, once it is known to be a directory.
+fn checked_root(root: &Path) -> Result<PathBuf, ContextError> {
+    let meta = std::fs::metadata(root).map_err(|source| ContextError::Io { path: root.to_path_buf(), source })?;
+    if !meta.is_dir() {
+        return Err(ContextError::Invalid { path: root.to_path_buf(), message: "not a directory".into() });
+    }
+    root.canonicalize().map_err(|source| ContextError::Io { path: root.to_path_buf(), source })
 }
 
 /// Opens the file `rel` below `root` for reading without following any

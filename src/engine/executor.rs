@@ -22,6 +22,7 @@ use super::base_image::BaseImages;
 use super::cache::{BuildCache, CacheEntry, CacheKey, CachedLayer};
 use super::cache_exchange::{CacheRecord, ImportedCache, INLINE_CACHE_KEY};
 use super::context::BuildContext;
+use super::named_context::{NamedContext, NamedContexts};
 use super::image_config::{rfc3339, History, ImageConfigFile};
 use super::layer_tar::{write_layer, ContentSource, LayerOptions};
 use super::progress::{Progress, StepEnd, StepLog};
@@ -69,6 +70,8 @@ pub struct BuildRequest {
     pub cache_from: Arc<ImportedCache>,
     /// `--cache-to type=inline`: the image's config carries its steps' cache records.
     pub inline_cache: bool,
+    /// `--build-context`: what `FROM name`, `--from=name` read instead.
+    pub named_contexts: NamedContexts,
 }
 
 /// What a finished build produced.
@@ -125,6 +128,8 @@ pub struct Builder<'a> {
     sessions: Sessions,
     bases: BaseImages,
     context: Option<BuildContext>,
+    /// `--build-context` directories, opened on first use.
+    named_dirs: HashMap<String, BuildContext>,
     steps: usize,
     cached: usize,
     /// Every step's cache record, in the order the steps ended.
@@ -154,6 +159,7 @@ impl<'a> Builder<'a> {
             sessions: Sessions::new(req.memory_mib, req.cpus),
             bases: BaseImages::new(req.pull, req.registry.clone()),
             context: None,
+            named_dirs: HashMap::new(),
             steps: 0,
             cached: 0,
             records: Vec::new(),
@@ -197,11 +203,32 @@ impl<'a> Builder<'a> {
 
     fn run_stages(&mut self, df: &Dockerfile, ev: &Evaluator<'_>, graph: &StageGraph) -> Result<HashMap<usize, StageState>, BuildError> {
         let mut built: HashMap<usize, StageState> = HashMap::new();
-        for &index in &graph.order {
+        let needed = self.needed_stages(df, graph);
+        for &index in graph.order.iter().filter(|i| needed.contains(i)) {
             let state = self.run_stage(df, ev, graph, index, &built)?;
             built.insert(index, state);
         }
         Ok(built)
+    }
+
+    /// The stages the target needs once named contexts replace the stages
+    /// of their name (a replaced stage's own sources are not built).
+    fn needed_stages(&self, df: &Dockerfile, graph: &StageGraph) -> std::collections::HashSet<usize> {
+        let mut needed = std::collections::HashSet::new();
+        let mut todo = vec![graph.target];
+        while let Some(i) = todo.pop() {
+            if !needed.insert(i) || self.replaced_stage(df, i).is_some() {
+                continue;
+            }
+            todo.extend(graph.stages[i].deps.iter().copied());
+        }
+        needed
+    }
+
+    /// The named context that replaces stage `index`, if one has its name.
+    fn replaced_stage(&self, df: &Dockerfile, index: usize) -> Option<(String, NamedContext)> {
+        let name = df.stages[index].name.as_deref()?;
+        self.req.named_contexts.get(name).map(|(n, c)| (n.to_string(), c.clone()))
     }
 
     /// A failure at `cx`'s instruction.
@@ -229,6 +256,11 @@ impl<'a> Builder<'a> {
         let from = format!("[{label}1/{total}] {}", labels::from_text(df, index, node));
         // A handle of its own, so resolving the base may borrow the builder.
         let progress = self.progress.clone();
+        if let Some((name, context)) = self.replaced_stage(df, index) {
+            // buildx: a named context of a stage's name is that stage.
+            let step = format!("[{label}1/1] FROM {name} (--build-context)");
+            return progress.step(&step, || self.named_state(&name, &context, &platform, df, stage.span));
+        }
         let mut state = progress.step(&from, || self.stage_base(df, index, &node.base, &platform, built))?;
 
         // A new stage: CMD counts as set only once this stage sets it.
@@ -271,7 +303,13 @@ impl<'a> Builder<'a> {
                 records: Vec::new(),
             },
             BaseRef::Stage(i) => built.get(i).cloned().expect("stages are built in dependency order"),
-            BaseRef::Image(name) => self.image_state(name, platform).map_err(|e| self.at_span(df, df.stages[index].span, e))?,
+            BaseRef::Image(name) => match self.req.named_contexts.get(name) {
+                Some((name, context)) => {
+                    let (name, context) = (name.to_string(), context.clone());
+                    self.named_state(&name, &context, platform, df, df.stages[index].span)?
+                }
+                None => self.image_state(name, platform).map_err(|e| self.at_span(df, df.stages[index].span, e))?,
+            },
         })
     }
 
@@ -423,8 +461,12 @@ impl<'a> Builder<'a> {
         Ok(layer.map(|l| LayerRef { descriptor: l.descriptor, diff_id: l.diff_id.to_string() }))
     }
 
-    /// The files a `--from` names: an earlier stage, or an image.
+    /// The files a `--from` names: a named context, an earlier stage, or an image.
     fn source_state(&mut self, cx: &StepCx<'_>, from: &str) -> Result<StageState, BuildError> {
+        if let Some((name, context)) = self.req.named_contexts.get(from) {
+            let (name, context) = (name.to_string(), context.clone());
+            return self.named_state(&name, &context, cx.platform, cx.df, cx.instr.span);
+        }
         match stages::source_ref(cx.df, from, cx.instr.span).map_err(|e| e.in_file(&self.req.dockerfile))? {
             SourceRef::Stage(i) => Ok(cx.built.get(&i).cloned().expect("sources are built first")),
             SourceRef::Image(name) => self.image_state(&name, cx.platform).map_err(|e| self.at(cx, e)),
@@ -434,9 +476,62 @@ impl<'a> Builder<'a> {
     /// A stage's starting state from the base image `name`.
     fn image_state(&mut self, name: &str, platform: &Platform) -> Result<StageState, String> {
         let image = self.bases.resolve(self.store, &self.progress, name, platform, self.cancel)?;
-        let mut state = state_from_image(&image)?;
+        self.state_of_image(&image)
+    }
+
+    fn state_of_image(&self, image: &Image) -> Result<StageState, String> {
+        let mut state = state_from_image(image)?;
         state.key = self.root_key(image.manifest_descriptor.digest().as_ref());
         Ok(state)
+    }
+
+    /// The `--build-context` directory `name`, opened with its own .dockerignore.
+    pub(super) fn named_dir(&mut self, name: &str, dir: &std::path::Path) -> Result<&BuildContext, BuildError> {
+        if !self.named_dirs.contains_key(name) {
+            let context = BuildContext::open_named(dir)?;
+            self.named_dirs.insert(name.to_string(), context);
+        }
+        Ok(&self.named_dirs[name])
+    }
+
+    /// The state the named context `name` stands for: an image's, or for a
+    /// directory an image of its files alone (as BuildKit's local source).
+    fn named_state(&mut self, name: &str, context: &NamedContext, platform: &Platform, df: &Dockerfile, span: Span) -> Result<StageState, BuildError> {
+        let fail = |e: String| step_error(df, &self.req.dockerfile, span, format!("--build-context {name}: {e}"));
+        match context {
+            NamedContext::Image(reference) => self.image_state(reference, platform).map_err(fail),
+            NamedContext::Remote(url) => Err(fail(format!("{url} was not fetched before the build"))),
+            NamedContext::OciLayout { dir, select } => {
+                let desc = crate::oci::layout::import_selected(self.store, dir, select).map_err(|e| fail(e.to_string()))?;
+                let image = self.store.image(&desc, Some(platform)).map_err(|e| fail(e.to_string()))?;
+                let image = super::base_image::check_platform(&dir.display().to_string(), image, platform).map_err(fail)?;
+                self.state_of_image(&image).map_err(fail)
+            }
+            NamedContext::Dir(dir) => {
+                let sources = [".".to_string()];
+                let empty = LayerStack::empty();
+                let input = super::copy::CopyInput { cancel: self.cancel, ..super::copy::CopyInput::new(false, &sources, "/", "/", &empty) };
+                let plan = {
+                    let context = self.named_dir(name, dir)?;
+                    super::copy::plan(&input, super::copy::CopySource::Context(context))
+                };
+                let plan = plan.map_err(|e| fail(e.to_string()))?;
+                let mut state = StageState {
+                    config: ImageConfigFile::scratch(platform),
+                    layers: Vec::new(),
+                    key: self.root_key(&format!("scratch {platform}")),
+                    stack: Some(LayerStack::empty()),
+                    records: Vec::new(),
+                };
+                let key = CacheKey::derive(Some(&state.key), &[b"CONTEXT", plan.checksum.as_bytes()]);
+                if !self.try_cache(&key, &mut state)? {
+                    let (mut entries, mut contents) = (plan.entries, plan.contents);
+                    let layer = self.write(&mut entries, contents.as_mut())?;
+                    self.commit(key, &mut state, layer, &format!("context {name} # buildkit"))?;
+                }
+                Ok(state)
+            }
+        }
     }
 
     /// The key a stage starts from (`what`: its base image's digest, or

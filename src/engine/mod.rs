@@ -23,6 +23,8 @@ pub mod image_config;
 pub mod layer_images;
 pub mod layer_tar;
 mod manifest;
+pub mod named_context;
+pub mod remote_context;
 pub mod progress;
 pub mod rootfs;
 pub mod run_mounts;

@@ -289,16 +289,7 @@ pub fn import_dir(
     select: Option<&str>,
     name_for: impl Fn(&str, Option<&str>) -> String,
 ) -> Result<Vec<(String, Descriptor)>> {
-    let not_layout = |reason: String| LayoutError::NotALayout { path: dir.to_path_buf(), reason };
-    let marker = fs::read(dir.join("oci-layout")).map_err(|e| not_layout(format!("oci-layout: {e}")))?;
-    let marker: serde_json::Value =
-        serde_json::from_slice(&marker).map_err(|e| not_layout(format!("oci-layout: {e}")))?;
-    if marker.get("imageLayoutVersion").and_then(|v| v.as_str()) != Some("1.0.0") {
-        return Err(not_layout("oci-layout does not declare imageLayoutVersion 1.0.0".into()));
-    }
-    let index = fs::read(dir.join("index.json")).map_err(|e| not_layout(format!("index.json: {e}")))?;
-    let index: oci_spec::image::ImageIndex =
-        serde_json::from_slice(&index).map_err(|e| not_layout(format!("index.json: {e}")))?;
+    let index = read_index(dir)?;
     let named: Vec<(String, Descriptor)> = index
         .manifests()
         .iter()
@@ -342,6 +333,54 @@ pub fn import_dir(
         tagged.push((name, d));
     }
     Ok(tagged)
+}
+
+/// The layout's `index.json`, once its `oci-layout` marker says 1.0.0.
+fn read_index(dir: &Path) -> Result<oci_spec::image::ImageIndex> {
+    let not_layout = |reason: String| LayoutError::NotALayout { path: dir.to_path_buf(), reason };
+    let marker = fs::read(dir.join("oci-layout")).map_err(|e| not_layout(format!("oci-layout: {e}")))?;
+    let marker: serde_json::Value =
+        serde_json::from_slice(&marker).map_err(|e| not_layout(format!("oci-layout: {e}")))?;
+    if marker.get("imageLayoutVersion").and_then(|v| v.as_str()) != Some("1.0.0") {
+        return Err(not_layout("oci-layout does not declare imageLayoutVersion 1.0.0".into()));
+    }
+    let index = fs::read(dir.join("index.json")).map_err(|e| not_layout(format!("index.json: {e}")))?;
+    serde_json::from_slice(&index).map_err(|e| not_layout(format!("index.json: {e}")))
+}
+
+/// Which image of a layout `oci-layout://DIR[:TAG|@DIGEST]` names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LayoutSelector {
+    Tag(String),
+    Digest(String),
+    /// `latest`, or the layout's only image.
+    Default,
+}
+
+/// Copies the one image `select` names from the layout `dir` into the
+/// store, untagged (a build input, not a `kiln load`), and returns it.
+pub fn import_selected(store: &Store, dir: &Path, select: &LayoutSelector) -> Result<Descriptor> {
+    let index = read_index(dir)?;
+    let ref_name = |d: &Descriptor| d.annotations().as_ref().and_then(|a| a.get(REF_NAME_ANNOTATION)).cloned();
+    let available = || index.manifests().iter().filter_map(ref_name).collect::<Vec<_>>().join(", ");
+    let no_such = |name: &str| LayoutError::NoSuchRef { path: dir.to_path_buf(), name: name.to_string(), available: available() };
+    let chosen = match select {
+        LayoutSelector::Tag(tag) => index.manifests().iter().find(|d| ref_name(d).as_deref() == Some(tag.as_str())).ok_or_else(|| no_such(tag))?,
+        LayoutSelector::Digest(digest) => {
+            index.manifests().iter().find(|d| d.digest().to_string() == *digest).ok_or_else(|| no_such(digest))?
+        }
+        LayoutSelector::Default => match index.manifests().iter().find(|d| ref_name(d).as_deref() == Some("latest")) {
+            Some(d) => d,
+            None if index.manifests().len() == 1 => &index.manifests()[0],
+            None => return Err(no_such("latest")),
+        },
+    };
+    let mut plain = chosen.clone();
+    plain.set_annotations(None);
+    let ingest = store.begin_ingest()?;
+    copy_closure(dir, &ingest, &plain, &mut HashSet::new())?;
+    ingest.commit()?;
+    Ok(plain)
 }
 
 fn copy_closure(dir: &Path, ingest: &Ingest<'_>, d: &Descriptor, seen: &mut HashSet<Digest>) -> Result<()> {

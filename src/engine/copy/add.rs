@@ -24,7 +24,7 @@ pub(super) fn is_http(s: &str) -> bool {
 
 /// A git source as BuildKit recognises one: `git@host:repo`, `git://`,
 /// `ssh://`, or an http(s) URL whose path ends in `.git`.
-pub(super) fn is_git(s: &str) -> bool {
+pub(crate) fn is_git(s: &str) -> bool {
     if s.starts_with("git@") || s.starts_with("git://") || s.starts_with("ssh://") {
         return true;
     }
@@ -61,7 +61,7 @@ impl ExpectedDigest {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum ArchiveKind {
+pub(crate) enum ArchiveKind {
     Tar,
     Gzip,
     Bzip2,
@@ -79,7 +79,7 @@ fn compression_of(magic: &[u8]) -> ArchiveKind {
     }
 }
 
-fn decompress<'r>(kind: ArchiveKind, r: Box<dyn Read + 'r>) -> io::Result<Box<dyn Read + 'r>> {
+pub(crate) fn decompress<'r>(kind: ArchiveKind, r: Box<dyn Read + 'r>) -> io::Result<Box<dyn Read + 'r>> {
     Ok(match kind {
         ArchiveKind::Tar => r,
         ArchiveKind::Gzip => Box::new(flate2::read::MultiGzDecoder::new(r)),
@@ -134,6 +134,26 @@ fn sniff(mut open: impl FnMut() -> io::Result<Box<dyn Read>>) -> io::Result<Opti
     Ok(is_tar_header(&block[..got]).then_some(kind))
 }
 
+/// The archive kind of a stream that starts with `head` (a few KiB of it).
+pub(crate) fn sniff_head(head: &[u8]) -> Option<ArchiveKind> {
+    sniff(|| Ok(Box::new(io::Cursor::new(head.to_vec())) as Box<dyn Read>)).ok().flatten()
+}
+
+/// The archive kind of a spooled download, if it is one.
+pub(crate) fn sniff_download(file: &std::fs::File) -> io::Result<Option<ArchiveKind>> {
+    let kind = sniff_spooled(file.try_clone()?)?;
+    // The clones share the file offset: rewind after sniffing.
+    file.try_clone()?.seek(SeekFrom::Start(0))?;
+    Ok(kind)
+}
+
+/// GETs `url` into a private unnamed temp file, read from its start.
+pub(crate) fn download_to_file(url: &str, cancel: &AtomicBool) -> Result<std::fs::File, CopyError> {
+    let mut spool = Spool::default();
+    download(url, &mut spool, None, cancel)?;
+    spool.into_reader().map_err(|e| CopyError::Download { url: url.to_string(), message: e.to_string() })
+}
+
 /// The archive kind of the context file `rel`, if it is one.
 pub(super) fn sniff_file(root: &Path, rel: &str) -> io::Result<Option<ArchiveKind>> {
     sniff(|| Ok(Box::new(crate::engine::context::open_in_root(root, rel)?) as Box<dyn Read>))
@@ -141,7 +161,7 @@ pub(super) fn sniff_file(root: &Path, rel: &str) -> io::Result<Option<ArchiveKin
 
 /// An archive member's path, relative and clean; `None` for the root
 /// itself; an error for anything that would climb out of the destination.
-fn member_path(raw: &str, archive: &str) -> Result<Option<String>, CopyError> {
+pub(crate) fn member_path(raw: &str, archive: &str) -> Result<Option<String>, CopyError> {
     let mut parts: Vec<&str> = Vec::new();
     for part in raw.split('/') {
         match part {

@@ -12,6 +12,7 @@
 //! unnamed spool file for unpacked archives and downloads.
 
 mod add;
+pub(crate) use add::{decompress, download_to_file, is_git, member_path, sniff_download, sniff_head, ArchiveKind};
 mod chmod;
 mod content;
 mod source;
@@ -386,7 +387,7 @@ impl<'a> Planner<'a> {
     fn source(&mut self, src: &str) -> Result<(), CopyError> {
         if add::is_git(src) {
             return Err(CopyError::Source(if self.input.add {
-                format!("ADD {src}: adding a git repository is not supported yet")
+                format!("ADD {src}: a git repository must be ADD's only source")
             } else {
                 format!("COPY {src}: source can't be a git ref for COPY")
             }));

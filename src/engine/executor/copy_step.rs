@@ -5,6 +5,8 @@ use super::{Builder, StageState, StepCx};
 use crate::engine::cache::CacheKey;
 use crate::engine::context::BuildContext;
 use crate::engine::copy::{self, CopyInput, CopySource};
+use crate::engine::named_context::NamedContext;
+use crate::engine::remote_context::{self, RemoteError};
 use crate::engine::rootfs::LayerStack;
 use crate::engine::BuildError;
 use crate::dockerfile::expand::Scope;
@@ -15,9 +17,9 @@ impl Builder<'_> {
     pub(super) fn copy(&mut self, cx: &StepCx<'_>, scope: &Scope<'_, '_>, state: &mut StageState) -> Result<bool, BuildError> {
         let span = cx.instr.span;
         // ADD's own options, and COPY's.
-        let (files, add, from, parents, checksum, unpack) = match &cx.instr.kind {
-            InstructionKind::Copy(c) => (&c.files, false, c.from.as_deref(), c.parents, None, None),
-            InstructionKind::Add(a) => (&a.files, true, None, false, a.checksum.as_deref(), a.unpack),
+        let (files, add, from, parents, checksum, unpack, keep_git_dir) = match &cx.instr.kind {
+            InstructionKind::Copy(c) => (&c.files, false, c.from.as_deref(), c.parents, None, None, false),
+            InstructionKind::Add(a) => (&a.files, true, None, false, a.checksum.as_deref(), a.unpack, a.keep_git_dir),
             _ => unreachable!("copy() is called for COPY and ADD"),
         };
         let inline: Vec<(String, String)> = files
@@ -34,14 +36,37 @@ impl Builder<'_> {
             }
             None => None,
         };
-        // The source side: the context, another stage or an image.
-        let mut from_state = match from {
+        // ADD <git URL> <dir>: the checkout's files, walked like a context (as BuildKit's git source, no .dockerignore).
+        let git = match files.sources.iter().find(|s| add && remote_context::is_git(s)) {
+            Some(url) if files.sources.len() > 1 => {
+                return Err(self.at(cx, format!("ADD {url}: a git repository must be ADD's only source")));
+            }
+            Some(url) => {
+                let fetched = remote_context::git_checkout(url, keep_git_dir, self.cancel).map_err(|e| match e {
+                    RemoteError::Interrupted(i) => BuildError::from(i),
+                    RemoteError::Failed(m) => self.at(cx, format!("ADD {m}")),
+                })?;
+                let checkout = BuildContext::open_unfiltered(&fetched.root)?;
+                Some((fetched, checkout))
+            }
             None => None,
-            Some(f) => Some(self.source_state(cx, f)?),
+        };
+        let whole_checkout = [".".to_string()];
+        let sources = if git.is_some() { &whole_checkout[..] } else { &files.sources[..] };
+        // The source side: the context, a named context directory, another stage or an image.
+        let named_dir = match from.and_then(|f| self.req.named_contexts.get(f)) {
+            Some((name, NamedContext::Dir(dir))) => Some((name.to_string(), dir.clone())),
+            _ => None,
+        };
+        let mut from_state = match from {
+            Some(f) if named_dir.is_none() => Some(self.source_state(cx, f)?),
+            _ => None,
         };
         if let Some(s) = from_state.as_mut() {
             self.stack(s)?;
-        } else {
+        } else if let Some((name, dir)) = &named_dir {
+            self.named_dir(name, dir)?;
+        } else if git.is_none() {
             self.open_context()?;
         }
         self.stack(state)?;
@@ -59,11 +84,13 @@ impl Builder<'_> {
             unpack,
             inline: &inline,
             cancel: self.cancel,
-            ..CopyInput::new(add, &files.sources, &files.dest, &workdir, dest_root)
+            ..CopyInput::new(add, sources, &files.dest, &workdir, dest_root)
         };
-        let source = match &from_state {
-            Some(s) => CopySource::Stack { stack: s.stack.as_ref().expect("indexed above"), store: self.store },
-            None => CopySource::Context(self.context.as_ref().expect("opened above")),
+        let source = match (&from_state, &named_dir, &git) {
+            (Some(s), _, _) => CopySource::Stack { stack: s.stack.as_ref().expect("indexed above"), store: self.store },
+            (None, Some((name, _)), _) => CopySource::Context(&self.named_dirs[name]),
+            (None, None, Some((_, checkout))) => CopySource::Context(checkout),
+            (None, None, None) => CopySource::Context(self.context.as_ref().expect("opened above")),
         };
         let plan = copy::plan(&input, source).map_err(|e| self.at(cx, e.to_string()))?;
         // --link layers do not depend on what is below them.
