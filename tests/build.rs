@@ -1,3 +1,4 @@
+#![cfg(unix)]
 //! `kiln build` end to end, as a user runs it: real Dockerfiles built for
 //! linux/arm64 under TCG from the Debian base image that
 //! scripts/make-debian-base.sh makes (and a busybox image for the quick

@@ -1,3 +1,4 @@
+#![cfg(unix)]
 //! Fault injection: kiln is killed (SIGKILL, no chance to clean up) during a
 //! snapshot, a pull and an export; the guest kernel panics; the disk fills
 //! up under the store and under an export; two builds share one store, cache

@@ -1,3 +1,4 @@
+#![cfg(unix)]
 //! `kiln import`: a root file system tar becomes an image that other OCI
 //! tools read (umoci unpacks it and checks diff_ids, skopeo reads the
 //! platform), and bad input leaves the store untouched.

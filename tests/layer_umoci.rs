@@ -1,3 +1,4 @@
+#![cfg(unix)]
 //! Layers written by kiln's tar writer, unpacked by umoci (the validator
 //! that checks diff_ids), compared with kiln's own merged view (LayerStack).
 

@@ -1,3 +1,4 @@
+#![cfg(unix)]
 //! OCI layouts and Docker archives written by kiln, checked by umoci,
 //! oci-image-tool and skopeo; layouts read back; the image CLI commands.
 

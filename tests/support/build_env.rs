@@ -29,6 +29,7 @@ impl Env {
 
     /// An Env whose kiln has its own cache directory (`cache`), sharing only
     /// the downloaded guest kernels with the other tests.
+    #[cfg(unix)]
     pub fn with_private_cache() -> Env {
         let env = Env::new();
         let shared = std::env::var_os("KILN_CACHE_DIR").map(PathBuf::from).unwrap_or_else(|| {
