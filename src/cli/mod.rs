@@ -52,6 +52,39 @@ pub enum Command {
     Debug(debug::DebugCommand),
 }
 
+/// `kiln run`'s status when kiln itself fails (a bad flag, a missing image,
+/// a VM that does not boot), as `docker run` exits 125; the command's own
+/// status is passed through, and 126/127 mean it could not be started.
+pub const RUN_OWN_FAILURE: u8 = 125;
+
+/// Parses the arguments, runs the command and turns failures into exit
+/// statuses: `kiln run`'s own failures exit 125 as `docker run`'s do, every
+/// other command exits 1 as `docker buildx build` does (clap's usage errors 2).
+pub fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(err) => {
+            let _ = err.print();
+            let is_run = std::env::args_os().nth(1).is_some_and(|a| a == "run");
+            return match err.use_stderr() && is_run {
+                true => ExitCode::from(RUN_OWN_FAILURE),
+                false => ExitCode::from(u8::try_from(err.exit_code()).unwrap_or(1)),
+            };
+        }
+    };
+    let own_failure = match cli.command {
+        Command::Run(_) => RUN_OWN_FAILURE,
+        _ => 1,
+    };
+    match run(cli) {
+        Ok(code) => code,
+        Err(err) => {
+            report_error(&err);
+            ExitCode::from(interrupted_exit_code().unwrap_or(own_failure))
+        }
+    }
+}
+
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Build(args) => build::run(args, signals::install()),

@@ -10,7 +10,10 @@ use super::terminal;
 use crate::oci::Store;
 use crate::platform::Platform;
 use crate::engine::vm_session::ExecIo;
-use crate::run::{run_image, RunRequest};
+use crate::engine::vm_session::SessionError;
+use crate::run::{run_image, RunError, RunRequest};
+use crate::vm::client::ClientError;
+use crate::vm::VmError;
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
@@ -116,8 +119,31 @@ pub fn run(args: RunArgs, cancel: &'static std::sync::atomic::AtomicBool) -> any
     let (_raw, stdin) = terminal::guest_stdin(args.interactive, args.tty);
     let mut resizes = terminal::resizes(args.tty);
     let io = ExecIo { stdin, sink: &mut sink, resizes: &mut resizes };
-    let code = run_image(&store, &req, io, cancel)?;
-    Ok(ExitCode::from(code.clamp(0, 255) as u8))
+    match run_image(&store, &req, io, cancel) {
+        Ok(code) => Ok(ExitCode::from(code.clamp(0, 255) as u8)),
+        Err(RunError::Session(SessionError::Vm(VmError::Agent { error: ClientError::RequestFailed(message), .. }))) => {
+            match start_failure_code(&message) {
+                Some(code) => {
+                    eprintln!("error: {message}");
+                    Ok(ExitCode::from(code))
+                }
+                None => Err(anyhow::anyhow!("{message}")),
+            }
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// docker run's status for a command the guest could not start: 127 when
+/// it does not exist, 126 when it cannot be executed. The agent reports
+/// `cannot start "CMD": <io error>` with the guest's errno (the same numbers
+/// on every Linux architecture).
+fn start_failure_code(message: &str) -> Option<u8> {
+    let errno = message.strip_prefix("cannot start ")?.rsplit_once("(os error ")?.1.split(')').next()?.parse::<i32>().ok()?;
+    match errno {
+        2 | 20 => Some(127),  // ENOENT, ENOTDIR
+        _ => Some(126), // EACCES, ENOEXEC, ...: there but not runnable
+    }
 }
 
 /// Pulls the image as `docker run --pull` does: by default only when the
@@ -154,5 +180,13 @@ mod tests {
         assert_eq!(parse_publish("127.0.0.1:8080:80/tcp").unwrap(), (8080, 80));
         assert_eq!(parse_publish("5000").unwrap(), (5000, 5000));
         assert!(parse_publish("x:80").is_err());
+    }
+
+    #[test]
+    fn start_failures_map_to_docker_statuses() {
+        assert_eq!(start_failure_code(r#"cannot start "nosuch": No such file or directory (os error 2)"#), Some(127));
+        assert_eq!(start_failure_code(r#"cannot start "/etc": Permission denied (os error 13)"#), Some(126));
+        assert_eq!(start_failure_code(r#"cannot start "/x.txt": Exec format error (os error 8)"#), Some(126));
+        assert_eq!(start_failure_code("mounting the root: busy"), None);
     }
 }
