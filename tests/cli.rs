@@ -32,3 +32,41 @@ fn exit_statuses_follow_docker_and_buildx() {
     assert!(env.kiln().args(["run", "--help"]).output().unwrap().status.success());
     assert!(env.kiln().arg("--version").output().unwrap().status.success());
 }
+
+#[test]
+fn images_formats_and_quiet() {
+    let env = Env::new();
+    env.import_busybox("arm64", "kiln.local/busybox:one");
+    env.ok(&["tag", "kiln.local/busybox:one", "busybox:two"]);
+
+    let json = stdout(&env.ok(&["images", "--format", "json"]));
+    let rows: Vec<serde_json::Value> = json.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(rows.len(), 2, "{json}");
+    let two = rows.iter().find(|r| r["Tag"] == "two").expect("busybox:two listed");
+    assert_eq!(two["Repository"], "busybox", "docker.io/library/ is left out as docker does");
+    assert_eq!(two["Platform"], "linux/arm64");
+    assert!(two["CreatedSince"].as_str().unwrap().ends_with(" ago"), "{two}");
+    assert!(two["CreatedAt"].as_str().unwrap().ends_with(" +0000 UTC"), "{two}");
+    assert!(two["Size"].as_str().unwrap().ends_with("MB"), "{two}");
+    let id = two["ID"].as_str().unwrap();
+    assert_eq!(id.len(), 12);
+    assert!(two["Digest"].as_str().unwrap().starts_with(&format!("sha256:{id}")), "{two}");
+
+    // Two names of one image: its ID once.
+    assert_eq!(stdout(&env.ok(&["images", "-q"])), format!("{id}\n"));
+
+    let names = stdout(&env.ok(&["images", "--format", "{{.Repository}}:{{.Tag}}"]));
+    let mut names: Vec<&str> = names.lines().collect();
+    names.sort();
+    assert_eq!(names, ["busybox:two", "kiln.local/busybox:one"]);
+
+    let table = stdout(&env.ok(&["images", "--format", r"table {{.Repository}}\t{{.ID}}"]));
+    let lines: Vec<&str> = table.lines().collect();
+    assert_eq!(lines[0], "REPOSITORY           IMAGE ID", "columns 3 apart, as docker's: {table}");
+    assert!(lines.contains(&format!("kiln.local/busybox   {id}").as_str()), "{table}");
+    assert!(stdout(&env.ok(&["images", "--format", "table"])).starts_with("NAME "));
+
+    let out = env.kiln().args(["images", "--format", "{{.Bogus}}"]).output().unwrap();
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("{{.Bogus}} is not supported"), "{}", stderr(&out));
+}

@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 pub mod build;
 pub mod debug;
 pub mod image;
+pub mod images;
 pub mod imagetools;
 pub mod import;
 pub mod kernel;
