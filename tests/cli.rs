@@ -70,3 +70,51 @@ fn images_formats_and_quiet() {
     assert!(!out.status.success());
     assert!(stderr(&out).contains("{{.Bogus}} is not supported"), "{}", stderr(&out));
 }
+
+const PLATFORMS: [&str; 9] = [
+    "linux/amd64",
+    "linux/arm64",
+    "linux/386",
+    "linux/arm/v7",
+    "linux/arm/v6",
+    "linux/arm/v5",
+    "linux/riscv64",
+    "linux/ppc64le",
+    "linux/s390x",
+];
+
+#[test]
+fn version_lists_platforms_kernels_agents_and_emulators() {
+    let env = Env::new();
+    let text = stdout(&env.ok(&["version"]));
+    assert!(text.starts_with(&format!("kiln {}", env!("CARGO_PKG_VERSION"))), "{text}");
+    for platform in PLATFORMS {
+        let line = text.lines().find(|l| l.starts_with(&format!("{platform} "))).unwrap_or_else(|| panic!("{platform} missing:\n{text}"));
+        assert!(line.contains("linux-image-"), "a pinned kernel: {line}");
+    }
+    // The machine the tests run on has QEMU (scripts/setup-host.sh).
+    let aarch64 = text.lines().find(|l| l.starts_with("qemu-system-aarch64 ")).expect("the arm64 emulator is listed");
+    assert!(aarch64.contains("QEMU emulator version "), "{aarch64}");
+
+    let json: serde_json::Value = serde_json::from_slice(&env.ok(&["version", "--format", "json"]).stdout).unwrap();
+    assert_eq!(json["version"], env!("CARGO_PKG_VERSION"));
+    let listed: Vec<&str> = json["platforms"].as_array().unwrap().iter().map(|p| p["platform"].as_str().unwrap()).collect();
+    assert_eq!(listed, PLATFORMS);
+    let arm64 = &json["platforms"][1];
+    // The agent digest is the embedded agent's (built into the binary from target/agents).
+    let agent = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/target/agents/kiln-agent-arm64"));
+    if let Ok(agent) = agent {
+        use sha2::Digest;
+        assert_eq!(arm64["agent"], format!("sha256:{}", hex::encode(sha2::Sha256::digest(&agent))));
+    }
+    let emulators = json["emulators"].as_array().unwrap();
+    assert!(emulators.iter().any(|e| e["binary"] == "qemu-system-s390x" && e["version"].as_str().unwrap().starts_with("QEMU emulator version")));
+
+    // Without QEMU on PATH each emulator says how to install it.
+    let empty = env.path("tmp");
+    let out = env.kiln().env("PATH", &empty).env_remove("KILN_QEMU_DIR").arg("version").output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    let arm = text.lines().find(|l| l.starts_with("qemu-system-arm ")).unwrap();
+    assert!(arm.contains("not found") && arm.contains("apt-get install") && arm.contains("qemu-system-arm"), "{arm}");
+}

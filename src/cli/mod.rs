@@ -16,11 +16,12 @@ pub mod manifest;
 pub mod run;
 pub mod signals;
 pub mod terminal;
+pub mod version;
 pub mod vm;
 
 /// Build OCI images from Dockerfiles for any architecture, without binfmt_misc or root.
 #[derive(Debug, Parser)]
-#[command(name = "kiln", version, propagate_version = true)]
+#[command(name = "kiln", version = version::VERSION_LINE, propagate_version = true)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -48,6 +49,8 @@ pub enum Command {
     Image(image::ImageCommand),
     /// Create an image from a root file system tar (like `docker import`)
     Import(import::ImportArgs),
+    /// Show kiln's version, commit, guest kernels and agents, and the QEMU emulators found
+    Version(version::VersionArgs),
     /// Developer tools (conformance runners, dumps)
     #[command(subcommand, hide = true)]
     Debug(debug::DebugCommand),
@@ -96,6 +99,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Kernel(cmd) => kernel::run(cmd),
         Command::Image(cmd) => image::run(cmd),
         Command::Import(args) => import::run(args),
+        Command::Version(args) => version::run(args),
         Command::Debug(cmd) => debug::run(cmd),
     }
 }
