@@ -118,3 +118,59 @@ fn version_lists_platforms_kernels_agents_and_emulators() {
     let arm = text.lines().find(|l| l.starts_with("qemu-system-arm ")).unwrap();
     assert!(arm.contains("not found") && arm.contains("apt-get install") && arm.contains("qemu-system-arm"), "{arm}");
 }
+
+/// The visible commands, as `kiln --help` lists them.
+fn subcommands(env: &Env) -> Vec<String> {
+    let help = stdout(&env.ok(&["--help"]));
+    let commands = help.split("Commands:").nth(1).unwrap().split("\n\n").next().unwrap();
+    // Continuation lines of a wrapped description are indented further.
+    let names = commands.lines().filter(|l| l.starts_with("  ") && !l.starts_with("   "));
+    names.filter_map(|l| l.split_whitespace().next()).filter(|c| *c != "help").map(str::to_string).collect()
+}
+
+#[test]
+fn bash_completion_knows_every_command_and_parses() {
+    let env = Env::new();
+    let script = stdout(&env.ok(&["completion", "bash"]));
+    let commands = subcommands(&env);
+    assert!(commands.len() > 20, "{commands:?}");
+    for c in &commands {
+        assert!(script.contains(&format!("kiln,{c})")), "no completion for {c}");
+    }
+    assert!(script.contains("--platform") && script.contains("complete -F"), "flags and the registration");
+    let file = env.path("kiln.bash");
+    std::fs::write(&file, &script).unwrap();
+    let check = std::process::Command::new("bash").arg("-n").arg(&file).output().unwrap();
+    assert!(check.status.success(), "bash -n: {}", stderr(&check));
+    for shell in ["zsh", "fish", "powershell", "elvish"] {
+        assert!(stdout(&env.ok(&["completion", shell])).contains("imagetools"), "{shell}");
+    }
+    let out = env.kiln().args(["completion", "tcsh"]).output().unwrap();
+    assert!(!out.status.success() && stderr(&out).contains("tcsh"), "{}", stderr(&out));
+}
+
+#[test]
+fn man_pages_for_every_command_render() {
+    let env = Env::new();
+    let dir = env.path("man");
+    env.ok(&["man", "--dir", dir.to_str().unwrap()]);
+    let mut pages = vec!["kiln.1".to_string(), "kiln-imagetools-create.1".into(), "kiln-vm-exec.1".into()];
+    pages.extend(subcommands(&env).iter().map(|c| format!("kiln-{c}.1")));
+    for page in &pages {
+        let path = dir.join(page);
+        let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{page}: {e}"));
+        assert!(text.contains(".TH ") && text.contains(".SH NAME") && text.contains(".SH SYNOPSIS"), "{page}:\n{text}");
+    }
+    assert!(!dir.join("kiln-debug.1").exists(), "hidden commands get no page");
+    // groff (man's formatter) renders them without warnings.
+    let groff = std::process::Command::new("groff").args(["-man", "-Tascii", "-ww", "-P-cbou"]).arg(dir.join("kiln-run.1")).output();
+    match groff {
+        Ok(out) => {
+            assert!(out.status.success() && out.stderr.is_empty(), "groff: {}", stderr(&out));
+            let text = stdout(&out);
+            assert!(text.contains("--env-file") || text.contains("--publish"), "{text}");
+        }
+        Err(e) => eprintln!("groff is not installed ({e}); checked the pages' structure only"),
+    }
+    assert!(stdout(&env.ok(&["man"])).contains(".TH kiln 1"), "kiln.1 on standard output");
+}

@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand};
 
 pub mod build;
 pub mod debug;
+pub mod docs;
 pub mod image;
 pub mod images;
 pub mod imagetools;
@@ -51,6 +52,10 @@ pub enum Command {
     Import(import::ImportArgs),
     /// Show kiln's version, commit, guest kernels and agents, and the QEMU emulators found
     Version(version::VersionArgs),
+    /// Print a shell completion script (bash, zsh, fish, powershell, elvish)
+    Completion(docs::CompletionArgs),
+    /// Write man pages (kiln.1 to standard output, or every page into --dir)
+    Man(docs::ManArgs),
     /// Developer tools (conformance runners, dumps)
     #[command(subcommand, hide = true)]
     Debug(debug::DebugCommand),
@@ -100,6 +105,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Image(cmd) => image::run(cmd),
         Command::Import(args) => import::run(args),
         Command::Version(args) => version::run(args),
+        Command::Completion(args) => docs::completion(args),
+        Command::Man(args) => docs::man(args),
         Command::Debug(cmd) => debug::run(cmd),
     }
 }
