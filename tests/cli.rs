@@ -121,8 +121,13 @@ fn version_lists_platforms_kernels_agents_and_emulators() {
 
 /// The visible commands, as `kiln --help` lists them.
 fn subcommands(env: &Env) -> Vec<String> {
-    let help = stdout(&env.ok(&["--help"]));
-    let commands = help.split("Commands:").nth(1).unwrap().split("\n\n").next().unwrap();
+    commands_in(&stdout(&env.ok(&["--help"])))
+}
+
+/// The commands a `--help` text lists.
+fn commands_in(help: &str) -> Vec<String> {
+    let Some(commands) = help.split("Commands:").nth(1) else { return Vec::new() };
+    let commands = commands.split("\n\n").next().unwrap();
     // Continuation lines of a wrapped description are indented further.
     let names = commands.lines().filter(|l| l.starts_with("  ") && !l.starts_with("   "));
     names.filter_map(|l| l.split_whitespace().next()).filter(|c| *c != "help").map(str::to_string).collect()
@@ -159,7 +164,7 @@ fn man_pages_for_every_command_render() {
     for page in &pages {
         let path = dir.join(page);
         let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{page}: {e}"));
-        assert!(text.contains(".TH ") && text.contains(".SH NAME") && text.contains(".SH SYNOPSIS"), "{page}:\n{text}");
+        assert!(text.contains(".TH ") && text.contains(".SH NAME") && text.contains(".SH SYNOPSIS") && text.contains(".SH EXAMPLES"), "{page}:\n{text}");
     }
     assert!(!dir.join("kiln-debug.1").exists(), "hidden commands get no page");
     // groff (man's formatter) renders them without warnings.
@@ -173,4 +178,21 @@ fn man_pages_for_every_command_render() {
         Err(e) => eprintln!("groff is not installed ({e}); checked the pages' structure only"),
     }
     assert!(stdout(&env.ok(&["man"])).contains(".TH kiln 1"), "kiln.1 on standard output");
+}
+
+#[test]
+fn every_command_help_has_examples() {
+    let env = Env::new();
+    let mut pending = vec![Vec::<String>::new()];
+    let mut seen = 0;
+    while let Some(path) = pending.pop() {
+        let help = stdout(&env.ok(&path.iter().map(String::as_str).chain(["--help"]).collect::<Vec<_>>()));
+        let examples = help.split("\nExamples:\n").nth(1).unwrap_or_else(|| panic!("`kiln {}` --help has no Examples:\n{help}", path.join(" ")));
+        assert!(examples.lines().any(|l| l.contains(&format!("kiln {}", path.join(" ")).trim_end().to_string())), "{help}");
+        for sub in commands_in(&help) {
+            pending.push(path.iter().cloned().chain([sub]).collect());
+        }
+        seen += 1;
+    }
+    assert!(seen > 25, "walked {seen} commands");
 }

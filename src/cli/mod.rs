@@ -3,11 +3,12 @@
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 pub mod build;
 pub mod debug;
 pub mod docs;
+pub mod examples;
 pub mod image;
 pub mod images;
 pub mod imagetools;
@@ -70,7 +71,7 @@ pub const RUN_OWN_FAILURE: u8 = 125;
 /// statuses: `kiln run`'s own failures exit 125 as `docker run`'s do, every
 /// other command exits 1 as `docker buildx build` does (clap's usage errors 2).
 pub fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
+    let cli = match command().try_get_matches().and_then(|m| Cli::from_arg_matches(&m)) {
         Ok(cli) => cli,
         Err(err) => {
             let _ = err.print();
@@ -92,6 +93,11 @@ pub fn main() -> ExitCode {
             ExitCode::from(interrupted_exit_code().unwrap_or(own_failure))
         }
     }
+}
+
+/// The command line's definition, with each command's examples in its help.
+pub fn command() -> clap::Command {
+    examples::add(Cli::command(), "")
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
