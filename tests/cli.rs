@@ -196,3 +196,24 @@ fn every_command_help_has_examples() {
     }
     assert!(seen > 25, "walked {seen} commands");
 }
+
+#[test]
+fn run_refuses_what_it_cannot_do_and_bad_env_files() {
+    let env = Env::new();
+    let run = |args: &[&str]| env.kiln().arg("run").args(args).output().unwrap();
+    let out = run(&["-d", "img"]);
+    assert_eq!(out.status.code(), Some(125));
+    assert!(stderr(&out).contains("-d is not supported"), "{}", stderr(&out));
+    let out = run(&["--rm=false", "img"]);
+    assert_eq!(out.status.code(), Some(125));
+    assert!(stderr(&out).contains("--rm=false is not supported"), "{}", stderr(&out));
+
+    let file = env.path("app.env");
+    std::fs::write(&file, "# settings\nA=1\nnot a variable\n").unwrap();
+    let out = run(&["--env-file", file.to_str().unwrap(), "img"]);
+    assert_eq!(out.status.code(), Some(125));
+    assert!(stderr(&out).contains(&format!("{}:3: variable name \"not a variable\" contains whitespace", file.display())), "{}", stderr(&out));
+    let out = run(&["--env-file", "/nonexistent/app.env", "img"]);
+    assert_eq!(out.status.code(), Some(125));
+    assert!(stderr(&out).contains("/nonexistent/app.env"), "{}", stderr(&out));
+}

@@ -34,6 +34,18 @@ fn run_exit_statuses_are_dockers() {
     let out = run(&[BUSYBOX, "/etc/passwd"]);
     assert_eq!(code(&out), Some(126), "not executable: {}", stderr(&out));
 
+    // --env-file as docker reads it, -e after it, --rm accepted (and always so).
+    let file = env.path("app.env");
+    std::fs::write(&file, "# comment\nFROM_FILE=file value \nOVERRIDDEN=file\nHOST_VALUE\n").unwrap();
+    let out = env
+        .kiln()
+        .env("HOST_VALUE", "from kiln")
+        .args(["run", "--rm", "--env-file", file.to_str().unwrap(), "-e", "OVERRIDDEN=flag", BUSYBOX])
+        .args(["sh", "-c", "echo \"[$FROM_FILE] $OVERRIDDEN $HOST_VALUE\""])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "[file value ] flag from kiln\n", "{}", stderr(&out));
+
     let out = run(&["--pull", "never", "kiln.local/absent:1", "true"]);
     assert_eq!(code(&out), Some(125), "a missing image is kiln's failure: {}", stderr(&out));
     env.assert_tmp_empty();
