@@ -217,3 +217,22 @@ fn run_refuses_what_it_cannot_do_and_bad_env_files() {
     assert_eq!(out.status.code(), Some(125));
     assert!(stderr(&out).contains("/nonexistent/app.env"), "{}", stderr(&out));
 }
+
+#[test]
+fn buildkit_progress_sets_the_default_mode_and_failures_show_the_error_block() {
+    let env = Env::new();
+    env.write("Dockerfile", "FROM scratch\nCOPY missing.txt /\n");
+    let build = |vars: &[(&str, &str)], args: &[&str]| {
+        let out = env.kiln().envs(vars.iter().copied()).arg("build").args(args).arg(env.ctx()).output().unwrap();
+        assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+        stderr(&out)
+    };
+    let plain = build(&[("BUILDKIT_PROGRESS", "plain")], &[]);
+    assert!(plain.contains("#2 [2/2] COPY missing.txt /\n#2 ERROR: COPY failed: \"/missing.txt\": not found\n------\n > [2/2] COPY missing.txt /:\n------\n"), "{plain}");
+    let json = build(&[("BUILDKIT_PROGRESS", "rawjson")], &[]);
+    let first: serde_json::Value = serde_json::from_str(json.lines().next().unwrap()).expect(&json);
+    assert_eq!(first["status"], "started");
+    // The flag wins over the variable.
+    let flag = build(&[("BUILDKIT_PROGRESS", "rawjson")], &["--progress", "plain"]);
+    assert!(flag.starts_with("#1 [1/2] FROM scratch"), "{flag}");
+}
