@@ -230,8 +230,11 @@ fn buildkit_progress_sets_the_default_mode_and_failures_show_the_error_block() {
     let plain = build(&[("BUILDKIT_PROGRESS", "plain")], &[]);
     assert!(plain.contains("#2 [2/2] COPY missing.txt /\n#2 ERROR: COPY failed: \"/missing.txt\": not found\n------\n > [2/2] COPY missing.txt /:\n------\n"), "{plain}");
     let json = build(&[("BUILDKIT_PROGRESS", "rawjson")], &[]);
-    let first: serde_json::Value = serde_json::from_str(json.lines().next().unwrap()).expect(&json);
-    assert_eq!(first["status"], "started");
+    // buildx's rawjson: one SolveStatus per line (the final error after them).
+    let statuses: Vec<serde_json::Value> = json.lines().map_while(|l| serde_json::from_str(l).ok()).collect();
+    assert_eq!(statuses[0]["vertexes"][0]["name"], "[1/2] FROM scratch", "{json}");
+    let failed = statuses.iter().filter_map(|s| s["vertexes"][0]["error"].as_str()).collect::<Vec<_>>();
+    assert_eq!(failed, [r#"COPY failed: "/missing.txt": not found"#], "{json}");
     // The flag wins over the variable.
     let flag = build(&[("BUILDKIT_PROGRESS", "rawjson")], &["--progress", "plain"]);
     assert!(flag.starts_with("#1 [1/2] FROM scratch"), "{flag}");

@@ -1,14 +1,17 @@
 //! Build progress, shown like BuildKit's: `plain` lines (`#5 [2/4] RUN ...`,
 //! `#5 0.52 output`, `#5 DONE 1.2s`, `#5 CACHED`), a `tty` view that shows
 //! the running step's last lines live and collapses them when it is done,
-//! `quiet`, and `rawjson` (one JSON event per line) for machines. A failed
+//! `quiet`, and `rawjson` for machines: one BuildKit `SolveStatus` per line,
+//! as `docker buildx build --progress rawjson` writes them. A failed
 //! step ends with BuildKit's `#5 ERROR: ...` and its last output lines in a
 //! `------` block (in every mode but rawjson, whose events carry them).
 
 use std::collections::{HashMap, VecDeque};
 use std::io::{IsTerminal, Write};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
+
+use base64::Engine;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ProgressMode {
@@ -60,11 +63,19 @@ pub struct Progress {
     live: Option<Live>,
     /// Each step's and stream's unfinished line, with the time it began.
     partial: HashMap<(usize, u8), (Vec<u8>, f64)>,
-    /// Each running step's name and last lines (with when they began), for
-    /// the error block if it fails.
-    running: HashMap<usize, (String, VecDeque<(f64, String)>)>,
+    /// The steps that have not ended yet.
+    running: HashMap<usize, RunningStep>,
     /// Whether the tty view may use colours (not under NO_COLOR).
     color: bool,
+}
+
+#[derive(Default)]
+struct RunningStep {
+    name: String,
+    /// When it started, for rawjson's `started`.
+    started: Option<SystemTime>,
+    /// Its last lines (with when they began), for the error block if it fails.
+    tail: VecDeque<(f64, String)>,
 }
 
 struct Live {
@@ -100,9 +111,7 @@ impl Progress {
     pub fn start(&mut self, name: &str) -> usize {
         let id = self.next_id;
         self.next_id += 1;
-        if self.mode != ProgressMode::RawJson {
-            self.running.insert(id, (name.to_string(), VecDeque::new()));
-        }
+        self.running.insert(id, RunningStep { name: name.to_string(), started: Some(SystemTime::now()), tail: VecDeque::new() });
         match self.mode {
             ProgressMode::Plain => {
                 let _ = writeln!(self.out, "#{id} {name}");
@@ -119,7 +128,7 @@ impl Progress {
                     drawn: 0,
                 });
             }
-            ProgressMode::RawJson => self.json(serde_json::json!({"step": id, "name": name, "status": "started"})),
+            ProgressMode::RawJson => self.vertex(id, serde_json::Map::new()),
             ProgressMode::Quiet | ProgressMode::Auto => {}
         }
         let _ = self.out.flush();
@@ -153,9 +162,10 @@ impl Progress {
                     self.show_line(id, &line, at);
                 }
             }
-            ProgressMode::RawJson => self.json(serde_json::json!({
-                "step": id, "stream": stream, "data": String::from_utf8_lossy(bytes),
-            })),
+            ProgressMode::RawJson => self.json(serde_json::json!({"logs": [{
+                "vertex": vertex_digest(id), "stream": stream,
+                "data": base64::engine::general_purpose::STANDARD.encode(bytes), "timestamp": rfc3339_nanos(SystemTime::now()),
+            }]})),
             ProgressMode::Auto => {}
         }
         let _ = self.out.flush();
@@ -164,11 +174,11 @@ impl Progress {
     /// Shows one line of step `id`'s output that began at `at` seconds.
     fn show_line(&mut self, id: usize, line: &[u8], at: f64) {
         let Some(text) = settled_line(&String::from_utf8_lossy(line)) else { return };
-        if let Some((_, tail)) = self.running.get_mut(&id) {
-            if tail.len() == ERROR_TAIL {
-                tail.pop_front();
+        if let Some(step) = self.running.get_mut(&id) {
+            if step.tail.len() == ERROR_TAIL {
+                step.tail.pop_front();
             }
-            tail.push_back((at, text.clone()));
+            step.tail.push_back((at, text.clone()));
         }
         match self.mode {
             ProgressMode::Plain => {
@@ -205,7 +215,6 @@ impl Progress {
             return self.fail(id, "failed", elapsed);
         }
         self.flush_partial(id);
-        self.running.remove(&id);
         let secs = elapsed.as_secs_f64();
         match self.mode {
             ProgressMode::Plain => {
@@ -229,14 +238,16 @@ impl Progress {
                 }
             }
             ProgressMode::RawJson => {
-                let status = match how {
-                    StepEnd::Cached => "cached",
-                    StepEnd::Done | StepEnd::Error => "done",
-                };
-                self.json(serde_json::json!({"step": id, "status": status, "seconds": secs}));
+                let mut end = serde_json::Map::new();
+                end.insert("completed".into(), rfc3339_nanos(SystemTime::now()).into());
+                if how == StepEnd::Cached {
+                    end.insert("cached".into(), true.into());
+                }
+                self.vertex(id, end);
             }
             ProgressMode::Quiet | ProgressMode::Auto => {}
         }
+        self.running.remove(&id);
         let _ = self.out.flush();
     }
 
@@ -245,14 +256,18 @@ impl Progress {
     /// `------` rules (`> [2/3] RUN ...:` first), as buildx prints them.
     pub fn fail(&mut self, id: usize, message: &str, elapsed: Duration) {
         self.flush_partial(id);
-        let (name, tail) = self.running.remove(&id).unwrap_or_default();
+        if self.mode == ProgressMode::RawJson {
+            let mut end = serde_json::Map::new();
+            end.insert("completed".into(), rfc3339_nanos(SystemTime::now()).into());
+            end.insert("error".into(), message.into());
+            self.vertex(id, end);
+            self.running.remove(&id);
+            let _ = self.out.flush();
+            return;
+        }
+        let RunningStep { name, tail, .. } = self.running.remove(&id).unwrap_or_default();
         let secs = elapsed.as_secs_f64();
         match self.mode {
-            ProgressMode::RawJson => {
-                self.json(serde_json::json!({"step": id, "status": "error", "seconds": secs, "error": message}));
-                let _ = self.out.flush();
-                return;
-            }
             ProgressMode::Plain => {
                 let _ = writeln!(self.out, "#{id} ERROR: {message}");
             }
@@ -265,7 +280,7 @@ impl Progress {
                 }
                 let _ = writeln!(self.out, "ERROR: {message}");
             }
-            ProgressMode::Quiet | ProgressMode::Auto => {}
+            ProgressMode::Quiet | ProgressMode::Auto | ProgressMode::RawJson => {}
         }
         let mut block = format!("------\n > {name}:\n");
         for (at, line) in &tail {
@@ -280,7 +295,15 @@ impl Progress {
     pub fn note(&mut self, text: &str) {
         match self.mode {
             ProgressMode::Quiet | ProgressMode::Auto => {}
-            ProgressMode::RawJson => self.json(serde_json::json!({"note": text})),
+            // A warning as BuildKit sends one; other notes as logs of no step.
+            ProgressMode::RawJson => {
+                let base64 = base64::engine::general_purpose::STANDARD;
+                let now = rfc3339_nanos(SystemTime::now());
+                match text.strip_prefix("warning: ") {
+                    Some(w) => self.json(serde_json::json!({"warnings": [{"level": 1, "short": base64.encode(w)}]})),
+                    None => self.json(serde_json::json!({"logs": [{"stream": 2, "data": base64.encode(format!("{text}\n")), "timestamp": now}]})),
+                }
+            }
             _ => {
                 self.finish_live();
                 let _ = writeln!(self.out, "{text}");
@@ -291,6 +314,20 @@ impl Progress {
 
     fn json(&mut self, value: serde_json::Value) {
         let _ = writeln!(self.out, "{value}");
+    }
+
+    /// A SolveStatus with step `id`'s vertex: its digest, name and start,
+    /// and `more` (completed, cached, error).
+    fn vertex(&mut self, id: usize, more: serde_json::Map<String, serde_json::Value>) {
+        let step = self.running.get(&id);
+        let mut vertex = serde_json::Map::new();
+        vertex.insert("digest".into(), vertex_digest(id).into());
+        vertex.insert("name".into(), step.map_or("", |s| s.name.as_str()).into());
+        if let Some(started) = step.and_then(|s| s.started) {
+            vertex.insert("started".into(), rfc3339_nanos(started).into());
+        }
+        vertex.extend(more);
+        self.json(serde_json::json!({"vertexes": [vertex]}));
     }
 
     fn redraw(&mut self) {
@@ -390,6 +427,20 @@ fn settled_line(line: &str) -> Option<String> {
         return Some(line.to_string());
     }
     line.split('\r').rev().find(|part| !part.trim().is_empty()).map(str::to_string)
+}
+
+/// Step `id`'s vertex digest in rawjson. BuildKit's are digests of LLB
+/// operations, which kiln does not have: these only tell steps apart.
+fn vertex_digest(id: usize) -> String {
+    use sha2::Digest;
+    format!("sha256:{}", hex::encode(sha2::Sha256::digest(format!("kiln-step-{id}"))))
+}
+
+/// RFC 3339 with nanoseconds, as Go writes a time.Time in JSON.
+fn rfc3339_nanos(time: SystemTime) -> String {
+    let since = time.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+    let seconds = crate::engine::image_config::rfc3339(since.as_secs() as i64);
+    format!("{}.{:09}Z", seconds.trim_end_matches('Z'), since.subsec_nanos())
 }
 
 /// Whether the tty view may colour its output given `NO_COLOR`'s value
@@ -545,17 +596,31 @@ mod tests {
     }
 
     #[test]
-    fn rawjson_is_one_object_per_line() {
+    fn rawjson_is_buildkits_solve_status() {
         let buf = Shared::default();
         let mut p = Progress::to_writer(ProgressMode::RawJson, Box::new(buf.clone()));
-        let a = p.start("[1/1] RUN x");
-        p.output(a, 2, b"oops\n");
-        p.fail(a, "it broke", Duration::from_secs(1));
-        let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+        let a = p.start("[1/2] FROM base");
+        p.end(a, StepEnd::Cached, Duration::ZERO);
+        let b = p.start("[2/2] RUN x");
+        p.output(b, 2, b"oops\n");
+        p.fail(b, "it broke", Duration::from_secs(1));
+        p.note("warning: careful");
+        let text = text(&buf);
         let events: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
-        assert_eq!(events.len(), 3);
-        assert_eq!(events[1]["stream"], 2);
-        assert_eq!(events[2]["status"], "error");
-        assert_eq!(events[2]["error"], "it broke");
+        assert_eq!(events.len(), 6, "{text}");
+        let vertex = |i: usize| &events[i]["vertexes"][0];
+        assert_eq!(vertex(0)["name"], "[1/2] FROM base");
+        assert!(vertex(0)["digest"].as_str().unwrap().starts_with("sha256:") && vertex(0)["completed"].is_null());
+        assert_eq!(vertex(1)["cached"], true);
+        assert_eq!(vertex(1)["digest"], vertex(0)["digest"]);
+        let started = vertex(2)["started"].as_str().unwrap();
+        assert!(crate::engine::image_config::parse_rfc3339(started).is_some(), "{started}");
+        assert_ne!(vertex(2)["digest"], vertex(0)["digest"]);
+        let log = &events[3]["logs"][0];
+        assert_eq!((log["vertex"].clone(), log["stream"].clone()), (vertex(2)["digest"].clone(), 2.into()));
+        assert_eq!(base64::engine::general_purpose::STANDARD.decode(log["data"].as_str().unwrap()).unwrap(), b"oops\n");
+        assert_eq!(vertex(4)["error"], "it broke");
+        assert!(vertex(4)["completed"].is_string() && vertex(4)["started"].is_string());
+        assert_eq!(events[5]["warnings"][0]["short"], base64::engine::general_purpose::STANDARD.encode("careful"));
     }
 }
