@@ -1,3 +1,4 @@
+#![cfg(unix)]
 //! The command line itself, without VMs: exit statuses, output formats,
 //! `kiln version`, completions, man pages and help texts.
 

@@ -1,3 +1,4 @@
+#![cfg(unix)]
 //! `kiln run`'s exit statuses and flags as docker run's: the command's own
 //! status passed through, 126/127 for a command that cannot start, 125 for
 //! kiln's own failures. The arm64 busybox image under TCG.
