@@ -67,17 +67,19 @@ pub fn run(args: ImagesArgs) -> anyhow::Result<()> {
 fn describe(store: &Store, name: String, descriptor: &Descriptor, now: i64) -> Row {
     let size = store.closure(descriptor).map(|c| c.iter().map(|d| d.size()).sum::<u64>()).unwrap_or(0);
     // An index's platforms and creation time are its images'.
-    let images: Vec<crate::oci::Image> = match store.read_manifest(descriptor) {
-        Ok((Manifest::Index(i), _)) => i
-            .manifests()
-            .iter()
-            .filter(|d| crate::oci::model::descriptor_platform(d).is_some_and(|p| p.os != "unknown"))
-            .filter_map(|d| store.image(d, None).ok())
-            .collect(),
-        Ok((Manifest::Image(_), _)) => store.image(descriptor, None).into_iter().collect(),
-        Err(_) => Vec::new(),
+    let (images, damage): (Vec<crate::oci::Image>, _) = match store.read_manifest(descriptor) {
+        Ok((Manifest::Index(i), _)) => (
+            i.manifests()
+                .iter()
+                .filter(|d| crate::oci::model::descriptor_platform(d).is_some_and(|p| p.os != "unknown"))
+                .filter_map(|d| store.image(d, None).ok())
+                .collect(),
+            None,
+        ),
+        Ok((Manifest::Image(_), _)) => (store.image(descriptor, None).into_iter().collect(), None),
+        Err(e) => (Vec::new(), Some(format!("damaged: {e}"))),
     };
-    let platforms: Vec<String> = images.iter().map(|i| i.platform().to_string()).collect();
+    let platforms: Vec<String> = images.iter().map(|i| i.platform().to_string()).chain(damage).collect();
     let created = images.iter().filter_map(|i| i.config.created().as_deref().and_then(parse_rfc3339)).max();
     let (repository, tag) = split_name(&name);
     let digest = descriptor.digest().to_string();

@@ -36,12 +36,11 @@ impl std::str::FromStr for ProgressMode {
     }
 }
 
-/// How a step ended.
+/// How a step that succeeded ended ([`Progress::fail`] ends one that failed).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StepEnd {
     Done,
     Cached,
-    Error,
 }
 
 /// Lines of a running step's output the tty view keeps on screen.
@@ -209,11 +208,8 @@ impl Progress {
         }
     }
 
-    /// Ends step `id` (a failure with no more to say than that it failed).
+    /// Ends step `id`.
     pub fn end(&mut self, id: usize, how: StepEnd, elapsed: Duration) {
-        if how == StepEnd::Error {
-            return self.fail(id, "failed", elapsed);
-        }
         self.flush_partial(id);
         let secs = elapsed.as_secs_f64();
         match self.mode {
@@ -221,7 +217,6 @@ impl Progress {
                 let _ = match how {
                     StepEnd::Done => writeln!(self.out, "#{id} DONE {secs:.1}s"),
                     StepEnd::Cached => writeln!(self.out, "#{id} CACHED"),
-                    StepEnd::Error => unreachable!("fail() reports errors"),
                 };
             }
             ProgressMode::Tty => {
@@ -231,7 +226,7 @@ impl Progress {
                     // Rewrite the header line in place with the result.
                     let status = match how {
                         StepEnd::Cached => "CACHED".to_string(),
-                        StepEnd::Done | StepEnd::Error => format!("{secs:.1}s"),
+                        StepEnd::Done => format!("{secs:.1}s"),
                     };
                     let _ = write!(self.out, "\x1b[1A\r\x1b[2K=> {name}  {status}\n");
                     self.live = None;
