@@ -1,5 +1,6 @@
 //! Embeds the guest agents built by scripts/build-agents.sh
-//! (target/agents/kiln-agent-<arch>, or $KILN_AGENTS_DIR) into the kiln binary.
+//! (target/agents/kiln-agent-<arch>, or $KILN_AGENTS_DIR) into the kiln binary,
+//! and the git commit it is built from (for `kiln version`).
 
 use std::env;
 use std::fmt::Write;
@@ -24,6 +25,44 @@ fn main() {
     let out = PathBuf::from(env::var("OUT_DIR").unwrap()).join("agents.rs");
     std::fs::write(out, code).unwrap();
     erofs_format(&manifest);
+    git_commit(&manifest);
+}
+
+/// `KILN_GIT_COMMIT`: the commit kiln is built from (`KILN_GIT_COMMIT` in
+/// the build's environment wins, for builds outside a checkout); empty when
+/// unknown.
+fn git_commit(manifest: &std::path::Path) {
+    println!("cargo:rerun-if-env-changed=KILN_GIT_COMMIT");
+    let git = |args: &[&str]| {
+        std::process::Command::new("git")
+            .current_dir(manifest)
+            .args(args)
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+    };
+    let commit = env::var("KILN_GIT_COMMIT").ok().or_else(|| {
+        let head = git(&["rev-parse", "HEAD"])?;
+        // Read again when HEAD moves (a commit, a checkout); only files that
+        // exist, as a missing one would run this script on every build.
+        let branch = git(&["symbolic-ref", "-q", "HEAD"]);
+        for path in ["HEAD", "packed-refs"].into_iter().chain(branch.as_deref()) {
+            let file = git(&["rev-parse", "--git-path", path]).map(|p| manifest.join(p));
+            if let Some(file) = file.filter(|f| f.exists()) {
+                println!("cargo:rerun-if-changed={}", file.display());
+            }
+        }
+        Some(head)
+    });
+    let commit = commit.unwrap_or_default();
+    println!("cargo:rustc-env=KILN_GIT_COMMIT={commit}");
+    let version = env::var("CARGO_PKG_VERSION").unwrap();
+    let line = match commit.get(..12) {
+        Some(short) => format!("{version} (commit {short})"),
+        None => version,
+    };
+    println!("cargo:rustc-env=KILN_VERSION_LINE={line}");
 }
 
 /// `KILN_EROFS_FORMAT`: a hash of the EROFS writer's sources, so cached

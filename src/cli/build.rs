@@ -58,8 +58,8 @@ pub struct BuildArgs {
     /// Keep the image in kiln's local store (the default when tagging) and load it into Docker when a docker CLI is found
     #[arg(long)]
     pub load: bool,
-    /// Progress display: auto, tty, plain, quiet or rawjson
-    #[arg(long, default_value = "auto")]
+    /// Progress display: auto, tty, plain, quiet or rawjson (default: $BUILDKIT_PROGRESS, else auto)
+    #[arg(long, default_value = "auto", env = "BUILDKIT_PROGRESS", hide_env = true)]
     pub progress: ProgressMode,
     /// Print only the image ID on success (like --progress quiet)
     #[arg(short = 'q', long)]

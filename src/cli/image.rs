@@ -10,7 +10,6 @@ use clap::{Args, Subcommand};
 
 use crate::engine::layer_images::LayerImages;
 use crate::oci::layout::{self, ExportEntry, Format};
-use crate::oci::model::Manifest;
 use crate::oci::{Descriptor, Store};
 use crate::platform::Platform;
 use crate::registry::{Client, ClientOptions, Credentials, DockerConfig, PullOptions, PushOptions, Reference};
@@ -18,7 +17,7 @@ use crate::registry::{Client, ClientOptions, Credentials, DockerConfig, PullOpti
 #[derive(Debug, Subcommand)]
 pub enum ImageCommand {
     /// List images in the local store
-    Images,
+    Images(super::images::ImagesArgs),
     /// Remove image tags (and blobs nothing else uses)
     Rmi {
         #[arg(required = true)]
@@ -188,42 +187,10 @@ fn normalize(name: &str) -> anyhow::Result<String> {
     Ok(Reference::parse(name)?.to_string())
 }
 
-fn human(bytes: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "kB", "MB", "GB", "TB"];
-    let mut v = bytes as f64;
-    let mut u = 0;
-    while v >= 1000.0 && u < UNITS.len() - 1 {
-        v /= 1000.0;
-        u += 1;
-    }
-    if u == 0 { format!("{bytes}B") } else { format!("{v:.1}{}", UNITS[u]) }
-}
-
 pub fn run(cmd: ImageCommand) -> anyhow::Result<ExitCode> {
     let store = || Store::open_default().context("opening the image store");
     match cmd {
-        ImageCommand::Images => {
-            let store = store()?;
-            println!("{:<60} {:<14} {:<28} {:>10}", "NAME", "DIGEST", "PLATFORMS", "SIZE");
-            for t in store.tags()? {
-                let closure = store.closure(&t.descriptor);
-                let size = closure.as_ref().map(|c| c.iter().map(|d| d.size()).sum::<u64>()).unwrap_or(0);
-                let platforms = match store.read_manifest(&t.descriptor) {
-                    Ok((Manifest::Index(i), _)) => i
-                        .manifests()
-                        .iter()
-                        .filter_map(crate::oci::model::descriptor_platform)
-                        .filter(|p| p.os != "unknown")
-                        .map(|p| p.to_string())
-                        .collect::<Vec<_>>()
-                        .join(","),
-                    Ok((Manifest::Image(_), _)) => store.image(&t.descriptor, None).map(|i| i.platform().to_string()).unwrap_or_default(),
-                    Err(e) => format!("damaged: {e}"),
-                };
-                let short = &t.descriptor.digest().digest()[..12];
-                println!("{:<60} {:<14} {:<28} {:>10}", t.name, short, platforms, human(size));
-            }
-        }
+        ImageCommand::Images(args) => super::images::run(args)?,
         ImageCommand::Rmi { images } => {
             let store = store()?;
             for image in images {
@@ -275,7 +242,7 @@ pub fn run(cmd: ImageCommand) -> anyhow::Result<ExitCode> {
                 report.name,
                 report.descriptor.digest(),
                 report.blobs_downloaded,
-                human(report.bytes_downloaded)
+                super::images::human_size(report.bytes_downloaded)
             );
         }
         ImageCommand::Push { image, destination, mount_from, registry } => {
@@ -291,7 +258,7 @@ pub fn run(cmd: ImageCommand) -> anyhow::Result<ExitCode> {
                 "Pushed {dest} ({}): {} blobs uploaded ({}), {} mounted, {} already present",
                 report.digest,
                 report.uploaded,
-                human(report.uploaded_bytes),
+                super::images::human_size(report.uploaded_bytes),
                 report.mounted,
                 report.skipped
             );
@@ -403,11 +370,11 @@ pub fn run(cmd: ImageCommand) -> anyhow::Result<ExitCode> {
 /// blobs it deleted.
 fn report_prune(store: &Store, r: crate::oci::store::PruneReport) {
     let (images, image_bytes) = LayerImages::new(&crate::dirs::cache_dir()).prune(store);
-    println!("Deleted {} blobs, {}", r.blobs, human(r.bytes));
+    println!("Deleted {} blobs, {}", r.blobs, super::images::human_size(r.bytes));
     if r.partial_files > 0 {
-        println!("Deleted {} files of interrupted pulls and builds, {}", r.partial_files, human(r.partial_bytes));
+        println!("Deleted {} files of interrupted pulls and builds, {}", r.partial_files, super::images::human_size(r.partial_bytes));
     }
     if images > 0 {
-        println!("Deleted {images} cached layer disk images, {}", human(image_bytes));
+        println!("Deleted {images} cached layer disk images, {}", super::images::human_size(image_bytes));
     }
 }

@@ -10,7 +10,10 @@ use super::terminal;
 use crate::oci::Store;
 use crate::platform::Platform;
 use crate::engine::vm_session::ExecIo;
-use crate::run::{run_image, RunRequest};
+use crate::engine::vm_session::SessionError;
+use crate::run::{run_image, RunError, RunRequest};
+use crate::vm::client::ClientError;
+use crate::vm::VmError;
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
@@ -23,9 +26,19 @@ pub struct RunArgs {
     /// Set an environment variable (KEY=VALUE, or KEY to take it from kiln's environment)
     #[arg(short = 'e', long = "env")]
     pub env: Vec<String>,
-    /// Remove the container when it exits (always the case: the VM's disk is disposable)
-    #[arg(long)]
-    pub rm: bool,
+    /// Read environment variables from a file: KEY=VALUE lines, KEY alone
+    /// takes kiln's value, # starts a comment (docker's format; repeatable,
+    /// before -e)
+    #[arg(long = "env-file", value_name = "FILE")]
+    pub env_file: Vec<std::path::PathBuf>,
+    /// Remove the container when it exits. Always so: kiln keeps no
+    /// containers (each run's VM and disk are discarded), so --rm=false is refused
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", value_parser = clap::builder::BoolishValueParser::new(), value_name = "BOOL")]
+    pub rm: Option<bool>,
+    /// Run in the background: not supported (kiln keeps no containers to
+    /// stop or read logs from later); run `kiln run ... &` from the shell instead
+    #[arg(short = 'd', long)]
+    pub detach: bool,
     /// Keep standard input open
     #[arg(short = 'i', long)]
     pub interactive: bool,
@@ -80,15 +93,19 @@ pub fn run(args: RunArgs, cancel: &'static std::sync::atomic::AtomicBool) -> any
         // docker's wording: -it needs a terminal to put into raw mode.
         bail!("the input device is not a TTY");
     }
+    if args.detach {
+        bail!("kiln run -d is not supported: kiln keeps no containers to stop or read logs from later; run `kiln run ... &` in the shell, or `nohup kiln run ... > log 2>&1 &`");
+    }
+    if args.rm == Some(false) {
+        bail!("--rm=false is not supported: kiln keeps no containers, every run's VM and disk are discarded when it exits");
+    }
     let ports = args.publish.iter().map(|p| parse_publish(p)).collect::<anyhow::Result<Vec<_>>>()?;
-    let env = args
-        .env
-        .iter()
-        .filter_map(|e| match e.split_once('=') {
-            Some(_) => Some(e.clone()),
-            None => std::env::var(e).ok().map(|v| format!("{e}={v}")),
-        })
-        .collect();
+    let mut env = Vec::new();
+    for file in &args.env_file {
+        let text = std::fs::read(file).with_context(|| format!("--env-file {}", file.display()))?;
+        env.extend(parse_env_file(&text, &file.display().to_string(), |k| std::env::var(k).ok())?);
+    }
+    env.extend(args.env.iter().filter_map(|e| with_host_value(e, |k| std::env::var(k).ok())));
     let req = RunRequest {
         image: args.image.clone(),
         platform: args.platform.clone(),
@@ -116,8 +133,67 @@ pub fn run(args: RunArgs, cancel: &'static std::sync::atomic::AtomicBool) -> any
     let (_raw, stdin) = terminal::guest_stdin(args.interactive, args.tty);
     let mut resizes = terminal::resizes(args.tty);
     let io = ExecIo { stdin, sink: &mut sink, resizes: &mut resizes };
-    let code = run_image(&store, &req, io, cancel)?;
-    Ok(ExitCode::from(code.clamp(0, 255) as u8))
+    match run_image(&store, &req, io, cancel) {
+        Ok(code) => Ok(ExitCode::from(code.clamp(0, 255) as u8)),
+        Err(RunError::Session(SessionError::Vm(VmError::Agent { error: ClientError::RequestFailed(message), .. }))) => {
+            match start_failure_code(&message) {
+                Some(code) => {
+                    eprintln!("error: {message}");
+                    Ok(ExitCode::from(code))
+                }
+                None => Err(anyhow::anyhow!("{message}")),
+            }
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// docker run's status for a command the guest could not start: 127 when
+/// it does not exist, 126 when it cannot be executed. The agent reports
+/// `cannot start "CMD": <io error>` with the guest's errno (the same numbers
+/// on every Linux architecture).
+fn start_failure_code(message: &str) -> Option<u8> {
+    let errno = message.strip_prefix("cannot start ")?.rsplit_once("(os error ")?.1.split(')').next()?.parse::<i32>().ok()?;
+    match errno {
+        2 | 20 => Some(127),  // ENOENT, ENOTDIR
+        _ => Some(126), // EACCES, ENOEXEC, ...: there but not runnable
+    }
+}
+
+/// `KEY=VALUE` as it is; `KEY` alone with kiln's value, or nothing when
+/// kiln has none (as docker run's -e and --env-file do).
+fn with_host_value(entry: &str, host: impl Fn(&str) -> Option<String>) -> Option<String> {
+    match entry.split_once('=') {
+        Some(_) => Some(entry.to_string()),
+        None => host(entry).map(|v| format!("{entry}={v}")),
+    }
+}
+
+/// docker's env file: one `KEY=VALUE` per line, the value as written (no
+/// quotes removed, trailing spaces kept); `KEY` alone takes `host`'s value;
+/// blank lines and lines starting with `#` are skipped. A key with
+/// whitespace, a line without a key, or bytes that are not UTF-8 are errors
+/// naming `origin` and the line.
+fn parse_env_file(bytes: &[u8], origin: &str, host: impl Fn(&str) -> Option<String>) -> anyhow::Result<Vec<String>> {
+    let bytes = bytes.strip_prefix("\u{feff}".as_bytes()).unwrap_or(bytes);
+    let mut env = Vec::new();
+    for (index, raw) in bytes.split(|&b| b == b'\n').enumerate() {
+        let at = format!("--env-file {origin}:{}", index + 1);
+        let line = std::str::from_utf8(raw).map_err(|_| anyhow::anyhow!("{at}: not UTF-8 text"))?;
+        let line = line.strip_suffix('\r').unwrap_or(line).trim_start();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let key = line.split_once('=').map_or(line, |(k, _)| k);
+        if key.is_empty() {
+            bail!("{at}: no variable name before '=' in {line:?}");
+        }
+        if key.chars().any(char::is_whitespace) {
+            bail!("{at}: variable name {key:?} contains whitespace");
+        }
+        env.extend(with_host_value(line, &host));
+    }
+    Ok(env)
 }
 
 /// Pulls the image as `docker run --pull` does: by default only when the
@@ -154,5 +230,29 @@ mod tests {
         assert_eq!(parse_publish("127.0.0.1:8080:80/tcp").unwrap(), (8080, 80));
         assert_eq!(parse_publish("5000").unwrap(), (5000, 5000));
         assert!(parse_publish("x:80").is_err());
+    }
+
+    #[test]
+    fn env_files_read_like_dockers() {
+        let host = |k: &str| (k == "HOME").then(|| "/home/me".to_string());
+        let text = "\u{feff}# comment\n\nA=1\n  B=spaced \nC=\"quoted\"\r\nHOME\nUNSET\nD=x=y\n   # indented comment\nE=";
+        let env = parse_env_file(text.as_bytes(), "app.env", host).unwrap();
+        assert_eq!(env, ["A=1", "B=spaced ", "C=\"quoted\"", "HOME=/home/me", "D=x=y", "E="].map(String::from));
+        let err = parse_env_file(b"A=1\nB =1\n", "app.env", host).unwrap_err().to_string();
+        assert_eq!(err, "--env-file app.env:2: variable name \"B \" contains whitespace", "as docker refuses it");
+        let err = parse_env_file(b"A=1\nbad line\n", "app.env", host).unwrap_err().to_string();
+        assert_eq!(err, "--env-file app.env:2: variable name \"bad line\" contains whitespace");
+        let err = parse_env_file(b"A=1\n\n=2\n", "app.env", host).unwrap_err().to_string();
+        assert!(err.starts_with("--env-file app.env:3: no variable name"), "{err}");
+        let err = parse_env_file(b"A=\xff\n", "app.env", host).unwrap_err().to_string();
+        assert_eq!(err, "--env-file app.env:1: not UTF-8 text");
+    }
+
+    #[test]
+    fn start_failures_map_to_docker_statuses() {
+        assert_eq!(start_failure_code(r#"cannot start "nosuch": No such file or directory (os error 2)"#), Some(127));
+        assert_eq!(start_failure_code(r#"cannot start "/etc": Permission denied (os error 13)"#), Some(126));
+        assert_eq!(start_failure_code(r#"cannot start "/x.txt": Exec format error (os error 8)"#), Some(126));
+        assert_eq!(start_failure_code("mounting the root: busy"), None);
     }
 }

@@ -19,16 +19,31 @@ pub fn stdin_is_terminal() -> bool {
 #[cfg(unix)]
 pub fn size() -> Option<TtySize> {
     use std::os::fd::AsRawFd;
-    [std::io::stdout().as_raw_fd(), std::io::stdin().as_raw_fd()].into_iter().find_map(|fd| {
-        // SAFETY: a zeroed winsize is valid; TIOCGWINSZ fills it.
-        let mut ws: libc::winsize = unsafe { std::mem::zeroed() };
-        let rc = unsafe { libc::ioctl(fd, libc::TIOCGWINSZ, &mut ws) };
-        (rc == 0 && ws.ws_row > 0 && ws.ws_col > 0).then_some(TtySize { rows: ws.ws_row, cols: ws.ws_col })
-    })
+    size_of(std::io::stdout().as_raw_fd()).or_else(|| size_of(std::io::stdin().as_raw_fd()))
+}
+
+/// The size of the terminal on stderr (where build progress goes).
+#[cfg(unix)]
+pub fn stderr_size() -> Option<TtySize> {
+    use std::os::fd::AsRawFd;
+    size_of(std::io::stderr().as_raw_fd())
+}
+
+#[cfg(unix)]
+fn size_of(fd: std::os::fd::RawFd) -> Option<TtySize> {
+    // SAFETY: a zeroed winsize is valid; TIOCGWINSZ fills it.
+    let mut ws: libc::winsize = unsafe { std::mem::zeroed() };
+    let rc = unsafe { libc::ioctl(fd, libc::TIOCGWINSZ, &mut ws) };
+    (rc == 0 && ws.ws_row > 0 && ws.ws_col > 0).then_some(TtySize { rows: ws.ws_row, cols: ws.ws_col })
 }
 
 #[cfg(not(unix))]
 pub fn size() -> Option<TtySize> {
+    None
+}
+
+#[cfg(not(unix))]
+pub fn stderr_size() -> Option<TtySize> {
     None
 }
 

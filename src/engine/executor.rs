@@ -356,7 +356,10 @@ impl<'a> Builder<'a> {
                 StepEnd::Cached
             }
             Ok(false) => StepEnd::Done,
-            Err(_) => StepEnd::Error,
+            Err(e) => {
+                self.progress.fail(step, &e.step_message(), started.elapsed());
+                return result.map(|_| ());
+            }
         };
         self.progress.end(step, how, started.elapsed());
         result.map(|_| ())

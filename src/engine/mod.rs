@@ -79,3 +79,17 @@ pub enum BuildError {
     #[error(transparent)]
     Interrupted(#[from] crate::cancel::Interrupted),
 }
+
+impl BuildError {
+    /// What the failed step's `#N ERROR:` line says: the step's own message
+    /// without the Dockerfile position (the final error shows that).
+    pub fn step_message(&self) -> String {
+        match self {
+            BuildError::Step(e) => match &*e.kind {
+                crate::dockerfile::ErrorKind::Step(message) => progress::first_line(message),
+                kind => progress::first_line(&kind.to_string()),
+            },
+            e => progress::first_line(&e.to_string()),
+        }
+    }
+}

@@ -1,12 +1,17 @@
 //! Build progress, shown like BuildKit's: `plain` lines (`#5 [2/4] RUN ...`,
 //! `#5 0.52 output`, `#5 DONE 1.2s`, `#5 CACHED`), a `tty` view that shows
 //! the running step's last lines live and collapses them when it is done,
-//! `quiet`, and `rawjson` (one JSON event per line) for machines.
+//! `quiet`, and `rawjson` for machines: one BuildKit `SolveStatus` per line,
+//! as `docker buildx build --progress rawjson` writes them. A failed
+//! step ends with BuildKit's `#5 ERROR: ...` and its last output lines in a
+//! `------` block (in every mode but rawjson, whose events carry them).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::io::{IsTerminal, Write};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
+
+use base64::Engine;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ProgressMode {
@@ -31,12 +36,11 @@ impl std::str::FromStr for ProgressMode {
     }
 }
 
-/// How a step ended.
+/// How a step that succeeded ended ([`Progress::fail`] ends one that failed).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StepEnd {
     Done,
     Cached,
-    Error,
 }
 
 /// Lines of a running step's output the tty view keeps on screen.
@@ -44,6 +48,9 @@ const TTY_WINDOW: usize = 6;
 
 /// A partial line longer than this is shown without waiting for its end.
 const MAX_PARTIAL: usize = 16 * 1024;
+
+/// Lines of a failed step's output repeated in its error block (BuildKit's).
+const ERROR_TAIL: usize = 10;
 
 /// Receives build events; writes to stderr (or any writer, for tests).
 pub struct Progress {
@@ -55,6 +62,19 @@ pub struct Progress {
     live: Option<Live>,
     /// Each step's and stream's unfinished line, with the time it began.
     partial: HashMap<(usize, u8), (Vec<u8>, f64)>,
+    /// The steps that have not ended yet.
+    running: HashMap<usize, RunningStep>,
+    /// Whether the tty view may use colours (not under NO_COLOR).
+    color: bool,
+}
+
+#[derive(Default)]
+struct RunningStep {
+    name: String,
+    /// When it started, for rawjson's `started`.
+    started: Option<SystemTime>,
+    /// Its last lines (with when they began), for the error block if it fails.
+    tail: VecDeque<(f64, String)>,
 }
 
 struct Live {
@@ -77,20 +97,28 @@ impl Progress {
     }
 
     pub fn to_writer(mode: ProgressMode, out: Box<dyn Write + Send>) -> Self {
-        Progress { mode, out, started: Instant::now(), next_id: 1, live: None, partial: HashMap::new() }
+        let color = colors_allowed(std::env::var_os("NO_COLOR"));
+        Progress { mode, out, started: Instant::now(), next_id: 1, live: None, partial: HashMap::new(), running: HashMap::new(), color }
+    }
+
+    /// `code` (an SGR sequence) when colours are on.
+    fn sgr(&self, code: &'static str) -> &'static str {
+        if self.color { code } else { "" }
     }
 
     /// Starts a step and returns its number (`#N`).
     pub fn start(&mut self, name: &str) -> usize {
         let id = self.next_id;
         self.next_id += 1;
+        self.running.insert(id, RunningStep { name: name.to_string(), started: Some(SystemTime::now()), tail: VecDeque::new() });
         match self.mode {
             ProgressMode::Plain => {
                 let _ = writeln!(self.out, "#{id} {name}");
             }
             ProgressMode::Tty => {
                 self.finish_live();
-                let _ = writeln!(self.out, "\x1b[1m=> {name}\x1b[0m");
+                let (bold, reset) = (self.sgr("\x1b[1m"), self.sgr("\x1b[0m"));
+                let _ = writeln!(self.out, "{bold}=> {name}{reset}");
                 self.live = Some(Live {
                     id,
                     name: name.to_string(),
@@ -99,7 +127,7 @@ impl Progress {
                     drawn: 0,
                 });
             }
-            ProgressMode::RawJson => self.json(serde_json::json!({"step": id, "name": name, "status": "started"})),
+            ProgressMode::RawJson => self.vertex(id, serde_json::Map::new()),
             ProgressMode::Quiet | ProgressMode::Auto => {}
         }
         let _ = self.out.flush();
@@ -109,7 +137,7 @@ impl Progress {
     /// Output of step `id` (any chunking; lines are reassembled where shown).
     pub fn output(&mut self, id: usize, stream: u8, bytes: &[u8]) {
         match self.mode {
-            ProgressMode::Plain | ProgressMode::Tty => {
+            ProgressMode::Plain | ProgressMode::Tty | ProgressMode::Quiet => {
                 let now = self.started.elapsed().as_secs_f64();
                 let (partial, began) = self.partial.entry((id, stream)).or_insert_with(|| (Vec::new(), now));
                 if partial.is_empty() {
@@ -133,10 +161,11 @@ impl Progress {
                     self.show_line(id, &line, at);
                 }
             }
-            ProgressMode::RawJson => self.json(serde_json::json!({
-                "step": id, "stream": stream, "data": String::from_utf8_lossy(bytes),
-            })),
-            ProgressMode::Quiet | ProgressMode::Auto => {}
+            ProgressMode::RawJson => self.json(serde_json::json!({"logs": [{
+                "vertex": vertex_digest(id), "stream": stream,
+                "data": base64::engine::general_purpose::STANDARD.encode(bytes), "timestamp": rfc3339_nanos(SystemTime::now()),
+            }]})),
+            ProgressMode::Auto => {}
         }
         let _ = self.out.flush();
     }
@@ -144,6 +173,12 @@ impl Progress {
     /// Shows one line of step `id`'s output that began at `at` seconds.
     fn show_line(&mut self, id: usize, line: &[u8], at: f64) {
         let Some(text) = settled_line(&String::from_utf8_lossy(line)) else { return };
+        if let Some(step) = self.running.get_mut(&id) {
+            if step.tail.len() == ERROR_TAIL {
+                step.tail.pop_front();
+            }
+            step.tail.push_back((at, text.clone()));
+        }
         match self.mode {
             ProgressMode::Plain => {
                 let _ = writeln!(self.out, "#{id} {at:.3} {text}");
@@ -182,7 +217,6 @@ impl Progress {
                 let _ = match how {
                     StepEnd::Done => writeln!(self.out, "#{id} DONE {secs:.1}s"),
                     StepEnd::Cached => writeln!(self.out, "#{id} CACHED"),
-                    StepEnd::Error => writeln!(self.out, "#{id} ERROR after {secs:.1}s"),
                 };
             }
             ProgressMode::Tty => {
@@ -191,24 +225,64 @@ impl Progress {
                     self.erase_live();
                     // Rewrite the header line in place with the result.
                     let status = match how {
-                        StepEnd::Done => format!("{secs:.1}s"),
                         StepEnd::Cached => "CACHED".to_string(),
-                        StepEnd::Error => format!("\x1b[31mERROR\x1b[0m {secs:.1}s"),
+                        StepEnd::Done => format!("{secs:.1}s"),
                     };
                     let _ = write!(self.out, "\x1b[1A\r\x1b[2K=> {name}  {status}\n");
                     self.live = None;
                 }
             }
             ProgressMode::RawJson => {
-                let status = match how {
-                    StepEnd::Done => "done",
-                    StepEnd::Cached => "cached",
-                    StepEnd::Error => "error",
-                };
-                self.json(serde_json::json!({"step": id, "status": status, "seconds": secs}));
+                let mut end = serde_json::Map::new();
+                end.insert("completed".into(), rfc3339_nanos(SystemTime::now()).into());
+                if how == StepEnd::Cached {
+                    end.insert("cached".into(), true.into());
+                }
+                self.vertex(id, end);
             }
             ProgressMode::Quiet | ProgressMode::Auto => {}
         }
+        self.running.remove(&id);
+        let _ = self.out.flush();
+    }
+
+    /// Ends step `id` as failed because of `message`: BuildKit's
+    /// `#N ERROR: message`, then the step's last output lines between
+    /// `------` rules (`> [2/3] RUN ...:` first), as buildx prints them.
+    pub fn fail(&mut self, id: usize, message: &str, elapsed: Duration) {
+        self.flush_partial(id);
+        if self.mode == ProgressMode::RawJson {
+            let mut end = serde_json::Map::new();
+            end.insert("completed".into(), rfc3339_nanos(SystemTime::now()).into());
+            end.insert("error".into(), message.into());
+            self.vertex(id, end);
+            self.running.remove(&id);
+            let _ = self.out.flush();
+            return;
+        }
+        let RunningStep { name, tail, .. } = self.running.remove(&id).unwrap_or_default();
+        let secs = elapsed.as_secs_f64();
+        match self.mode {
+            ProgressMode::Plain => {
+                let _ = writeln!(self.out, "#{id} ERROR: {message}");
+            }
+            ProgressMode::Tty => {
+                if self.live.as_ref().is_some_and(|l| l.id == id) {
+                    self.erase_live();
+                    let (red, reset) = (self.sgr("\x1b[31m"), self.sgr("\x1b[0m"));
+                    let _ = write!(self.out, "\x1b[1A\r\x1b[2K=> {name}  {red}ERROR{reset} {secs:.1}s\n");
+                    self.live = None;
+                }
+                let _ = writeln!(self.out, "ERROR: {message}");
+            }
+            ProgressMode::Quiet | ProgressMode::Auto | ProgressMode::RawJson => {}
+        }
+        let mut block = format!("------\n > {name}:\n");
+        for (at, line) in &tail {
+            block += &format!("{at:.3} {line}\n");
+        }
+        block += "------";
+        let _ = writeln!(self.out, "{block}");
         let _ = self.out.flush();
     }
 
@@ -216,7 +290,15 @@ impl Progress {
     pub fn note(&mut self, text: &str) {
         match self.mode {
             ProgressMode::Quiet | ProgressMode::Auto => {}
-            ProgressMode::RawJson => self.json(serde_json::json!({"note": text})),
+            // A warning as BuildKit sends one; other notes as logs of no step.
+            ProgressMode::RawJson => {
+                let base64 = base64::engine::general_purpose::STANDARD;
+                let now = rfc3339_nanos(SystemTime::now());
+                match text.strip_prefix("warning: ") {
+                    Some(w) => self.json(serde_json::json!({"warnings": [{"level": 1, "short": base64.encode(w)}]})),
+                    None => self.json(serde_json::json!({"logs": [{"stream": 2, "data": base64.encode(format!("{text}\n")), "timestamp": now}]})),
+                }
+            }
             _ => {
                 self.finish_live();
                 let _ = writeln!(self.out, "{text}");
@@ -229,14 +311,30 @@ impl Progress {
         let _ = writeln!(self.out, "{value}");
     }
 
+    /// A SolveStatus with step `id`'s vertex: its digest, name and start,
+    /// and `more` (completed, cached, error).
+    fn vertex(&mut self, id: usize, more: serde_json::Map<String, serde_json::Value>) {
+        let step = self.running.get(&id);
+        let mut vertex = serde_json::Map::new();
+        vertex.insert("digest".into(), vertex_digest(id).into());
+        vertex.insert("name".into(), step.map_or("", |s| s.name.as_str()).into());
+        if let Some(started) = step.and_then(|s| s.started) {
+            vertex.insert("started".into(), rfc3339_nanos(started).into());
+        }
+        vertex.extend(more);
+        self.json(serde_json::json!({"vertexes": [vertex]}));
+    }
+
     fn redraw(&mut self) {
         self.erase_live();
         let Some(live) = self.live.as_mut() else { return };
         let t = live.started.elapsed().as_secs_f64();
         let width = terminal_width();
+        let (dim, reset) = if self.color { ("\x1b[2m", "\x1b[0m") } else { ("", "") };
         for line in &live.window {
-            let shown: String = line.chars().filter(|c| !c.is_control() || *c == '\t').take(width.saturating_sub(12)).collect();
-            let _ = writeln!(self.out, "\x1b[2m  {t:>6.1} {shown}\x1b[0m");
+            // A line wider than the terminal would wrap and break the redraw.
+            let shown: String = line.chars().filter(|c| !c.is_control()).take(width.saturating_sub(10)).collect();
+            let _ = writeln!(self.out, "{dim}  {t:>6.1} {shown}{reset}");
         }
         live.drawn = live.window.len();
     }
@@ -297,13 +395,20 @@ impl StepLog {
         self.lock().note(&format!("{}{text}", self.prefix))
     }
 
+    /// Ends step `id` as failed because of `message` (see [`Progress::fail`]).
+    pub fn fail(&self, id: usize, message: &str, elapsed: Duration) {
+        self.lock().fail(id, message, elapsed)
+    }
+
     /// Runs `work` as a step of its own named `name` (`[internal] ...`).
-    pub fn step<T, E>(&self, name: &str, work: impl FnOnce() -> Result<T, E>) -> Result<T, E> {
+    pub fn step<T, E: std::fmt::Display>(&self, name: &str, work: impl FnOnce() -> Result<T, E>) -> Result<T, E> {
         let id = self.start(name);
         let started = Instant::now();
         let result = work();
-        let how = if result.is_ok() { StepEnd::Done } else { StepEnd::Error };
-        self.end(id, how, started.elapsed());
+        match &result {
+            Ok(_) => self.end(id, StepEnd::Done, started.elapsed()),
+            Err(e) => self.fail(id, &first_line(&e.to_string()), started.elapsed()),
+        }
         result
     }
 }
@@ -319,8 +424,39 @@ fn settled_line(line: &str) -> Option<String> {
     line.split('\r').rev().find(|part| !part.trim().is_empty()).map(str::to_string)
 }
 
+/// Step `id`'s vertex digest in rawjson. BuildKit's are digests of LLB
+/// operations, which kiln does not have: these only tell steps apart.
+fn vertex_digest(id: usize) -> String {
+    use sha2::Digest;
+    format!("sha256:{}", hex::encode(sha2::Sha256::digest(format!("kiln-step-{id}"))))
+}
+
+/// RFC 3339 with nanoseconds, as Go writes a time.Time in JSON.
+fn rfc3339_nanos(time: SystemTime) -> String {
+    let since = time.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+    let seconds = crate::engine::image_config::rfc3339(since.as_secs() as i64);
+    format!("{}.{:09}Z", seconds.trim_end_matches('Z'), since.subsec_nanos())
+}
+
+/// Whether the tty view may colour its output given `NO_COLOR`'s value
+/// (https://no-color.org: any value but the empty one turns colours off).
+fn colors_allowed(no_color: Option<std::ffi::OsString>) -> bool {
+    no_color.is_none_or(|v| v.is_empty())
+}
+
+/// The first line of an error message (what `#N ERROR:` shows).
+pub fn first_line(message: &str) -> String {
+    message.lines().next().unwrap_or_default().to_string()
+}
+
+/// The terminal's width: stderr's (where progress goes), else `COLUMNS`, else 80.
 fn terminal_width() -> usize {
-    std::env::var("COLUMNS").ok().and_then(|c| c.parse().ok()).unwrap_or(100)
+    width_from(crate::cli::terminal::stderr_size().map(|s| s.cols), std::env::var("COLUMNS").ok())
+}
+
+fn width_from(tty_columns: Option<u16>, columns_var: Option<String>) -> usize {
+    let columns_var = columns_var.and_then(|c| c.trim().parse::<usize>().ok()).filter(|&c| c > 0);
+    tty_columns.map(usize::from).or(columns_var).unwrap_or(80)
 }
 
 #[cfg(test)]
@@ -400,17 +536,86 @@ mod tests {
         assert!(!text.contains('\r'), "{text:?}");
     }
 
+    fn text(buf: &Shared) -> String {
+        String::from_utf8(buf.0.lock().unwrap().clone()).unwrap()
+    }
+
     #[test]
-    fn rawjson_is_one_object_per_line() {
+    fn a_failed_step_ends_with_buildkits_error_block() {
+        let buf = Shared::default();
+        let mut p = Progress::to_writer(ProgressMode::Plain, Box::new(buf.clone()));
+        let a = p.start("[2/3] RUN make");
+        for i in 1..=14 {
+            p.output(a, 1, format!("line {i}\n").as_bytes());
+        }
+        p.output(a, 2, b"boom, no newline");
+        p.fail(a, "process \"/bin/sh -c make\" did not complete successfully: exit code: 2", Duration::from_secs(1));
+        let text = text(&buf);
+        let error_at = text.find("#1 ERROR: process \"/bin/sh -c make\" did not complete successfully: exit code: 2\n").expect(&text);
+        let block: Vec<&str> = text[error_at..].lines().skip(1).collect();
+        assert_eq!(block[0], "------");
+        assert_eq!(block[1], " > [2/3] RUN make:");
+        let shown: Vec<&str> = block[2..12].iter().map(|l| l.split_once(' ').unwrap().1).collect();
+        assert_eq!(shown, ["line 6", "line 7", "line 8", "line 9", "line 10", "line 11", "line 12", "line 13", "line 14", "boom, no newline"]);
+        assert!(block[2].split(' ').next().unwrap().parse::<f64>().is_ok(), "lines keep their times: {}", block[2]);
+        assert_eq!(block[12], "------");
+        assert_eq!(block.len(), 13, "{text}");
+    }
+
+    #[test]
+    fn tty_view_without_colours_under_no_color() {
+        assert!(colors_allowed(None));
+        assert!(colors_allowed(Some("".into())));
+        assert!(!colors_allowed(Some("1".into())));
+        for color in [true, false] {
+            let buf = Shared::default();
+            let mut p = Progress::to_writer(ProgressMode::Tty, Box::new(buf.clone()));
+            p.color = color;
+            let a = p.start("[1/1] RUN x");
+            p.output(a, 1, b"out\n");
+            p.fail(a, "it broke", Duration::from_secs(1));
+            let text = text(&buf);
+            assert!(text.contains("ERROR") && text.contains(" > [1/1] RUN x:\n") && text.contains(" out\n"), "{text:?}");
+            for sgr in ["\x1b[1m", "\x1b[2m", "\x1b[31m", "\x1b[0m"] {
+                assert_eq!(text.contains(sgr), color, "{sgr:?} in {text:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn width_is_the_terminals_then_columns() {
+        assert_eq!(width_from(Some(132), Some("40".into())), 132);
+        assert_eq!(width_from(None, Some("40".into())), 40);
+        assert_eq!(width_from(None, Some("wide".into())), 80);
+        assert_eq!(width_from(None, None), 80);
+    }
+
+    #[test]
+    fn rawjson_is_buildkits_solve_status() {
         let buf = Shared::default();
         let mut p = Progress::to_writer(ProgressMode::RawJson, Box::new(buf.clone()));
-        let a = p.start("[1/1] RUN x");
-        p.output(a, 2, b"oops\n");
-        p.end(a, StepEnd::Error, Duration::from_secs(1));
-        let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+        let a = p.start("[1/2] FROM base");
+        p.end(a, StepEnd::Cached, Duration::ZERO);
+        let b = p.start("[2/2] RUN x");
+        p.output(b, 2, b"oops\n");
+        p.fail(b, "it broke", Duration::from_secs(1));
+        p.note("warning: careful");
+        let text = text(&buf);
         let events: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
-        assert_eq!(events.len(), 3);
-        assert_eq!(events[1]["stream"], 2);
-        assert_eq!(events[2]["status"], "error");
+        assert_eq!(events.len(), 6, "{text}");
+        let vertex = |i: usize| &events[i]["vertexes"][0];
+        assert_eq!(vertex(0)["name"], "[1/2] FROM base");
+        assert!(vertex(0)["digest"].as_str().unwrap().starts_with("sha256:") && vertex(0)["completed"].is_null());
+        assert_eq!(vertex(1)["cached"], true);
+        assert_eq!(vertex(1)["digest"], vertex(0)["digest"]);
+        let started = vertex(2)["started"].as_str().unwrap();
+        assert!(crate::engine::image_config::parse_rfc3339(started).is_some(), "{started}");
+        assert_ne!(vertex(2)["digest"], vertex(0)["digest"]);
+        let log = &events[3]["logs"][0];
+        assert_eq!((log["vertex"].clone(), log["stream"].clone()), (vertex(2)["digest"].clone(), 2.into()));
+        assert_eq!(base64::engine::general_purpose::STANDARD.decode(log["data"].as_str().unwrap()).unwrap(), b"oops\n");
+        assert_eq!(vertex(4)["error"], "it broke");
+        assert!(vertex(4)["completed"].is_string() && vertex(4)["started"].is_string());
+        assert_eq!(events[5]["warnings"][0]["short"], base64::engine::general_purpose::STANDARD.encode("careful"));
     }
 }

@@ -61,23 +61,29 @@ fn reap_forever(table: &Mutex<Table>) {
     set.add(Signal::SIGCHLD);
     loop {
         // Reap everything that is ready, then sleep until the next SIGCHLD.
-        loop {
-            match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
-                Ok(WaitStatus::Exited(pid, code)) => deliver(table, pid.as_raw(), ExitStatus::Code { code }),
-                Ok(WaitStatus::Signaled(pid, sig, _)) => {
-                    deliver(table, pid.as_raw(), ExitStatus::Signal { signal: sig as i32 })
+        // The table stays locked while reaping: `spawn` holds it too, and a
+        // child whose exec fails is waited for by std's spawn itself (which
+        // panics, killing PID 1, if it finds the child already reaped).
+        {
+            let mut table = table.lock().unwrap();
+            loop {
+                match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
+                    Ok(WaitStatus::Exited(pid, code)) => deliver(&mut table, pid.as_raw(), ExitStatus::Code { code }),
+                    Ok(WaitStatus::Signaled(pid, sig, _)) => {
+                        deliver(&mut table, pid.as_raw(), ExitStatus::Signal { signal: sig as i32 })
+                    }
+                    Ok(WaitStatus::StillAlive) | Err(_) => break,
+                    Ok(_) => {}
                 }
-                Ok(WaitStatus::StillAlive) | Err(_) => break,
-                Ok(_) => {}
             }
         }
         let _ = set.wait();
     }
 }
 
-fn deliver(table: &Mutex<Table>, pid: i32, status: ExitStatus) {
+fn deliver(table: &mut Table, pid: i32, status: ExitStatus) {
     // Unknown pids are orphans re-parented to PID 1: reaping them was the point.
-    if let Some(tx) = table.lock().unwrap().waiters.remove(&pid) {
+    if let Some(tx) = table.waiters.remove(&pid) {
         let _ = tx.send(status);
     }
 }

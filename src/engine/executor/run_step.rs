@@ -2,7 +2,7 @@
 //! included), then the command in the platform's VM, whose session turns
 //! the changes into a layer.
 
-use kiln_protocol::ExecRequest;
+use kiln_protocol::{ExecRequest, ExitStatus};
 
 use super::{step_error, Builder, StageState, StepCx};
 use crate::engine::cache::CacheKey;
@@ -77,6 +77,8 @@ impl Builder<'_> {
             MountError::Secret(message) => step_error(cx.df, &self.req.dockerfile, span, message),
             e => e.into(),
         })?;
+        // BuildKit names a failed RUN by its whole command line.
+        let command_line = argv.join(" ");
         let request = ExecRequest {
             argv,
             env,
@@ -88,12 +90,8 @@ impl Builder<'_> {
             mounts: mount_specs,
             ..Default::default()
         };
-        let mut tail = OutputTail::default();
         let progress = &self.progress;
-        let mut sink = |stream: u8, bytes: &[u8]| {
-            tail.push(bytes);
-            progress.output(cx.step, stream, bytes);
-        };
+        let mut sink = |stream: u8, bytes: &[u8]| progress.output(cx.step, stream, bytes);
         // The VM failing under this step (a guest kernel panic, QEMU dying) is
         // reported at the step's line, like the command failing.
         let dockerfile = &self.req.dockerfile;
@@ -109,11 +107,12 @@ impl Builder<'_> {
         let spec = RunSpec { request, layers: &state.layers };
         let outcome = session.run(self.store, spec, &layer_options, &mut sink, self.cancel).map_err(at_line)?;
         let Some(snapshot) = outcome.snapshot else {
-            let command = match &run.command {
-                ShellOrExec::Shell(s) => s.clone(),
-                ShellOrExec::Exec(a) => serde_json::to_string(a).unwrap_or_default(),
+            // BuildKit's words; the progress shows the step's last output lines.
+            let status = match outcome.status {
+                ExitStatus::Code { code } => format!("exit code: {code}"),
+                other => other.to_string(),
             };
-            let message = format!("process \"{command}\" did not complete successfully: {}\n{}", outcome.status, tail.render());
+            let message = format!("process \"{command_line}\" did not complete successfully: {status}");
             return Err(step_error(cx.df, &self.req.dockerfile, span, message));
         };
         // How long the snapshot took, for users and scripts/bench-snapshot.sh.
@@ -179,50 +178,5 @@ fn run_argv(config: &RunConfig, run: &Run, scope: &Scope<'_, '_>, span: Span) ->
             }
             Ok(config.command_argv(&ShellOrExec::Shell(script)))
         }
-    }
-}
-
-/// The last lines of a failed step's output, for the error message.
-#[derive(Default)]
-struct OutputTail {
-    bytes: Vec<u8>,
-}
-
-const TAIL_BYTES: usize = 64 * 1024;
-const TAIL_LINES: usize = 20;
-
-impl OutputTail {
-    fn push(&mut self, chunk: &[u8]) {
-        self.bytes.extend_from_slice(chunk);
-        if self.bytes.len() > 2 * TAIL_BYTES {
-            self.bytes.drain(..self.bytes.len() - TAIL_BYTES);
-        }
-    }
-
-    fn render(&self) -> String {
-        let text = String::from_utf8_lossy(&self.bytes);
-        let lines: Vec<&str> = text.lines().collect();
-        let start = lines.len().saturating_sub(TAIL_LINES);
-        let shown: Vec<String> = lines[start..].iter().map(|l| format!("  > {l}")).collect();
-        if shown.is_empty() {
-            "  (no output)".into()
-        } else {
-            format!("last output lines:\n{}", shown.join("\n"))
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn output_tail_keeps_the_last_lines() {
-        let mut t = OutputTail::default();
-        for i in 0..100 {
-            t.push(format!("line {i}\n").as_bytes());
-        }
-        let r = t.render();
-        assert!(r.contains("line 99") && r.contains("line 80") && !r.contains("line 79\n"), "{r}");
     }
 }

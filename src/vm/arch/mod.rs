@@ -98,6 +98,19 @@ pub trait GuestArch: Send + Sync {
     fn key(&self) -> &'static str;
 }
 
+/// Every platform kiln builds for, in the order `kiln version` lists them.
+pub const PLATFORMS: [&str; 9] = [
+    "linux/amd64",
+    "linux/arm64",
+    "linux/386",
+    "linux/arm/v7",
+    "linux/arm/v6",
+    "linux/arm/v5",
+    "linux/riscv64",
+    "linux/ppc64le",
+    "linux/s390x",
+];
+
 #[derive(Debug, thiserror::Error)]
 #[error("no guest support for platform {0}: kiln can build for linux/arm64, linux/amd64, linux/386, linux/arm/v7, linux/arm/v6, linux/arm/v5, linux/riscv64, linux/ppc64le and linux/s390x")]
 pub struct UnsupportedPlatform(pub String);
@@ -221,6 +234,13 @@ mod tests {
 
     fn arch(platform: &str) -> Result<&'static dyn GuestArch, UnsupportedPlatform> {
         for_platform(&platform.parse::<Platform>().unwrap())
+    }
+
+    #[test]
+    fn every_listed_platform_has_a_vm() {
+        for platform in PLATFORMS {
+            assert!(arch(platform).is_ok(), "{platform}");
+        }
     }
 
     #[test]
