@@ -11,6 +11,7 @@ use clap::Args;
 
 use crate::engine::progress::{Progress, ProgressMode};
 use crate::engine::cache_exchange::{self, CacheExport, CacheLocation, CacheMode, CacheRecord, ImportedCache};
+use crate::engine::annotations::{self, Target};
 use crate::engine::named_context::NamedContexts;
 use crate::engine::remote_context::{self, Fetched};
 use crate::engine::{fs_export, BuildOutcome, BuildRequest, Builder};
@@ -100,6 +101,38 @@ pub struct BuildArgs {
     /// Named build context: name=DIR|GIT-URL|TAR-URL|docker-image://REF|oci-layout://DIR[:TAG|@DIGEST]; repeatable
     #[arg(long = "build-context", value_name = "NAME=VALUE")]
     pub build_contexts: Vec<String>,
+    /// Add an annotation: [manifest|index|manifest-descriptor[,...]][\[PLATFORM\]]:KEY=VALUE (default: manifest); repeatable
+    #[arg(long = "annotation", value_name = "ANNOTATION")]
+    pub annotations: Vec<String>,
+    /// Do not use the cache for these stages (names, comma list)
+    #[arg(long = "no-cache-filter", value_delimiter = ',', value_name = "STAGE")]
+    pub no_cache_filter: Vec<String>,
+    /// Provenance attestation: kiln writes none, so only false is accepted (as scripts for buildx pass it)
+    #[arg(long, value_name = "false")]
+    pub provenance: Option<String>,
+    /// SBOM attestation: kiln writes none, so only false is accepted
+    #[arg(long, value_name = "false")]
+    pub sbom: Option<String>,
+    /// Attestation (type=provenance|sbom,disabled=true): kiln writes none, so only disabled ones are accepted
+    #[arg(long = "attest", value_name = "ATTEST")]
+    pub attest: Vec<String>,
+}
+
+/// `--provenance`, `--sbom` and `--attest` may only turn attestations off:
+/// kiln writes none, and a build that asked for one must not pass without it.
+fn check_attestations(args: &BuildArgs) -> anyhow::Result<()> {
+    let off = |v: &str| matches!(v.trim(), "false" | "0" | "disabled=true");
+    for (flag, value) in [("--provenance", &args.provenance), ("--sbom", &args.sbom)] {
+        if let Some(v) = value.as_deref().filter(|v| !off(v)) {
+            bail!("{flag}={v}: kiln does not write attestations yet; drop the flag or pass {flag}=false");
+        }
+    }
+    for spec in &args.attest {
+        if !spec.split(',').any(off) {
+            bail!("--attest {spec}: kiln does not write attestations yet; only disabled=true is accepted");
+        }
+    }
+    Ok(())
 }
 
 /// One `--output`.
@@ -349,6 +382,8 @@ pub fn run(args: BuildArgs, cancel: &'static std::sync::atomic::AtomicBool) -> a
     let cache_to: Vec<CacheExport> =
         args.cache_to.iter().map(|c| cache_exchange::parse_cache_to(c, args.compression)).collect::<Result<_, _>>()?;
     let cache_from: Vec<CacheLocation> = args.cache_from.iter().map(|c| cache_exchange::parse_cache_from(c)).collect::<Result<_, _>>()?;
+    check_attestations(&args)?;
+    let annotations: Vec<annotations::Annotation> = args.annotations.iter().map(|a| annotations::parse(a)).collect::<Result<_, _>>().map_err(anyhow::Error::msg)?;
     let mut named_contexts = NamedContexts::parse(&args.build_contexts).map_err(anyhow::Error::msg)?;
 
     // Kept alive for the build: the temp dir a remote or stdin context (or a lone Dockerfile) lives in.
@@ -363,6 +398,9 @@ pub fn run(args: BuildArgs, cancel: &'static std::sync::atomic::AtomicBool) -> a
     }
     if platforms.is_empty() {
         platforms.push(Platform::host());
+    }
+    if platforms.len() == 1 && annotations.iter().any(|a| a.targets.iter().any(|t| *t != Target::Manifest)) {
+        bail!("--annotation: index and manifest-descriptor annotations need an index: build for several platforms (--platform a,b)");
     }
     if platforms.len() > 1 && outputs.iter().any(|o| matches!(o, Output::Docker { .. } | Output::DockerEngine { required: true })) {
         bail!("--output type=docker holds one platform; use type=oci for a multi-platform image");
@@ -412,12 +450,20 @@ pub fn run(args: BuildArgs, cancel: &'static std::sync::atomic::AtomicBool) -> a
         cache_from: Arc::new(imported),
         inline_cache: cache_to.iter().any(|c| c.location == CacheLocation::Inline),
         named_contexts,
+        no_cache_stages: args.no_cache_filter.clone(),
     };
-    let outcomes = build_platforms(&store, &req, &platforms, &progress, cancel)?;
+    let mut outcomes = build_platforms(&store, &req, &platforms, &progress, cancel)?;
+    for o in &mut outcomes {
+        o.manifest = annotations::annotate(&store, &o.manifest, &annotations::select(&annotations, Target::Manifest, Some(&o.platform)))?;
+        let mut on_descriptor = o.manifest.annotations().clone().unwrap_or_default();
+        on_descriptor.extend(annotations::select(&annotations, Target::ManifestDescriptor, Some(&o.platform)));
+        o.manifest.set_annotations((!on_descriptor.is_empty()).then(|| on_descriptor.into_iter().collect()));
+    }
     let result = if outcomes.len() == 1 {
         outcomes[0].manifest.clone()
     } else {
-        write_index(&store, &outcomes)?
+        let index = write_index(&store, &outcomes)?;
+        annotations::annotate(&store, &index, &annotations::select(&annotations, Target::Index, None))?
     };
     // oci-mediatypes=false: the image the outputs get has Docker media types.
     let result = if outputs.iter().any(|o| matches!(o, Output::Image { docker_media: true, .. })) {

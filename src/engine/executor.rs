@@ -72,6 +72,8 @@ pub struct BuildRequest {
     pub inline_cache: bool,
     /// `--build-context`: what `FROM name`, `--from=name` read instead.
     pub named_contexts: NamedContexts,
+    /// `--no-cache-filter`: stages whose steps never use the cache.
+    pub no_cache_stages: Vec<String>,
 }
 
 /// What a finished build produced.
@@ -130,6 +132,8 @@ pub struct Builder<'a> {
     context: Option<BuildContext>,
     /// `--build-context` directories, opened on first use.
     named_dirs: HashMap<String, BuildContext>,
+    /// The stage being built is in `--no-cache-filter`.
+    stage_uncached: bool,
     steps: usize,
     cached: usize,
     /// Every step's cache record, in the order the steps ended.
@@ -160,6 +164,7 @@ impl<'a> Builder<'a> {
             bases: BaseImages::new(req.pull, req.registry.clone()),
             context: None,
             named_dirs: HashMap::new(),
+            stage_uncached: false,
             steps: 0,
             cached: 0,
             records: Vec::new(),
@@ -204,7 +209,14 @@ impl<'a> Builder<'a> {
     fn run_stages(&mut self, df: &Dockerfile, ev: &Evaluator<'_>, graph: &StageGraph) -> Result<HashMap<usize, StageState>, BuildError> {
         let mut built: HashMap<usize, StageState> = HashMap::new();
         let needed = self.needed_stages(df, graph);
+        for name in &self.req.no_cache_stages {
+            if !df.stages.iter().any(|s| s.name.as_deref().is_some_and(|n| n.eq_ignore_ascii_case(name))) {
+                self.progress.note(&format!("warning: --no-cache-filter {name}: the Dockerfile has no stage of that name"));
+            }
+        }
         for &index in graph.order.iter().filter(|i| needed.contains(i)) {
+            let name = df.stages[index].name.as_deref();
+            self.stage_uncached = name.is_some_and(|n| self.req.no_cache_stages.iter().any(|s| s.eq_ignore_ascii_case(n)));
             let state = self.run_stage(df, ev, graph, index, &built)?;
             built.insert(index, state);
         }
@@ -376,7 +388,7 @@ impl<'a> Builder<'a> {
     /// Looks `key` up, in the local cache and then in `--cache-from`'s
     /// records; on a hit applies the cached result to `state`.
     fn try_cache(&mut self, key: &CacheKey, state: &mut StageState) -> Result<bool, BuildError> {
-        if self.req.no_cache {
+        if self.req.no_cache || self.stage_uncached {
             return Ok(false);
         }
         let entry = match self.cache.get(self.store, key) {

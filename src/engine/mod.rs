@@ -12,6 +12,7 @@
 //! - [`context`] and [`copy`] implement COPY/ADD from the build context,
 //!   another stage or an image.
 
+pub mod annotations;
 mod base_image;
 pub mod cache;
 pub mod cache_exchange;
