@@ -105,7 +105,45 @@ pub struct ExecRequest {
     /// `i686`, as on a 32-bit machine, instead of `x86_64`.
     #[serde(default)]
     pub linux32: bool,
+    /// Lines added to the command's private /etc/hosts (`--add-host`);
+    /// only overlay roots of images with an /etc get one.
+    #[serde(default)]
+    pub extra_hosts: Vec<HostEntry>,
+    /// Size of the private /dev/shm of an overlay root (`--shm-size`);
+    /// `None` is docker's 64 MiB.
+    #[serde(default)]
+    pub shm_size_bytes: Option<u64>,
+    /// Resource limits set before exec (`--ulimit`).
+    #[serde(default)]
+    pub ulimits: Vec<Ulimit>,
 }
+
+/// One `/etc/hosts` line: `ip name`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostEntry {
+    pub name: String,
+    pub ip: String,
+}
+
+/// A resource limit by docker's name (one of [`ULIMIT_NAMES`]); the agent
+/// maps it to its kernel's RLIMIT_* number, which differs between
+/// architectures. [`Ulimit::UNLIMITED`] is RLIM_INFINITY.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ulimit {
+    pub name: String,
+    pub soft: u64,
+    pub hard: u64,
+}
+
+impl Ulimit {
+    pub const UNLIMITED: u64 = u64::MAX;
+}
+
+/// The resource names `docker --ulimit` accepts.
+pub const ULIMIT_NAMES: [&str; 15] = [
+    "core", "cpu", "data", "fsize", "locks", "memlock", "msgqueue", "nice", "nofile", "nproc", "rss", "rtprio", "rttime",
+    "sigpending", "stack",
+];
 
 /// A terminal's size in character cells.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -12,6 +12,7 @@ use clap::Args;
 
 use crate::engine::progress::{Progress, ProgressMode};
 use crate::engine::cache_exchange::{self, CacheExport, CacheLocation, CacheMode, CacheRecord, ImportedCache};
+use crate::engine::run_options::RunOptions;
 use crate::engine::{fs_export, BuildOutcome, BuildRequest, Builder};
 use crate::oci::layout::{self, ExportEntry, Format};
 use crate::oci::{Compression, Store};
@@ -77,6 +78,15 @@ pub struct BuildArgs {
     /// Secret to expose to the build: id=ID[,src=PATH|,env=VAR]
     #[arg(long)]
     pub secret: Vec<String>,
+    /// Add a custom host-to-IP mapping to RUN's /etc/hosts: HOST:IP or HOST=IP (IP may be host-gateway)
+    #[arg(long = "add-host", value_name = "HOST:IP")]
+    pub add_host: Vec<String>,
+    /// Size of /dev/shm in RUN (e.g. 64m, 1g; default 64m)
+    #[arg(long = "shm-size", value_name = "SIZE")]
+    pub shm_size: Option<String>,
+    /// Resource limit for RUN: NAME=SOFT[:HARD] (nofile, nproc, core, memlock, stack, ...)
+    #[arg(long, value_name = "NAME=SOFT[:HARD]")]
+    pub ulimit: Vec<String>,
     /// Guest memory for the build VM, MiB
     #[arg(long, default_value_t = 2048)]
     pub memory: u64,
@@ -248,6 +258,7 @@ pub fn run(args: BuildArgs, cancel: &'static std::sync::atomic::AtomicBool) -> a
         "none" => true,
         other => bail!("--network {other}: expected default or none"),
     };
+    let run_options = RunOptions::from_flags(&args.add_host, args.shm_size.as_deref(), &args.ulimit).map_err(anyhow::Error::msg)?;
     let tags: Vec<String> = args
         .tags
         .iter()
@@ -351,6 +362,7 @@ pub fn run(args: BuildArgs, cancel: &'static std::sync::atomic::AtomicBool) -> a
         secrets: parse_secrets(&args.secret)?,
         cache_from: Arc::new(imported),
         inline_cache: cache_to.iter().any(|c| c.location == CacheLocation::Inline),
+        run_options,
     };
     let outcomes = build_platforms(&store, &req, &platforms, &progress, cancel)?;
     let result = if outcomes.len() == 1 {

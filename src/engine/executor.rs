@@ -69,6 +69,8 @@ pub struct BuildRequest {
     pub cache_from: Arc<ImportedCache>,
     /// `--cache-to type=inline`: the image's config carries its steps' cache records.
     pub inline_cache: bool,
+    /// `--add-host`, `--shm-size`, `--ulimit`: given to every RUN.
+    pub run_options: crate::engine::run_options::RunOptions,
 }
 
 /// What a finished build produced.

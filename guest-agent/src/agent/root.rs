@@ -6,7 +6,7 @@ use std::ffi::CString;
 use std::io;
 use std::path::{Component, Path, PathBuf};
 
-use kiln_protocol::{ExecRequest, MountSpec, RootSpec};
+use kiln_protocol::{ExecRequest, HostEntry, MountSpec, RootSpec};
 
 use super::mount_points::{check_cwd, Stubs};
 use super::mounts::{cstr, private_dev, raw, RawStep, DEVPTS_OPTIONS};
@@ -58,7 +58,7 @@ pub fn prepare(req: &ExecRequest) -> Result<Option<PreparedRoot>, String> {
             let mut stubs = Stubs::default();
             check_cwd(&root.dir, &req.cwd)?;
             let result =
-                root.standard_mounts(&mut stubs, true, None).and_then(|()| root.extra_mounts(&req.mounts, &mut stubs, None));
+                root.standard_mounts(&mut stubs, true, None, req).and_then(|()| root.extra_mounts(&req.mounts, &mut stubs, None));
             result.map(|()| Some(root))
         }
         Some(RootSpec::Overlay { lowers, upper, work }) => {
@@ -75,7 +75,7 @@ pub fn prepare(req: &ExecRequest) -> Result<Option<PreparedRoot>, String> {
             let devpts = if req.tty.is_some() { root.mount_devpts(&run_dir) } else { Ok(()) };
             let result = devpts
                 .and_then(|()| check_cwd(&root.dir, &req.cwd))
-                .and_then(|()| root.standard_mounts(&mut stubs, false, Some(&run_dir)))
+                .and_then(|()| root.standard_mounts(&mut stubs, false, Some(&run_dir), req))
                 .and_then(|()| root.extra_mounts(&req.mounts, &mut stubs, Some(&run_dir)));
             root.overlay = Some(Overlay { stubs, ..overlay });
             match result {
@@ -93,8 +93,10 @@ pub fn prepare(req: &ExecRequest) -> Result<Option<PreparedRoot>, String> {
 
 impl PreparedRoot {
     /// proc, sys, dev (and tmp for a plain directory root; a RUN's /tmp is
-    /// part of the image, as with docker), and the VM's name resolution.
-    fn standard_mounts(&mut self, stubs: &mut Stubs, tmpfs_tmp: bool, private: Option<&Path>) -> Result<(), String> {
+    /// part of the image, as with docker), and the VM's name resolution
+    /// (with the request's extra hosts, in an overlay root's private copy).
+    fn standard_mounts(&mut self, stubs: &mut Stubs, tmpfs_tmp: bool, private: Option<&Path>, req: &ExecRequest) -> Result<(), String> {
+        let extra_hosts = &req.extra_hosts;
         let proc_ = self.mount_point("/proc", true, stubs)?;
         self.mounts.push(RawStep::Mount(raw(
             "proc",
@@ -113,7 +115,7 @@ impl PreparedRoot {
         )?));
         let dev = self.mount_point("/dev", true, stubs)?;
         match private {
-            Some(_) => self.mounts.extend(private_dev(&dev, self.devpts.as_deref())?),
+            Some(_) => self.mounts.extend(private_dev(&dev, self.devpts.as_deref(), req.shm_size_bytes)?),
             // A plain directory root (kiln vm exec) shares the VM's devices.
             None => self.mounts.push(RawStep::Mount(raw("/dev", &dev, None, libc::MS_BIND | libc::MS_REC, None)?)),
         }
@@ -134,6 +136,9 @@ impl PreparedRoot {
                     Some(dir) => {
                         let copy = dir.join(file);
                         std::fs::copy(&vm_copy, &copy).map_err(|e| format!("copying {}: {e}", vm_copy.display()))?;
+                        if file == "hosts" && !extra_hosts.is_empty() {
+                            append_hosts(&copy, extra_hosts).map_err(|e| format!("adding hosts to {}: {e}", copy.display()))?;
+                        }
                         copy
                     }
                     None => vm_copy,
@@ -270,6 +275,22 @@ fn confined_join(base: &Path, sub: &str) -> Result<PathBuf, String> {
         return Err(format!("mount source {sub:?} may not contain '..'"));
     }
     Ok(base.join(rel))
+}
+
+/// Appends `ip name` lines to a command's private hosts file (`--add-host`).
+fn append_hosts(path: &Path, entries: &[HostEntry]) -> io::Result<()> {
+    let mut text = std::fs::read_to_string(path)?;
+    if !text.is_empty() && !text.ends_with('\n') {
+        text.push('\n');
+    }
+    for HostEntry { name, ip } in entries {
+        // Both were checked on the host; a line break would forge more entries.
+        if name.contains(char::is_whitespace) || ip.contains(char::is_whitespace) {
+            return Err(io::Error::other(format!("bad host entry {name:?} {ip:?}")));
+        }
+        text.push_str(&format!("{ip}\t{name}\n"));
+    }
+    std::fs::write(path, text)
 }
 
 /// Writes a secret on the agent's tmpfs (never the scratch disk), owned and

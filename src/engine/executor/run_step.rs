@@ -49,18 +49,21 @@ impl Builder<'_> {
         let user = config.user.clone();
         // What mounts read from other stages, images or the context is resolved now, for the key.
         let mounts = RunMounts::resolve(&run.mounts, &cwd, |m| self.mount_source(cx, m))?;
-        let key = CacheKey::derive(
-            Some(&state.key),
-            &[
-                b"RUN",
-                serde_json::to_string(&argv).expect("strings serialise").as_bytes(),
-                serde_json::to_string(&env).expect("strings serialise").as_bytes(),
-                user.as_bytes(),
-                cwd.as_bytes(),
-                if no_network { b"none" } else { b"default" },
-                mounts.key.as_bytes(),
-            ],
-        );
+        let (argv_json, env_json) = (serde_json::to_string(&argv).expect("strings serialise"), serde_json::to_string(&env).expect("strings serialise"));
+        let mut key_parts: Vec<&[u8]> = vec![
+            b"RUN",
+            argv_json.as_bytes(),
+            env_json.as_bytes(),
+            user.as_bytes(),
+            cwd.as_bytes(),
+            if no_network { b"none" } else { b"default" },
+            mounts.key.as_bytes(),
+        ];
+        let options_key = self.req.run_options.key_part();
+        if !options_key.is_empty() {
+            key_parts.push(options_key.as_bytes());
+        }
+        let key = CacheKey::derive(Some(&state.key), &key_parts);
         if self.try_cache(&key, state)? {
             return Ok(true);
         }
@@ -77,7 +80,7 @@ impl Builder<'_> {
             MountError::Secret(message) => step_error(cx.df, &self.req.dockerfile, span, message),
             e => e.into(),
         })?;
-        let request = ExecRequest {
+        let mut request = ExecRequest {
             argv,
             env,
             cwd,
@@ -88,6 +91,7 @@ impl Builder<'_> {
             mounts: mount_specs,
             ..Default::default()
         };
+        self.req.run_options.apply(&mut request);
         let mut tail = OutputTail::default();
         let progress = &self.progress;
         let mut sink = |stream: u8, bytes: &[u8]| {

@@ -1,0 +1,115 @@
+//! What `kiln build` gives every RUN besides its Dockerfile: `--add-host`,
+//! `--shm-size`, `--ulimit` (seen by the command, in the cache key, never in
+//! a layer), and cache mounts' `sharing`, `mode`, `uid` and `gid`. Built for
+//! linux/arm64 from the busybox fixture; layers read on the host.
+
+use std::io::Read;
+use std::path::Path;
+use std::process::Output;
+
+mod support;
+use support::build_env::Env;
+
+const BUSYBOX: &str = "kiln.local/busybox:test";
+
+fn build(env: &Env, ctx: &Path, extra: &[&str]) -> Output {
+    let mut cmd = env.kiln();
+    cmd.args(["build", "--progress", "plain", "--platform", "linux/arm64"]).args(extra).arg(ctx);
+    cmd.output().unwrap()
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// The top layer of `image`: each entry's path and, for files, contents.
+fn top_layer(env: &Env, image: &str) -> Vec<(String, String)> {
+    let layout = env.path("top-layer");
+    let _ = std::fs::remove_dir_all(&layout);
+    env.ok(&["save", "--format", "oci-dir", "-o", layout.to_str().unwrap(), image]);
+    let blob = |digest: &str| layout.join("blobs/sha256").join(digest.trim_start_matches("sha256:"));
+    let json = |path: std::path::PathBuf| -> serde_json::Value { serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap() };
+    let index = json(layout.join("index.json"));
+    let manifest = json(blob(index["manifests"][0]["digest"].as_str().unwrap()));
+    let layer = manifest["layers"].as_array().unwrap().last().unwrap()["digest"].as_str().unwrap().to_string();
+    let gz = flate2::read::GzDecoder::new(std::fs::File::open(blob(&layer)).unwrap());
+    let mut archive = tar::Archive::new(gz);
+    let mut entries: Vec<(String, String)> = archive
+        .entries()
+        .unwrap()
+        .map(|e| {
+            let mut e = e.unwrap();
+            let mut text = String::new();
+            e.read_to_string(&mut text).unwrap();
+            (e.path().unwrap().display().to_string(), text)
+        })
+        .collect();
+    entries.sort();
+    std::fs::remove_dir_all(&layout).unwrap();
+    entries
+}
+
+/// One build with all three options: the RUN sees them, its layer holds
+/// only what it wrote, and they are in the step's cache key.
+#[test]
+fn add_host_shm_size_and_ulimit_reach_run_and_its_key_only() {
+    let env = Env::new();
+    env.import_busybox("arm64", BUSYBOX);
+    // Writing to /etc/hosts goes to the step's private copy, not the layer.
+    env.write(
+        "Dockerfile",
+        &format!(
+            "FROM {BUSYBOX}\n\
+             RUN {{ grep -E '(db|gw|v6)$' /etc/hosts; df -k /dev/shm | tail -n 1 | awk '{{print $2}}'; \
+             ulimit -Sn; ulimit -Hn; ulimit -Sc; }} > /out && echo '1.1.1.1 mine' >> /etc/hosts\n"
+        ),
+    );
+    let options = [
+        "--add-host",
+        "db:10.1.2.3",
+        "--add-host",
+        "gw=host-gateway",
+        "--add-host",
+        "v6:fe80::1",
+        "--shm-size",
+        "128m",
+        "--ulimit",
+        "nofile=512:1024",
+        "--ulimit",
+        "core=-1",
+    ];
+    let first = build(&env, &env.ctx(), &[&options[..], &["-t", "test/opts:1"]].concat());
+    assert!(first.status.success(), "{}", stderr(&first));
+    let layer = top_layer(&env, "test/opts:1");
+    assert_eq!(
+        layer,
+        [("out".to_string(), "10.1.2.3\tdb\n10.0.2.2\tgw\nfe80::1\tv6\n131072\n512\n1024\nunlimited\n".to_string())],
+        "the RUN saw the options and its layer holds only /out"
+    );
+
+    // The same options: the step comes from the cache.
+    let again = build(&env, &env.ctx(), &[&options[..], &["-t", "test/opts:2"]].concat());
+    assert!(again.status.success(), "{}", stderr(&again));
+    assert!(stderr(&again).contains("CACHED"), "{}", stderr(&again));
+    // Without them (docker's defaults): a different key, so the RUN runs.
+    let plain = build(&env, &env.ctx(), &["-t", "test/opts:3"]);
+    assert!(plain.status.success(), "{}", stderr(&plain));
+    assert!(!stderr(&plain).contains("CACHED"), "{}", stderr(&plain));
+    let (_, out) = &top_layer(&env, "test/opts:3")[0];
+    let defaults: Vec<&str> = out.lines().collect();
+    assert_eq!(defaults[0], "65536", "docker's 64m /dev/shm: {out}");
+
+    // Bad values fail before any VM, naming the flag.
+    for (flag, value, says) in [
+        ("--add-host", "db", "--add-host \"db\""),
+        ("--add-host", "db:not-an-ip", "not an IP address"),
+        ("--shm-size", "big", "--shm-size \"big\""),
+        ("--ulimit", "nofile=2:1", "soft limit is above the hard limit"),
+        ("--ulimit", "files=1", "unknown resource \"files\""),
+    ] {
+        let out = build(&env, &env.ctx(), &[flag, value]);
+        assert!(!out.status.success());
+        assert!(stderr(&out).contains(says), "{flag} {value}: {}", stderr(&out));
+    }
+    env.assert_tmp_empty();
+}
