@@ -113,3 +113,47 @@ fn add_host_shm_size_and_ulimit_reach_run_and_its_key_only() {
     }
     env.assert_tmp_empty();
 }
+
+/// Two builds at once whose RUNs use one `sharing=locked` cache mount run
+/// one after the other, the second seeing the first's writes; a new cache
+/// mount's directory gets its `uid`, `gid` and `mode`.
+#[test]
+fn cache_mounts_lock_across_builds_and_own_their_directory() {
+    let env = Env::new();
+    env.import_busybox("arm64", BUSYBOX);
+    let run = "RUN --mount=type=cache,id=log,target=/c,sharing=locked";
+    let builds: Vec<_> = ["a", "b"]
+        .iter()
+        .map(|who| {
+            let ctx = env.path(&format!("ctx-{who}"));
+            std::fs::create_dir(&ctx).unwrap();
+            let dockerfile = format!("FROM {BUSYBOX}\n{run} echo start-{who} >> /c/log && sleep 4 && echo end-{who} >> /c/log\n");
+            std::fs::write(ctx.join("Dockerfile"), dockerfile).unwrap();
+            let mut cmd = env.kiln();
+            cmd.args(["build", "--progress", "plain", "--platform", "linux/arm64"]).arg(&ctx);
+            cmd.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::piped()).spawn().unwrap()
+        })
+        .collect();
+    for child in builds {
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
+    env.write(
+        "Dockerfile",
+        &format!(
+            "FROM {BUSYBOX}\n{run} --mount=type=cache,id=owned,target=/o,uid=1234,gid=5678,mode=0750 \
+             cp /c/log /log && stat -c '%u %g %a' /o > /owned\n"
+        ),
+    );
+    let out = build(&env, &env.ctx(), &["-t", "test/cache:1"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let layer = top_layer(&env, "test/cache:1");
+    let file = |name: &str| layer.iter().find(|(path, _)| path == name).map(|(_, text)| text.clone()).unwrap();
+    let log = file("log");
+    assert!(
+        log == "start-a\nend-a\nstart-b\nend-b\n" || log == "start-b\nend-b\nstart-a\nend-a\n",
+        "the RUNs ran one at a time, each on the volume the other left: {log:?}"
+    );
+    assert_eq!(file("owned"), "1234 5678 750\n");
+    env.assert_tmp_empty();
+}

@@ -132,9 +132,11 @@ impl Builder<'_> {
             None => format!("snapshot: no changes ({seconds:.2}s)\n"),
         };
         progress.output(cx.step, kiln_protocol::stream::STDERR, note.as_bytes());
-        for volume in &volumes {
-            session.save_cache(volume, self.cancel)?;
+        for used in volumes.iter().filter(|u| u.kept()) {
+            session.save_cache(&used.volume, self.cancel)?;
         }
+        // The volumes' locks go with them, after they are saved.
+        drop(volumes);
         self.commit(key, state, snapshot.layer, &format!("{} # buildkit", cx.text))?;
         Ok(false)
     }
