@@ -3,6 +3,8 @@
 //! a layer), and cache mounts' `sharing`, `mode`, `uid` and `gid`. Built for
 //! linux/arm64 from the busybox fixture; layers read on the host.
 
+#![cfg(unix)]
+
 use std::io::Read;
 use std::path::Path;
 use std::process::Output;

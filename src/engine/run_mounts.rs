@@ -69,26 +69,26 @@ const LOCK_POLL: std::time::Duration = std::time::Duration::from_millis(100);
 /// alone or not at all: `None` when another step holds the volume, and the
 /// caller uses a fresh instance. Waiting ends with `Interrupted` on `cancel`.
 pub fn lease_volume(lock_path: &Path, sharing: Sharing, cancel: &AtomicBool) -> std::io::Result<Option<std::fs::File>> {
-    use std::fs::TryLockError;
+    use crate::oci::store::{lock, LockKind};
     if let Some(dir) = lock_path.parent() {
         std::fs::create_dir_all(dir)?;
     }
     let file = std::fs::OpenOptions::new().create(true).truncate(false).read(true).write(true).open(lock_path)?;
     loop {
-        let attempt = match sharing {
-            Sharing::Shared => file.try_lock_shared(),
-            Sharing::Locked | Sharing::Private => file.try_lock(),
+        let kind = match sharing {
+            Sharing::Shared => LockKind::TryShared,
+            Sharing::Locked | Sharing::Private => LockKind::TryExclusive,
         };
-        match attempt {
+        match lock(&file, kind) {
             Ok(()) => return Ok(Some(file)),
-            Err(TryLockError::WouldBlock) if sharing == Sharing::Private => return Ok(None),
-            Err(TryLockError::WouldBlock) => {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock && sharing == Sharing::Private => return Ok(None),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                 if cancel.load(std::sync::atomic::Ordering::SeqCst) {
                     return Err(std::io::ErrorKind::Interrupted.into());
                 }
                 std::thread::sleep(LOCK_POLL);
             }
-            Err(TryLockError::Error(e)) => return Err(e),
+            Err(e) => return Err(e),
         }
     }
 }
