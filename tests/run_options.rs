@@ -159,3 +159,52 @@ fn cache_mounts_lock_across_builds_and_own_their_directory() {
     assert_eq!(file("owned"), "1234 5678 750\n");
     env.assert_tmp_empty();
 }
+
+/// `--ssh default` and `RUN --mount=type=ssh`: the host's ssh-agent (a
+/// test agent holding one key) answers `ssh-add -l` in the RUN, through
+/// SSH_AUTH_SOCK at BuildKit's default socket; nothing of it is in the layer.
+/// The RUN is the host's own ssh-add (x86-64 with its libraries, bound from
+/// the context), so the image is the amd64 busybox.
+#[test]
+fn ssh_mount_forwards_the_hosts_agent_to_one_run() {
+    let (agent_bin, add_bin) = (support::require("ssh-agent", "openssh-client"), support::require("ssh-add", "openssh-client"));
+    let keygen = support::require("ssh-keygen", "openssh-client");
+    let env = Env::new();
+    env.import_busybox("amd64", "kiln.local/busybox:amd64");
+    let key = env.path("id_ed25519");
+    support::run(std::process::Command::new(keygen).args(["-q", "-t", "ed25519", "-N", "", "-C", "kiln-test-key", "-f"]).arg(&key));
+    let sock = env.path("agent.sock");
+    let mut agent = std::process::Command::new(agent_bin).arg("-D").arg("-a").arg(&sock).stdout(std::process::Stdio::null()).spawn().unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !sock.exists() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    support::run(std::process::Command::new(&add_bin).env("SSH_AUTH_SOCK", &sock).arg(&key));
+
+    // ssh-add and the libraries ldd names, loaded by their own loader.
+    let x = env.ctx().join("x");
+    std::fs::create_dir(&x).unwrap();
+    let ldd = support::run(std::process::Command::new("ldd").arg(&add_bin));
+    let libs = ldd.lines().filter_map(|l| l.split_whitespace().find(|w| w.starts_with('/')).map(std::path::PathBuf::from));
+    for file in libs.chain([add_bin.clone()]) {
+        std::fs::copy(&file, x.join(file.file_name().unwrap())).unwrap();
+    }
+    env.write(
+        "Dockerfile",
+        "FROM kiln.local/busybox:amd64\n\
+         RUN --mount=type=bind,source=x,target=/x --mount=type=ssh \
+         /x/ld-linux-x86-64.so.2 --library-path /x /x/ssh-add -l > /keys && echo \"sock=$SSH_AUTH_SOCK\" >> /keys\n",
+    );
+    let mut cmd = env.kiln();
+    cmd.env("SSH_AUTH_SOCK", &sock).args(["build", "--progress", "plain", "--platform", "linux/amd64", "--ssh", "default", "-t", "test/ssh:1"]);
+    let out = cmd.arg(env.ctx()).output().unwrap();
+    let _ = agent.kill();
+    let _ = agent.wait();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let layer = top_layer(&env, "test/ssh:1");
+    assert_eq!(layer.len(), 1, "only /keys: {layer:?}");
+    let keys = &layer[0].1;
+    assert!(keys.contains("kiln-test-key (ED25519)"), "{keys}");
+    assert!(keys.ends_with("sock=/run/buildkit/ssh_agent.0\n"), "{keys}");
+    env.assert_tmp_empty();
+}

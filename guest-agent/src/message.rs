@@ -18,6 +18,9 @@ pub mod stream {
     pub const TAR: u8 = 3;
     /// Agent → host: a snapshot manifest, one JSON [`crate::LayerEntry`] per line.
     pub const MANIFEST: u8 = 4;
+    /// Both ways: the bytes of a forwarded ssh-agent connection, on the
+    /// channel [`crate::AgentMsg::SshOpen`] opened; an empty frame ends a direction.
+    pub const SSH: u8 = 5;
 }
 
 /// Host → agent.
@@ -139,6 +142,9 @@ impl Ulimit {
     pub const UNLIMITED: u64 = u64::MAX;
 }
 
+/// Agent-chosen channel ids start here; the host numbers requests from 1.
+pub const SSH_CHANNEL_BASE: u32 = 0x8000_0000;
+
 /// The resource names `docker --ulimit` accepts.
 pub const ULIMIT_NAMES: [&str; 15] = [
     "core", "cpu", "data", "fsize", "locks", "memlock", "msgqueue", "nice", "nofile", "nproc", "rss", "rtprio", "rttime",
@@ -196,6 +202,11 @@ pub enum MountSpec {
     /// A file holding `data`, kept in memory (a private tmpfs) and never on
     /// the scratch disk: `--mount=type=secret`.
     Secret { target: String, data: Vec<u8>, mode: u32, uid: u32, gid: u32 },
+    /// A unix socket whose connections are forwarded to the host's ssh
+    /// agent number `agent` of the request (`--mount=type=ssh`): each one
+    /// is announced with [`AgentMsg::SshOpen`] and carried on stream
+    /// [`stream::SSH`] of its channel.
+    Ssh { target: String, agent: u32, mode: u32, uid: u32, gid: u32 },
 }
 
 /// Agent → host.
@@ -213,6 +224,10 @@ pub enum AgentMsg {
     Failed { id: u32, message: String },
     /// The agent hit an error it cannot recover from; the VM powers off next.
     Fatal { message: String },
+    /// The command of request `id` connected to its ssh socket for host
+    /// agent `agent`; the connection's bytes use `channel` (an id the
+    /// agent picks, [`SSH_CHANNEL_BASE`] and up, never a request's).
+    SshOpen { id: u32, agent: u32, channel: u32 },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

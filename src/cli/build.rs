@@ -87,6 +87,9 @@ pub struct BuildArgs {
     /// Resource limit for RUN: NAME=SOFT[:HARD] (nofile, nproc, core, memlock, stack, ...)
     #[arg(long, value_name = "NAME=SOFT[:HARD]")]
     pub ulimit: Vec<String>,
+    /// SSH agent socket for RUN --mount=type=ssh: default (SSH_AUTH_SOCK) or ID[=SOCKET]
+    #[arg(long, value_name = "default|ID[=SOCKET]")]
+    pub ssh: Vec<String>,
     /// Guest memory for the build VM, MiB
     #[arg(long, default_value_t = 2048)]
     pub memory: u64,
@@ -258,7 +261,9 @@ pub fn run(args: BuildArgs, cancel: &'static std::sync::atomic::AtomicBool) -> a
         "none" => true,
         other => bail!("--network {other}: expected default or none"),
     };
-    let run_options = RunOptions::from_flags(&args.add_host, args.shm_size.as_deref(), &args.ulimit).map_err(anyhow::Error::msg)?;
+    let run_options = RunOptions::from_flags(&args.add_host, args.shm_size.as_deref(), &args.ulimit)
+        .and_then(|o| o.with_ssh(&args.ssh, std::env::var_os("SSH_AUTH_SOCK").map(PathBuf::from)))
+        .map_err(anyhow::Error::msg)?;
     let tags: Vec<String> = args
         .tags
         .iter()

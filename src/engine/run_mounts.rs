@@ -40,6 +40,9 @@ pub enum MountError {
     Layer(#[from] LayerTarError),
     #[error("staging a bind mount of the build context: {0}")]
     Staging(std::io::Error),
+    /// An ssh mount without its `--ssh` agent, reported at the RUN's line.
+    #[error("{0}")]
+    Ssh(String),
     #[error("locking the cache mount {}: {source}", path.display())]
     Lock { path: PathBuf, source: std::io::Error },
 }
@@ -118,7 +121,20 @@ pub struct MountTarget<'a> {
     /// The step's WORKDIR; relative targets join it.
     pub cwd: &'a str,
     pub secrets: &'a BTreeMap<String, Vec<u8>>,
+    /// `--ssh` agent sockets by id.
+    pub ssh_agents: &'a BTreeMap<String, PathBuf>,
     pub cancel: &'a AtomicBool,
+}
+
+/// What a step's mounts became in the VM.
+pub struct MountsInVm {
+    pub specs: Vec<MountSpec>,
+    /// The cache volumes the step holds (those `kept` are saved back once it succeeded).
+    pub caches: Vec<CacheUse>,
+    /// The host ssh agents that `MountSpec::Ssh::agent` numbers.
+    pub ssh_agents: Vec<PathBuf>,
+    /// The first ssh mount's socket, for SSH_AUTH_SOCK.
+    pub ssh_auth_sock: Option<String>,
 }
 
 impl<'m> RunMounts<'m> {
@@ -141,9 +157,8 @@ impl<'m> RunMounts<'m> {
         Ok(RunMounts { mounts: resolved, key })
     }
 
-    /// Makes the mounts real in `session`'s VM. Returns their specs and the
-    /// cache volumes the step holds (those `kept` are saved back once it succeeded).
-    pub fn into_specs(self, session: &mut Session, to: &MountTarget<'_>) -> Result<(Vec<MountSpec>, Vec<CacheUse>), MountError> {
+    /// Makes the mounts real in `session`'s VM.
+    pub fn into_specs(self, session: &mut Session, to: &MountTarget<'_>) -> Result<MountsInVm, MountError> {
         // Secrets first: a missing required one fails before anything is sent.
         let mut secrets = Vec::new();
         for (m, _) in self.mounts.iter().filter(|(m, _)| m.kind == MountType::Secret) {
@@ -151,6 +166,7 @@ impl<'m> RunMounts<'m> {
         }
         let mut secrets = secrets.into_iter();
         let (mut specs, mut volumes) = (Vec::new(), Vec::new());
+        let (mut ssh_agents, mut ssh_auth_sock) = (Vec::new(), None);
         for (m, source) in self.mounts {
             let target = target_path(m, to.cwd, "");
             match (m.kind, source) {
@@ -181,6 +197,21 @@ impl<'m> RunMounts<'m> {
                     };
                     specs.push(MountSpec::Bind { source, target, readonly: false });
                 }
+                (MountType::Ssh, _) => {
+                    let id = m.id.clone().unwrap_or_else(|| "default".to_string());
+                    let Some(socket) = to.ssh_agents.get(&id) else {
+                        if m.required {
+                            return Err(MountError::Ssh(format!("ssh agent {id} is required but was not given (use --ssh {id}=SOCKET, or --ssh default)")));
+                        }
+                        continue;
+                    };
+                    // BuildKit's default target numbers the step's ssh mounts.
+                    let target = target_path(m, to.cwd, &format!("/run/buildkit/ssh_agent.{}", ssh_agents.len()));
+                    let agent = ssh_agents.len() as u32;
+                    ssh_agents.push(socket.clone());
+                    ssh_auth_sock.get_or_insert_with(|| target.clone());
+                    specs.push(MountSpec::Ssh { target, agent, mode: m.mode.unwrap_or(0o600), uid: m.uid.unwrap_or(0), gid: m.gid.unwrap_or(0) });
+                }
                 (MountType::Bind, MountSource::Context { plan, is_file }) => {
                     let source = unpack_context(session, to, plan, is_file)?;
                     specs.push(MountSpec::Bind { source, target, readonly: m.readonly });
@@ -193,7 +224,7 @@ impl<'m> RunMounts<'m> {
                 (kind, _) => unreachable!("{kind:?} mounts are resolved or refused before the VM"),
             }
         }
-        Ok((specs, volumes))
+        Ok(MountsInVm { specs, caches: volumes, ssh_agents, ssh_auth_sock })
     }
 }
 

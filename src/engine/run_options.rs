@@ -4,6 +4,9 @@
 //! key; none of them reaches a layer (the agent bind-mounts a private
 //! /etc/hosts and /dev/shm and sets the limits on the command).
 
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
 use kiln_protocol::{ExecRequest, HostEntry, Ulimit, ULIMIT_NAMES};
 
 use crate::dockerfile::mount::parse_ram_size;
@@ -17,6 +20,9 @@ pub struct RunOptions {
     pub shm_size: Option<u64>,
     /// `--ulimit`, in the order given.
     pub ulimits: Vec<Ulimit>,
+    /// `--ssh`: host ssh-agent sockets by id, for `RUN --mount=type=ssh`
+    /// (forwarded for that step only; in no key and no layer).
+    pub ssh_agents: BTreeMap<String, PathBuf>,
 }
 
 impl RunOptions {
@@ -26,7 +32,25 @@ impl RunOptions {
             extra_hosts: add_hosts.iter().map(|h| parse_add_host(h)).collect::<Result<_, _>>()?,
             shm_size: shm_size.map(parse_shm_size).transpose()?.flatten(),
             ulimits: ulimits.iter().map(|u| parse_ulimit(u)).collect::<Result<_, _>>()?,
+            ssh_agents: BTreeMap::new(),
         })
+    }
+
+    /// `--ssh default|ID[=SOCKET]` (buildx's form; without a socket,
+    /// $SSH_AUTH_SOCK). kiln forwards agent sockets, not key files.
+    pub fn with_ssh(mut self, specs: &[String], auth_sock: Option<PathBuf>) -> Result<Self, String> {
+        for spec in specs {
+            let (id, path) = match spec.split_once('=') {
+                Some((id, path)) => (id, PathBuf::from(path)),
+                None => (spec.as_str(), auth_sock.clone().ok_or_else(|| format!("--ssh {spec}: SSH_AUTH_SOCK is not set (start ssh-agent, or give {spec}=SOCKET)"))?),
+            };
+            if id.is_empty() {
+                return Err(format!("--ssh {spec:?}: the id is empty (expected default or ID[=SOCKET])"));
+            }
+            check_agent_socket(&path).map_err(|why| format!("--ssh {spec}: {}: {why}", path.display()))?;
+            self.ssh_agents.insert(id.to_string(), path);
+        }
+        Ok(self)
     }
 
     /// Their part of a RUN's cache key; empty when none is set, so keys of
@@ -51,6 +75,22 @@ impl RunOptions {
         req.shm_size_bytes = self.shm_size;
         req.ulimits = self.ulimits.clone();
     }
+}
+
+/// An ssh agent's socket: a key file (which buildx also takes) is refused.
+#[cfg(unix)]
+fn check_agent_socket(path: &Path) -> Result<(), String> {
+    use std::os::unix::fs::FileTypeExt;
+    match std::fs::metadata(path) {
+        Ok(m) if m.file_type().is_socket() => Ok(()),
+        Ok(_) => Err("not an agent socket (kiln forwards ssh-agent sockets; load keys with ssh-add)".into()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+#[cfg(not(unix))]
+fn check_agent_socket(_: &Path) -> Result<(), String> {
+    Err("forwarding an ssh agent needs unix sockets, which this host lacks".into())
 }
 
 /// `HOST:IP` or `HOST=IP` (docker 25+); IPv6 may be in brackets;
@@ -152,6 +192,26 @@ mod tests {
             let err = parse_ulimit(bad).unwrap_err();
             assert!(err.starts_with("--ulimit") && err.contains(why), "{bad}: {err}");
         }
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn ssh_takes_agent_sockets_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let sock = dir.path().join("agent.sock");
+        let _listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+        let key = dir.path().join("id_ed25519");
+        std::fs::write(&key, "key").unwrap();
+        let with = |specs: &[&str], env: Option<&Path>| {
+            let specs: Vec<String> = specs.iter().map(|s| s.to_string()).collect();
+            RunOptions::default().with_ssh(&specs, env.map(Path::to_path_buf))
+        };
+        let opts = with(&["default", &format!("git={}", sock.display())], Some(&sock)).unwrap();
+        assert_eq!(opts.ssh_agents.keys().collect::<Vec<_>>(), ["default", "git"]);
+        assert!(opts.key_part().is_empty(), "the agent is in no key");
+        assert!(with(&["default"], None).unwrap_err().contains("SSH_AUTH_SOCK is not set"));
+        assert!(with(&[&format!("k={}", key.display())], None).unwrap_err().contains("not an agent socket"));
+        assert!(with(&["x=/nonexistent/agent"], None).unwrap_err().starts_with("--ssh x="));
     }
 
     #[test]

@@ -84,6 +84,8 @@ pub struct RunSpec<'a> {
     pub request: ExecRequest,
     /// The stage's layers, bottom first.
     pub layers: &'a [LayerRef],
+    /// Host ssh agent sockets the request's `MountSpec::Ssh` mounts forward to.
+    pub ssh_agents: Vec<PathBuf>,
 }
 
 /// The command's side of the user's terminal (`kiln run`).
@@ -167,6 +169,7 @@ impl Session {
         sink: &mut dyn FnMut(u8, &[u8]),
         cancel: &AtomicBool,
     ) -> Result<RunOutcome, SessionError> {
+        self.vm.forward_ssh_agents(spec.ssh_agents.clone());
         let (req, upper) = self.request(store, spec, cancel)?;
         let status = self.vm.exec(req, None, sink, cancel)?;
         if status != (ExitStatus::Code { code: 0 }) {

@@ -65,7 +65,7 @@ pub fn do_exec(req: ExecRequest, out: Out, reaper: &Reaper) -> Result<Running, S
     if req.argv.is_empty() {
         return Err("empty command".into());
     }
-    let mut root = root::prepare(&req)?;
+    let mut root = root::prepare(&req, &out)?;
     let spawned = spawn(&req, root.as_ref(), reaper);
     let (mut child, terminal, exited) = match spawned {
         Ok(spawned) => spawned,

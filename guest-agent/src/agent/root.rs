@@ -10,7 +10,9 @@ use kiln_protocol::{ExecRequest, HostEntry, MountSpec, RootSpec};
 
 use super::mount_points::{check_cwd, Stubs};
 use super::mounts::{cstr, private_dev, raw, RawStep, DEVPTS_OPTIONS};
+use super::outbox::Out;
 use super::scratch::scratch_path;
+use super::ssh::Listener;
 
 /// Private mount points and per-command files live here (the agent's tmpfs).
 const RUN_DIR: &str = "/run/kiln";
@@ -33,6 +35,8 @@ pub struct PreparedRoot {
     /// its terminal can be allocated there; `None` means the VM's /dev/pts.
     pub devpts: Option<PathBuf>,
     overlay: Option<Overlay>,
+    /// The sockets of `--mount=type=ssh`, forwarding to the host.
+    ssh: Vec<Listener>,
 }
 
 /// An overlay mounted in the agent's namespace for one command.
@@ -44,7 +48,8 @@ struct Overlay {
     stubs: Stubs,
 }
 
-pub fn prepare(req: &ExecRequest) -> Result<Option<PreparedRoot>, String> {
+/// `out` carries forwarded ssh connections (`MountSpec::Ssh`) to the host.
+pub fn prepare(req: &ExecRequest, out: &Out) -> Result<Option<PreparedRoot>, String> {
     match &req.root {
         None if req.mounts.is_empty() => Ok(None),
         None => Err("mounts need a root file system (root is not set)".into()),
@@ -53,12 +58,12 @@ pub fn prepare(req: &ExecRequest) -> Result<Option<PreparedRoot>, String> {
             if !dir.is_dir() {
                 return Err(format!("root file system {} does not exist", dir.display()));
             }
-            let mut root = PreparedRoot { dir, mounts: Vec::new(), new_pid_ns: false, devpts: None, overlay: None };
+            let mut root = PreparedRoot { dir, mounts: Vec::new(), new_pid_ns: false, devpts: None, overlay: None, ssh: Vec::new() };
             // A plain directory root is the agent's own: mount points it needs stay.
             let mut stubs = Stubs::default();
             check_cwd(&root.dir, &req.cwd)?;
             let result =
-                root.standard_mounts(&mut stubs, true, None, req).and_then(|()| root.extra_mounts(&req.mounts, &mut stubs, None));
+                root.standard_mounts(&mut stubs, true, None, req).and_then(|()| root.extra_mounts(req, out, &mut stubs, None));
             result.map(|()| Some(root))
         }
         Some(RootSpec::Overlay { lowers, upper, work }) => {
@@ -69,6 +74,7 @@ pub fn prepare(req: &ExecRequest) -> Result<Option<PreparedRoot>, String> {
                 new_pid_ns: true,
                 devpts: None,
                 overlay: None,
+                ssh: Vec::new(),
             };
             let mut stubs = Stubs::default();
             let run_dir = overlay.run_dir.clone();
@@ -76,7 +82,7 @@ pub fn prepare(req: &ExecRequest) -> Result<Option<PreparedRoot>, String> {
             let result = devpts
                 .and_then(|()| check_cwd(&root.dir, &req.cwd))
                 .and_then(|()| root.standard_mounts(&mut stubs, false, Some(&run_dir), req))
-                .and_then(|()| root.extra_mounts(&req.mounts, &mut stubs, Some(&run_dir)));
+                .and_then(|()| root.extra_mounts(req, out, &mut stubs, Some(&run_dir)));
             root.overlay = Some(Overlay { stubs, ..overlay });
             match result {
                 Ok(()) => Ok(Some(root)),
@@ -152,9 +158,9 @@ impl PreparedRoot {
 
     /// `private` is the command's own directory on the agent's tmpfs (overlay
     /// roots only): secrets and the staging points of overlay mounts live there.
-    fn extra_mounts(&mut self, specs: &[MountSpec], stubs: &mut Stubs, private: Option<&Path>) -> Result<(), String> {
-        let need_private = || private.ok_or_else(|| "overlay and secret mounts need an overlay root".to_string());
-        for (n, spec) in specs.iter().enumerate() {
+    fn extra_mounts(&mut self, req: &ExecRequest, out: &Out, stubs: &mut Stubs, private: Option<&Path>) -> Result<(), String> {
+        let need_private = || private.ok_or_else(|| "overlay, secret and ssh mounts need an overlay root".to_string());
+        for (n, spec) in req.mounts.iter().enumerate() {
             match spec {
                 MountSpec::Bind { source, target, readonly } => {
                     let src = scratch_path(source)?;
@@ -206,6 +212,12 @@ impl PreparedRoot {
                     let m = raw(&file, &dst, None, libc::MS_BIND, None)?.readonly(true);
                     self.mounts.push(RawStep::Mount(m));
                 }
+                MountSpec::Ssh { target, agent, mode, uid, gid } => {
+                    let socket = need_private()?.join(format!("ssh{n}"));
+                    self.ssh.push(Listener::start(&socket, *mode, *uid, *gid, req.id, *agent, out.clone())?);
+                    let dst = self.mount_point(target, false, stubs)?;
+                    self.mounts.push(RawStep::Mount(raw(&socket, &dst, None, libc::MS_BIND, None)?));
+                }
             }
         }
         Ok(())
@@ -247,6 +259,9 @@ impl PreparedRoot {
     /// its last process) and removes the mount points the agent created from
     /// the upper directory. Plain directory roots need nothing.
     pub fn teardown(&mut self) -> Result<(), String> {
+        for mut listener in self.ssh.drain(..) {
+            listener.stop();
+        }
         if let Some(devpts) = self.devpts.take() {
             // Detached: the agent may still hold the terminal's master open.
             let c = cstr(&devpts)?;

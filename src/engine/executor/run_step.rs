@@ -75,11 +75,23 @@ impl Builder<'_> {
             Err(SessionError::BootFiles(e)) => return Err(step_error(cx.df, &self.req.dockerfile, span, e.to_string())),
             Err(e) => return Err(e.into()),
         };
-        let target = MountTarget { store: self.store, platform: cx.platform, cwd: &cwd, secrets: &self.req.secrets, cancel: self.cancel };
-        let (mount_specs, volumes) = mounts.into_specs(session, &target).map_err(|e| match e {
-            MountError::Secret(message) => step_error(cx.df, &self.req.dockerfile, span, message),
+        let target = MountTarget {
+            store: self.store,
+            platform: cx.platform,
+            cwd: &cwd,
+            secrets: &self.req.secrets,
+            ssh_agents: &self.req.run_options.ssh_agents,
+            cancel: self.cancel,
+        };
+        let in_vm = mounts.into_specs(session, &target).map_err(|e| match e {
+            MountError::Secret(message) | MountError::Ssh(message) => step_error(cx.df, &self.req.dockerfile, span, message),
             e => e.into(),
         })?;
+        let (mount_specs, volumes) = (in_vm.specs, in_vm.caches);
+        // As BuildKit: the first ssh mount is the command's agent (not part of the key).
+        if let Some(sock) = in_vm.ssh_auth_sock.filter(|_| !env.iter().any(|e| e.starts_with("SSH_AUTH_SOCK="))) {
+            env.push(format!("SSH_AUTH_SOCK={sock}"));
+        }
         let mut request = ExecRequest {
             argv,
             env,
@@ -110,7 +122,7 @@ impl Builder<'_> {
             let note = format!("layers: {} mounted from disk images, {} unpacked, {:.2}s\n", ready.mounted, ready.unpacked, ready.seconds);
             progress.output(cx.step, kiln_protocol::stream::STDERR, note.as_bytes());
         }
-        let spec = RunSpec { request, layers: &state.layers };
+        let spec = RunSpec { request, layers: &state.layers, ssh_agents: in_vm.ssh_agents };
         let outcome = session.run(self.store, spec, &layer_options, &mut sink, self.cancel).map_err(at_line)?;
         let Some(snapshot) = outcome.snapshot else {
             let command = match &run.command {
@@ -157,7 +169,6 @@ impl Builder<'_> {
                 let is_file = std::fs::metadata(self.req.context.join(source.trim_start_matches('/'))).is_ok_and(|m| m.is_file());
                 Ok((MountSource::Context { plan, is_file }, checksum))
             }
-            (MountType::Ssh, _) => Err(self.at(cx, "RUN --mount=type=ssh is not supported yet")),
             _ => Ok((MountSource::Nothing, String::new())),
         }
     }
