@@ -101,6 +101,11 @@ fn add_host_shm_size_and_ulimit_reach_run_and_its_key_only() {
     let defaults: Vec<&str> = out.lines().collect();
     assert_eq!(defaults[0], "65536", "docker's 64m /dev/shm: {out}");
 
+    // A limit the guest kernel refuses fails the step, saying why.
+    let out = build(&env, &env.ctx(), &["--ulimit", "nofile=2000000"]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("--ulimit nofile: the hard limit may be at most"), "{}", stderr(&out));
+
     // Bad values fail before any VM, naming the flag.
     for (flag, value, says) in [
         ("--add-host", "db", "--add-host \"db\""),

@@ -300,6 +300,11 @@ pub fn key_part(m: &Mount, workdir: &str) -> String {
     let kind = format!("{:?}", m.kind).to_lowercase();
     match m.kind {
         MountType::Secret => format!("secret id={:?} target={:?}", m.id, m.target),
+        // As BuildKit's SSHOpt: which agent, where, and how the socket is owned; never the agent's keys.
+        MountType::Ssh => format!(
+            "ssh id={:?} target={:?} required={} mode={:?} uid={:?} gid={:?}",
+            m.id, m.target, m.required, m.mode, m.uid, m.gid
+        ),
         MountType::Cache => {
             // As in BuildKit's LLB: sharing and the new directory's owner and
             // mode are part of the mount; added only when given, so earlier keys hold.

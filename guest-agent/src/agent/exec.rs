@@ -361,6 +361,15 @@ fn rlimit(u: &Ulimit) -> Result<(i32, libc::rlimit), String> {
         "stack" => libc::RLIMIT_STACK,
         other => return Err(format!("unknown ulimit {other:?}")),
     };
+    // Checked here, not left to setrlimit in the child: the kernel refuses
+    // more open files than fs.nr_open (EPERM even for root), and a failure
+    // between fork and exec surfaces only as that errno.
+    if resource == libc::RLIMIT_NOFILE {
+        let max: u64 = std::fs::read_to_string("/proc/sys/fs/nr_open").ok().and_then(|s| s.trim().parse().ok()).unwrap_or(1 << 20);
+        if u.hard > max {
+            return Err(format!("--ulimit nofile: the hard limit may be at most {max} (the guest kernel's fs.nr_open)"));
+        }
+    }
     let value = |v: u64| if v == Ulimit::UNLIMITED { libc::RLIM_INFINITY } else { libc::rlim_t::try_from(v).unwrap_or(libc::RLIM_INFINITY) };
     Ok((resource as i32, libc::rlimit { rlim_cur: value(u.soft), rlim_max: value(u.hard) }))
 }
