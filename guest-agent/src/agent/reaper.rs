@@ -18,9 +18,8 @@ pub fn block_sigchld() {
     let _ = set.thread_block();
 }
 
-/// Waiters by pid. A child's exit can be reaped before `spawn` returns, but
-/// its status is delivered only under this lock, which `spawn` holds until
-/// the waiter is registered, so no status is lost.
+/// Waiters by pid. Children are reaped only under this lock, which `spawn`
+/// holds until the waiter is registered, so no status is lost.
 #[derive(Default)]
 struct Table {
     waiters: HashMap<i32, Sender<ExitStatus>>,
@@ -43,7 +42,9 @@ impl Reaper {
     }
 
     /// Spawns a child with the table locked, so its exit cannot be delivered
-    /// before its waiter is registered.
+    /// before its waiter is registered, nor reaped while `spawn` runs: when
+    /// the child fails between fork and exec, std's spawn waits for it
+    /// itself (and panics if it is already gone).
     pub fn spawn<T>(
         &self,
         spawn: impl FnOnce() -> std::io::Result<(i32, T)>,
@@ -60,24 +61,28 @@ fn reap_forever(table: &Mutex<Table>) {
     let mut set = SigSet::empty();
     set.add(Signal::SIGCHLD);
     loop {
-        // Reap everything that is ready, then sleep until the next SIGCHLD.
-        loop {
-            match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
-                Ok(WaitStatus::Exited(pid, code)) => deliver(table, pid.as_raw(), ExitStatus::Code { code }),
-                Ok(WaitStatus::Signaled(pid, sig, _)) => {
-                    deliver(table, pid.as_raw(), ExitStatus::Signal { signal: sig as i32 })
+        // Reap everything that is ready, under the table's lock (never during
+        // a `spawn`), then sleep until the next SIGCHLD.
+        {
+            let mut table = table.lock().unwrap();
+            loop {
+                match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
+                    Ok(WaitStatus::Exited(pid, code)) => deliver(&mut table, pid.as_raw(), ExitStatus::Code { code }),
+                    Ok(WaitStatus::Signaled(pid, sig, _)) => {
+                        deliver(&mut table, pid.as_raw(), ExitStatus::Signal { signal: sig as i32 })
+                    }
+                    Ok(WaitStatus::StillAlive) | Err(_) => break,
+                    Ok(_) => {}
                 }
-                Ok(WaitStatus::StillAlive) | Err(_) => break,
-                Ok(_) => {}
             }
         }
         let _ = set.wait();
     }
 }
 
-fn deliver(table: &Mutex<Table>, pid: i32, status: ExitStatus) {
+fn deliver(table: &mut Table, pid: i32, status: ExitStatus) {
     // Unknown pids are orphans re-parented to PID 1: reaping them was the point.
-    if let Some(tx) = table.lock().unwrap().waiters.remove(&pid) {
+    if let Some(tx) = table.waiters.remove(&pid) {
         let _ = tx.send(status);
     }
 }
