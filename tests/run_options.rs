@@ -134,17 +134,20 @@ fn cache_mounts_lock_across_builds_and_own_their_directory() {
         .map(|who| {
             let ctx = env.path(&format!("ctx-{who}"));
             std::fs::create_dir(&ctx).unwrap();
-            let dockerfile = format!("FROM {BUSYBOX}\n{run} echo start-{who} >> /c/log && sleep 4 && echo end-{who} >> /c/log\n");
+            let dockerfile = format!("FROM {BUSYBOX}\n{run} echo start-{who} >> /c/log && sleep 6 && echo end-{who} >> /c/log\n");
             std::fs::write(ctx.join("Dockerfile"), dockerfile).unwrap();
             let mut cmd = env.kiln();
             cmd.args(["build", "--progress", "plain", "--platform", "linux/arm64"]).arg(&ctx);
             cmd.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::piped()).spawn().unwrap()
         })
         .collect();
+    let mut waited = 0;
     for child in builds {
         let out = child.wait_with_output().unwrap();
         assert!(out.status.success(), "{}", stderr(&out));
+        waited += stderr(&out).contains("waiting for the cache mount /c: another build uses it") as usize;
     }
+    assert_eq!(waited, 1, "the RUNs overlapped, and one waited for the other (and said so)");
     env.write(
         "Dockerfile",
         &format!(

@@ -70,13 +70,15 @@ const LOCK_POLL: std::time::Duration = std::time::Duration::from_millis(100);
 /// Takes the lock at `lock_path` as `sharing` asks: `shared` with other
 /// shared users, `locked` alone (waiting for every other user), `private`
 /// alone or not at all: `None` when another step holds the volume, and the
-/// caller uses a fresh instance. Waiting ends with `Interrupted` on `cancel`.
-pub fn lease_volume(lock_path: &Path, sharing: Sharing, cancel: &AtomicBool) -> std::io::Result<Option<std::fs::File>> {
+/// caller uses a fresh instance. Waiting ends with `Interrupted` on `cancel`;
+/// `waiting` is called once when it begins.
+pub fn lease_volume(lock_path: &Path, sharing: Sharing, cancel: &AtomicBool, waiting: &dyn Fn()) -> std::io::Result<Option<std::fs::File>> {
     use crate::oci::store::{lock, LockKind};
     if let Some(dir) = lock_path.parent() {
         std::fs::create_dir_all(dir)?;
     }
     let file = std::fs::OpenOptions::new().create(true).truncate(false).read(true).write(true).open(lock_path)?;
+    let mut told = false;
     loop {
         let kind = match sharing {
             Sharing::Shared => LockKind::TryShared,
@@ -88,6 +90,9 @@ pub fn lease_volume(lock_path: &Path, sharing: Sharing, cancel: &AtomicBool) -> 
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                 if cancel.load(std::sync::atomic::Ordering::SeqCst) {
                     return Err(std::io::ErrorKind::Interrupted.into());
+                }
+                if !std::mem::replace(&mut told, true) {
+                    waiting();
                 }
                 std::thread::sleep(LOCK_POLL);
             }
@@ -124,6 +129,8 @@ pub struct MountTarget<'a> {
     /// `--ssh` agent sockets by id.
     pub ssh_agents: &'a BTreeMap<String, PathBuf>,
     pub cancel: &'a AtomicBool,
+    /// Shows a line in the step's output (waiting for a locked cache mount).
+    pub note: &'a dyn Fn(&str),
 }
 
 /// What a step's mounts became in the VM.
@@ -183,7 +190,8 @@ impl<'m> RunMounts<'m> {
                         Some(i) => volumes[i].source.clone(),
                         None => {
                             let lock_path = volume.host_tar.with_extension("lock");
-                            let lease = lease_volume(&lock_path, m.sharing.unwrap_or(Sharing::Shared), to.cancel).map_err(|source| {
+                            let waiting = || (to.note)(&format!("waiting for the cache mount {target}: another build uses it\n"));
+                            let lease = lease_volume(&lock_path, m.sharing.unwrap_or(Sharing::Shared), to.cancel, &waiting).map_err(|source| {
                                 if source.kind() == std::io::ErrorKind::Interrupted {
                                     MountError::Session(SessionError::Vm(crate::vm::VmError::Interrupted))
                                 } else {
@@ -370,18 +378,22 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let lock = dir.path().join("mount-cache/v.lock");
         let never = AtomicBool::new(false);
-        let lease = |sharing, cancel: &AtomicBool| lease_volume(&lock, sharing, cancel).unwrap();
+        let lease = |sharing, cancel: &AtomicBool| lease_volume(&lock, sharing, cancel, &|| {}).unwrap();
         let shared_a = lease(Sharing::Shared, &never).expect("shared");
         let shared_b = lease(Sharing::Shared, &never).expect("shared users run together");
         assert!(lease(Sharing::Private, &never).is_none(), "private gets a fresh instance while others use the volume");
         // `locked` waits for every other user, and stops waiting when cancelled.
         let cancel = AtomicBool::new(true);
-        assert_eq!(lease_volume(&lock, Sharing::Locked, &cancel).unwrap_err().kind(), std::io::ErrorKind::Interrupted);
+        let told = std::cell::Cell::new(0);
+        let err = lease_volume(&lock, Sharing::Locked, &cancel, &|| told.set(told.get() + 1)).unwrap_err();
+        assert_eq!((err.kind(), told.get()), (std::io::ErrorKind::Interrupted, 0));
         let (tx, rx) = std::sync::mpsc::channel();
         let waiter = {
             let lock = lock.clone();
             std::thread::spawn(move || {
-                let held = lease_volume(&lock, Sharing::Locked, &AtomicBool::new(false)).unwrap();
+                let told = std::cell::Cell::new(0);
+                let held = lease_volume(&lock, Sharing::Locked, &AtomicBool::new(false), &|| told.set(told.get() + 1)).unwrap();
+                assert_eq!(told.get(), 1, "a wait is announced once");
                 tx.send(()).unwrap();
                 held
             })

@@ -82,6 +82,7 @@ impl Builder<'_> {
             secrets: &self.req.secrets,
             ssh_agents: &self.req.run_options.ssh_agents,
             cancel: self.cancel,
+            note: &|line: &str| self.progress.output(cx.step, kiln_protocol::stream::STDERR, line.as_bytes()),
         };
         let in_vm = mounts.into_specs(session, &target).map_err(|e| match e {
             MountError::Secret(message) | MountError::Ssh(message) => step_error(cx.df, &self.req.dockerfile, span, message),
