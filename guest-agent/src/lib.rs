@@ -36,7 +36,7 @@ pub use message::*;
 pub use layer_entry::{sort_for_layer, EntryKind, LayerEntry, Xattr};
 
 /// Bumped on any incompatible change to [`message`] or [`frame`].
-pub const PROTOCOL_VERSION: u32 = 3;
+pub const PROTOCOL_VERSION: u32 = 4;
 
 /// Sent in both hellos; anything else at the start of a stream is garbage.
 pub const MAGIC: &str = "kiln-agent";

@@ -18,6 +18,9 @@ pub mod stream {
     pub const TAR: u8 = 3;
     /// Agent → host: a snapshot manifest, one JSON [`crate::LayerEntry`] per line.
     pub const MANIFEST: u8 = 4;
+    /// Both ways: the bytes of a forwarded ssh-agent connection, on the
+    /// channel [`crate::AgentMsg::SshOpen`] opened; an empty frame ends a direction.
+    pub const SSH: u8 = 5;
 }
 
 /// Host → agent.
@@ -105,7 +108,48 @@ pub struct ExecRequest {
     /// `i686`, as on a 32-bit machine, instead of `x86_64`.
     #[serde(default)]
     pub linux32: bool,
+    /// Lines added to the command's private /etc/hosts (`--add-host`);
+    /// only overlay roots of images with an /etc get one.
+    #[serde(default)]
+    pub extra_hosts: Vec<HostEntry>,
+    /// Size of the private /dev/shm of an overlay root (`--shm-size`);
+    /// `None` is docker's 64 MiB.
+    #[serde(default)]
+    pub shm_size_bytes: Option<u64>,
+    /// Resource limits set before exec (`--ulimit`).
+    #[serde(default)]
+    pub ulimits: Vec<Ulimit>,
 }
+
+/// One `/etc/hosts` line: `ip name`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostEntry {
+    pub name: String,
+    pub ip: String,
+}
+
+/// A resource limit by docker's name (one of [`ULIMIT_NAMES`]); the agent
+/// maps it to its kernel's RLIMIT_* number, which differs between
+/// architectures. [`Ulimit::UNLIMITED`] is RLIM_INFINITY.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ulimit {
+    pub name: String,
+    pub soft: u64,
+    pub hard: u64,
+}
+
+impl Ulimit {
+    pub const UNLIMITED: u64 = u64::MAX;
+}
+
+/// Agent-chosen channel ids start here; the host numbers requests from 1.
+pub const SSH_CHANNEL_BASE: u32 = 0x8000_0000;
+
+/// The resource names `docker --ulimit` accepts.
+pub const ULIMIT_NAMES: [&str; 15] = [
+    "core", "cpu", "data", "fsize", "locks", "memlock", "msgqueue", "nice", "nofile", "nproc", "rss", "rtprio", "rttime",
+    "sigpending", "stack",
+];
 
 /// A terminal's size in character cells.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -158,6 +202,11 @@ pub enum MountSpec {
     /// A file holding `data`, kept in memory (a private tmpfs) and never on
     /// the scratch disk: `--mount=type=secret`.
     Secret { target: String, data: Vec<u8>, mode: u32, uid: u32, gid: u32 },
+    /// A unix socket whose connections are forwarded to the host's ssh
+    /// agent number `agent` of the request (`--mount=type=ssh`): each one
+    /// is announced with [`AgentMsg::SshOpen`] and carried on stream
+    /// [`stream::SSH`] of its channel.
+    Ssh { target: String, agent: u32, mode: u32, uid: u32, gid: u32 },
 }
 
 /// Agent → host.
@@ -175,6 +224,10 @@ pub enum AgentMsg {
     Failed { id: u32, message: String },
     /// The agent hit an error it cannot recover from; the VM powers off next.
     Fatal { message: String },
+    /// The command of request `id` connected to its ssh socket for host
+    /// agent `agent`; the connection's bytes use `channel` (an id the
+    /// agent picks, [`SSH_CHANNEL_BASE`] and up, never a request's).
+    SshOpen { id: u32, agent: u32, channel: u32 },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

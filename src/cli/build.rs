@@ -14,6 +14,7 @@ use crate::engine::cache_exchange::{self, CacheExport, CacheLocation, CacheMode,
 use crate::engine::annotations::{self, Target};
 use crate::engine::named_context::NamedContexts;
 use crate::engine::remote_context::{self, Fetched};
+use crate::engine::run_options::RunOptions;
 use crate::engine::{fs_export, BuildOutcome, BuildRequest, Builder};
 use crate::oci::docker_engine;
 use crate::oci::layout::{self, ExportEntry, Format};
@@ -80,6 +81,18 @@ pub struct BuildArgs {
     /// Secret to expose to the build: id=ID[,src=PATH|,env=VAR]
     #[arg(long)]
     pub secret: Vec<String>,
+    /// Add a custom host-to-IP mapping to RUN's /etc/hosts: HOST:IP or HOST=IP (IP may be host-gateway)
+    #[arg(long = "add-host", value_name = "HOST:IP")]
+    pub add_host: Vec<String>,
+    /// Size of /dev/shm in RUN (e.g. 64m, 1g; default 64m)
+    #[arg(long = "shm-size", value_name = "SIZE")]
+    pub shm_size: Option<String>,
+    /// Resource limit for RUN: NAME=SOFT[:HARD] (nofile, nproc, core, memlock, stack, ...)
+    #[arg(long, value_name = "NAME=SOFT[:HARD]")]
+    pub ulimit: Vec<String>,
+    /// SSH agent socket for RUN --mount=type=ssh: default (SSH_AUTH_SOCK) or ID[=SOCKET]
+    #[arg(long, value_name = "default|ID[=SOCKET]")]
+    pub ssh: Vec<String>,
     /// Guest memory for the build VM, MiB
     #[arg(long, default_value_t = 2048)]
     pub memory: u64,
@@ -358,6 +371,9 @@ pub fn run(args: BuildArgs, cancel: &'static std::sync::atomic::AtomicBool) -> a
         "none" => true,
         other => bail!("--network {other}: expected default or none"),
     };
+    let run_options = RunOptions::from_flags(&args.add_host, args.shm_size.as_deref(), &args.ulimit)
+        .and_then(|o| o.with_ssh(&args.ssh, std::env::var_os("SSH_AUTH_SOCK").map(PathBuf::from)))
+        .map_err(anyhow::Error::msg)?;
     let tags: Vec<String> = args
         .tags
         .iter()
@@ -451,6 +467,7 @@ pub fn run(args: BuildArgs, cancel: &'static std::sync::atomic::AtomicBool) -> a
         inline_cache: cache_to.iter().any(|c| c.location == CacheLocation::Inline),
         named_contexts,
         no_cache_stages: args.no_cache_filter.clone(),
+        run_options,
     };
     let mut outcomes = build_platforms(&store, &req, &platforms, &progress, cancel)?;
     for o in &mut outcomes {

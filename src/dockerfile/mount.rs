@@ -189,7 +189,7 @@ pub fn parse_bool(s: &str) -> Option<bool> {
 }
 
 /// docker/go-units `RAMInBytes`: `64m`, `1.5GiB`, `1024` (binary multiples).
-fn parse_ram_size(s: &str) -> Option<u64> {
+pub fn parse_ram_size(s: &str) -> Option<u64> {
     let num_len = s.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(s.len());
     let num: f64 = s[..num_len].parse().ok()?;
     let unit = s[num_len..].trim().to_lowercase();

@@ -74,6 +74,8 @@ pub struct BuildRequest {
     pub named_contexts: NamedContexts,
     /// `--no-cache-filter`: stages whose steps never use the cache.
     pub no_cache_stages: Vec<String>,
+    /// `--add-host`, `--shm-size`, `--ulimit`: given to every RUN.
+    pub run_options: crate::engine::run_options::RunOptions,
 }
 
 /// What a finished build produced.

@@ -35,6 +35,15 @@ pub trait ContentSource {
     fn open(&mut self, entry: &LayerEntry) -> io::Result<Box<dyn Read + '_>>;
 }
 
+/// For tars with no regular files.
+pub struct NoContent;
+
+impl ContentSource for NoContent {
+    fn open(&mut self, entry: &LayerEntry) -> io::Result<Box<dyn Read + '_>> {
+        Err(io::Error::other(format!("{}: no content source", entry.path)))
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum LayerTarError {
     #[error(transparent)]

@@ -29,6 +29,7 @@ pub mod remote_context;
 pub mod progress;
 pub mod rootfs;
 pub mod run_mounts;
+pub mod run_options;
 pub mod snapshot;
 /// The one tar reader of kiln, shared with the guest agent's layer unpack.
 use kiln_protocol::tar_read;

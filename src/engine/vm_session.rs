@@ -6,7 +6,7 @@
 //! that layer's lower for the steps that follow. Callers never see a frozen
 //! disk: [`Session::capture`] is the one place that freezes and thaws.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::io::Read;
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
@@ -16,7 +16,7 @@ use kiln_protocol::{EntryKind, ExecRequest, ExitStatus, LayerEntry, RootSpec};
 use oci_spec::image::Descriptor;
 
 use super::layer_images::LayerDisks;
-use super::layer_tar::{write_layer, write_tar, LayerOptions, LayerTarError};
+use super::layer_tar::{write_layer, write_tar, LayerOptions, LayerTarError, NoContent};
 use super::progress::StepLog;
 use super::snapshot::Ext4Contents;
 use crate::oci::layer::{open_layer, Compression};
@@ -44,14 +44,31 @@ pub enum SessionError {
 }
 
 /// A `RUN --mount=type=cache` volume: a host tar between builds, a
-/// directory on the scratch disk while a VM uses it.
+/// directory on the scratch disk while a VM uses it. The tar holds one
+/// directory, [`CACHE_ROOT`], the mount's source: its owner and mode are
+/// set when the volume is created and kept from then on, as in BuildKit.
 #[derive(Debug, Clone)]
 pub struct CacheVolume {
     /// Where it lives on the host between builds.
     pub host_tar: PathBuf,
-    /// Its directory on the VM's scratch disk: one per volume, so steps of
-    /// one VM share it and it is unpacked once.
-    pub scratch_dir: String,
+    /// Its name (the tar's stem): steps of one VM share the volume's
+    /// directory, unpacked again only when another build saved it since.
+    pub name: String,
+    /// The mount's `mode`, `uid`, `gid`, for a new volume's root.
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// The directory in a cache volume's tar that is mounted.
+pub const CACHE_ROOT: &str = "d";
+
+/// A cache volume unpacked in this VM.
+struct LoadedCache {
+    /// Its directory on the scratch disk (the mount source is `CACHE_ROOT` in it).
+    dir: String,
+    /// The host tar's size and mtime when this copy was loaded or saved.
+    stamp: Option<(u64, std::time::SystemTime)>,
 }
 
 /// A layer as the step chain knows it: its blob and its diff_id.
@@ -67,6 +84,8 @@ pub struct RunSpec<'a> {
     pub request: ExecRequest,
     /// The stage's layers, bottom first.
     pub layers: &'a [LayerRef],
+    /// Host ssh agent sockets the request's `MountSpec::Ssh` mounts forward to.
+    pub ssh_agents: Vec<PathBuf>,
 }
 
 /// The command's side of the user's terminal (`kiln run`).
@@ -112,8 +131,8 @@ pub struct Session {
     /// diff_id → (serial, host image) of the attached disk holding that
     /// layer's EROFS image, until it is mounted (then it is in `lowers`).
     disks: HashMap<String, (String, PathBuf)>,
-    /// Cache volumes already unpacked in this VM (scratch dirs).
-    caches: HashSet<String>,
+    /// Cache volumes unpacked in this VM, by name.
+    caches: HashMap<String, LoadedCache>,
     next: usize,
 }
 
@@ -128,7 +147,7 @@ impl Session {
             config.layer_disks.push(image);
         }
         let vm = Vm::boot(&config, files, cancel)?;
-        Ok(Session { vm, lowers: HashMap::new(), disks: by_layer, caches: HashSet::new(), next: 0 })
+        Ok(Session { vm, lowers: HashMap::new(), disks: by_layer, caches: HashMap::new(), next: 0 })
     }
 
     /// Runs a command in an overlay over `spec.layers` without keeping its
@@ -150,6 +169,7 @@ impl Session {
         sink: &mut dyn FnMut(u8, &[u8]),
         cancel: &AtomicBool,
     ) -> Result<RunOutcome, SessionError> {
+        self.vm.forward_ssh_agents(spec.ssh_agents.clone());
         let (req, upper) = self.request(store, spec, cancel)?;
         let status = self.vm.exec(req, None, sink, cancel)?;
         if status != (ExitStatus::Code { code: 0 }) {
@@ -214,34 +234,43 @@ impl Session {
         }
     }
 
-    /// Makes the cache volume's directory exist in the VM, unpacked from its
-    /// host tar the first time this VM uses it.
-    pub fn ensure_cache(&mut self, volume: &CacheVolume, cancel: &AtomicBool) -> Result<(), SessionError> {
-        if self.caches.contains(&volume.scratch_dir) {
-            return Ok(());
+    /// Makes the cache volume's directory exist in the VM and returns the
+    /// mount's source. A `kept` volume is unpacked from its host tar the
+    /// first time this VM uses it, and again when another build saved it
+    /// since; otherwise (a private mount whose volume another step holds)
+    /// it is a fresh, empty instance that is never saved.
+    pub fn ensure_cache(&mut self, volume: &CacheVolume, kept: bool, cancel: &AtomicBool) -> Result<String, SessionError> {
+        let stamp = host_stamp(&volume.host_tar);
+        if let Some(loaded) = self.caches.get(&volume.name).filter(|l| kept && l.stamp == stamp) {
+            return Ok(format!("{}/{CACHE_ROOT}", loaded.dir));
         }
-        let mut tar: Box<dyn Read> = match std::fs::File::open(&volume.host_tar) {
-            Ok(f) => Box::new(std::io::BufReader::new(f)),
-            // A new volume: an empty archive just creates the directory.
-            Err(_) => Box::new(std::io::Cursor::new(vec![0u8; 1024])),
-        };
-        self.vm.unpack(&volume.scratch_dir, &mut tar, cancel)?;
-        self.caches.insert(volume.scratch_dir.clone());
-        Ok(())
+        let dir = self.fresh_dir("c");
+        let existing = if kept { std::fs::File::open(&volume.host_tar).ok() } else { None };
+        match existing {
+            Some(f) => self.vm.unpack(&dir, &mut std::io::BufReader::new(f), cancel)?,
+            None => self.vm.unpack(&dir, &mut std::io::Cursor::new(new_volume_tar(volume)?), cancel)?,
+        }
+        if kept {
+            self.caches.insert(volume.name.clone(), LoadedCache { dir: dir.clone(), stamp });
+        }
+        Ok(format!("{dir}/{CACHE_ROOT}"))
     }
 
     /// Writes a cache volume back to its host tar: a temp file renamed over
     /// the old one, so a crash leaves the previous volume whole.
     pub fn save_cache(&mut self, volume: &CacheVolume, cancel: &AtomicBool) -> Result<(), SessionError> {
         let io = |source| SessionError::CacheVolume { path: volume.host_tar.clone(), source };
+        let scratch_dir = self.caches.get(&volume.name).expect("saved volumes were loaded").dir.clone();
         let dir = volume.host_tar.parent().expect("volume paths have a parent");
         std::fs::create_dir_all(dir).map_err(io)?;
         let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(io)?;
-        self.capture(&volume.scratch_dir, cancel, |entries, contents| {
+        self.capture(&scratch_dir, cancel, |entries, contents| {
             let opts = LayerOptions { compression: Compression::None, source_date_epoch: None };
             Ok(write_tar(entries, contents, &opts, &mut std::io::BufWriter::new(tmp.as_file_mut()))?)
         })?;
         tmp.persist(&volume.host_tar).map_err(|e| io(e.error))?;
+        let stamp = host_stamp(&volume.host_tar);
+        self.caches.insert(volume.name.clone(), LoadedCache { dir: scratch_dir, stamp });
         Ok(())
     }
 
@@ -295,6 +324,30 @@ impl Session {
         thawed?;
         Ok(value)
     }
+}
+
+/// A file's size and mtime: whether a cache volume's tar changed.
+fn host_stamp(path: &std::path::Path) -> Option<(u64, std::time::SystemTime)> {
+    let meta = std::fs::metadata(path).ok()?;
+    Some((meta.len(), meta.modified().ok()?))
+}
+
+/// The tar of a new cache volume: its root directory, owned and moded as the mount asks.
+fn new_volume_tar(volume: &CacheVolume) -> Result<Vec<u8>, SessionError> {
+    let mut entries = vec![LayerEntry {
+        path: CACHE_ROOT.to_string(),
+        kind: EntryKind::Dir { opaque: false },
+        mode: volume.mode & 0o7777,
+        uid: volume.uid,
+        gid: volume.gid,
+        mtime: std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64),
+        mtime_nsec: 0,
+        xattrs: Vec::new(),
+    }];
+    let mut tar = Vec::new();
+    let opts = LayerOptions { compression: Compression::None, source_date_epoch: None };
+    write_tar(&mut entries, &mut NoContent, &opts, &mut tar)?;
+    Ok(tar)
 }
 
 /// A build's VMs: one per platform a stage runs on (`FROM

@@ -130,7 +130,7 @@ pub fn run_image(store: &Store, req: &RunRequest, io: ExecIo<'_>, cancel: &Atomi
         tty: req.tty,
         ..Default::default()
     };
-    let status = session.exec(store, RunSpec { request, layers: &layers }, io, cancel);
+    let status = session.exec(store, RunSpec { request, layers: &layers, ssh_agents: Vec::new() }, io, cancel);
     session.shutdown();
     Ok(status?.shell_code())
 }

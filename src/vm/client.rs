@@ -1,6 +1,9 @@
 //! The host's client for the guest agent protocol, over any byte stream.
 
+#[cfg(unix)]
+use std::collections::HashMap;
 use std::io::{Read, Write};
+use std::path::PathBuf;
 use std::sync::mpsc::{channel, Receiver, RecvTimeoutError, TryRecvError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -54,6 +57,9 @@ pub struct AgentClient {
     next_id: u32,
     hello: AgentHello,
     last_watch: Instant,
+    /// The host ssh agents the next command's `MountSpec::Ssh` sockets
+    /// forward to, by their `agent` number ([`AgentClient::forward_ssh_agents`]).
+    ssh_agents: Vec<PathBuf>,
 }
 
 impl AgentClient {
@@ -103,11 +109,17 @@ impl AgentClient {
         let mut entropy = vec![0u8; 64];
         getrandom::getrandom(&mut entropy).map_err(|e| ClientError::Send(FrameError::Io(std::io::Error::other(e.to_string()))))?;
         writer.lock().unwrap().send(&HostMsg::hello(entropy)).map_err(ClientError::Send)?;
-        Ok(AgentClient { writer, frames, next_id: 1, hello, last_watch: Instant::now() })
+        Ok(AgentClient { writer, frames, next_id: 1, hello, last_watch: Instant::now(), ssh_agents: Vec::new() })
     }
 
     pub fn hello(&self) -> &AgentHello {
         &self.hello
+    }
+
+    /// The ssh agent sockets on the host that the next command's ssh
+    /// mounts forward to (`MountSpec::Ssh::agent` indexes them).
+    pub fn forward_ssh_agents(&mut self, sockets: Vec<PathBuf>) {
+        self.ssh_agents = sockets;
     }
 
     fn send(&self, msg: &HostMsg) -> Result<(), ClientError> {
@@ -145,6 +157,7 @@ impl AgentClient {
         let id = self.new_id();
         req.id = id;
         req.stdin = stdin.is_some();
+        let mut forwards = SshForwards::new(std::mem::take(&mut self.ssh_agents));
         self.send(&HostMsg::Exec(Box::new(req)))?;
         if let Some(mut input) = stdin {
             let writer = self.writer.clone();
@@ -186,8 +199,10 @@ impl AgentClient {
                         sink(stream, &bytes);
                     }
                 }
+                Frame::Data { id: channel, stream: stream::SSH, bytes } => forwards.guest_bytes(channel, &bytes),
                 Frame::Data { .. } => {}
                 Frame::Control(json) => match self.decode(&json)? {
+                    AgentMsg::SshOpen { id: fid, agent, channel } if fid == id => forwards.open(agent, channel, &self.writer),
                     AgentMsg::Exited { id: fid, status } if fid == id => return Ok(status),
                     AgentMsg::Failed { id: fid, message } if fid == id => {
                         return Err(ClientError::RequestFailed(message))
@@ -346,6 +361,87 @@ impl Manifest {
             return Err(ClientError::Manifest(format!("truncated after {} entries", self.entries.len())));
         }
         Ok(self.entries)
+    }
+}
+
+/// A command's forwarded ssh-agent connections: each guest channel is a
+/// connection to the host agent it names; the agent's replies go back from
+/// a thread per connection. Dropped with the command, closing them all.
+struct SshForwards {
+    #[cfg(unix)]
+    agents: Vec<PathBuf>,
+    #[cfg(unix)]
+    open: HashMap<u32, std::os::unix::net::UnixStream>,
+}
+
+impl SshForwards {
+    fn new(agents: Vec<PathBuf>) -> Self {
+        #[cfg(unix)]
+        return SshForwards { agents, open: HashMap::new() };
+        #[cfg(not(unix))]
+        {
+            let _ = agents;
+            SshForwards {}
+        }
+    }
+
+    /// Connects `channel` to host agent `agent`; when that fails the
+    /// guest's connection is closed (its client sees the agent hang up).
+    fn open(&mut self, agent: u32, channel: u32, writer: &SharedWriter) {
+        let close = |writer: &SharedWriter| {
+            let _ = writer.lock().unwrap().send_data(channel, stream::SSH, &[]);
+        };
+        #[cfg(unix)]
+        {
+            let Some(path) = self.agents.get(agent as usize) else { return close(writer) };
+            let Ok(conn) = std::os::unix::net::UnixStream::connect(path) else { return close(writer) };
+            let Ok(mut reader) = conn.try_clone() else { return close(writer) };
+            let writer = writer.clone();
+            std::thread::spawn(move || {
+                let mut buf = vec![0u8; CHUNK];
+                loop {
+                    let n = match reader.read(&mut buf) {
+                        Ok(n) => n,
+                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                        Err(_) => 0,
+                    };
+                    // n == 0 sends the empty frame that closes the guest's side.
+                    if writer.lock().unwrap().send_data(channel, stream::SSH, &buf[..n]).is_err() || n == 0 {
+                        break;
+                    }
+                }
+            });
+            self.open.insert(channel, conn);
+        }
+        #[cfg(not(unix))]
+        {
+            // No unix sockets to forward to: `--ssh` is refused on such hosts.
+            let _ = agent;
+            close(writer)
+        }
+    }
+
+    /// The guest's bytes for `channel`; empty: the guest's client closed.
+    fn guest_bytes(&mut self, channel: u32, bytes: &[u8]) {
+        #[cfg(unix)]
+        if let Some(conn) = self.open.get_mut(&channel) {
+            if bytes.is_empty() || conn.write_all(bytes).is_err() {
+                let _ = conn.shutdown(std::net::Shutdown::Both);
+                self.open.remove(&channel);
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = (channel, bytes);
+    }
+}
+
+impl Drop for SshForwards {
+    fn drop(&mut self) {
+        // Wakes the reply threads, which end with their connection.
+        #[cfg(unix)]
+        for conn in self.open.values() {
+            let _ = conn.shutdown(std::net::Shutdown::Both);
+        }
     }
 }
 

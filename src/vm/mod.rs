@@ -323,6 +323,11 @@ impl Vm {
         result.map_err(|e| watcher.error(e, &self.run_dir.path().join("console.log")))
     }
 
+    /// The host ssh agent sockets the next command's ssh mounts forward to.
+    pub fn forward_ssh_agents(&mut self, sockets: Vec<std::path::PathBuf>) {
+        self.client.forward_ssh_agents(sockets);
+    }
+
     /// Streams a tar into the guest, unpacked as root under `dest` on the scratch disk.
     pub fn unpack(&mut self, dest: &str, tar: &mut dyn Read, cancel: &AtomicBool) -> Result<(), VmError> {
         let mut watcher = Watcher::new(&mut self.qemu, self.run_dir.path(), cancel);

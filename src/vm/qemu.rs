@@ -12,6 +12,10 @@ use super::transport::Transport;
 /// of a 1.6 s arm64 TCG boot).
 const BOOT_TUNING: &str = "cryptomgr.notests=1";
 
+/// The host as the guest reaches it on QEMU's user network (`-netdev user`'s
+/// default gateway; the agent routes through it): docker's `host-gateway`.
+pub const HOST_GATEWAY: &str = "10.0.2.2";
+
 /// Everything that decides the QEMU command line.
 pub struct QemuConfig<'a> {
     pub arch: &'a dyn GuestArch,

@@ -12,7 +12,7 @@ use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender};
 use std::sync::Arc;
 use std::time::Duration;
 
-use kiln_protocol::{stream, AgentMsg, ExecRequest, ExitStatus, TtySize};
+use kiln_protocol::{stream, AgentMsg, ExecRequest, ExitStatus, TtySize, Ulimit};
 
 use super::mounts::RawStep;
 use super::outbox::{send, send_data, Out};
@@ -65,7 +65,7 @@ pub fn do_exec(req: ExecRequest, out: Out, reaper: &Reaper) -> Result<Running, S
     if req.argv.is_empty() {
         return Err("empty command".into());
     }
-    let mut root = root::prepare(&req)?;
+    let mut root = root::prepare(&req, &out)?;
     let spawned = spawn(&req, root.as_ref(), reaper);
     let (mut child, terminal, exited) = match spawned {
         Ok(spawned) => spawned,
@@ -263,6 +263,8 @@ struct ChildSetup {
     controlling_tty: bool,
     /// Switch to the 32-bit personality (see [`ExecRequest::linux32`]).
     linux32: bool,
+    /// `setrlimit` calls: (resource, limits).
+    rlimits: Vec<(i32, libc::rlimit)>,
 }
 
 /// `PER_LINUX32` from the kernel's `<linux/personality.h>` (the libc crate lacks it).
@@ -283,6 +285,7 @@ impl ChildSetup {
             }),
         };
         let cwd = if req.cwd.is_empty() { "/" } else { req.cwd.as_str() };
+        let rlimits = req.ulimits.iter().map(rlimit).collect::<Result<_, _>>()?;
         Ok(ChildSetup {
             root,
             no_network: req.no_network,
@@ -292,6 +295,7 @@ impl ChildSetup {
             groups: req.groups.clone(),
             controlling_tty: req.tty.is_some(),
             linux32: req.linux32,
+            rlimits,
         })
     }
 
@@ -324,12 +328,50 @@ impl ChildSetup {
                 check(libc::chdir(c"/".as_ptr()))?;
             }
             check(libc::chdir(self.cwd.as_ptr()))?;
+            // Before dropping root: raising a hard limit needs it.
+            for (resource, limit) in &self.rlimits {
+                check(libc::setrlimit(*resource as _, limit))?;
+            }
             check(libc::setgroups(self.groups.len(), self.groups.as_ptr()))?;
             check(libc::setgid(self.gid))?;
             check(libc::setuid(self.uid))?;
         }
         Ok(())
     }
+}
+
+/// The kernel's resource number and limits for a `--ulimit` (the numbers
+/// differ between architectures, so the host sends docker's names).
+fn rlimit(u: &Ulimit) -> Result<(i32, libc::rlimit), String> {
+    let resource = match u.name.as_str() {
+        "core" => libc::RLIMIT_CORE,
+        "cpu" => libc::RLIMIT_CPU,
+        "data" => libc::RLIMIT_DATA,
+        "fsize" => libc::RLIMIT_FSIZE,
+        "locks" => libc::RLIMIT_LOCKS,
+        "memlock" => libc::RLIMIT_MEMLOCK,
+        "msgqueue" => libc::RLIMIT_MSGQUEUE,
+        "nice" => libc::RLIMIT_NICE,
+        "nofile" => libc::RLIMIT_NOFILE,
+        "nproc" => libc::RLIMIT_NPROC,
+        "rss" => libc::RLIMIT_RSS,
+        "rtprio" => libc::RLIMIT_RTPRIO,
+        "rttime" => libc::RLIMIT_RTTIME,
+        "sigpending" => libc::RLIMIT_SIGPENDING,
+        "stack" => libc::RLIMIT_STACK,
+        other => return Err(format!("unknown ulimit {other:?}")),
+    };
+    // Checked here, not left to setrlimit in the child: the kernel refuses
+    // more open files than fs.nr_open (EPERM even for root), and a failure
+    // between fork and exec surfaces only as that errno.
+    if resource == libc::RLIMIT_NOFILE {
+        let max: u64 = std::fs::read_to_string("/proc/sys/fs/nr_open").ok().and_then(|s| s.trim().parse().ok()).unwrap_or(1 << 20);
+        if u.hard > max {
+            return Err(format!("--ulimit nofile: the hard limit may be at most {max} (the guest kernel's fs.nr_open)"));
+        }
+    }
+    let value = |v: u64| if v == Ulimit::UNLIMITED { libc::RLIM_INFINITY } else { libc::rlim_t::try_from(v).unwrap_or(libc::RLIM_INFINITY) };
+    Ok((resource as i32, libc::rlimit { rlim_cur: value(u.soft), rlim_max: value(u.hard) }))
 }
 
 /// Brings `lo` up in a fresh network namespace (the kernel then gives it

@@ -5,9 +5,10 @@
 //!
 //! ```text
 //! mod (main)   -> init, reaper, transport, server, console
-//! server       -> exec, unpack, layer_disk, snapshot, reaper, transport, outbox, console
+//! server       -> exec, unpack, layer_disk, snapshot, ssh, reaper, transport, outbox, console
 //! exec         -> root, pty, reaper, mounts, outbox
-//! root         -> mount_points, mounts, scratch
+//! root         -> mount_points, mounts, scratch, ssh
+//! ssh          -> outbox (forwarded ssh-agent connections)
 //! unpack       -> scratch, outbox (the unpacking: kiln_protocol::layer_unpack)
 //! snapshot     -> scratch, outbox, console
 //! mount_points -> (paths: kiln_protocol::confined_path)
@@ -31,6 +32,7 @@ mod root;
 mod scratch;
 mod server;
 mod snapshot;
+mod ssh;
 mod transport;
 mod unpack;
 

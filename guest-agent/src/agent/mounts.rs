@@ -91,6 +91,9 @@ const DEV_LINKS: [(&str, &str); 5] = [
     ("ptmx", "pts/ptmx"),
 ];
 
+/// Docker's /dev/shm size.
+const DEFAULT_SHM_BYTES: u64 = 64 << 20;
+
 /// A private devpts instance, as docker mounts it.
 pub const DEVPTS_OPTIONS: &str = "newinstance,ptmxmode=0666,mode=0620,gid=5";
 
@@ -98,7 +101,8 @@ pub const DEVPTS_OPTIONS: &str = "newinstance,ptmxmode=0666,mode=0620,gid=5";
 /// shm. The VM's disks (the scratch disk holding every layer) stay out of reach.
 /// `devpts`, when given, is a devpts instance the agent mounted for the
 /// command (its terminal lives there), bound in place of a fresh one.
-pub fn private_dev(dev: &Path, devpts: Option<&Path>) -> Result<Vec<RawStep>, String> {
+/// `shm_bytes` sizes /dev/shm (`None`: docker's 64 MiB).
+pub fn private_dev(dev: &Path, devpts: Option<&Path>, shm_bytes: Option<u64>) -> Result<Vec<RawStep>, String> {
     let c = |p: &Path| cstr(p);
     let mut steps = vec![RawStep::Mount(raw(
         "tmpfs",
@@ -125,7 +129,7 @@ pub fn private_dev(dev: &Path, devpts: Option<&Path>) -> Result<Vec<RawStep>, St
         &dev.join("shm"),
         Some("tmpfs"),
         libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
-        Some("mode=1777,size=65536k"),
+        Some(&format!("mode=1777,size={}", shm_bytes.unwrap_or(DEFAULT_SHM_BYTES))),
     )?));
     Ok(steps)
 }

@@ -18,9 +18,8 @@ pub fn block_sigchld() {
     let _ = set.thread_block();
 }
 
-/// Waiters by pid. A child's exit can be reaped before `spawn` returns, but
-/// its status is delivered only under this lock, which `spawn` holds until
-/// the waiter is registered, so no status is lost.
+/// Waiters by pid. Children are reaped only under this lock, which `spawn`
+/// holds until the waiter is registered, so no status is lost.
 #[derive(Default)]
 struct Table {
     waiters: HashMap<i32, Sender<ExitStatus>>,
@@ -43,7 +42,9 @@ impl Reaper {
     }
 
     /// Spawns a child with the table locked, so its exit cannot be delivered
-    /// before its waiter is registered.
+    /// before its waiter is registered, nor reaped while `spawn` runs: when
+    /// the child fails between fork and exec, std's spawn waits for it
+    /// itself (and panics if it is already gone).
     pub fn spawn<T>(
         &self,
         spawn: impl FnOnce() -> std::io::Result<(i32, T)>,

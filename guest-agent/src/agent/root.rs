@@ -6,11 +6,13 @@ use std::ffi::CString;
 use std::io;
 use std::path::{Component, Path, PathBuf};
 
-use kiln_protocol::{ExecRequest, MountSpec, RootSpec};
+use kiln_protocol::{ExecRequest, HostEntry, MountSpec, RootSpec};
 
 use super::mount_points::{check_cwd, Stubs};
 use super::mounts::{cstr, private_dev, raw, RawStep, DEVPTS_OPTIONS};
+use super::outbox::Out;
 use super::scratch::scratch_path;
+use super::ssh::Listener;
 
 /// Private mount points and per-command files live here (the agent's tmpfs).
 const RUN_DIR: &str = "/run/kiln";
@@ -33,6 +35,8 @@ pub struct PreparedRoot {
     /// its terminal can be allocated there; `None` means the VM's /dev/pts.
     pub devpts: Option<PathBuf>,
     overlay: Option<Overlay>,
+    /// The sockets of `--mount=type=ssh`, forwarding to the host.
+    ssh: Vec<Listener>,
 }
 
 /// An overlay mounted in the agent's namespace for one command.
@@ -44,7 +48,8 @@ struct Overlay {
     stubs: Stubs,
 }
 
-pub fn prepare(req: &ExecRequest) -> Result<Option<PreparedRoot>, String> {
+/// `out` carries forwarded ssh connections (`MountSpec::Ssh`) to the host.
+pub fn prepare(req: &ExecRequest, out: &Out) -> Result<Option<PreparedRoot>, String> {
     match &req.root {
         None if req.mounts.is_empty() => Ok(None),
         None => Err("mounts need a root file system (root is not set)".into()),
@@ -53,12 +58,12 @@ pub fn prepare(req: &ExecRequest) -> Result<Option<PreparedRoot>, String> {
             if !dir.is_dir() {
                 return Err(format!("root file system {} does not exist", dir.display()));
             }
-            let mut root = PreparedRoot { dir, mounts: Vec::new(), new_pid_ns: false, devpts: None, overlay: None };
+            let mut root = PreparedRoot { dir, mounts: Vec::new(), new_pid_ns: false, devpts: None, overlay: None, ssh: Vec::new() };
             // A plain directory root is the agent's own: mount points it needs stay.
             let mut stubs = Stubs::default();
             check_cwd(&root.dir, &req.cwd)?;
             let result =
-                root.standard_mounts(&mut stubs, true, None).and_then(|()| root.extra_mounts(&req.mounts, &mut stubs, None));
+                root.standard_mounts(&mut stubs, true, None, req).and_then(|()| root.extra_mounts(req, out, &mut stubs, None));
             result.map(|()| Some(root))
         }
         Some(RootSpec::Overlay { lowers, upper, work }) => {
@@ -69,14 +74,15 @@ pub fn prepare(req: &ExecRequest) -> Result<Option<PreparedRoot>, String> {
                 new_pid_ns: true,
                 devpts: None,
                 overlay: None,
+                ssh: Vec::new(),
             };
             let mut stubs = Stubs::default();
             let run_dir = overlay.run_dir.clone();
             let devpts = if req.tty.is_some() { root.mount_devpts(&run_dir) } else { Ok(()) };
             let result = devpts
                 .and_then(|()| check_cwd(&root.dir, &req.cwd))
-                .and_then(|()| root.standard_mounts(&mut stubs, false, Some(&run_dir)))
-                .and_then(|()| root.extra_mounts(&req.mounts, &mut stubs, Some(&run_dir)));
+                .and_then(|()| root.standard_mounts(&mut stubs, false, Some(&run_dir), req))
+                .and_then(|()| root.extra_mounts(req, out, &mut stubs, Some(&run_dir)));
             root.overlay = Some(Overlay { stubs, ..overlay });
             match result {
                 Ok(()) => Ok(Some(root)),
@@ -93,8 +99,10 @@ pub fn prepare(req: &ExecRequest) -> Result<Option<PreparedRoot>, String> {
 
 impl PreparedRoot {
     /// proc, sys, dev (and tmp for a plain directory root; a RUN's /tmp is
-    /// part of the image, as with docker), and the VM's name resolution.
-    fn standard_mounts(&mut self, stubs: &mut Stubs, tmpfs_tmp: bool, private: Option<&Path>) -> Result<(), String> {
+    /// part of the image, as with docker), and the VM's name resolution
+    /// (with the request's extra hosts, in an overlay root's private copy).
+    fn standard_mounts(&mut self, stubs: &mut Stubs, tmpfs_tmp: bool, private: Option<&Path>, req: &ExecRequest) -> Result<(), String> {
+        let extra_hosts = &req.extra_hosts;
         let proc_ = self.mount_point("/proc", true, stubs)?;
         self.mounts.push(RawStep::Mount(raw(
             "proc",
@@ -113,7 +121,7 @@ impl PreparedRoot {
         )?));
         let dev = self.mount_point("/dev", true, stubs)?;
         match private {
-            Some(_) => self.mounts.extend(private_dev(&dev, self.devpts.as_deref())?),
+            Some(_) => self.mounts.extend(private_dev(&dev, self.devpts.as_deref(), req.shm_size_bytes)?),
             // A plain directory root (kiln vm exec) shares the VM's devices.
             None => self.mounts.push(RawStep::Mount(raw("/dev", &dev, None, libc::MS_BIND | libc::MS_REC, None)?)),
         }
@@ -134,6 +142,9 @@ impl PreparedRoot {
                     Some(dir) => {
                         let copy = dir.join(file);
                         std::fs::copy(&vm_copy, &copy).map_err(|e| format!("copying {}: {e}", vm_copy.display()))?;
+                        if file == "hosts" && !extra_hosts.is_empty() {
+                            append_hosts(&copy, extra_hosts).map_err(|e| format!("adding hosts to {}: {e}", copy.display()))?;
+                        }
                         copy
                     }
                     None => vm_copy,
@@ -147,9 +158,9 @@ impl PreparedRoot {
 
     /// `private` is the command's own directory on the agent's tmpfs (overlay
     /// roots only): secrets and the staging points of overlay mounts live there.
-    fn extra_mounts(&mut self, specs: &[MountSpec], stubs: &mut Stubs, private: Option<&Path>) -> Result<(), String> {
-        let need_private = || private.ok_or_else(|| "overlay and secret mounts need an overlay root".to_string());
-        for (n, spec) in specs.iter().enumerate() {
+    fn extra_mounts(&mut self, req: &ExecRequest, out: &Out, stubs: &mut Stubs, private: Option<&Path>) -> Result<(), String> {
+        let need_private = || private.ok_or_else(|| "overlay, secret and ssh mounts need an overlay root".to_string());
+        for (n, spec) in req.mounts.iter().enumerate() {
             match spec {
                 MountSpec::Bind { source, target, readonly } => {
                     let src = scratch_path(source)?;
@@ -201,6 +212,12 @@ impl PreparedRoot {
                     let m = raw(&file, &dst, None, libc::MS_BIND, None)?.readonly(true);
                     self.mounts.push(RawStep::Mount(m));
                 }
+                MountSpec::Ssh { target, agent, mode, uid, gid } => {
+                    let socket = need_private()?.join(format!("ssh{n}"));
+                    self.ssh.push(Listener::start(&socket, *mode, *uid, *gid, req.id, *agent, out.clone())?);
+                    let dst = self.mount_point(target, false, stubs)?;
+                    self.mounts.push(RawStep::Mount(raw(&socket, &dst, None, libc::MS_BIND, None)?));
+                }
             }
         }
         Ok(())
@@ -242,6 +259,9 @@ impl PreparedRoot {
     /// its last process) and removes the mount points the agent created from
     /// the upper directory. Plain directory roots need nothing.
     pub fn teardown(&mut self) -> Result<(), String> {
+        for mut listener in self.ssh.drain(..) {
+            listener.stop();
+        }
         if let Some(devpts) = self.devpts.take() {
             // Detached: the agent may still hold the terminal's master open.
             let c = cstr(&devpts)?;
@@ -270,6 +290,22 @@ fn confined_join(base: &Path, sub: &str) -> Result<PathBuf, String> {
         return Err(format!("mount source {sub:?} may not contain '..'"));
     }
     Ok(base.join(rel))
+}
+
+/// Appends `ip name` lines to a command's private hosts file (`--add-host`).
+fn append_hosts(path: &Path, entries: &[HostEntry]) -> io::Result<()> {
+    let mut text = std::fs::read_to_string(path)?;
+    if !text.is_empty() && !text.ends_with('\n') {
+        text.push('\n');
+    }
+    for HostEntry { name, ip } in entries {
+        // Both were checked on the host; a line break would forge more entries.
+        if name.contains(char::is_whitespace) || ip.contains(char::is_whitespace) {
+            return Err(io::Error::other(format!("bad host entry {name:?} {ip:?}")));
+        }
+        text.push_str(&format!("{ip}\t{name}\n"));
+    }
+    std::fs::write(path, text)
 }
 
 /// Writes a secret on the agent's tmpfs (never the scratch disk), owned and

@@ -16,6 +16,7 @@ use super::layer_disk;
 use super::outbox::{send, Out};
 use super::reaper::Reaper;
 use super::snapshot::{self, Freezer};
+use super::ssh;
 use super::transport::Conn;
 use super::unpack;
 
@@ -162,6 +163,7 @@ impl State {
         let sink = match kind {
             stream::STDIN => self.running.get_mut(&id).and_then(|r| r.stdin.as_ref()).cloned(),
             stream::TAR => self.unpacking.get(&id).cloned(),
+            stream::SSH => return ssh::data(id, &bytes),
             _ => None,
         };
         let closing = bytes.is_empty();

@@ -49,18 +49,21 @@ impl Builder<'_> {
         let user = config.user.clone();
         // What mounts read from other stages, images or the context is resolved now, for the key.
         let mounts = RunMounts::resolve(&run.mounts, &cwd, |m| self.mount_source(cx, m))?;
-        let key = CacheKey::derive(
-            Some(&state.key),
-            &[
-                b"RUN",
-                serde_json::to_string(&argv).expect("strings serialise").as_bytes(),
-                serde_json::to_string(&env).expect("strings serialise").as_bytes(),
-                user.as_bytes(),
-                cwd.as_bytes(),
-                if no_network { b"none" } else { b"default" },
-                mounts.key.as_bytes(),
-            ],
-        );
+        let (argv_json, env_json) = (serde_json::to_string(&argv).expect("strings serialise"), serde_json::to_string(&env).expect("strings serialise"));
+        let mut key_parts: Vec<&[u8]> = vec![
+            b"RUN",
+            argv_json.as_bytes(),
+            env_json.as_bytes(),
+            user.as_bytes(),
+            cwd.as_bytes(),
+            if no_network { b"none" } else { b"default" },
+            mounts.key.as_bytes(),
+        ];
+        let options_key = self.req.run_options.key_part();
+        if !options_key.is_empty() {
+            key_parts.push(options_key.as_bytes());
+        }
+        let key = CacheKey::derive(Some(&state.key), &key_parts);
         if self.try_cache(&key, state)? {
             return Ok(true);
         }
@@ -72,14 +75,27 @@ impl Builder<'_> {
             Err(SessionError::BootFiles(e)) => return Err(step_error(cx.df, &self.req.dockerfile, span, e.to_string())),
             Err(e) => return Err(e.into()),
         };
-        let target = MountTarget { store: self.store, platform: cx.platform, cwd: &cwd, secrets: &self.req.secrets, cancel: self.cancel };
-        let (mount_specs, volumes) = mounts.into_specs(session, &target).map_err(|e| match e {
-            MountError::Secret(message) => step_error(cx.df, &self.req.dockerfile, span, message),
+        let target = MountTarget {
+            store: self.store,
+            platform: cx.platform,
+            cwd: &cwd,
+            secrets: &self.req.secrets,
+            ssh_agents: &self.req.run_options.ssh_agents,
+            cancel: self.cancel,
+            note: &|line: &str| self.progress.output(cx.step, kiln_protocol::stream::STDERR, line.as_bytes()),
+        };
+        let in_vm = mounts.into_specs(session, &target).map_err(|e| match e {
+            MountError::Secret(message) | MountError::Ssh(message) => step_error(cx.df, &self.req.dockerfile, span, message),
             e => e.into(),
         })?;
+        let (mount_specs, volumes) = (in_vm.specs, in_vm.caches);
+        // As BuildKit: the first ssh mount is the command's agent (not part of the key).
+        if let Some(sock) = in_vm.ssh_auth_sock.filter(|_| !env.iter().any(|e| e.starts_with("SSH_AUTH_SOCK="))) {
+            env.push(format!("SSH_AUTH_SOCK={sock}"));
+        }
         // BuildKit names a failed RUN by its whole command line.
         let command_line = argv.join(" ");
-        let request = ExecRequest {
+        let mut request = ExecRequest {
             argv,
             env,
             cwd,
@@ -90,6 +106,7 @@ impl Builder<'_> {
             mounts: mount_specs,
             ..Default::default()
         };
+        self.req.run_options.apply(&mut request);
         let progress = &self.progress;
         let mut sink = |stream: u8, bytes: &[u8]| progress.output(cx.step, stream, bytes);
         // The VM failing under this step (a guest kernel panic, QEMU dying) is
@@ -104,7 +121,7 @@ impl Builder<'_> {
             let note = format!("layers: {} mounted from disk images, {} unpacked, {:.2}s\n", ready.mounted, ready.unpacked, ready.seconds);
             progress.output(cx.step, kiln_protocol::stream::STDERR, note.as_bytes());
         }
-        let spec = RunSpec { request, layers: &state.layers };
+        let spec = RunSpec { request, layers: &state.layers, ssh_agents: in_vm.ssh_agents };
         let outcome = session.run(self.store, spec, &layer_options, &mut sink, self.cancel).map_err(at_line)?;
         let Some(snapshot) = outcome.snapshot else {
             // BuildKit's words; the progress shows the step's last output lines.
@@ -127,9 +144,11 @@ impl Builder<'_> {
             None => format!("snapshot: no changes ({seconds:.2}s)\n"),
         };
         progress.output(cx.step, kiln_protocol::stream::STDERR, note.as_bytes());
-        for volume in &volumes {
-            session.save_cache(volume, self.cancel)?;
+        for used in volumes.iter().filter(|u| u.kept()) {
+            session.save_cache(&used.volume, self.cancel)?;
         }
+        // The volumes' locks go with them, after they are saved.
+        drop(volumes);
         self.commit(key, state, snapshot.layer, &format!("{} # buildkit", cx.text))?;
         Ok(false)
     }
@@ -150,7 +169,6 @@ impl Builder<'_> {
                 let is_file = std::fs::metadata(self.req.context.join(source.trim_start_matches('/'))).is_ok_and(|m| m.is_file());
                 Ok((MountSource::Context { plan, is_file }, checksum))
             }
-            (MountType::Ssh, _) => Err(self.at(cx, "RUN --mount=type=ssh is not supported yet")),
             _ => Ok((MountSource::Nothing, String::new())),
         }
     }

@@ -5,7 +5,7 @@ use kiln_protocol::{EntryKind, LayerEntry};
 
 use super::{now_unix, Builder, StageState, StepCx};
 use crate::engine::cache::CacheKey;
-use crate::engine::layer_tar::ContentSource;
+use crate::engine::layer_tar::NoContent;
 use crate::engine::users::Identity;
 use crate::engine::BuildError;
 
@@ -50,14 +50,5 @@ impl Builder<'_> {
         let layer = self.write(&mut entries, &mut NoContent)?;
         self.commit(key, state, layer, cx.text)?;
         Ok(false)
-    }
-}
-
-/// For layers with no regular files.
-struct NoContent;
-
-impl ContentSource for NoContent {
-    fn open(&mut self, entry: &LayerEntry) -> std::io::Result<Box<dyn std::io::Read + '_>> {
-        Err(std::io::Error::other(format!("{}: no content source", entry.path)))
     }
 }
