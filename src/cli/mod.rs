@@ -32,7 +32,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Build an image from a Dockerfile (docker buildx build's flags)
-    Build(build::BuildArgs),
+    Build(Box<build::BuildArgs>),
     /// Run a command in a new container (a VM of the image's platform)
     Run(run::RunArgs),
     /// Combine local single-platform images under one multi-platform name
@@ -102,7 +102,7 @@ pub fn command() -> clap::Command {
 
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
-        Command::Build(args) => build::run(args, signals::install()),
+        Command::Build(args) => build::run(*args, signals::install()),
         Command::Run(args) => run::run(args, signals::install()),
         Command::Manifest(cmd) => manifest::run(cmd),
         Command::Imagetools(cmd) => imagetools::run(cmd),
