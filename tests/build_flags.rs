@@ -76,7 +76,7 @@ fn no_cache_filter_rebuilds_only_the_named_stage() {
     assert!(again.status.success(), "{log}");
     let status_of = |step: &str| {
         let id = log.lines().find(|l| l.contains(step)).and_then(|l| l.split_whitespace().next()).unwrap().to_string();
-        log.lines().filter(|l| l.starts_with(&format!("{id} "))).last().unwrap().to_string()
+        log.lines().rev().find(|l| l.starts_with(&format!("{id} "))).unwrap().to_string()
     };
     assert!(!status_of("[base 2/2] COPY a /a").contains("CACHED"), "{log}");
     assert!(status_of("[final 2/2] COPY b /b").contains("CACHED"), "{log}");

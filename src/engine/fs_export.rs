@@ -202,14 +202,15 @@ fn set_mtime(file: &std::fs::File, mtime: i64) -> io::Result<()> {
     file.set_modified(time)
 }
 
+/// Makes a symlink from an in-image (lossless, see `file_name`) target.
 #[cfg(unix)]
-fn symlink(link: &str, at: &Path) -> io::Result<()> {
+pub(crate) fn symlink(link: &str, at: &Path) -> io::Result<()> {
     std::os::unix::fs::symlink(file_name::to_os(link), at)
 }
 
 #[cfg(not(unix))]
-fn symlink(_link: &str, _at: &Path) -> io::Result<()> {
-    Err(io::Error::new(io::ErrorKind::Unsupported, "symlinks are exported on Unix hosts only"))
+pub(crate) fn symlink(_link: &str, _at: &Path) -> io::Result<()> {
+    Err(io::Error::new(io::ErrorKind::Unsupported, "symlinks are written on Unix hosts only"))
 }
 
 #[cfg(unix)]

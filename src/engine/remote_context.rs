@@ -193,7 +193,7 @@ pub fn fetch_url(url: &str, cancel: &AtomicBool) -> Result<Input, RemoteError> {
 pub fn from_stdin(input: impl Read + 'static, cancel: &AtomicBool) -> Result<Input, RemoteError> {
     let mut input: Box<dyn Read> = Box::new(input);
     let mut head = vec![0u8; 64 * 1024];
-    let n = read_up_to(&mut input, &mut head).map_err(|e| failed(format!("reading stdin: {e}")))?;
+    let n = crate::engine::copy::read_full(&mut input, &mut head).map_err(|e| failed(format!("reading stdin: {e}")))?;
     head.truncate(n);
     let kind = copy::sniff_head(&head);
     let whole: Box<dyn Read> = Box::new(io::Cursor::new(head).chain(input));
@@ -201,19 +201,6 @@ pub fn from_stdin(input: impl Read + 'static, cancel: &AtomicBool) -> Result<Inp
         Some(kind) => Ok(Input::Context(unpack(kind, whole, "stdin", cancel)?)),
         None => read_dockerfile(whole, "stdin"),
     }
-}
-
-fn read_up_to(r: &mut dyn Read, buf: &mut [u8]) -> io::Result<usize> {
-    let mut n = 0;
-    while n < buf.len() {
-        match r.read(&mut buf[n..]) {
-            Ok(0) => break,
-            Ok(k) => n += k,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(n)
 }
 
 fn read_dockerfile(mut r: Box<dyn Read>, from: &str) -> Result<Input, RemoteError> {
@@ -276,7 +263,7 @@ pub fn unpack_tar(r: impl Read, root: &Path, from: &str, cancel: &AtomicBool) ->
             }
             Kind::Symlink => {
                 let target = file_name::from_bytes(&member.link).into_owned();
-                symlink(&target, &path).map_err(io_err)?;
+                crate::engine::fs_export::symlink(&target, &path).map_err(io_err)?;
             }
             // Devices and fifos are not build inputs; other kinds carry no file.
             _ => {}
@@ -361,16 +348,6 @@ fn system_time(secs: i64) -> std::time::SystemTime {
     } else {
         std::time::UNIX_EPOCH - Duration::from_secs(secs.unsigned_abs())
     }
-}
-
-#[cfg(unix)]
-fn symlink(target: &str, path: &Path) -> io::Result<()> {
-    std::os::unix::fs::symlink(file_name::to_os(target), path)
-}
-
-#[cfg(not(unix))]
-fn symlink(_target: &str, _path: &Path) -> io::Result<()> {
-    Err(io::Error::new(io::ErrorKind::Unsupported, "a symlink in a tar context needs a unix host"))
 }
 
 #[cfg(test)]

@@ -90,7 +90,7 @@ pub(crate) fn decompress<'r>(kind: ArchiveKind, r: Box<dyn Read + 'r>) -> io::Re
 }
 
 /// Reads up to `buf.len()` bytes (fewer only at the end).
-fn read_full(r: &mut dyn Read, buf: &mut [u8]) -> io::Result<usize> {
+pub(crate) fn read_full(r: &mut dyn Read, buf: &mut [u8]) -> io::Result<usize> {
     let mut n = 0;
     while n < buf.len() {
         match r.read(&mut buf[n..]) {

@@ -12,6 +12,7 @@
 //! unnamed spool file for unpacked archives and downloads.
 
 mod add;
+pub(crate) use add::read_full;
 pub(crate) use add::{decompress, download_to_file, is_git, member_path, sniff_download, sniff_head, ArchiveKind};
 mod chmod;
 mod content;
