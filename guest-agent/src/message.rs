@@ -158,6 +158,9 @@ pub enum MountSpec {
     /// A file holding `data`, kept in memory (a private tmpfs) and never on
     /// the scratch disk: `--mount=type=secret`.
     Secret { target: String, data: Vec<u8>, mode: u32, uid: u32, gid: u32 },
+    /// The virtio-fs device with this `tag`: a host directory shared live
+    /// (`kiln run -v`).
+    Virtiofs { tag: String, target: String, readonly: bool },
 }
 
 /// Agent → host.

@@ -201,6 +201,12 @@ impl PreparedRoot {
                     let m = raw(&file, &dst, None, libc::MS_BIND, None)?.readonly(true);
                     self.mounts.push(RawStep::Mount(m));
                 }
+                MountSpec::Virtiofs { tag, target, readonly } => {
+                    check_virtiofs()?;
+                    let dst = self.mount_point(target, true, stubs)?;
+                    let flags = if *readonly { libc::MS_RDONLY } else { 0 };
+                    self.mounts.push(RawStep::Mount(raw(tag, &dst, Some("virtiofs"), flags, None)?));
+                }
             }
         }
         Ok(())
@@ -260,6 +266,16 @@ impl PreparedRoot {
         let _ = std::fs::remove_dir(&overlay.run_dir);
         overlay.stubs.remove_from(&overlay.upper)
     }
+}
+
+/// A kernel without virtio-fs fails the mount with a bare ENODEV: say what is missing.
+fn check_virtiofs() -> Result<(), String> {
+    let known = std::fs::read_to_string("/proc/filesystems").unwrap_or_default();
+    if known.lines().any(|l| l.split_whitespace().last() == Some("virtiofs")) {
+        return Ok(());
+    }
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    Err(format!("the guest kernel ({}) has no virtio-fs, which shared host directories (-v) need", release.trim()))
 }
 
 /// `base/sub` where `sub` is a plain relative path (no `..`); symlinks in it
