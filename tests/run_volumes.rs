@@ -1,3 +1,4 @@
+#![cfg(target_os = "linux")]
 //! `kiln run -v` / `--mount type=bind`: host directories shared live with
 //! the container over virtio-fs (one virtiofsd per directory).
 

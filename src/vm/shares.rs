@@ -24,8 +24,6 @@ pub fn tag(index: usize) -> String {
     format!("kilnvol{index}")
 }
 
-const DAEMON: &str = "virtiofsd";
-
 #[derive(Debug, thiserror::Error)]
 pub enum ShareError {
     #[error("sharing a host directory (-v, --mount) needs virtiofsd, which is not installed: `cargo install virtiofsd --locked` (after apt-get install libseccomp-dev libcap-ng-dev) or scripts/setup-host.sh provides it")]
@@ -44,6 +42,7 @@ pub enum ShareError {
 /// Debian's package puts it.
 #[cfg(target_os = "linux")]
 pub fn daemon() -> Result<PathBuf, ShareError> {
+    const DAEMON: &str = "virtiofsd";
     super::transport::find_in_path(DAEMON)
         .or_else(|| Some(Path::new("/usr/libexec").join(DAEMON)).filter(|p| p.is_file()))
         .ok_or(ShareError::NoDaemon)
