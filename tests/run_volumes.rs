@@ -22,13 +22,14 @@ fn run_shares_host_directories_read_write_and_read_only() {
         std::fs::create_dir(dir).unwrap();
         std::fs::write(dir.join("in.txt"), format!("host file in {}\n", dir.file_name().unwrap().to_string_lossy())).unwrap();
     }
-    let script = "cat /data/in.txt; echo out > /data/out.txt; \
+    // The working directory may be a share (docker run -v $PWD:/src -w /src).
+    let script = "cat in.txt; echo out > /data/out.txt; \
                   cat /deep/ro/in.txt; echo no > /deep/ro/denied.txt || echo ro-refused";
     let mut kiln = env
         .kiln()
         .args(["run", "-v", &format!("{}:/data", rw.display())])
         .args(["--mount", &format!("type=bind,source={},target=/deep/ro,readonly", ro.display())])
-        .args(["bb", "sh", "-c", script])
+        .args(["-w", "/data", "bb", "sh", "-c", script])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()

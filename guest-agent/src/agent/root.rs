@@ -73,10 +73,12 @@ pub fn prepare(req: &ExecRequest) -> Result<Option<PreparedRoot>, String> {
             let mut stubs = Stubs::default();
             let run_dir = overlay.run_dir.clone();
             let devpts = if req.tty.is_some() { root.mount_devpts(&run_dir) } else { Ok(()) };
+            // The working directory is checked after the mounts: it may be
+            // a mount point they created (`kiln run -v DIR:/src -w /src`).
             let result = devpts
-                .and_then(|()| check_cwd(&root.dir, &req.cwd))
                 .and_then(|()| root.standard_mounts(&mut stubs, false, Some(&run_dir)))
-                .and_then(|()| root.extra_mounts(&req.mounts, &mut stubs, Some(&run_dir)));
+                .and_then(|()| root.extra_mounts(&req.mounts, &mut stubs, Some(&run_dir)))
+                .and_then(|()| check_cwd_unless_shared(&root.dir, &req.cwd, &req.mounts));
             root.overlay = Some(Overlay { stubs, ..overlay });
             match result {
                 Ok(()) => Ok(Some(root)),
@@ -266,6 +268,16 @@ impl PreparedRoot {
         let _ = std::fs::remove_dir(&overlay.run_dir);
         overlay.stubs.remove_from(&overlay.upper)
     }
+}
+
+/// [`check_cwd`], except below a shared host directory, which only the
+/// command's own namespace has mounted (its chdir reports a missing one).
+fn check_cwd_unless_shared(root: &Path, cwd: &str, mounts: &[MountSpec]) -> Result<(), String> {
+    let shared = |m: &MountSpec| matches!(m, MountSpec::Virtiofs { target, .. } if Path::new(cwd).starts_with(target));
+    if mounts.iter().any(shared) {
+        return Ok(());
+    }
+    check_cwd(root, cwd)
 }
 
 /// A kernel without virtio-fs fails the mount with a bare ENODEV: say what is missing.
