@@ -54,6 +54,13 @@ if ! command -v vhost-device-vsock >/dev/null 2>&1; then
   cargo install --locked --quiet vhost-device-vsock --version 0.3.0
 fi
 
+# kiln run -v (host directories over virtio-fs): bookworm has no virtiofsd package.
+if ! command -v virtiofsd >/dev/null 2>&1; then
+  log "building virtiofsd (about 3 min)"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends libseccomp-dev libcap-ng-dev >/dev/null
+  cargo install --locked --quiet virtiofsd --version 1.14.0
+fi
+
 # The static kiln (README "Static binary") links with rustup's musl target;
 # its C parts (ring, zstd, xz) build with musl-tools' musl-gcc (.cargo/config.toml).
 rustup target list --installed 2>/dev/null | grep -qx x86_64-unknown-linux-musl \

@@ -207,6 +207,9 @@ pub enum MountSpec {
     /// is announced with [`AgentMsg::SshOpen`] and carried on stream
     /// [`stream::SSH`] of its channel.
     Ssh { target: String, agent: u32, mode: u32, uid: u32, gid: u32 },
+    /// The virtio-fs device with this `tag`: a host directory shared live
+    /// (`kiln run -v`).
+    Virtiofs { tag: String, target: String, readonly: bool },
 }
 
 /// Agent → host.

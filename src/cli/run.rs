@@ -11,7 +11,7 @@ use crate::oci::Store;
 use crate::platform::Platform;
 use crate::engine::vm_session::ExecIo;
 use crate::engine::vm_session::SessionError;
-use crate::run::{run_image, RunError, RunRequest};
+use crate::run::{run_image, RunError, RunRequest, Volume};
 use crate::vm::client::ClientError;
 use crate::vm::VmError;
 
@@ -23,6 +23,12 @@ pub struct RunArgs {
     /// Publish a guest TCP port on the host's 127.0.0.1: HOST:GUEST (or PORT for both)
     #[arg(short = 'p', long = "publish")]
     pub publish: Vec<String>,
+    /// Share a host directory live: HOST:GUEST[:ro|rw] (HOST absolute or ./relative)
+    #[arg(short = 'v', long = "volume")]
+    pub volume: Vec<String>,
+    /// Share a host directory, long form: type=bind,source=HOST,target=GUEST[,readonly]
+    #[arg(long)]
+    pub mount: Vec<String>,
     /// Set an environment variable (KEY=VALUE, or KEY to take it from kiln's environment)
     #[arg(short = 'e', long = "env")]
     pub env: Vec<String>,
@@ -84,6 +90,100 @@ fn parse_publish(spec: &str) -> anyhow::Result<(u16, u16)> {
     }
 }
 
+/// A share as written on the command line, before its host path is checked.
+#[derive(Debug, PartialEq, Eq)]
+struct ShareSpec {
+    host: String,
+    target: String,
+    readonly: bool,
+}
+
+/// `-v HOST:GUEST[:OPTIONS]` with a host path (docker's named and anonymous
+/// volumes have no place in a disposable VM).
+fn parse_volume(spec: &str) -> anyhow::Result<ShareSpec> {
+    let parts: Vec<&str> = spec.split(':').collect();
+    let (host, target, options) = match parts.as_slice() {
+        [host, target] => (*host, *target, ""),
+        [host, target, options] => (*host, *target, *options),
+        [_] => bail!("-v {spec}: give HOST:GUEST (anonymous volumes are not supported)"),
+        _ => bail!("-v {spec}: expected HOST:GUEST[:ro|rw]"),
+    };
+    if !(host.starts_with('/') || host == "." || host.starts_with("./") || host.starts_with("../")) {
+        bail!("-v {spec}: {host:?} is not a host path: give an absolute path or one starting with ./ (named volumes are not supported)");
+    }
+    let mut readonly = false;
+    for option in options.split(',').filter(|o| !o.is_empty()) {
+        readonly = match option {
+            "ro" | "readonly" => true,
+            "rw" => false,
+            other => bail!("-v {spec}: unknown option {other:?} (expected ro or rw)"),
+        };
+    }
+    Ok(ShareSpec { host: host.to_string(), target: check_target(spec, "-v", target)?, readonly })
+}
+
+/// `--mount type=bind,source=HOST,target=GUEST[,readonly]`, docker's long form.
+fn parse_mount(spec: &str) -> anyhow::Result<ShareSpec> {
+    let (mut kind, mut host, mut target, mut readonly) = (None, None, None, false);
+    for field in spec.split(',') {
+        let (key, value) = match field.split_once('=') {
+            Some((k, v)) => (k, Some(v)),
+            None => (field, None),
+        };
+        match (key, value) {
+            ("type", Some(v)) => kind = Some(v),
+            ("source" | "src", Some(v)) => host = Some(v),
+            ("target" | "destination" | "dst", Some(v)) => target = Some(v),
+            ("readonly" | "ro", None | Some("true" | "1")) => readonly = true,
+            ("readonly" | "ro", Some("false" | "0")) => readonly = false,
+            _ => bail!("--mount {spec}: unknown field {field:?} (expected type=bind, source=, target= and readonly)"),
+        }
+    }
+    match kind {
+        Some("bind") => {}
+        Some(other) => bail!("--mount {spec}: type={other} is not supported, only type=bind"),
+        None => bail!("--mount {spec}: give type=bind (volumes are not supported)"),
+    }
+    let host = host.filter(|h| !h.is_empty()).with_context(|| format!("--mount {spec}: source= (the host directory) is missing"))?;
+    let target = target.with_context(|| format!("--mount {spec}: target= (the path in the container) is missing"))?;
+    Ok(ShareSpec { host: host.to_string(), target: check_target(spec, "--mount", target)?, readonly })
+}
+
+/// The container path of a share: absolute, and not the root itself.
+fn check_target(spec: &str, flag: &str, target: &str) -> anyhow::Result<String> {
+    if !target.starts_with('/') {
+        bail!("{flag} {spec}: the container path {target:?} must be absolute");
+    }
+    let trimmed = target.trim_end_matches('/');
+    if trimmed.is_empty() {
+        bail!("{flag} {spec}: cannot mount over the container's root (/)");
+    }
+    Ok(trimmed.to_string())
+}
+
+/// All shares of `-v` and `--mount`, each host directory checked and made absolute.
+fn volumes(args: &RunArgs) -> anyhow::Result<Vec<Volume>> {
+    let specs = args.volume.iter().map(|v| ("-v", v, parse_volume(v)));
+    let specs = specs.chain(args.mount.iter().map(|m| ("--mount", m, parse_mount(m))));
+    let mut volumes: Vec<Volume> = Vec::new();
+    for (flag, spec, parsed) in specs {
+        let ShareSpec { host, target, readonly } = parsed?;
+        let host_dir = std::fs::canonicalize(&host)
+            .with_context(|| format!("{flag} {spec}: the host directory {host} does not exist"))?;
+        if !host_dir.is_dir() {
+            bail!("{flag} {spec}: {host} is not a directory (kiln run shares directories only)");
+        }
+        if volumes.iter().any(|v| v.target == target) {
+            bail!("{flag} {spec}: duplicate mount point {target}");
+        }
+        volumes.push(Volume { host_dir, target, readonly });
+    }
+    if !volumes.is_empty() {
+        crate::vm::shares::daemon()?;
+    }
+    Ok(volumes)
+}
+
 pub fn run(args: RunArgs, cancel: &'static std::sync::atomic::AtomicBool) -> anyhow::Result<ExitCode> {
     #[cfg(not(unix))]
     if args.tty {
@@ -100,6 +200,7 @@ pub fn run(args: RunArgs, cancel: &'static std::sync::atomic::AtomicBool) -> any
         bail!("--rm=false is not supported: kiln keeps no containers, every run's VM and disk are discarded when it exits");
     }
     let ports = args.publish.iter().map(|p| parse_publish(p)).collect::<anyhow::Result<Vec<_>>>()?;
+    let volumes = volumes(&args)?;
     let mut env = Vec::new();
     for file in &args.env_file {
         let text = std::fs::read(file).with_context(|| format!("--env-file {}", file.display()))?;
@@ -110,6 +211,7 @@ pub fn run(args: RunArgs, cancel: &'static std::sync::atomic::AtomicBool) -> any
         image: args.image.clone(),
         platform: args.platform.clone(),
         ports,
+        volumes,
         env,
         command: args.command.clone(),
         entrypoint: args.entrypoint.clone(),
@@ -254,5 +356,72 @@ mod tests {
         assert_eq!(start_failure_code(r#"cannot start "/etc": Permission denied (os error 13)"#), Some(126));
         assert_eq!(start_failure_code(r#"cannot start "/x.txt": Exec format error (os error 8)"#), Some(126));
         assert_eq!(start_failure_code("mounting the root: busy"), None);
+    }
+
+    fn share(host: &str, target: &str, readonly: bool) -> ShareSpec {
+        ShareSpec { host: host.into(), target: target.into(), readonly }
+    }
+
+    #[test]
+    fn volume_forms() {
+        assert_eq!(parse_volume("/srv/data:/data").unwrap(), share("/srv/data", "/data", false));
+        assert_eq!(parse_volume("./src:/work/:ro").unwrap(), share("./src", "/work", true));
+        assert_eq!(parse_volume("../x:/x:rw").unwrap(), share("../x", "/x", false));
+        assert_eq!(parse_volume(".:/x:ro,rw").unwrap(), share(".", "/x", false));
+        let err = |spec: &str| parse_volume(spec).unwrap_err().to_string();
+        assert!(err("cache:/cache").contains("named volumes are not supported"), "{}", err("cache:/cache"));
+        assert!(err("/data").contains("anonymous volumes"), "{}", err("/data"));
+        assert!(err("/srv:data").contains("must be absolute"), "{}", err("/srv:data"));
+        assert!(err("/srv:/data:z").contains("unknown option \"z\""), "{}", err("/srv:/data:z"));
+        assert!(err("/srv:/").contains("root"), "{}", err("/srv:/"));
+        assert!(err("/a:/b:ro:x").contains("HOST:GUEST[:ro|rw]"), "{}", err("/a:/b:ro:x"));
+    }
+
+    #[test]
+    fn mount_forms() {
+        assert_eq!(parse_mount("type=bind,source=/srv,target=/data").unwrap(), share("/srv", "/data", false));
+        assert_eq!(parse_mount("type=bind,src=rel,dst=/d,readonly").unwrap(), share("rel", "/d", true));
+        assert_eq!(parse_mount("target=/d,type=bind,source=/s,ro=true").unwrap(), share("/s", "/d", true));
+        assert_eq!(parse_mount("type=bind,source=/s,destination=/d,readonly=false").unwrap(), share("/s", "/d", false));
+        let err = |spec: &str| parse_mount(spec).unwrap_err().to_string();
+        assert!(err("source=/s,target=/d").contains("give type=bind"), "{}", err("source=/s,target=/d"));
+        assert!(err("type=volume,source=v,target=/d").contains("type=volume is not supported"));
+        assert!(err("type=bind,target=/d").contains("source="), "{}", err("type=bind,target=/d"));
+        assert!(err("type=bind,source=/s").contains("target="), "{}", err("type=bind,source=/s"));
+        assert!(err("type=bind,source=/s,target=d").contains("must be absolute"));
+        assert!(err("type=bind,source=/s,target=/d,bind-propagation=shared").contains("unknown field"));
+    }
+
+    #[test]
+    fn host_directories_are_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("f");
+        std::fs::write(&file, "").unwrap();
+        let args = |volume: Vec<String>, mount: Vec<String>| {
+            use clap::Parser;
+            #[derive(Parser)]
+            struct Cli {
+                #[command(flatten)]
+                run: RunArgs,
+            }
+            let mut argv = vec!["kiln".to_string()];
+            argv.extend(volume.into_iter().flat_map(|v| ["-v".to_string(), v]));
+            argv.extend(mount.into_iter().flat_map(|m| ["--mount".to_string(), m]));
+            argv.push("img".into());
+            Cli::parse_from(argv).run
+        };
+        let d = dir.path().display();
+        let err = |volume: Vec<String>, mount: Vec<String>| volumes(&args(volume, mount)).unwrap_err().to_string();
+        let missing = err(vec![format!("{d}/nope:/data")], vec![]);
+        assert!(missing.contains("does not exist"), "{missing}");
+        let not_dir = err(vec![format!("{}:/data", file.display())], vec![]);
+        assert!(not_dir.contains("is not a directory"), "{not_dir}");
+        let twice = err(vec![format!("{d}:/data")], vec![format!("type=bind,source={d},target=/data/")]);
+        assert!(twice.contains("duplicate mount point /data"), "{twice}");
+        // A good one passes the path checks (and then needs virtiofsd on this host).
+        match volumes(&args(vec![format!("{d}/:/data:ro")], vec![])) {
+            Ok(v) => assert_eq!(v, [Volume { host_dir: dir.path().canonicalize().unwrap(), target: "/data".into(), readonly: true }]),
+            Err(e) => assert!(e.to_string().contains("virtiofsd"), "{e}"),
+        }
     }
 }

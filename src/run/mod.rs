@@ -1,8 +1,10 @@
 //! `kiln run`: an image's entrypoint and command, with its env, user and
 //! workdir, in a VM of the image's platform. The layers become overlay lowers
 //! in the guest (nothing is unpacked on the host); `-p` forwards host TCP
-//! ports on 127.0.0.1 through QEMU's user network.
+//! ports on 127.0.0.1 through QEMU's user network; `-v` shares host
+//! directories live over virtio-fs ([`crate::vm::shares`]).
 
+use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 
 use crate::engine::image_config::{ImageConfigFile, DEFAULT_PATH_ENV};
@@ -12,8 +14,9 @@ use crate::engine::users::{self, UserError};
 use crate::engine::vm_session::{ExecIo, LayerRef, RunSpec, Session, SessionError};
 use crate::oci::store::{Store, StoreError};
 use crate::platform::Platform;
+use crate::vm::shares::{self, Share};
 use crate::vm::{BootFilesError, VmConfig};
-use kiln_protocol::{ExecRequest, TtySize};
+use kiln_protocol::{ExecRequest, MountSpec, TtySize};
 
 #[derive(Debug, Clone)]
 pub struct RunRequest {
@@ -22,6 +25,8 @@ pub struct RunRequest {
     pub platform: Option<Platform>,
     /// `(host port, guest port)` TCP forwards on 127.0.0.1.
     pub ports: Vec<(u16, u16)>,
+    /// Host directories mounted in the container (`-v`, `--mount type=bind`).
+    pub volumes: Vec<Volume>,
     /// Extra `KEY=VALUE` entries over the image's ENV.
     pub env: Vec<String>,
     /// Replaces the image's CMD when not empty.
@@ -34,6 +39,16 @@ pub struct RunRequest {
     pub tty: Option<TtySize>,
     pub memory_mib: u64,
     pub cpus: u32,
+}
+
+/// A host directory mounted live in the container.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Volume {
+    /// An existing directory, absolute.
+    pub host_dir: PathBuf,
+    /// An absolute path in the container (created when missing).
+    pub target: String,
+    pub readonly: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -117,6 +132,13 @@ pub fn run_image(store: &Store, req: &RunRequest, io: ExecIo<'_>, cancel: &Atomi
     vm_config.memory_mib = req.memory_mib;
     vm_config.cpus = req.cpus;
     vm_config.netdev_extra = req.ports.iter().map(|(h, g)| format!("hostfwd=tcp:127.0.0.1:{h}-:{g}")).collect();
+    vm_config.shares = req.volumes.iter().map(|v| Share { host_dir: v.host_dir.clone(), readonly: v.readonly }).collect();
+    let mounts = req
+        .volumes
+        .iter()
+        .enumerate()
+        .map(|(i, v)| MountSpec::Virtiofs { tag: shares::tag(i), target: v.target.clone(), readonly: v.readonly })
+        .collect();
     let files = crate::vm::boot_files(&platform, None)?;
     let disks = LayerDisks::for_boot(store, &layers, None);
     let mut session = Session::boot(&vm_config, &files, disks, cancel)?;
@@ -128,6 +150,7 @@ pub fn run_image(store: &Store, req: &RunRequest, io: ExecIo<'_>, cancel: &Atomi
         gid: identity.gid,
         groups: identity.groups,
         tty: req.tty,
+        mounts,
         ..Default::default()
     };
     let status = session.exec(store, RunSpec { request, layers: &layers, ssh_agents: Vec::new() }, io, cancel);

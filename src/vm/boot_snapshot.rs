@@ -53,6 +53,8 @@ pub fn eligible(config: &VmConfig, accel: Accel) -> bool {
         && matches!(config.transport, TransportChoice::Auto | TransportChoice::Serial)
         && config.scratch
         && config.netdev_extra.is_empty()
+        // Shared directories are vhost-user devices, whose state a snapshot cannot hold.
+        && config.shares.is_empty()
         && config.layer_disks.len() <= LAYER_DISK_SLOTS
         && !matches!(std::env::var(ENV_SWITCH).as_deref(), Ok("0" | "off" | "false"))
 }
@@ -122,6 +124,8 @@ fn qemu_config<'a>(
         netdev_extra: &config.netdev_extra,
         extra_cmdline: &config.extra_cmdline,
         layer_disks: slots,
+        shared_memory: false,
+        device_args: &[],
     }
 }
 

@@ -17,6 +17,7 @@ pub mod qemu;
 #[cfg(target_os = "linux")]
 mod qmp;
 pub mod scratch;
+pub mod shares;
 pub mod transport;
 
 use std::io::Read;
@@ -69,6 +70,8 @@ pub struct VmConfig {
     /// Read-only disks (EROFS layer images), attached with serials
     /// [`layer_disk_serial`]`(0..)` in this order.
     pub layer_disks: Vec<PathBuf>,
+    /// Host directories shared live, as virtio-fs tags [`shares::tag`]`(0..)`.
+    pub shares: Vec<shares::Share>,
 }
 
 /// The virtio serial of the `index`th of [`VmConfig::layer_disks`].
@@ -91,6 +94,7 @@ impl VmConfig {
             extra_cmdline: std::env::var("KILN_GUEST_CMDLINE").unwrap_or_default(),
             tcg_cpu: std::env::var("KILN_QEMU_CPU").ok().filter(|c| !c.is_empty()),
             layer_disks: Vec::new(),
+            shares: Vec::new(),
         }
     }
 }
@@ -112,6 +116,8 @@ pub enum VmError {
     Qemu(#[from] qemu::QemuError),
     #[error(transparent)]
     Scratch(#[from] scratch::ScratchError),
+    #[error(transparent)]
+    Shares(#[from] shares::ShareError),
     #[error("creating the VM's run directory: {0}")]
     RunDir(std::io::Error),
     #[error("the guest did not come up within {timeout:?} ({accel} emulation of {platform}); last console lines:\n{console}")]
@@ -147,6 +153,8 @@ pub struct Vm {
     /// The listener QEMU or the guest connected to (none when the host
     /// connected to QEMU's socket, as after a boot snapshot).
     _host_end: Option<HostEnd>,
+    /// virtiofsd processes of shared directories; dropped after QEMU stops.
+    _shares: shares::ShareDaemons,
     run_dir: tempfile::TempDir,
     scratch: Option<PathBuf>,
     pub transport: Transport,
@@ -219,7 +227,8 @@ impl Vm {
         } else {
             None
         };
-        let host_end = HostEnd::setup(transport, run_dir.path(), config.memory_mib, arch.virtio_bus())?;
+        let host_end = HostEnd::setup(transport, run_dir.path(), arch.virtio_bus())?;
+        let shares = shares::ShareDaemons::start(&config.shares, run_dir.path(), arch.virtio_bus())?;
         let console_log = run_dir.path().join("console.log");
         let qemu_config = QemuConfig {
             arch,
@@ -237,6 +246,8 @@ impl Vm {
             netdev_extra: &config.netdev_extra,
             extra_cmdline: &config.extra_cmdline,
             layer_disks: &config.layer_disks,
+            shared_memory: host_end.needs_shared_memory() || !config.shares.is_empty(),
+            device_args: &shares.qemu_args,
         };
         let started = Instant::now();
         let mut qemu = QemuProcess::spawn(&qemu_config, &run_dir.path().join("qemu.stderr"))?;
@@ -262,7 +273,19 @@ impl Vm {
         };
         let boot_time = started.elapsed();
         check_arch(&client, config)?;
-        Ok(Vm { client, qemu, _host_end: Some(host_end), run_dir, scratch, transport, accel, boot_time, arch, linux32: false })
+        Ok(Vm {
+            client,
+            qemu,
+            _host_end: Some(host_end),
+            _shares: shares,
+            run_dir,
+            scratch,
+            transport,
+            accel,
+            boot_time,
+            arch,
+            linux32: false,
+        })
     }
 
     /// A TCG VM over the serial transport whose agent shook hands (`started`: QEMU's start).
@@ -277,7 +300,8 @@ impl Vm {
     ) -> Vm {
         let boot_time = started.elapsed();
         let (transport, accel) = (Transport::Serial, Accel::Tcg);
-        Vm { client, qemu, _host_end: None, run_dir, scratch: Some(scratch), transport, accel, boot_time, arch, linux32: false }
+        let _shares = shares::ShareDaemons::default();
+        Vm { client, qemu, _host_end: None, _shares, run_dir, scratch: Some(scratch), transport, accel, boot_time, arch, linux32: false }
     }
 
     pub fn agent_kernel(&self) -> &str {
@@ -501,6 +525,8 @@ pub fn reference_boot(config: &VmConfig, files: &BootFiles) -> Result<Duration, 
         netdev_extra: &[],
         extra_cmdline: kiln_protocol::CMDLINE_POWEROFF,
         layer_disks: &[],
+        shared_memory: false,
+        device_args: &[],
     };
     let started = Instant::now();
     let mut qemu = QemuProcess::spawn(&qemu_config, &run_dir.path().join("qemu.stderr"))?;

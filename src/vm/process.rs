@@ -1,4 +1,4 @@
-//! Child processes (QEMU, vhost-device-vsock) that must never outlive kiln.
+//! Child processes (QEMU, vhost-device-vsock, virtiofsd) that must never outlive kiln.
 
 use std::process::Command;
 

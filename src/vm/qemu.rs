@@ -37,6 +37,11 @@ pub struct QemuConfig<'a> {
     pub extra_cmdline: &'a str,
     /// Read-only disks after the scratch disk, serials `kiln-layer-N`.
     pub layer_disks: &'a [PathBuf],
+    /// Guest RAM in a shared memfd: vhost-user daemons (vhost-device-vsock,
+    /// virtiofsd) read and write it directly.
+    pub shared_memory: bool,
+    /// Extra arguments for devices besides the transport (shared directories).
+    pub device_args: &'a [String],
 }
 
 impl QemuConfig<'_> {
@@ -65,6 +70,15 @@ impl QemuConfig<'_> {
             "-append".into(),
             cmdline,
         ]);
+        if self.shared_memory {
+            // `-machine memory-backend=` rather than a NUMA node: s390x has no NUMA.
+            args.extend([
+                "-object".into(),
+                format!("memory-backend-memfd,id=mem,size={}M,share=on", self.memory_mib),
+                "-machine".into(),
+                "memory-backend=mem".into(),
+            ]);
+        }
         if let Some(scratch) = self.scratch {
             // The scratch disk is disposable: cache=unsafe makes the guest's
             // fsyncs free, and the host reads it only after the guest syncs.
@@ -93,6 +107,7 @@ impl QemuConfig<'_> {
             args.extend(["-netdev".into(), netdev, "-device".into(), format!("{},netdev=net0", self.arch.virtio_bus().device("virtio-net"))]);
         }
         args.extend(self.transport_args.iter().cloned());
+        args.extend(self.device_args.iter().cloned());
         args
     }
 }
@@ -330,6 +345,8 @@ mod tests {
             netdev_extra: &["hostfwd=tcp:127.0.0.1:8080-:80".to_string()],
             extra_cmdline: "",
             layer_disks: &[PathBuf::from("/c/base.erofs"), PathBuf::from("/c/odd,name.erofs")],
+            shared_memory: true,
+            device_args: &[],
         };
         let args = cfg.args().join(" ");
         assert!(args.contains("-M virt -cpu max,pauth=off -accel tcg,thread=multi"), "{args}");
@@ -342,6 +359,8 @@ mod tests {
         assert!(args.contains("file=/c/base.erofs,if=none,id=layer0,format=raw,readonly=on"), "{args}");
         assert!(args.contains("virtio-blk-pci,drive=layer0,serial=kiln-layer-0"), "{args}");
         assert!(args.contains("file=/c/odd,,name.erofs,if=none,id=layer1"), "{args}");
+        // Guest RAM for vhost-user daemons, the same size as -m.
+        assert!(args.contains("-object memory-backend-memfd,id=mem,size=1024M,share=on -machine memory-backend=mem"), "{args}");
     }
 
     #[test]
@@ -363,12 +382,15 @@ mod tests {
             netdev_extra: &[],
             extra_cmdline: "",
             layer_disks: &[],
+            shared_memory: false,
+            device_args: &[],
         };
         let args = cfg.args().join(" ");
         // cortex-a15 has the LPAE the armmp-lpae kernel needs.
         assert!(args.contains("-M virt -cpu cortex-a15 -accel tcg,thread=multi"), "{args}");
         assert!(args.contains("console=ttyAMA0"), "{args}");
         assert!(args.contains("-m 2048M"), "{args}");
+        assert!(!args.contains("memory-backend"), "{args}");
     }
 
     #[test]

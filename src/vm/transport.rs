@@ -224,7 +224,7 @@ const GUEST_CID: u32 = 3;
 
 impl HostEnd {
     /// Prepares the host end inside `dir` (the VM's private run directory).
-    pub fn setup(transport: Transport, dir: &Path, memory_mib: u64, bus: VirtioBus) -> Result<HostEnd, TransportError> {
+    pub fn setup(transport: Transport, dir: &Path, bus: VirtioBus) -> Result<HostEnd, TransportError> {
         match transport {
             Transport::Serial => {
                 let (listener, chardev) = listen_serial(SerialSocket::for_host(), dir)?;
@@ -237,13 +237,12 @@ impl HostEnd {
                 let listener = listen_unix(&PathBuf::from(format!("{}_{VSOCK_PORT}", uds.display())))?;
                 let daemon = spawn_daemon(&vhost_sock, &uds)?;
                 let mut end = HostEnd { transport, qemu_args: Vec::new(), daemon: Some(daemon), listener };
-                end.wait_for_socket(&vhost_sock)?;
+                let daemon = end.daemon.as_mut().expect("just set");
+                wait_for_socket(&vhost_sock, daemon).map_err(|e| match e {
+                    SocketWait::Exited(status) => TransportError::Daemon(io::Error::other(format!("exited early with {status}"))),
+                    SocketWait::Timeout => TransportError::DaemonTimeout(vhost_sock.display().to_string()),
+                })?;
                 end.qemu_args = vec![
-                    // vhost-user needs guest RAM shared with the daemon.
-                    "-object".into(),
-                    format!("memory-backend-memfd,id=mem,size={memory_mib}M,share=on"),
-                    "-numa".into(),
-                    "node,memdev=mem".into(),
                     "-chardev".into(),
                     format!("socket,id=vsc,path={}", vhost_sock.display()),
                     "-device".into(),
@@ -255,20 +254,10 @@ impl HostEnd {
         }
     }
 
-    fn wait_for_socket(&mut self, path: &Path) -> Result<(), TransportError> {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !path.exists() {
-            if let Some(daemon) = &mut self.daemon {
-                if let Ok(Some(status)) = daemon.try_wait() {
-                    return Err(TransportError::Daemon(io::Error::other(format!("exited early with {status}"))));
-                }
-            }
-            if Instant::now() > deadline {
-                return Err(TransportError::DaemonTimeout(path.display().to_string()));
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        Ok(())
+    /// Whether the device needs guest RAM shared with a helper daemon
+    /// ([`QemuConfig::shared_memory`](super::qemu::QemuConfig::shared_memory)).
+    pub fn needs_shared_memory(&self) -> bool {
+        self.transport == Transport::VsockUser
     }
 
     /// Waits for the guest's connection, made by QEMU's process `qemu_pid`
@@ -336,6 +325,27 @@ impl HostEnd {
             }
         }
     }
+}
+
+/// Why a vhost-user daemon's socket did not appear.
+pub enum SocketWait {
+    Exited(std::process::ExitStatus),
+    Timeout,
+}
+
+/// Waits (up to 10 s) for the vhost-user daemon `daemon` to create its socket `path`.
+pub fn wait_for_socket(path: &Path, daemon: &mut Child) -> Result<(), SocketWait> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !path.exists() {
+        if let Ok(Some(status)) = daemon.try_wait() {
+            return Err(SocketWait::Exited(status));
+        }
+        if Instant::now() > deadline {
+            return Err(SocketWait::Timeout);
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    Ok(())
 }
 
 impl Drop for HostEnd {

@@ -79,10 +79,12 @@ pub fn prepare(req: &ExecRequest, out: &Out) -> Result<Option<PreparedRoot>, Str
             let mut stubs = Stubs::default();
             let run_dir = overlay.run_dir.clone();
             let devpts = if req.tty.is_some() { root.mount_devpts(&run_dir) } else { Ok(()) };
+            // The working directory is checked after the mounts: it may be
+            // a mount point they created (`kiln run -v DIR:/src -w /src`).
             let result = devpts
-                .and_then(|()| check_cwd(&root.dir, &req.cwd))
                 .and_then(|()| root.standard_mounts(&mut stubs, false, Some(&run_dir), req))
-                .and_then(|()| root.extra_mounts(req, out, &mut stubs, Some(&run_dir)));
+                .and_then(|()| root.extra_mounts(req, out, &mut stubs, Some(&run_dir)))
+                .and_then(|()| check_cwd_unless_shared(&root.dir, &req.cwd, &req.mounts));
             root.overlay = Some(Overlay { stubs, ..overlay });
             match result {
                 Ok(()) => Ok(Some(root)),
@@ -218,6 +220,12 @@ impl PreparedRoot {
                     let dst = self.mount_point(target, false, stubs)?;
                     self.mounts.push(RawStep::Mount(raw(&socket, &dst, None, libc::MS_BIND, None)?));
                 }
+                MountSpec::Virtiofs { tag, target, readonly } => {
+                    check_virtiofs()?;
+                    let dst = self.mount_point(target, true, stubs)?;
+                    let flags = if *readonly { libc::MS_RDONLY } else { 0 };
+                    self.mounts.push(RawStep::Mount(raw(tag, &dst, Some("virtiofs"), flags, None)?));
+                }
             }
         }
         Ok(())
@@ -280,6 +288,26 @@ impl PreparedRoot {
         let _ = std::fs::remove_dir(&overlay.run_dir);
         overlay.stubs.remove_from(&overlay.upper)
     }
+}
+
+/// [`check_cwd`], except below a shared host directory, which only the
+/// command's own namespace has mounted (its chdir reports a missing one).
+fn check_cwd_unless_shared(root: &Path, cwd: &str, mounts: &[MountSpec]) -> Result<(), String> {
+    let shared = |m: &MountSpec| matches!(m, MountSpec::Virtiofs { target, .. } if Path::new(cwd).starts_with(target));
+    if mounts.iter().any(shared) {
+        return Ok(());
+    }
+    check_cwd(root, cwd)
+}
+
+/// A kernel without virtio-fs fails the mount with a bare ENODEV: say what is missing.
+fn check_virtiofs() -> Result<(), String> {
+    let known = std::fs::read_to_string("/proc/filesystems").unwrap_or_default();
+    if known.lines().any(|l| l.split_whitespace().last() == Some("virtiofs")) {
+        return Ok(());
+    }
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    Err(format!("the guest kernel ({}) has no virtio-fs, which shared host directories (-v) need", release.trim()))
 }
 
 /// `base/sub` where `sub` is a plain relative path (no `..`); symlinks in it
