@@ -607,8 +607,9 @@ fn transfer_line(digest: &str, current: u64, total: u64, width: usize) -> String
     let name = short_digest(digest);
     let sizes = format!("{} / {}", human_size(current), human_size(total));
     let room = width.saturating_sub(1);
-    // The bar takes what the name and sizes leave, up to 30 columns.
-    let bar_width = room.saturating_sub(name.chars().count() + sizes.len() + 4).min(30);
+    // The bar takes what the name and sizes leave, up to 30 columns; sizes
+    // count as at least `999.9MB / 999.9MB` so that the bars line up.
+    let bar_width = room.saturating_sub(name.chars().count() + sizes.len().max(17) + 4).min(30);
     let line = if bar_width >= 5 {
         let filled = if total == 0 { bar_width } else { (bar_width as u128 * current.min(total) as u128 / total as u128) as usize };
         let head = if filled < bar_width && filled > 0 { ">" } else { "" };
@@ -853,8 +854,9 @@ mod tests {
         }
         // Too narrow for a bar: name and sizes alone.
         assert_eq!(transfer_line(LAYER, 1_000, 2_000, 40), "sha256:3f4d90098f5b 1.0kB / 2.0kB");
-        // A bar as wide as what is left (here 8 columns).
-        assert!(transfer_line(LAYER, 1_000, 2_000, 45).contains("[===>    ]"), "{}", transfer_line(LAYER, 1_000, 2_000, 45));
+        // A bar as wide as what is left (here 8 columns), the same for any sizes.
+        assert!(transfer_line(LAYER, 1_000, 2_000, 49).contains("[===>    ]"), "{}", transfer_line(LAYER, 1_000, 2_000, 49));
+        assert!(transfer_line(LAYER, 100_000_000, 200_000_000, 49).contains("[===>    ] 100.0MB / 200.0MB"));
     }
 
     #[test]
