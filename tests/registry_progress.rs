@@ -133,3 +133,49 @@ fn pull_and_push_without_a_terminal_print_one_done_line_per_blob() {
     assert_eq!(String::from_utf8_lossy(&quiet.stdout), format!("{name}\n"));
     assert_eq!(String::from_utf8_lossy(&quiet.stderr), "");
 }
+
+/// The number BuildKit's plain output gives the step named `name`.
+fn step_number(stderr: &str, name: &str) -> String {
+    let line = stderr.lines().find(|l| l.ends_with(name) && l.starts_with('#')).unwrap_or_else(|| panic!("no step {name}: {stderr}"));
+    line.split(' ').next().unwrap().to_string()
+}
+
+#[test]
+fn a_build_shows_its_from_pull_and_push_blobs_under_their_steps() {
+    let reg = RegistryServer::start(RegistrySetup::default());
+    let base = format!("{}/kiln/progress-base:1", reg.addr);
+    let built = format!("{}/kiln/progress-built:1", reg.addr);
+    let publisher = support::build_env::Env::new();
+    publisher.import_busybox("arm64", &base);
+    publisher.ok(&["push", "-q", &base]);
+    let layer = {
+        let store = Store::open(publisher.path("data/images")).unwrap();
+        let image = store.resolve(&base).unwrap();
+        store.read_manifest(&image).map(|(_, bytes)| {
+            let manifest: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+            manifest["layers"][0]["digest"].as_str().unwrap().to_string()
+        })
+        .unwrap()
+    };
+
+    // No RUN: nothing boots a VM.
+    let builder = support::build_env::Env::new();
+    builder.write("Dockerfile", &format!("FROM {base}\nLABEL progress=shown\n"));
+    let cache = format!("{}/kiln/progress-cache:1", reg.addr);
+    let cache_to = format!("type=registry,ref={cache},mode=max");
+    let ctx = builder.ctx();
+    let args = ["build", "--platform", "linux/arm64", "--progress", "plain", "--push", "-t", &built, "--cache-to", &cache_to, ctx.to_str().unwrap()];
+    let out = builder.ok(&args);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let pull = step_number(&stderr, &format!("[internal] pulling {base} (linux/arm64)"));
+    assert!(stderr.lines().any(|l| l.starts_with(&format!("{pull} {layer} ")) && l.ends_with(" done")), "{stderr}");
+    let push = step_number(&stderr, &format!("pushing {built}"));
+    // The layer is not in the new repository yet: uploaded, with the new config.
+    let pushed = stderr.lines().filter(|l| l.starts_with(&format!("{push} sha256:")) && l.ends_with(" done")).count();
+    assert_eq!(pushed, 2, "{stderr}");
+    assert!(stderr.lines().any(|l| l.starts_with(&format!("{push} DONE "))), "{stderr}");
+    // The cache export uploads its records' config (its layers are mounted from the push).
+    let export = step_number(&stderr, &format!("exporting cache to {cache}"));
+    assert!(stderr.lines().any(|l| l.starts_with(&format!("{export} sha256:")) && l.ends_with(" done")), "{stderr}");
+    builder.assert_tmp_empty();
+}
