@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use anyhow::{bail, Context};
 use clap::Args;
 
-use crate::engine::progress::{Progress, ProgressMode};
+use crate::engine::progress::{Progress, ProgressMode, StepLog};
 use crate::engine::cache_exchange::{self, CacheExport, CacheLocation, CacheMode, CacheRecord, ImportedCache};
 use crate::engine::annotations::{self, Target};
 use crate::engine::named_context::NamedContexts;
@@ -488,9 +488,10 @@ pub fn run(args: BuildArgs, cancel: &'static std::sync::atomic::AtomicBool) -> a
     } else {
         result
     };
-    let mut progress = progress.lock().unwrap_or_else(|e| e.into_inner());
-    deliver(&store, &result, &outcomes, &outputs, &req, &mut progress, cancel)?;
-    export_cache(&store, &outcomes, &cache_to, &outputs, &req, &mut progress, cancel)?;
+    // Not locked here: pushes show their transfers through it from other threads.
+    let progress = StepLog::new(progress, "");
+    deliver(&store, &result, &outcomes, &outputs, &req, &progress, cancel)?;
+    export_cache(&store, &outcomes, &cache_to, &outputs, &req, &progress, cancel)?;
 
     // Like buildx: the image ID is the config digest, or the index digest for several platforms.
     let image_id = if outcomes.len() == 1 { outcomes[0].config_digest.clone() } else { result.digest().to_string() };
@@ -596,7 +597,7 @@ fn deliver(
     outcomes: &[BuildOutcome],
     outputs: &[Output],
     req: &BuildRequest,
-    progress: &mut Progress,
+    progress: &StepLog,
     cancel: &std::sync::atomic::AtomicBool,
 ) -> anyhow::Result<()> {
     // Nothing is tagged, pushed or exported once the user has interrupted.
@@ -612,7 +613,6 @@ fn deliver(
                     }
                 }
                 if *push {
-                    let client = Client::new(req.registry.clone())?;
                     let rt = match &mut runtime {
                         Some(rt) => rt,
                         None => runtime.insert(crate::cancel::runtime()?),
@@ -622,7 +622,11 @@ fn deliver(
                         if *by_digest {
                             dest.tag = None;
                         }
-                        let report = crate::cancel::block_on(rt, cancel, client.push(store, image, &dest, &PushOptions::default()))??;
+                        let report = progress.step_with_id(&format!("pushing {dest}"), |id| {
+                            let observed = Client::new(req.registry.clone())?.with_observer(progress.transfers(id));
+                            let pushed = crate::cancel::block_on(rt, cancel, observed.push(store, image, &dest, &PushOptions::default()))?;
+                            anyhow::Ok(pushed?)
+                        })?;
                         if *by_digest {
                             progress.note(&format!("pushed {}@{}", dest.name(), report.digest));
                         } else {
@@ -689,7 +693,7 @@ fn export_cache(
     exports: &[CacheExport],
     outputs: &[Output],
     req: &BuildRequest,
-    progress: &mut Progress,
+    progress: &StepLog,
     cancel: &std::sync::atomic::AtomicBool,
 ) -> anyhow::Result<()> {
     let pushed = outputs.iter().find_map(|o| match o {
@@ -706,7 +710,7 @@ fn export_cache(
                 }
             }
         }
-        match cache_exchange::export(store, &records, export, &req.registry, pushed.as_ref(), cancel) {
+        match cache_exchange::export(store, &records, export, &req.registry, pushed.as_ref(), progress, cancel) {
             Ok(digest) => progress.note(&format!("exported the build cache to {} ({} records, {digest})", export.location, records.len())),
             Err(e) if export.ignore_error => progress.note(&format!("warning: --cache-to {}: {e}", export.location)),
             Err(e) => bail!("--cache-to {}: {e}", export.location),

@@ -4,11 +4,13 @@
 use std::io::Read;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
 
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
 
 use crate::engine::layer_images::LayerImages;
+use crate::engine::progress::{Progress, ProgressMode, StepLog};
 use crate::oci::layout::{self, ExportEntry, Format};
 use crate::oci::{Descriptor, Store};
 use crate::platform::Platform;
@@ -47,6 +49,8 @@ pub enum ImageCommand {
         #[arg(long, conflicts_with = "platform")]
         all_platforms: bool,
         #[command(flatten)]
+        display: TransferDisplayArgs,
+        #[command(flatten)]
         registry: RegistryArgs,
     },
     /// Push an image to a registry
@@ -58,6 +62,8 @@ pub enum ImageCommand {
         /// Mount blobs from this repository on the same registry instead of uploading them
         #[arg(long)]
         mount_from: Option<String>,
+        #[command(flatten)]
+        display: TransferDisplayArgs,
         #[command(flatten)]
         registry: RegistryArgs,
     },
@@ -139,6 +145,32 @@ impl RegistryConnectionArgs {
             skip_tls_verify: self.skip_tls_verify.clone(),
             ..Default::default()
         }
+    }
+}
+
+/// How `pull` and `push` show their blobs moving, as `build` does.
+#[derive(Debug, Args)]
+pub struct TransferDisplayArgs {
+    /// Progress display: auto, tty (bars), plain (a line per blob done), quiet or rawjson (default: $BUILDKIT_PROGRESS, else auto)
+    #[arg(long, default_value = "auto", env = "BUILDKIT_PROGRESS", hide_env = true)]
+    progress: ProgressMode,
+    /// Print only the image's name once done
+    #[arg(short, long)]
+    quiet: bool,
+}
+
+impl TransferDisplayArgs {
+    /// Runs `work` (a pull or push with `client`) as a step named `name`,
+    /// its transfers shown on stderr, stopped by Ctrl-C.
+    fn run<T>(&self, name: &str, client: Client, work: impl AsyncFnOnce(&Client) -> Result<T, crate::registry::RegistryError>) -> anyhow::Result<T> {
+        let mode = if self.quiet { ProgressMode::Quiet } else { self.progress };
+        let log = StepLog::new(Arc::new(Mutex::new(Progress::new(mode))), "");
+        let runtime = crate::cancel::runtime()?;
+        let cancel = super::signals::install();
+        log.step_with_id(name, |id| {
+            let client = client.with_observer(log.transfers(id));
+            Ok(crate::cancel::block_on(&runtime, cancel, work(&client))??)
+        })
     }
 }
 
@@ -231,37 +263,44 @@ pub fn run(cmd: ImageCommand) -> anyhow::Result<ExitCode> {
             let value: serde_json::Value = serde_json::from_slice(&bytes)?;
             println!("{}", serde_json::to_string_pretty(&value)?);
         }
-        ImageCommand::Pull { reference, platform, all_platforms, registry } => {
+        ImageCommand::Pull { reference, platform, all_platforms, display, registry } => {
             let reference = Reference::parse(&reference)?;
             let store = store()?;
             let client = registry.client()?;
             let opts = PullOptions { platform, all_platforms };
-            let report = crate::cancel::block_on(&crate::cancel::runtime()?, super::signals::install(), client.pull(&store, &reference, &opts))??;
-            println!(
-                "Pulled {} ({}): {} blobs, {} downloaded",
-                report.name,
-                report.descriptor.digest(),
-                report.blobs_downloaded,
-                super::images::human_size(report.bytes_downloaded)
-            );
+            let report = display.run(&format!("pulling {reference}"), client, async |c| c.pull(&store, &reference, &opts).await)?;
+            if display.quiet {
+                println!("{}", report.name);
+            } else {
+                println!(
+                    "Pulled {} ({}): {} blobs, {} downloaded",
+                    report.name,
+                    report.descriptor.digest(),
+                    report.blobs_downloaded,
+                    super::images::human_size(report.bytes_downloaded)
+                );
+            }
         }
-        ImageCommand::Push { image, destination, mount_from, registry } => {
+        ImageCommand::Push { image, destination, mount_from, display, registry } => {
             let store = store()?;
             let (name, d) = resolve(&store, &image)?;
             let dest = Reference::parse(destination.as_deref().unwrap_or(&name))
                 .with_context(|| format!("{name} is not a registry name; give a destination"))?;
             let client = registry.client()?;
             let opts = PushOptions { mount_from };
-            let pushing = client.push(&store, &d, &dest, &opts);
-            let report = crate::cancel::block_on(&crate::cancel::runtime()?, super::signals::install(), pushing)??;
-            println!(
-                "Pushed {dest} ({}): {} blobs uploaded ({}), {} mounted, {} already present",
-                report.digest,
-                report.uploaded,
-                super::images::human_size(report.uploaded_bytes),
-                report.mounted,
-                report.skipped
-            );
+            let report = display.run(&format!("pushing {dest}"), client, async |c| c.push(&store, &d, &dest, &opts).await)?;
+            if display.quiet {
+                println!("{dest}");
+            } else {
+                println!(
+                    "Pushed {dest} ({}): {} blobs uploaded ({}), {} mounted, {} already present",
+                    report.digest,
+                    report.uploaded,
+                    super::images::human_size(report.uploaded_bytes),
+                    report.mounted,
+                    report.skipped
+                );
+            }
         }
         ImageCommand::Login { registry, username, password, password_stdin, registry_args } => {
             let registry = registry.unwrap_or_else(|| crate::registry::reference::DOCKER_HUB.to_string());

@@ -41,7 +41,8 @@ impl BaseImages {
         let runtime = self.runtime.as_ref().expect("set above");
         let opts = PullOptions { platform: Some(platform.clone()), all_platforms: false };
         let report = progress
-            .step(&format!("[internal] pulling {reference} ({platform})"), || {
+            .step_with_id(&format!("[internal] pulling {reference} ({platform})"), |id| {
+                let client = client.with_observer(progress.transfers(id));
                 crate::cancel::block_on(runtime, cancel, client.pull(store, &reference, &opts))
                     .map_err(|e| e.to_string())
                     .and_then(|pulled| pulled.map_err(|e| e.to_string()))

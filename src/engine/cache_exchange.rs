@@ -26,6 +26,7 @@ use oci_spec::image::{Descriptor, MediaType};
 use serde::{Deserialize, Serialize};
 
 use super::cache::{CacheEntry, CacheKey};
+use super::progress::StepLog;
 use crate::oci::digest::{self, HashingWriter};
 use crate::oci::layout;
 use crate::oci::store::Store;
@@ -420,12 +421,14 @@ fn write_cache_manifest(store: &Store, records: &[CacheRecord]) -> Result<Descri
 /// those the destination has are skipped), or into a layout directory
 /// (created, or updated in place: blobs added, index.json replaced). Returns
 /// the cache manifest's digest and, for a push, what moved.
+/// A push is a step of its own on `progress`, with its transfers.
 pub fn export(
     store: &Store,
     records: &[CacheRecord],
     export: &CacheExport,
     registry: &ClientOptions,
     mount_from: Option<&Reference>,
+    progress: &StepLog,
     cancel: &AtomicBool,
 ) -> Result<String, String> {
     if export.location == CacheLocation::Inline {
@@ -438,9 +441,12 @@ pub fn export(
             let runtime = crate::cancel::runtime().map_err(|e| format!("starting the async runtime: {e}"))?;
             let mount_from = mount_from.filter(|m| m.registry == dest.registry && m.repository != dest.repository).map(|m| m.repository.clone());
             let opts = PushOptions { mount_from };
-            let report = crate::cancel::block_on(&runtime, cancel, client.push(store, &manifest, dest, &opts))
-                .map_err(|e| e.to_string())?
-                .map_err(|e| e.to_string())?;
+            let report = progress.step_with_id(&format!("exporting cache to {dest}"), |id| {
+                let client = client.with_observer(progress.transfers(id));
+                crate::cancel::block_on(&runtime, cancel, client.push(store, &manifest, dest, &opts))
+                    .map_err(|e| e.to_string())?
+                    .map_err(|e| e.to_string())
+            })?;
             Ok(format!(
                 "{}; {} blobs uploaded, {} mounted, {} already there",
                 manifest.digest(),
@@ -540,9 +546,10 @@ mod tests {
         all.push(empty.clone());
         let to = CacheExport { location: CacheLocation::Local(cache_dir.clone()), mode: CacheMode::Max, ignore_error: false };
         let never = AtomicBool::new(false);
-        export(&a, &all, &to, &ClientOptions::default(), None, &never).unwrap();
+        let quiet = StepLog::new(std::sync::Arc::new(std::sync::Mutex::new(super::super::progress::Progress::new(super::super::progress::ProgressMode::Quiet))), "");
+        export(&a, &all, &to, &ClientOptions::default(), None, &quiet, &never).unwrap();
         // Exporting again over the same directory updates it in place.
-        export(&a, &all, &to, &ClientOptions::default(), None, &never).unwrap();
+        export(&a, &all, &to, &ClientOptions::default(), None, &quiet, &never).unwrap();
 
         let b = Store::open(dir.path().join("b")).unwrap();
         let (cache, warnings) = ImportedCache::load(&[CacheLocation::Local(cache_dir.clone())], &ClientOptions::default(), &b, &never);
@@ -567,7 +574,7 @@ mod tests {
         let mut lying = records[0].clone();
         lying.entry.layer.as_mut().unwrap().diff_id = digest::of_bytes(b"other").to_string();
         let lying_dir = dir.path().join("lying");
-        export(&a, &[lying.clone()], &CacheExport { location: CacheLocation::Local(lying_dir.clone()), ..to.clone() }, &ClientOptions::default(), None, &never).unwrap();
+        export(&a, &[lying.clone()], &CacheExport { location: CacheLocation::Local(lying_dir.clone()), ..to.clone() }, &ClientOptions::default(), None, &quiet, &never).unwrap();
         let (cache, _) = ImportedCache::load(&[CacheLocation::Local(lying_dir)], &ClientOptions::default(), &c, &never);
         assert!(cache.fetch(&c, &lying.key, &never).unwrap_err().contains("cache record says"));
 

@@ -5,6 +5,9 @@
 //! as `docker buildx build --progress rawjson` writes them. A failed
 //! step ends with BuildKit's `#5 ERROR: ...` and its last output lines in a
 //! `------` block (in every mode but rawjson, whose events carry them).
+//! Blob pulls and pushes show their bytes as buildx does: bars in the tty
+//! view, one `#N sha256:... 45.6MB / 45.6MB 1.2s done` line per blob in
+//! plain, `statuses` in rawjson.
 
 use std::collections::{HashMap, VecDeque};
 use std::io::{IsTerminal, Write};
@@ -12,6 +15,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
 use base64::Engine;
+use oci_spec::image::Digest;
+
+use crate::registry::TransferObserver;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ProgressMode {
@@ -52,6 +58,10 @@ const MAX_PARTIAL: usize = 16 * 1024;
 /// Lines of a failed step's output repeated in its error block (BuildKit's).
 const ERROR_TAIL: usize = 10;
 
+/// How often the tty view redraws transfer bars, and rawjson reports a
+/// transfer's bytes, at most (buildx's 10 times a second).
+const REFRESH: Duration = Duration::from_millis(100);
+
 /// Receives build events; writes to stderr (or any writer, for tests).
 pub struct Progress {
     mode: ProgressMode,
@@ -66,6 +76,45 @@ pub struct Progress {
     running: HashMap<usize, RunningStep>,
     /// Whether the tty view may use colours (not under NO_COLOR).
     color: bool,
+    /// Blobs moving, by step and digest, in the order they started.
+    transfers: Vec<Transfer>,
+    /// Limits the tty view's redraws for transfer bytes.
+    redraws: Throttle,
+    /// The tty view's width; `None`: the terminal's, asked at each redraw.
+    width: Option<usize>,
+}
+
+/// A blob pull or push shown under step `step`.
+struct Transfer {
+    step: usize,
+    digest: String,
+    total: u64,
+    current: u64,
+    started: SystemTime,
+    began: Instant,
+    /// Limits rawjson's statuses for it.
+    reports: Throttle,
+}
+
+/// Lets something through at most once per `every`.
+struct Throttle {
+    every: Duration,
+    last: Option<Instant>,
+}
+
+impl Throttle {
+    fn new(every: Duration) -> Self {
+        Throttle { every, last: None }
+    }
+
+    /// Whether `now` may show an update (and, if so, counts it as shown).
+    fn ready(&mut self, now: Instant) -> bool {
+        if self.last.is_some_and(|last| now.saturating_duration_since(last) < self.every) {
+            return false;
+        }
+        self.last = Some(now);
+        true
+    }
 }
 
 #[derive(Default)]
@@ -98,7 +147,19 @@ impl Progress {
 
     pub fn to_writer(mode: ProgressMode, out: Box<dyn Write + Send>) -> Self {
         let color = colors_allowed(std::env::var_os("NO_COLOR"));
-        Progress { mode, out, started: Instant::now(), next_id: 1, live: None, partial: HashMap::new(), running: HashMap::new(), color }
+        Progress {
+            mode,
+            out,
+            started: Instant::now(),
+            next_id: 1,
+            live: None,
+            partial: HashMap::new(),
+            running: HashMap::new(),
+            color,
+            transfers: Vec::new(),
+            redraws: Throttle::new(REFRESH),
+            width: None,
+        }
     }
 
     /// `code` (an SGR sequence) when colours are on.
@@ -211,6 +272,7 @@ impl Progress {
     /// Ends step `id`.
     pub fn end(&mut self, id: usize, how: StepEnd, elapsed: Duration) {
         self.flush_partial(id);
+        self.transfers.retain(|t| t.step != id);
         let secs = elapsed.as_secs_f64();
         match self.mode {
             ProgressMode::Plain => {
@@ -251,6 +313,7 @@ impl Progress {
     /// `------` rules (`> [2/3] RUN ...:` first), as buildx prints them.
     pub fn fail(&mut self, id: usize, message: &str, elapsed: Duration) {
         self.flush_partial(id);
+        self.transfers.retain(|t| t.step != id);
         if self.mode == ProgressMode::RawJson {
             let mut end = serde_json::Map::new();
             end.insert("completed".into(), rfc3339_nanos(SystemTime::now()).into());
@@ -307,6 +370,84 @@ impl Progress {
         let _ = self.out.flush();
     }
 
+    /// Step `id` starts moving blob `digest` of `total` bytes.
+    pub fn transfer_started(&mut self, id: usize, digest: &str, total: u64) {
+        self.transfers.retain(|t| !(t.step == id && t.digest == digest));
+        let now = Instant::now();
+        let mut reports = Throttle::new(REFRESH);
+        reports.ready(now);
+        self.transfers.push(Transfer { step: id, digest: digest.to_string(), total, current: 0, started: SystemTime::now(), began: now, reports });
+        match self.mode {
+            ProgressMode::Tty => {
+                self.redraws.ready(now);
+                self.redraw();
+            }
+            ProgressMode::RawJson => self.status(self.transfers.len() - 1, false),
+            _ => {}
+        }
+        let _ = self.out.flush();
+    }
+
+    /// `bytes` more of step `id`'s blob `digest` moved; `rewind_to` first
+    /// sets it back (a retried request sends those bytes again).
+    pub fn transfer_advanced(&mut self, id: usize, digest: &str, bytes: u64, rewind_to: Option<u64>) {
+        let Some(i) = self.transfers.iter().position(|t| t.step == id && t.digest == digest) else { return };
+        let transfer = &mut self.transfers[i];
+        if let Some(offset) = rewind_to {
+            transfer.current = offset.min(transfer.current);
+        }
+        transfer.current += bytes;
+        let now = Instant::now();
+        match self.mode {
+            ProgressMode::Tty if self.redraws.ready(now) => self.redraw(),
+            ProgressMode::RawJson if transfer.reports.ready(now) => self.status(i, false),
+            _ => return,
+        }
+        let _ = self.out.flush();
+    }
+
+    /// Step `id`'s blob `digest` has all moved.
+    pub fn transfer_finished(&mut self, id: usize, digest: &str) {
+        let Some(i) = self.transfers.iter().position(|t| t.step == id && t.digest == digest) else { return };
+        let done = self.transfers[i].began.elapsed().as_secs_f64();
+        let sizes = format!("{} / {}", human_size(self.transfers[i].current), human_size(self.transfers[i].total));
+        match self.mode {
+            ProgressMode::Plain => {
+                let _ = writeln!(self.out, "#{id} {digest} {sizes} {done:.1}s done");
+            }
+            ProgressMode::Tty => {
+                if let Some(live) = self.live.as_mut().filter(|l| l.id == id) {
+                    live.window.push(format!("{} {sizes} {done:.1}s done", short_digest(digest)));
+                    if live.window.len() > TTY_WINDOW {
+                        live.window.remove(0);
+                    }
+                }
+            }
+            ProgressMode::RawJson => self.status(i, true),
+            _ => {}
+        }
+        self.transfers.remove(i);
+        if self.mode == ProgressMode::Tty {
+            self.redraw();
+        }
+        let _ = self.out.flush();
+    }
+
+    /// A SolveStatus with transfer `i`'s bytes, as BuildKit reports a
+    /// layer's: id, vertex, name, total, current, timestamp, started, completed.
+    fn status(&mut self, i: usize, completed: bool) {
+        let t = &self.transfers[i];
+        let now = rfc3339_nanos(SystemTime::now());
+        let mut status = serde_json::json!({
+            "id": t.digest, "vertex": vertex_digest(t.step), "name": t.digest,
+            "total": t.total, "current": t.current, "timestamp": now, "started": rfc3339_nanos(t.started),
+        });
+        if completed {
+            status["completed"] = now.into();
+        }
+        self.json(serde_json::json!({"statuses": [status]}));
+    }
+
     fn json(&mut self, value: serde_json::Value) {
         let _ = writeln!(self.out, "{value}");
     }
@@ -329,14 +470,18 @@ impl Progress {
         self.erase_live();
         let Some(live) = self.live.as_mut() else { return };
         let t = live.started.elapsed().as_secs_f64();
-        let width = terminal_width();
+        let width = self.width.unwrap_or_else(terminal_width);
         let (dim, reset) = if self.color { ("\x1b[2m", "\x1b[0m") } else { ("", "") };
         for line in &live.window {
             // A line wider than the terminal would wrap and break the redraw.
             let shown: String = line.chars().filter(|c| !c.is_control()).take(width.saturating_sub(10)).collect();
             let _ = writeln!(self.out, "{dim}  {t:>6.1} {shown}{reset}");
         }
-        live.drawn = live.window.len();
+        for transfer in &self.transfers {
+            let line = transfer_line(&transfer.digest, transfer.current, transfer.total, width.saturating_sub(2));
+            let _ = writeln!(self.out, "  {line}");
+        }
+        live.drawn = live.window.len() + self.transfers.len();
     }
 
     fn erase_live(&mut self) {
@@ -402,15 +547,83 @@ impl StepLog {
 
     /// Runs `work` as a step of its own named `name` (`[internal] ...`).
     pub fn step<T, E: std::fmt::Display>(&self, name: &str, work: impl FnOnce() -> Result<T, E>) -> Result<T, E> {
+        self.step_with_id(name, |_| work())
+    }
+
+    /// [`StepLog::step`] for work that needs its step's number (to show
+    /// transfers under it, see [`StepLog::transfers`]).
+    pub fn step_with_id<T, E: std::fmt::Display>(&self, name: &str, work: impl FnOnce(usize) -> Result<T, E>) -> Result<T, E> {
         let id = self.start(name);
         let started = Instant::now();
-        let result = work();
+        let result = work(id);
         match &result {
             Ok(_) => self.end(id, StepEnd::Done, started.elapsed()),
             Err(e) => self.fail(id, &first_line(&e.to_string()), started.elapsed()),
         }
         result
     }
+}
+
+impl StepLog {
+    /// An observer for a registry client that shows its blob transfers under step `id`.
+    pub fn transfers(&self, id: usize) -> Arc<dyn TransferObserver> {
+        Arc::new(StepTransfers { log: self.clone(), step: id })
+    }
+}
+
+/// Shows a registry client's transfers under one step.
+struct StepTransfers {
+    log: StepLog,
+    step: usize,
+}
+
+impl TransferObserver for StepTransfers {
+    fn started(&self, digest: &Digest, total: u64) {
+        self.log.lock().transfer_started(self.step, digest.as_ref(), total)
+    }
+    fn advanced(&self, digest: &Digest, bytes: u64) {
+        self.log.lock().transfer_advanced(self.step, digest.as_ref(), bytes, None)
+    }
+    fn restarted(&self, digest: &Digest, offset: u64) {
+        self.log.lock().transfer_advanced(self.step, digest.as_ref(), 0, Some(offset))
+    }
+    fn finished(&self, digest: &Digest) {
+        self.log.lock().transfer_finished(self.step, digest.as_ref())
+    }
+}
+
+/// `sha256:` and the first 12 hex digits, as the tty view names a blob.
+fn short_digest(digest: &str) -> String {
+    match digest.split_once(':') {
+        Some((algorithm, hex)) => format!("{algorithm}:{}", &hex[..hex.len().min(12)]),
+        None => digest.to_string(),
+    }
+}
+
+/// One transfer in the tty view, at most `width - 1` characters (a full
+/// last column would wrap on some terminals):
+/// `sha256:3f4d90098f5b [=======>        ] 12.3MB / 45.6MB`.
+fn transfer_line(digest: &str, current: u64, total: u64, width: usize) -> String {
+    let name = short_digest(digest);
+    let sizes = format!("{} / {}", human_size(current), human_size(total));
+    let room = width.saturating_sub(1);
+    // The bar takes what the name and sizes leave, up to 30 columns; sizes
+    // count as at least `999.9MB / 999.9MB` so that the bars line up.
+    let bar_width = room.saturating_sub(name.chars().count() + sizes.len().max(17) + 4).min(30);
+    let line = if bar_width >= 5 {
+        let filled = if total == 0 { bar_width } else { (bar_width as u128 * current.min(total) as u128 / total as u128) as usize };
+        let head = if filled < bar_width && filled > 0 { ">" } else { "" };
+        let bar = format!("{}{head}{}", "=".repeat(filled.saturating_sub(head.len())), " ".repeat(bar_width - filled));
+        format!("{name} [{bar}] {sizes}")
+    } else {
+        format!("{name} {sizes}")
+    };
+    line.chars().take(room).collect()
+}
+
+/// Bytes as docker shows them (decimal units): `12.3MB`.
+fn human_size(bytes: u64) -> String {
+    crate::cli::images::human_size(bytes)
 }
 
 /// What a terminal would show for one line of output: progress redrawn
@@ -617,5 +830,112 @@ mod tests {
         assert_eq!(vertex(4)["error"], "it broke");
         assert!(vertex(4)["completed"].is_string() && vertex(4)["started"].is_string());
         assert_eq!(events[5]["warnings"][0]["short"], base64::engine::general_purpose::STANDARD.encode("careful"));
+    }
+
+    const LAYER: &str = "sha256:3f4d90098f5b5a6f6a76e9d217da85aa39b2a6f0f5d39f7c1ad00000000000aa";
+
+    #[test]
+    fn sizes_are_dockers() {
+        assert_eq!(human_size(512), "512B");
+        assert_eq!(human_size(12_345_678), "12.3MB");
+        assert_eq!(human_size(45_600_000), "45.6MB");
+        assert_eq!(human_size(2_820_000_000), "2.8GB");
+    }
+
+    #[test]
+    fn a_transfer_line_fits_the_terminal() {
+        let half = transfer_line(LAYER, 22_800_000, 45_600_000, 80);
+        assert_eq!(half, format!("sha256:3f4d90098f5b [==============>               ] 22.8MB / 45.6MB"));
+        assert_eq!(transfer_line(LAYER, 0, 45_600_000, 80), format!("sha256:3f4d90098f5b [{}] 0B / 45.6MB", " ".repeat(30)));
+        assert!(transfer_line(LAYER, 45_600_000, 45_600_000, 80).contains(&format!("[{}]", "=".repeat(30))));
+        for width in [0, 10, 30, 45, 50, 60, 200] {
+            let line = transfer_line(LAYER, 1_000, 45_600_000, width);
+            assert!(line.chars().count() < width.max(1), "{width}: {line:?}");
+        }
+        // Too narrow for a bar: name and sizes alone.
+        assert_eq!(transfer_line(LAYER, 1_000, 2_000, 40), "sha256:3f4d90098f5b 1.0kB / 2.0kB");
+        // A bar as wide as what is left (here 8 columns), the same for any sizes.
+        assert!(transfer_line(LAYER, 1_000, 2_000, 49).contains("[===>    ]"), "{}", transfer_line(LAYER, 1_000, 2_000, 49));
+        assert!(transfer_line(LAYER, 100_000_000, 200_000_000, 49).contains("[===>    ] 100.0MB / 200.0MB"));
+    }
+
+    #[test]
+    fn throttle_lets_through_ten_a_second() {
+        let start = Instant::now();
+        let mut throttle = Throttle::new(REFRESH);
+        let shown = (0..100).filter(|i| throttle.ready(start + Duration::from_millis(i * 10))).count();
+        assert_eq!(shown, 10);
+    }
+
+    #[test]
+    fn plain_mode_prints_a_line_per_finished_blob_only() {
+        let buf = Shared::default();
+        let mut p = Progress::to_writer(ProgressMode::Plain, Box::new(buf.clone()));
+        let a = p.start("pulling example.com/app:1");
+        p.transfer_started(a, LAYER, 45_600_000);
+        for _ in 0..456 {
+            p.transfer_advanced(a, LAYER, 100_000, None);
+        }
+        p.transfer_finished(a, LAYER);
+        p.end(a, StepEnd::Done, Duration::from_secs(1));
+        let text = text(&buf);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 3, "{text}");
+        assert!(lines[1].starts_with(&format!("#1 {LAYER} 45.6MB / 45.6MB ")) && lines[1].ends_with("s done"), "{}", lines[1]);
+    }
+
+    #[test]
+    fn tty_view_redraws_bars_at_most_ten_times_a_second() {
+        let buf = Shared::default();
+        let mut p = Progress::to_writer(ProgressMode::Tty, Box::new(buf.clone()));
+        p.width = Some(100);
+        let a = p.start("pulling example.com/app:1");
+        p.transfer_started(a, LAYER, 1_000_000);
+        // A burst of chunks within one refresh period draws nothing more.
+        for _ in 0..99 {
+            p.transfer_advanced(a, LAYER, 10_000, None);
+        }
+        assert_eq!(text(&buf).matches("sha256:3f4d90098f5b [").count(), 1, "{:?}", text(&buf));
+        p.redraws.last = Some(Instant::now() - REFRESH);
+        p.transfer_advanced(a, LAYER, 10_000, None);
+        let text_now = text(&buf);
+        assert_eq!(text_now.matches("sha256:3f4d90098f5b [").count(), 2);
+        assert!(text_now.ends_with(&format!("  sha256:3f4d90098f5b [{}] 1.0MB / 1.0MB\n", "=".repeat(30))), "{text_now:?}");
+        for line in text_now.lines() {
+            assert!(line.replace("\x1b[1A\r\x1b[2K", "").chars().count() < 100, "{line:?}");
+        }
+        p.transfer_finished(a, LAYER);
+        p.end(a, StepEnd::Done, Duration::from_secs(1));
+        let text = text(&buf);
+        // The bar gives way to the blob's done line, which the step's end collapses.
+        assert!(text.contains("sha256:3f4d90098f5b 1.0MB / 1.0MB 0.0s done"), "{text:?}");
+        assert!(text.ends_with("=> pulling example.com/app:1  1.0s\n"), "{text:?}");
+    }
+
+    #[test]
+    fn rawjson_reports_transfers_as_buildkit_statuses() {
+        let buf = Shared::default();
+        let mut p = Progress::to_writer(ProgressMode::RawJson, Box::new(buf.clone()));
+        let a = p.start("pulling example.com/app:1");
+        p.transfer_started(a, LAYER, 300);
+        p.transfer_advanced(a, LAYER, 100, None);
+        p.transfer_advanced(a, LAYER, 100, Some(0));
+        if let Some(t) = p.transfers.first_mut() {
+            t.reports.last = Some(Instant::now() - REFRESH);
+        }
+        p.transfer_advanced(a, LAYER, 200, None);
+        p.transfer_finished(a, LAYER);
+        let events: Vec<serde_json::Value> = text(&buf).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        let statuses: Vec<&serde_json::Value> = events.iter().filter_map(|e| e.get("statuses")).map(|s| &s[0]).collect();
+        // Started, one throttled update, completed: the two quick updates are not reported.
+        assert_eq!(statuses.len(), 3, "{events:?}");
+        let vertex = events[0]["vertexes"][0]["digest"].clone();
+        for s in &statuses {
+            assert_eq!((s["id"].as_str(), s["name"].as_str(), &s["vertex"], s["total"].as_u64()), (Some(LAYER), Some(LAYER), &vertex, Some(300)));
+            assert!(s["timestamp"].is_string() && s["started"].is_string());
+        }
+        let current: Vec<u64> = statuses.iter().map(|s| s["current"].as_u64().unwrap()).collect();
+        assert_eq!(current, [0, 300, 300], "a retry's rewind is not counted twice");
+        assert!(statuses[1]["completed"].is_null() && statuses[2]["completed"].is_string());
     }
 }

@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use reqwest::header::{HeaderMap, HeaderValue, AUTHORIZATION, RETRY_AFTER, WWW_AUTHENTICATE};
@@ -11,6 +11,7 @@ use reqwest::{Method, Response, StatusCode, Url};
 use crate::registry::auth::{self, Challenge, Credentials, DockerConfig};
 use crate::registry::connection;
 use crate::registry::reference::registry_endpoint;
+use crate::registry::transfer::{NoObserver, TransferObserver, UploadMeter};
 use crate::registry::RegistryError;
 
 type Result<T, E = RegistryError> = std::result::Result<T, E>;
@@ -69,8 +70,8 @@ impl Default for ClientOptions {
 pub(crate) enum Body {
     Empty,
     Bytes(bytes::Bytes),
-    /// `len` bytes of a file from `offset`.
-    File { path: PathBuf, offset: u64, len: u64 },
+    /// `len` bytes of a file from `offset`, counted by `meter` as they are sent.
+    File { path: PathBuf, offset: u64, len: u64, meter: Option<UploadMeter> },
 }
 
 impl Body {
@@ -78,12 +79,19 @@ impl Body {
         Ok(match self {
             Body::Empty => reqwest::Body::from(bytes::Bytes::new()),
             Body::Bytes(b) => reqwest::Body::from(b.clone()),
-            Body::File { path, offset, len } => {
+            Body::File { path, offset, len, meter } => {
+                use futures_util::TryStreamExt;
                 use tokio::io::{AsyncReadExt, AsyncSeekExt};
                 let mut f = tokio::fs::File::open(path).await?;
                 f.seek(std::io::SeekFrom::Start(*offset)).await?;
                 let stream = tokio_util::io::ReaderStream::with_capacity(f.take(*len), 256 << 10);
-                reqwest::Body::wrap_stream(stream)
+                match meter.clone() {
+                    Some(meter) => {
+                        meter.begin();
+                        reqwest::Body::wrap_stream(stream.inspect_ok(move |chunk| meter.sent(chunk.len() as u64)))
+                    }
+                    None => reqwest::Body::wrap_stream(stream),
+                }
             }
         })
     }
@@ -120,6 +128,8 @@ pub struct Client {
     challenges: Mutex<HashMap<String, Challenge>>,
     tokens: Mutex<HashMap<(String, String), String>>,
     creds: Mutex<HashMap<String, Option<Credentials>>>,
+    /// Told as blob bytes move (see [`Client::with_observer`]).
+    observer: Arc<dyn TransferObserver>,
 }
 
 impl Client {
@@ -135,7 +145,18 @@ impl Client {
             challenges: Mutex::default(),
             tokens: Mutex::default(),
             creds: Mutex::default(),
+            observer: Arc::new(NoObserver),
         })
+    }
+
+    /// This client, reporting the bytes of every blob it pulls or pushes to `observer`.
+    pub fn with_observer(mut self, observer: Arc<dyn TransferObserver>) -> Self {
+        self.observer = observer;
+        self
+    }
+
+    pub(crate) fn observer(&self) -> &Arc<dyn TransferObserver> {
+        &self.observer
     }
 
     pub fn options(&self) -> &ClientOptions {

@@ -7,6 +7,7 @@
 //! - [`connection`]: per-host TLS (certs.d CAs and client certificates,
 //!   skipped verification) and the proxy environment.
 //! - [`pull`] and [`push`]: moving images between a registry and the store.
+//! - [`transfer`]: byte progress of blob transfers, for whoever shows it.
 //! - [`combine`]: one multi-platform index over images already in registries.
 
 pub mod auth;
@@ -16,12 +17,14 @@ pub mod connection;
 pub mod pull;
 pub mod push;
 pub mod reference;
+pub mod transfer;
 
 pub use auth::{Credentials, DockerConfig};
 pub use client::{Client, ClientOptions};
 pub use pull::{PullOptions, PullReport};
 pub use push::{PushOptions, PushReport};
 pub use reference::Reference;
+pub use transfer::{NoObserver, TransferObserver};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {

@@ -182,8 +182,13 @@ impl Client {
             return Err(cancelled());
         }
         let target = format!("/v2/{}/blobs/{}", reference.repository, blob.digest());
+        let observer = self.observer();
+        observer.started(blob.digest(), blob.size());
         let mut attempt = 0;
         loop {
+            if attempt > 0 {
+                observer.restarted(blob.digest(), 0);
+            }
             let req = Request { registry: &reference.registry, scopes, method: Method::GET, target: &target, headers: vec![], body: Body::Empty, what: &what };
             let resp = self.send(&req).await?;
             let resp = client::check(self, resp, &[StatusCode::OK], &what, &reference.registry, &reference.repository).await?;
@@ -224,9 +229,11 @@ impl Client {
                             too_slow = true;
                             break;
                         }
+                        let len = c.len() as u64;
                         if tx.send(c).await.is_err() {
                             break; // the writer failed; its error is reported below
                         }
+                        observer.advanced(blob.digest(), len);
                     }
                     Err(e) => {
                         broken = Some(e);
@@ -263,7 +270,10 @@ impl Client {
                 .await
                 .map_err(|e| RegistryError::Protocol { what: what.clone(), detail: format!("blob writer failed: {e}") })?;
             return match committed {
-                Ok(_) => Ok(()),
+                Ok(_) => {
+                    observer.finished(blob.digest());
+                    Ok(())
+                }
                 Err(StoreError::DigestMismatch { digest, actual, actual_size, expected_size }) => {
                     Err(RegistryError::DigestMismatch { what, expected: digest, actual, actual_size, expected_size })
                 }

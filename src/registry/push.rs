@@ -11,6 +11,7 @@ use crate::oci::media;
 use crate::oci::store::Store;
 use crate::registry::client::{self, Body, Client, Request};
 use crate::registry::reference::Reference;
+use crate::registry::transfer::UploadMeter;
 use crate::registry::RegistryError;
 
 type Result<T, E = RegistryError> = std::result::Result<T, E>;
@@ -194,6 +195,8 @@ impl Client {
         let size = blob.size();
         let chunk = self.options().chunk_size.max(1);
         let octet = ("content-type", "application/octet-stream".to_string());
+        let meter = |offset| Some(UploadMeter::new(self.observer().clone(), blob.digest().clone(), offset));
+        self.observer().started(blob.digest(), size);
         // Chunked: PATCH every chunk, then an empty PUT closes the upload.
         // Monolithic: one PUT carries the whole blob.
         let final_body = if size > chunk {
@@ -206,7 +209,7 @@ impl Client {
                     method: Method::PATCH,
                     target: &location,
                     headers: vec![octet.clone(), ("content-range", format!("{offset}-{}", offset + len - 1))],
-                    body: Body::File { path: path.clone(), offset, len },
+                    body: Body::File { path: path.clone(), offset, len, meter: meter(offset) },
                     what: &what,
                 };
                 let resp = self.send(&patch).await?;
@@ -216,7 +219,7 @@ impl Client {
             }
             Body::Empty
         } else {
-            Body::File { path, offset: 0, len: size }
+            Body::File { path, offset: 0, len: size, meter: meter(0) }
         };
         let put = Request {
             registry: reg,
@@ -229,6 +232,7 @@ impl Client {
         };
         let resp = self.send(&put).await?;
         client::check(self, resp, &[StatusCode::CREATED, StatusCode::NO_CONTENT], &what, reg, repo).await?;
+        self.observer().finished(blob.digest());
         Ok(size)
     }
 }
