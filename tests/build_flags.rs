@@ -99,3 +99,15 @@ fn attestations_may_only_be_turned_off() {
         assert!(stderr(&out).contains("kiln does not write attestations yet"), "{}", stderr(&out));
     }
 }
+
+#[test]
+fn cacheonly_exports_the_cache_and_nothing_else() {
+    let env = Env::new();
+    two_stages(&env);
+    let cache = env.path("cache-out");
+    let out = build(&env, &["-o", "type=cacheonly", "--cache-to", &format!("type=local,dest={},mode=max", cache.display())]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(cache.join("index.json").is_file(), "the cache was not exported");
+    let images = String::from_utf8(env.ok(&["images", "-q"]).stdout).unwrap();
+    assert!(images.trim().is_empty(), "cacheonly must tag nothing: {images}");
+}

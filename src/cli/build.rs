@@ -167,6 +167,8 @@ enum Output {
     Local { dest: PathBuf },
     /// The final file system as one tar; `-` is standard output.
     Tar { dest: PathBuf },
+    /// Nothing but the build cache (`--cache-to`), as buildx's `type=cacheonly`.
+    CacheOnly,
 }
 
 /// The comma-separated fields of an option value, read as CSV as buildx
@@ -238,7 +240,8 @@ fn parse_output(spec: &str, tags: &[String]) -> anyhow::Result<Output> {
         }
         "local" => Output::Local { dest: dest()? },
         "tar" => Output::Tar { dest: dest()? },
-        other => bail!("--output {spec}: unknown type {other:?} (expected oci, docker, image, registry, local or tar)"),
+        "cacheonly" => Output::CacheOnly,
+        other => bail!("--output {spec}: unknown type {other:?} (expected oci, docker, image, registry, local, tar or cacheonly)"),
     })
 }
 
@@ -663,6 +666,7 @@ fn deliver(
                     progress.note(&format!("skipped {} device nodes and sockets (creating them needs root)", skipped.devices));
                 }
             }
+            Output::CacheOnly => {}
             Output::Tar { dest } => {
                 let parts = fs_parts(outcomes);
                 if dest.as_os_str() == "-" {
@@ -809,6 +813,7 @@ mod tests {
         assert_eq!(parse_output("type=local,dest=d", &tags).unwrap(), Output::Local { dest: "d".into() });
         // type=docker without dest goes to a Docker engine; oci-mediatypes=false asks for Docker types.
         assert_eq!(parse_output("type=docker", &tags).unwrap(), Output::DockerEngine { required: true });
+        assert_eq!(parse_output("type=cacheonly", &tags).unwrap(), Output::CacheOnly);
         assert_eq!(parse_output("type=docker,dest=x.tar", &tags).unwrap(), Output::Docker { dest: "x.tar".into() });
         assert_eq!(
             parse_output("type=registry,oci-mediatypes=false", &tags).unwrap(),
