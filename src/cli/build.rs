@@ -129,6 +129,12 @@ pub struct BuildArgs {
     /// Attestation (type=provenance|sbom,disabled=true): kiln writes none, so only disabled ones are accepted
     #[arg(long = "attest", value_name = "ATTEST")]
     pub attest: Vec<String>,
+    /// Instead of building: build (default), check (run the build checks), outline (args, secrets, ssh of the target) or targets (list the stages)
+    #[arg(long, value_name = "build|check|outline|targets")]
+    pub call: Option<String>,
+    /// Shorthand for --call=check
+    #[arg(long, conflicts_with = "call")]
+    pub check: bool,
 }
 
 /// `--provenance`, `--sbom` and `--attest` may only turn attestations off:
@@ -366,6 +372,11 @@ fn source_date_epoch(build_args: &BTreeMap<String, String>) -> anyhow::Result<Op
 }
 
 pub fn run(args: BuildArgs, cancel: &'static std::sync::atomic::AtomicBool) -> anyhow::Result<ExitCode> {
+    let call = super::call::Call::from_flags(args.call.as_deref(), args.check)?;
+    if call != super::call::Call::Build {
+        let (_context, dockerfile, _context_dir, _) = resolve_context(&args, cancel)?;
+        return super::call::run(call, &dockerfile, args.target.as_deref(), &parse_build_args(&args.build_args)?);
+    }
     let network_none = match args.network.as_str() {
         "default" => false,
         "none" => true,

@@ -115,6 +115,11 @@ pub const RULES: [&Rule; 15] = [
 const BUILTIN_ARGS: [&str; 8] =
     ["BUILDPLATFORM", "BUILDOS", "BUILDARCH", "BUILDVARIANT", "TARGETPLATFORM", "TARGETOS", "TARGETARCH", "TARGETVARIANT"];
 
+/// Whether `name` is one of the ARGs BuildKit defines without a declaration.
+pub fn is_builtin_arg(name: &str) -> bool {
+    BUILTIN_ARGS.contains(&name)
+}
+
 /// Stage names BuildKit reserves.
 const RESERVED_STAGE_NAMES: [&str; 2] = ["context", "scratch"];
 
@@ -181,7 +186,7 @@ impl Vars for Referenced {
 }
 
 /// The variables `word` references, in order of use.
-fn referenced_vars(word: &str, escape: char) -> Vec<String> {
+pub(crate) fn referenced_vars(word: &str, escape: char) -> Vec<String> {
     let seen = Referenced::default();
     // An unset `${X:?}` fails the expansion after X was recorded: that is all we need.
     let _ = Lexer::new(escape).process_word(word, &seen);
