@@ -113,6 +113,20 @@ fn check_passes_a_clean_dockerfile_and_honours_skip() {
 }
 
 #[test]
+fn undefined_var_is_judged_where_the_base_environment_is_known() {
+    // scratch has no environment; an image kiln's store does not have is not guessed at.
+    let out = Ctx::new("FROM scratch\nARG VERSION\nCOPY app-$VERSOIN /\nFROM busybox\nCOPY $ANY /\n").build(&["--check"]);
+    assert_eq!(out.status.code(), Some(1));
+    let text = stdout(&out);
+    assert!(text.starts_with("Check complete, 1 warning has been found!\n"), "{text}");
+    assert!(
+        text.contains("WARNING: UndefinedVar - https://docs.docker.com/go/dockerfile/rule/undefined-var/\n\
+                       Usage of undefined variable '$VERSOIN' (did you mean $VERSION?)\nDockerfile:3\n"),
+        "{text}"
+    );
+}
+
+#[test]
 fn an_unknown_call_and_a_broken_dockerfile_are_clear_errors() {
     let out = Ctx::new(DOCKERFILE).build(&["--call", "lints"]);
     assert!(!out.status.success());

@@ -197,7 +197,7 @@ fn check(ast: &Ast, text: &str, file_name: &str, build_args: &BTreeMap<String, S
         Some(spec) => CheckConfig::parse(spec).map_err(|e| anyhow::anyhow!("check config {spec:?}: {e}"))?,
         None => CheckConfig::default(),
     };
-    let warnings = lint::check(ast, &config);
+    let warnings = lint::check(ast, &config, &local_image_env);
     if warnings.is_empty() {
         return Ok(("Check complete, no warnings found.\n".into(), 0));
     }
@@ -212,6 +212,24 @@ fn check(ast: &Ast, text: &str, file_name: &str, build_args: &BTreeMap<String, S
         out += &source_excerpt(&lines, file_name, w.start_line, w.end_line);
     }
     Ok((out, 1))
+}
+
+/// The ENV names of a base image kiln's store already has (the image a
+/// build would use unless `--pull`); None for any other, so that no check
+/// guesses at an environment it cannot see.
+fn local_image_env(base: &str) -> Option<Vec<String>> {
+    if base.contains('$') {
+        return None;
+    }
+    let root = crate::dirs::data_dir().join("images");
+    if !root.is_dir() {
+        return None;
+    }
+    let name = crate::registry::Reference::parse(base).ok()?.to_string();
+    let store = crate::oci::Store::open(root).ok()?;
+    let image = store.image(&store.resolve(&name).ok()?, None).ok()?;
+    let env = image.config.config().as_ref().and_then(|c| c.env().clone()).unwrap_or_default();
+    Some(env.iter().map(|kv| kv.split_once('=').map_or(kv.as_str(), |(k, _)| k).to_string()).collect())
 }
 
 /// BuildKit's source excerpt: the lines `start..=end` marked `>>>`, with

@@ -92,8 +92,11 @@ rule!(
     "FROM --platform flag should not use a constant value"
 );
 
-/// Every rule kiln checks, for `check=skip=` validation.
-pub const RULES: [&Rule; 15] = [
+rule!(UNDEFINED_VAR, "UndefinedVar", "undefined-var", "Variables should be defined before their use");
+
+/// Every rule kiln checks.
+pub const RULES: [&Rule; 16] = [
+    &UNDEFINED_VAR,
     &STAGE_NAME_CASING,
     &FROM_AS_CASING,
     &NO_EMPTY_CONTINUATION,
@@ -239,10 +242,55 @@ struct StageState {
     shell_set: bool,
     /// CMD, ENTRYPOINT and HEALTHCHECK nodes, by upper-case keyword.
     single_use: Vec<(String, usize)>,
+    /// The ENV names the stage has (its base's and its own); None when the
+    /// base image's environment is unknown, which turns UndefinedVar off.
+    env: Option<Vec<String>>,
+    /// The ARGs the stage declared.
+    args: Vec<String>,
+}
+
+/// The environment of a base image, by name as written in FROM; None when unknown.
+pub type BaseEnv<'a> = &'a dyn Fn(&str) -> Option<Vec<String>>;
+
+/// The instructions whose words BuildKit expands (RUN only in its flags).
+fn expanded_words(node: &Node) -> Vec<&str> {
+    let flags = node.flags.iter().map(|f| f.text.as_str());
+    match node.keyword.as_str() {
+        "env" | "label" | "arg" | "copy" | "add" | "workdir" | "user" | "expose" | "volume" | "stopsignal" => {
+            flags.chain(std::iter::once(node.rest.text.as_str())).collect()
+        }
+        "run" => flags.collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// `${NAME-...}`, `${NAME:+...}` and the like supply a value of their own.
+fn has_fallback(word: &str, name: &str) -> bool {
+    ["-", ":-", "+", ":+", "?", ":?"].iter().any(|op| word.contains(&format!("${{{name}{op}")))
+}
+
+/// UndefinedVar: variables an expanded instruction uses that neither the
+/// stage's environment nor its ARGs define.
+fn check_undefined_vars(c: &mut Checker, node: &Node, stage: &StageState, escape: char) {
+    let Some(env) = &stage.env else { return };
+    let mut reported = HashSet::new();
+    for word in expanded_words(node) {
+        for var in referenced_vars(word, escape) {
+            let defined = env.contains(&var) || stage.args.contains(&var);
+            if defined || has_fallback(word, &var) || !reported.insert(var.clone()) {
+                continue;
+            }
+            let mut detail = format!("Usage of undefined variable '${var}'");
+            if let Some(s) = suggest(&var, env.iter().chain(&stage.args).map(String::as_str)) {
+                detail.push_str(&format!(" (did you mean ${s}?)"));
+            }
+            c.report(&UNDEFINED_VAR, node, detail);
+        }
+    }
 }
 
 /// Runs the build checks on `ast`, in source order.
-pub fn check(ast: &Ast, config: &CheckConfig) -> Vec<Warning> {
+pub fn check(ast: &Ast, config: &CheckConfig, base_env: BaseEnv<'_>) -> Vec<Warning> {
     let mut c = Checker { config, warnings: Vec::new() };
     let escape = ast.directives.escape;
     check_casing(&mut c, ast);
@@ -271,7 +319,7 @@ pub fn check(ast: &Ast, config: &CheckConfig) -> Vec<Warning> {
     for node in &ast.nodes {
         if node.keyword == "from" {
             finish_stage(&mut c, &stages, &mut nodes_in_stage);
-            let state = check_from(&mut c, node, &global_args, &stages, escape);
+            let state = check_from(&mut c, node, &global_args, &stages, escape, base_env);
             stages.push(state);
             continue;
         }
@@ -288,6 +336,7 @@ pub fn check(ast: &Ast, config: &CheckConfig) -> Vec<Warning> {
             continue;
         };
         nodes_in_stage.push(node);
+        check_undefined_vars(&mut c, node, stage, escape);
         match node.keyword.as_str() {
             "cmd" | "entrypoint" => {
                 let keyword = node.keyword.to_uppercase();
@@ -323,6 +372,9 @@ pub fn check(ast: &Ast, config: &CheckConfig) -> Vec<Warning> {
                         if is_secret_key(&kv[0]) {
                             c.report(&SECRETS_USED_IN_ARG_OR_ENV, node, secret_detail("ENV", &kv[0]));
                         }
+                        if let Some(env) = stage.env.as_mut() {
+                            env.push(kv[0].clone());
+                        }
                     }
                 }
             }
@@ -332,6 +384,7 @@ pub fn check(ast: &Ast, config: &CheckConfig) -> Vec<Warning> {
                     if is_secret_key(name) {
                         c.report(&SECRETS_USED_IN_ARG_OR_ENV, node, secret_detail("ARG", name));
                     }
+                    stage.args.push(name.to_string());
                 }
             }
             _ => {}
@@ -397,10 +450,22 @@ fn check_casing(c: &mut Checker, ast: &Ast) {
 }
 
 /// The FROM checks; returns the new stage's state.
-fn check_from(c: &mut Checker, node: &Node, global_args: &[String], stages: &[StageState], escape: char) -> StageState {
+fn check_from(c: &mut Checker, node: &Node, global_args: &[String], stages: &[StageState], escape: char, base_env: BaseEnv<'_>) -> StageState {
     let mut state = StageState::default();
+    // A stage built on an earlier one inherits its WORKDIR and ENV (not its ARGs).
+    if let Some(base) = node.args.first() {
+        let lower = base.to_lowercase();
+        match stages.iter().rev().find(|s| s.name.as_deref() == Some(lower.as_str())) {
+            Some(parent) => {
+                state.absolute_workdir = parent.absolute_workdir;
+                state.env = parent.env.clone();
+            }
+            None if lower == "scratch" => state.env = Some(Vec::new()),
+            None => state.env = base_env(base),
+        }
+    }
     let from_kw = written_keyword(node);
-    if let [base, as_kw, name] = node.args.as_slice() {
+    if let [_, as_kw, name] = node.args.as_slice() {
         if as_kw.eq_ignore_ascii_case("as") {
             let upper_from = from_kw == from_kw.to_uppercase();
             let lower_from = from_kw == from_kw.to_lowercase();
@@ -420,16 +485,6 @@ fn check_from(c: &mut Checker, node: &Node, global_args: &[String], stages: &[St
                 c.report(&DUPLICATE_STAGE_NAME, node, detail);
             }
             state.name = Some(lower);
-        }
-        // A stage built on an earlier one inherits its WORKDIR.
-        let base = base.to_lowercase();
-        if let Some(parent) = stages.iter().find(|s| s.name.as_deref() == Some(base.as_str())) {
-            state.absolute_workdir = parent.absolute_workdir;
-        }
-    } else if let Some(base) = node.args.first() {
-        let base = base.to_lowercase();
-        if let Some(parent) = stages.iter().find(|s| s.name.as_deref() == Some(base.as_str())) {
-            state.absolute_workdir = parent.absolute_workdir;
         }
     }
 
@@ -467,9 +522,14 @@ fn check_from(c: &mut Checker, node: &Node, global_args: &[String], stages: &[St
 mod tests {
     use super::*;
 
+    /// `busybox` has PATH; other images are unknown.
+    fn test_env(base: &str) -> Option<Vec<String>> {
+        (base == "busybox").then(|| vec!["PATH".to_string()])
+    }
+
     fn rules(src: &str) -> Vec<(&'static str, String)> {
         let ast = super::super::parser::parse(src).unwrap();
-        check(&ast, &CheckConfig::default()).into_iter().map(|w| (w.rule.name, w.detail)).collect()
+        check(&ast, &CheckConfig::default(), &test_env).into_iter().map(|w| (w.rule.name, w.detail)).collect()
     }
 
     fn trips(src: &str, rule: &str) -> Vec<String> {
@@ -567,7 +627,7 @@ mod tests {
             ["Multiple CMD instructions should not be used in the same stage because only the last one will be used"]
         );
         let ast = super::super::parser::parse(src).unwrap();
-        let w = check(&ast, &CheckConfig::default());
+        let w = check(&ast, &CheckConfig::default(), &test_env);
         assert_eq!(w[0].start_line, 2, "the warning is on the first CMD, not the one that counts");
     }
 
@@ -602,14 +662,31 @@ mod tests {
     }
 
     #[test]
+    fn undefined_var() {
+        let src = "FROM busybox AS base\nARG VERSION\nENV APP=/app PATH=$PATH:/x\nCOPY $VERSOIN ${APP} $TARGETARCH /\n\
+                   WORKDIR ${HOME:-/root}\nRUN echo $UNSEEN\nFROM base\nCOPY $APP $VERSION /\n";
+        assert_eq!(
+            trips(src, "UndefinedVar"),
+            [
+                "Usage of undefined variable '$VERSOIN' (did you mean $VERSION?)",
+                "Usage of undefined variable '$TARGETARCH'",
+                "Usage of undefined variable '$VERSION'"
+            ]
+        );
+        // An image whose environment is unknown is not judged; scratch has none.
+        assert!(trips("FROM alpine\nCOPY $X /\n", "UndefinedVar").is_empty());
+        assert_eq!(trips("FROM scratch\nUSER $U\n", "UndefinedVar"), ["Usage of undefined variable '$U'"]);
+    }
+
+    #[test]
     fn check_directive_skips_rules_and_sets_error() {
         let config = CheckConfig::parse("skip=JSONArgsRecommended,MaintainerDeprecated;error=true").unwrap();
         assert!(config.error);
         let ast = super::super::parser::parse("FROM a\nMAINTAINER me\nCMD x\nWORKDIR rel\n").unwrap();
-        let names: Vec<&str> = check(&ast, &config).iter().map(|w| w.rule.name).collect();
+        let names: Vec<&str> = check(&ast, &config, &test_env).iter().map(|w| w.rule.name).collect();
         assert_eq!(names, ["WorkdirRelativePath"]);
         let all = CheckConfig::parse("skip=all").unwrap();
-        assert!(check(&ast, &all).is_empty());
+        assert!(check(&ast, &all, &test_env).is_empty());
         assert!(CheckConfig::parse("error=maybe").unwrap_err().contains("error=maybe"));
     }
 }
