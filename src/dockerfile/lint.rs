@@ -503,7 +503,7 @@ fn check_from(c: &mut Checker, node: &Node, global_args: &[String], stages: &[St
     let mut reported = HashSet::new();
     for word in words {
         for var in referenced_vars(word, escape) {
-            let declared = global_args.iter().any(|a| *a == var) || BUILTIN_ARGS.contains(&var.as_str());
+            let declared = global_args.contains(&var) || BUILTIN_ARGS.contains(&var.as_str());
             if declared || !reported.insert(var.clone()) {
                 continue;
             }
