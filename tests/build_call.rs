@@ -32,6 +32,7 @@ impl Ctx {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir(dir.path().join("data")).unwrap();
         std::fs::create_dir(dir.path().join("ctx")).unwrap();
+        std::fs::create_dir(dir.path().join("tmp")).unwrap();
         std::fs::write(dir.path().join("ctx/Dockerfile"), dockerfile).unwrap();
         Ctx { dir }
     }
@@ -39,6 +40,7 @@ impl Ctx {
     fn build(&self, args: &[&str]) -> Output {
         Command::new(env!("CARGO_BIN_EXE_kiln"))
             .env("KILN_DATA_DIR", self.dir.path().join("data"))
+            .env("TMPDIR", self.dir.path().join("tmp"))
             .arg("build")
             .args(args)
             .arg(self.dir.path().join("ctx"))
@@ -124,6 +126,28 @@ fn undefined_var_is_judged_where_the_base_environment_is_known() {
                        Usage of undefined variable '$VERSOIN' (did you mean $VERSION?)\nDockerfile:3\n"),
         "{text}"
     );
+}
+
+#[test]
+fn a_build_lists_the_failed_checks_at_the_end_and_check_error_fails_it() {
+    // FROM scratch + COPY from the context builds without a VM.
+    let ctx = Ctx::new("FROM scratch\nCOPY f /\nCMD echo hi\n");
+    std::fs::write(ctx.dir.path().join("ctx/f"), "x").unwrap();
+    let out = ctx.build(&["--progress", "plain"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.ends_with("1 warning found:\n - JSONArgsRecommended: JSON arguments recommended for CMD to prevent unintended behavior related to OS signals (line 3)\n"),
+        "{err}"
+    );
+    assert!(!String::from_utf8_lossy(&ctx.build(&["-q"]).stderr).contains("warning found"), "-q prints no summary");
+
+    std::fs::write(ctx.dir.path().join("ctx/Dockerfile"), "# check=error=true\nFROM scratch\nCOPY f /\nCMD echo hi\n").unwrap();
+    let out = ctx.build(&["--progress", "plain"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("lint violation found for rules: JSONArgsRecommended"), "{err}");
+    assert!(!err.contains("COPY f /"), "the build did not start: {err}");
 }
 
 #[test]

@@ -417,6 +417,7 @@ pub fn run(args: BuildArgs, cancel: &'static std::sync::atomic::AtomicBool) -> a
     let (context, dockerfile, _context_dir, commit) = resolve_context(&args, cancel)?;
     let _named_dirs = named_contexts.fetch_remote(cancel)?;
     let build_args = parse_build_args(&args.build_args)?;
+    let check_warnings = super::call::build_checks(&dockerfile, &build_args)?;
     let mut platforms: Vec<Platform> = Vec::new();
     for p in &args.platform {
         if !platforms.contains(p) {
@@ -535,6 +536,9 @@ pub fn run(args: BuildArgs, cancel: &'static std::sync::atomic::AtomicBool) -> a
             started.elapsed().as_secs_f64(),
             result.digest()
         ));
+    }
+    if !quiet && mode != ProgressMode::RawJson {
+        eprint!("{}", super::call::warnings_summary(&check_warnings));
     }
     Ok(ExitCode::SUCCESS)
 }

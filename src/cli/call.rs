@@ -193,11 +193,7 @@ fn outline(ast: &Ast, target: Option<&str>, build_args: &BTreeMap<String, String
 /// The check config comes from the `BUILDKIT_DOCKERFILE_CHECK` build arg,
 /// else the `# check=` directive.
 fn check(ast: &Ast, text: &str, file_name: &str, build_args: &BTreeMap<String, String>) -> anyhow::Result<(String, u8)> {
-    let config = match build_args.get("BUILDKIT_DOCKERFILE_CHECK").or(ast.directives.check.as_ref()) {
-        Some(spec) => CheckConfig::parse(spec).map_err(|e| anyhow::anyhow!("check config {spec:?}: {e}"))?,
-        None => CheckConfig::default(),
-    };
-    let warnings = lint::check(ast, &config, &local_image_env);
+    let warnings = lint::check(ast, &check_config(ast, build_args)?, &local_image_env);
     if warnings.is_empty() {
         return Ok(("Check complete, no warnings found.\n".into(), 0));
     }
@@ -212,6 +208,43 @@ fn check(ast: &Ast, text: &str, file_name: &str, build_args: &BTreeMap<String, S
         out += &source_excerpt(&lines, file_name, w.start_line, w.end_line);
     }
     Ok((out, 1))
+}
+
+fn check_config(ast: &Ast, build_args: &BTreeMap<String, String>) -> anyhow::Result<CheckConfig> {
+    match build_args.get("BUILDKIT_DOCKERFILE_CHECK").or(ast.directives.check.as_ref()) {
+        Some(spec) => CheckConfig::parse(spec).map_err(|e| anyhow::anyhow!("check config {spec:?}: {e}")),
+        None => Ok(CheckConfig::default()),
+    }
+}
+
+/// The build checks a build runs before it starts, as buildx's does. An
+/// unreadable or broken Dockerfile gives none here: the build reports it.
+/// With `check=error=true` a failed check fails the build.
+pub fn build_checks(dockerfile: &Path, build_args: &BTreeMap<String, String>) -> anyhow::Result<Vec<lint::Warning>> {
+    let Ok(bytes) = std::fs::read(dockerfile) else { return Ok(Vec::new()) };
+    let Ok(ast) = parser::parse(&String::from_utf8_lossy(&bytes)) else { return Ok(Vec::new()) };
+    let config = check_config(&ast, build_args)?;
+    let warnings = lint::check(&ast, &config, &local_image_env);
+    if config.error && !warnings.is_empty() {
+        let mut rules: Vec<&str> = warnings.iter().map(|w| w.rule.name).collect();
+        rules.sort_unstable();
+        rules.dedup();
+        bail!("{}lint violation found for rules: {}", warnings_summary(&warnings), rules.join(", "));
+    }
+    Ok(warnings)
+}
+
+/// What buildx prints after a build: the count, then one line per warning.
+pub fn warnings_summary(warnings: &[lint::Warning]) -> String {
+    let mut out = match warnings.len() {
+        0 => return String::new(),
+        1 => "1 warning found:\n".to_string(),
+        n => format!("{n} warnings found:\n"),
+    };
+    for w in warnings {
+        let _ = writeln!(out, " - {}: {} (line {})", w.rule.name, w.detail, w.start_line);
+    }
+    out
 }
 
 /// The ENV names of a base image kiln's store already has (the image a
