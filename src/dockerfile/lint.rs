@@ -7,7 +7,7 @@
 //! not judged.
 
 use std::cell::RefCell;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use super::instructions::suggest::edit_distance;
 use super::parser::{parse_words, Ast, Node};
@@ -92,11 +92,18 @@ rule!(
     "FROM --platform flag should not use a constant value"
 );
 
+rule!(
+    INVALID_DEFAULT_ARG_IN_FROM,
+    "InvalidDefaultArgInFrom",
+    "invalid-default-arg-in-from",
+    "Default value for global ARG results in an empty or invalid base image name"
+);
 rule!(UNDEFINED_VAR, "UndefinedVar", "undefined-var", "Variables should be defined before their use");
 
 /// Every rule kiln checks.
-pub const RULES: [&Rule; 16] = [
+pub const RULES: [&Rule; 17] = [
     &UNDEFINED_VAR,
+    &INVALID_DEFAULT_ARG_IN_FROM,
     &STAGE_NAME_CASING,
     &FROM_AS_CASING,
     &NO_EMPTY_CONTINUATION,
@@ -296,6 +303,9 @@ pub fn check(ast: &Ast, config: &CheckConfig, base_env: BaseEnv<'_>) -> Vec<Warn
     check_casing(&mut c, ast);
 
     let mut global_args: Vec<String> = Vec::new();
+    // The global ARGs' default values (expanded), and the platform ARGs', for InvalidDefaultArgInFrom.
+    let host = crate::platform::Platform::host();
+    let mut global_defaults: HashMap<String, String> = super::expand::platform_args(&host, &host).into_iter().collect();
     let mut stages: Vec<StageState> = Vec::new();
     let mut nodes_in_stage: Vec<&Node> = Vec::new();
     let finish_stage = |c: &mut Checker, stages: &[StageState], nodes: &mut Vec<&Node>| {
@@ -320,6 +330,7 @@ pub fn check(ast: &Ast, config: &CheckConfig, base_env: BaseEnv<'_>) -> Vec<Warn
         if node.keyword == "from" {
             finish_stage(&mut c, &stages, &mut nodes_in_stage);
             let state = check_from(&mut c, node, &global_args, &stages, escape, base_env);
+            check_default_base(&mut c, node, &global_defaults, &stages, escape);
             stages.push(state);
             continue;
         }
@@ -331,6 +342,10 @@ pub fn check(ast: &Ast, config: &CheckConfig, base_env: BaseEnv<'_>) -> Vec<Warn
                         c.report(&SECRETS_USED_IN_ARG_OR_ENV, node, secret_detail("ARG", name));
                     }
                     global_args.push(name.to_string());
+                    if let Some((_, default)) = decl.split_once('=') {
+                        let value = Lexer::new(escape).process_word(default, &global_defaults).unwrap_or_default();
+                        global_defaults.insert(name.to_string(), value);
+                    }
                 }
             }
             continue;
@@ -410,6 +425,18 @@ fn names_platform(stage: Option<&str>, platform: &str) -> bool {
     stage.is_some_and(|s| s.contains(os) && s.contains(arch))
 }
 
+/// InvalidDefaultArgInFrom: a FROM whose base, with the global ARGs' default
+/// values, is empty or no valid image reference (nor an earlier stage).
+fn check_default_base(c: &mut Checker, node: &Node, defaults: &HashMap<String, String>, stages: &[StageState], escape: char) {
+    let Some(base) = node.args.first().filter(|b| b.contains('$')) else { return };
+    let Ok(name) = Lexer::new(escape).process_word(base, defaults) else { return };
+    let lower = name.to_lowercase();
+    let known = lower == "scratch" || stages.iter().any(|s| s.name.as_deref() == Some(lower.as_str()));
+    if !known && crate::registry::Reference::parse(&name).is_err() {
+        c.report(&INVALID_DEFAULT_ARG_IN_FROM, node, format!("Default value for ARG {base} results in empty or invalid base image name"));
+    }
+}
+
 fn secret_detail(instruction: &str, key: &str) -> String {
     format!("Do not use ARG or ENV instructions for sensitive data ({instruction} {})", super::parser::go_quote(key))
 }
@@ -458,6 +485,7 @@ fn check_from(c: &mut Checker, node: &Node, global_args: &[String], stages: &[St
         match stages.iter().rev().find(|s| s.name.as_deref() == Some(lower.as_str())) {
             Some(parent) => {
                 state.absolute_workdir = parent.absolute_workdir;
+                state.shell_set = parent.shell_set;
                 state.env = parent.env.clone();
             }
             None if lower == "scratch" => state.env = Some(Vec::new()),
@@ -550,6 +578,8 @@ mod tests {
             ["JSON arguments recommended for CMD to prevent unintended behavior related to OS signals"]
         );
         assert!(trips("FROM a\nSHELL [\"/bin/bash\", \"-c\"]\nCMD echo hi\n", "JSONArgsRecommended").is_empty());
+        // The SHELL is in the image config a later stage builds on.
+        assert!(trips("FROM a AS b\nSHELL [\"/bin/bash\", \"-c\"]\nFROM b\nCMD echo hi\n", "JSONArgsRecommended").is_empty());
     }
 
     #[test]
@@ -676,6 +706,16 @@ mod tests {
         // An image whose environment is unknown is not judged; scratch has none.
         assert!(trips("FROM alpine\nCOPY $X /\n", "UndefinedVar").is_empty());
         assert_eq!(trips("FROM scratch\nUSER $U\n", "UndefinedVar"), ["Usage of undefined variable '$U'"]);
+    }
+
+    #[test]
+    fn invalid_default_arg_in_from() {
+        assert_eq!(
+            trips("ARG TAG\nFROM alpine:${TAG}\n", "InvalidDefaultArgInFrom"),
+            ["Default value for ARG alpine:${TAG} results in empty or invalid base image name"]
+        );
+        assert!(trips("ARG TAG=3.20\nFROM alpine:${TAG}\n", "InvalidDefaultArgInFrom").is_empty());
+        assert!(trips("ARG B=build\nFROM scratch AS build\nFROM ${B}\n", "InvalidDefaultArgInFrom").is_empty());
     }
 
     #[test]
