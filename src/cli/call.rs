@@ -32,6 +32,9 @@ impl Call {
         if check {
             return Ok(Call::Check);
         }
+        if let Some((method, options)) = call.and_then(|c| c.split_once(',')) {
+            bail!("--call {method},{options}: options such as format=json are not supported; kiln prints buildx's text format");
+        }
         match call.map(|c| c.trim().to_lowercase()).as_deref() {
             None | Some("build") => Ok(Call::Build),
             Some("check" | "lint") => Ok(Call::Check),
@@ -320,6 +323,8 @@ mod tests {
         assert_eq!(Call::from_flags(Some("outline"), false).unwrap(), Call::Outline);
         let err = Call::from_flags(Some("lintz"), false).unwrap_err().to_string();
         assert!(err.contains("--call lintz") && err.contains("expected build, check, outline or targets"), "{err}");
+        let err = Call::from_flags(Some("outline,format=json"), false).unwrap_err().to_string();
+        assert!(err.contains("format=json are not supported"), "{err}");
     }
 
     #[test]
