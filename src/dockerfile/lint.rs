@@ -3,8 +3,9 @@
 //! messages, run on the parsed AST so that they also see what the typed
 //! parse rejects or loses (keyword casing, duplicate stage names).
 //!
-//! Checks are static: they do not expand variables, so a `WORKDIR $DIR` is
-//! not judged.
+//! Checks are static: a `WORKDIR $DIR` is not judged, and UndefinedVar only
+//! runs where the stage's environment is known (scratch, an earlier stage,
+//! an image the caller can describe).
 
 use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
@@ -99,27 +100,6 @@ rule!(
     "Default value for global ARG results in an empty or invalid base image name"
 );
 rule!(UNDEFINED_VAR, "UndefinedVar", "undefined-var", "Variables should be defined before their use");
-
-/// Every rule kiln checks.
-pub const RULES: [&Rule; 17] = [
-    &UNDEFINED_VAR,
-    &INVALID_DEFAULT_ARG_IN_FROM,
-    &STAGE_NAME_CASING,
-    &FROM_AS_CASING,
-    &NO_EMPTY_CONTINUATION,
-    &CONSISTENT_INSTRUCTION_CASING,
-    &DUPLICATE_STAGE_NAME,
-    &RESERVED_STAGE_NAME,
-    &JSON_ARGS_RECOMMENDED,
-    &MAINTAINER_DEPRECATED,
-    &UNDEFINED_ARG_IN_FROM,
-    &WORKDIR_RELATIVE_PATH,
-    &MULTIPLE_INSTRUCTIONS_DISALLOWED,
-    &LEGACY_KEY_VALUE_FORMAT,
-    &REDUNDANT_TARGET_PLATFORM,
-    &SECRETS_USED_IN_ARG_OR_ENV,
-    &FROM_PLATFORM_FLAG_CONST_DISALLOWED,
-];
 
 /// The ARGs BuildKit defines without a declaration.
 const BUILTIN_ARGS: [&str; 8] =
