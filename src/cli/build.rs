@@ -129,6 +129,12 @@ pub struct BuildArgs {
     /// Attestation (type=provenance|sbom,disabled=true): kiln writes none, so only disabled ones are accepted
     #[arg(long = "attest", value_name = "ATTEST")]
     pub attest: Vec<String>,
+    /// Instead of building: build (default), check (run the build checks), outline (args, secrets, ssh of the target) or targets (list the stages)
+    #[arg(long, value_name = "build|check|outline|targets")]
+    pub call: Option<String>,
+    /// Shorthand for --call=check
+    #[arg(long, conflicts_with = "call")]
+    pub check: bool,
 }
 
 /// `--provenance`, `--sbom` and `--attest` may only turn attestations off:
@@ -369,6 +375,11 @@ fn source_date_epoch(build_args: &BTreeMap<String, String>) -> anyhow::Result<Op
 }
 
 pub fn run(args: BuildArgs, cancel: &'static std::sync::atomic::AtomicBool) -> anyhow::Result<ExitCode> {
+    let call = super::call::Call::from_flags(args.call.as_deref(), args.check)?;
+    if call != super::call::Call::Build {
+        let (_context, dockerfile, _context_dir, _) = resolve_context(&args, cancel)?;
+        return super::call::run(call, &dockerfile, args.target.as_deref(), &parse_build_args(&args.build_args)?);
+    }
     let network_none = match args.network.as_str() {
         "default" => false,
         "none" => true,
@@ -409,6 +420,7 @@ pub fn run(args: BuildArgs, cancel: &'static std::sync::atomic::AtomicBool) -> a
     let (context, dockerfile, _context_dir, commit) = resolve_context(&args, cancel)?;
     let _named_dirs = named_contexts.fetch_remote(cancel)?;
     let build_args = parse_build_args(&args.build_args)?;
+    let check_warnings = super::call::build_checks(&dockerfile, &build_args)?;
     let mut platforms: Vec<Platform> = Vec::new();
     for p in &args.platform {
         if !platforms.contains(p) {
@@ -528,6 +540,9 @@ pub fn run(args: BuildArgs, cancel: &'static std::sync::atomic::AtomicBool) -> a
             started.elapsed().as_secs_f64(),
             result.digest()
         ));
+    }
+    if !quiet && mode != ProgressMode::RawJson {
+        eprint!("{}", super::call::warnings_summary(&check_warnings));
     }
     Ok(ExitCode::SUCCESS)
 }

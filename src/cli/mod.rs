@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 pub mod build;
+pub mod call;
 pub mod debug;
 pub mod docs;
 pub mod examples;

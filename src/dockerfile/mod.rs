@@ -8,6 +8,7 @@
 //!   expanding exactly the words BuildKit expands ([`shell`] is the lexer);
 //! - [`stages`] resolves bases and `--from` references and prunes to a target;
 //! - [`dockerignore`] decides which context paths a build may see;
+//! - [`lint`] runs BuildKit's build checks (`--check`);
 //! - [`glob`] is the wildcard matcher COPY, .dockerignore and the lexer share.
 //!
 //! The build engine's path: [`parse_file`], then [`expand::Evaluator::new`],
@@ -21,6 +22,7 @@ pub mod error;
 pub mod expand;
 pub mod glob;
 pub mod instructions;
+pub mod lint;
 pub mod mount;
 pub mod parser;
 pub mod shell;

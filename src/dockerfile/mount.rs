@@ -39,6 +39,21 @@ pub struct Mount {
     pub spec: String,
 }
 
+impl Mount {
+    /// A secret mount's id: `id=`, else the target's file name.
+    pub fn secret_id(&self) -> String {
+        self.id
+            .clone()
+            .or_else(|| self.target.as_ref().and_then(|t| t.rsplit('/').next().map(str::to_string)))
+            .unwrap_or_default()
+    }
+
+    /// An ssh mount's agent id: `id=`, else `default`.
+    pub fn ssh_id(&self) -> String {
+        self.id.clone().unwrap_or_else(|| "default".to_string())
+    }
+}
+
 /// Expands one value (variables of the current stage).
 pub type Expander<'a> = &'a mut dyn FnMut(&str) -> Result<String, String>;
 

@@ -206,7 +206,7 @@ impl<'m> RunMounts<'m> {
                     specs.push(MountSpec::Bind { source, target, readonly: false });
                 }
                 (MountType::Ssh, _) => {
-                    let id = m.id.clone().unwrap_or_else(|| "default".to_string());
+                    let id = m.ssh_id();
                     let Some(socket) = to.ssh_agents.get(&id) else {
                         if m.required {
                             return Err(MountError::Ssh(format!("ssh agent {id} is required but was not given (use --ssh {id}=SOCKET, or --ssh default)")));
@@ -280,11 +280,7 @@ pub fn cache_volume_path(cache_root: &Path, platform: &Platform, id: &str) -> Pa
 /// The secret mount's target and the value to put there, or None when an
 /// optional secret was not given.
 pub fn secret_for(m: &Mount, secrets: &BTreeMap<String, Vec<u8>>) -> Result<Option<(String, MountSpec)>, String> {
-    let id = m
-        .id
-        .clone()
-        .or_else(|| m.target.as_ref().and_then(|t| t.rsplit('/').next().map(str::to_string)))
-        .unwrap_or_default();
+    let id = m.secret_id();
     let target = m.target.clone().unwrap_or_else(|| format!("/run/secrets/{id}"));
     match secrets.get(&id) {
         Some(data) => Ok(Some((

@@ -9,7 +9,7 @@
 mod duration;
 mod flags;
 mod parsers;
-mod suggest;
+pub(crate) mod suggest;
 #[cfg(test)]
 mod tests;
 mod types;

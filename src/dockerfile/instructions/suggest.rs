@@ -17,7 +17,7 @@ pub(super) fn suggest(name: &str) -> Option<String> {
 }
 
 /// Levenshtein distance between `a` and `b`, counted in characters.
-fn edit_distance(a: &str, b: &str) -> usize {
+pub(crate) fn edit_distance(a: &str, b: &str) -> usize {
     let b: Vec<char> = b.chars().collect();
     let mut prev: Vec<usize> = (0..=b.len()).collect();
     for (i, ca) in a.chars().enumerate() {
