@@ -15,6 +15,7 @@ use crate::dockerfile::lint::{self, CheckConfig};
 use crate::dockerfile::mount::MountType;
 use crate::dockerfile::parser::{self, Ast, Node};
 use crate::dockerfile::{instructions, stages, InstructionKind};
+use super::tabwriter::tabwrite;
 use crate::platform::Platform;
 
 /// What `kiln build` is asked to do.
@@ -88,7 +89,7 @@ fn targets(ast: &Ast) -> Result<String, crate::dockerfile::Error> {
         };
         rows.push(vec![label, description(node, &name)]);
     }
-    Ok(tabwrite(&rows, 1))
+    Ok(tabwrite(&rows, 1, 0))
 }
 
 /// `--call outline`: the target's stage, the build args it reads, and the
@@ -172,20 +173,20 @@ fn outline(ast: &Ast, target: Option<&str>, build_args: &BTreeMap<String, String
         if !desc.is_empty() {
             rows.push(vec!["DESCRIPTION:".into(), desc]);
         }
-        out += &tabwrite(&rows, 1);
+        out += &tabwrite(&rows, 1, 0);
         out.push('\n');
     }
     if !args.is_empty() {
         let mut rows = vec![vec!["BUILD ARG".to_string(), "VALUE".into(), "DESCRIPTION".into()]];
         rows.extend(args.into_iter().map(|(_, n, v, d)| vec![n, v, d]));
-        out += &tabwrite(&rows, 3);
+        out += &tabwrite(&rows, 3, 0);
         out.push('\n');
     }
     for (header, list) in [("SECRET", secrets), ("SSH", ssh)] {
         if !list.is_empty() {
             let mut rows = vec![vec![header.to_string(), "REQUIRED".into()]];
             rows.extend(list.into_iter().map(|(n, r)| vec![n, if r { "true".into() } else { String::new() }]));
-            out += &tabwrite(&rows, 3);
+            out += &tabwrite(&rows, 3, 0);
             out.push('\n');
         }
     }
@@ -284,31 +285,6 @@ fn source_excerpt(lines: &[&str], file_name: &str, start: usize, end: usize) -> 
         let _ = writeln!(out, " {n:>3} | {mark} {line}");
     }
     out += "--------------------\n";
-    out
-}
-
-/// Rows of cells in columns, as Go's tabwriter sets them with `padding`
-/// (the last cell of a row ends no column).
-fn tabwrite(rows: &[Vec<String>], padding: usize) -> String {
-    let mut widths: Vec<usize> = Vec::new();
-    for row in rows {
-        for (i, cell) in row.iter().enumerate().take(row.len().saturating_sub(1)) {
-            if widths.len() <= i {
-                widths.push(0);
-            }
-            widths[i] = widths[i].max(cell.chars().count() + padding);
-        }
-    }
-    let mut out = String::new();
-    for row in rows {
-        for (i, cell) in row.iter().enumerate() {
-            match widths.get(i).filter(|_| i + 1 < row.len()) {
-                Some(w) => out += &format!("{cell:<w$}"),
-                None => out += cell,
-            }
-        }
-        out.push('\n');
-    }
     out
 }
 

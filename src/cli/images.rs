@@ -250,27 +250,7 @@ fn json_row(row: &Row) -> serde_json::Value {
 /// `table` format (columns at least 10 wide, 3 spaces apart).
 fn align_tabs(text: &str) -> String {
     let rows: Vec<Vec<&str>> = text.lines().map(|l| l.split('\t').collect()).collect();
-    let mut widths: Vec<usize> = Vec::new();
-    for row in &rows {
-        // The last cell of a line ends no column.
-        for (i, cell) in row.iter().enumerate().take(row.len().saturating_sub(1)) {
-            if widths.len() <= i {
-                widths.push(0);
-            }
-            widths[i] = widths[i].max(cell.chars().count() + 3).max(10);
-        }
-    }
-    let mut out = String::new();
-    for row in rows {
-        for (i, cell) in row.iter().enumerate() {
-            match widths.get(i).filter(|_| i + 1 < row.len()) {
-                Some(w) => out += &format!("{cell:<w$}"),
-                None => out += cell,
-            }
-        }
-        out.push('\n');
-    }
-    out
+    super::tabwriter::tabwrite(&rows, 3, 10)
 }
 
 #[cfg(test)]

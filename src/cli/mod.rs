@@ -19,6 +19,7 @@ pub mod manifest;
 pub mod run;
 pub mod signals;
 pub mod terminal;
+pub mod tabwriter;
 pub mod version;
 pub mod vm;
 
