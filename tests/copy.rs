@@ -149,6 +149,11 @@ fn local_and_tar_outputs_write_the_final_file_system_like_buildx() {
     let tar_path = dir.path().join("fs.tar");
     build(&["-o", &format!("type=tar,dest={}", tar_path.display())]);
     let listing = tar_listing(&std::fs::read(&tar_path).unwrap());
+    // GNU tar reads it too, every member with it.
+    let gnu = ok(Command::new("tar").arg("-tf").arg(&tar_path));
+    let mut gnu: Vec<&str> = gnu.lines().map(|l| l.trim_end_matches('/')).filter(|l| !l.is_empty()).collect();
+    gnu.sort_unstable();
+    assert_eq!(gnu, listing.keys().map(|k| k.trim_end_matches('/')).collect::<Vec<_>>(), "tar -tf lists what kiln wrote");
     assert_eq!(listing["srv/app/main.txt"], ('f', "main".into(), 0o644));
     assert_eq!(listing["srv/app/old.txt"], ('f', "main".into(), 0o700), "the later COPY wins");
     assert_eq!(listing["srv/app/abs-link"].1, "/etc/passwd", "symlinks are kept, not followed");
