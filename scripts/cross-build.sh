@@ -36,7 +36,10 @@ win() { "$wine64" "$@"; }
 exe=target/x86_64-pc-windows-gnu/release/kiln.exe
 
 version="$(win "$exe" --version | tr -d '\r')"
-[ "$version" = "kiln $(cargo pkgid | sed 's/.*[#@]//')" ] || { echo "cross-build: kiln.exe --version said '$version'" >&2; exit 1; }
+# The same line as the Linux kiln's: version and, when known, the commit.
+expected="$(cargo run --quiet -- --version)"
+case "$expected" in "kiln $(cargo pkgid | sed 's/.*[#@]//')"*) ;; *) echo "cross-build: kiln --version said '$expected'" >&2; exit 1 ;; esac
+[ "$version" = "$expected" ] || { echo "cross-build: kiln.exe --version said '$version', the Linux kiln '$expected'" >&2; exit 1; }
 win "$exe" build --help | grep -q -- '--cache-to' || { echo "cross-build: kiln.exe build --help lacks --cache-to" >&2; exit 1; }
 
 mkdir -p "$work/ctx"
