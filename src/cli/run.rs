@@ -392,6 +392,8 @@ mod tests {
         assert!(err("type=bind,source=/s,target=/d,bind-propagation=shared").contains("unknown field"));
     }
 
+    // Unix paths: `-v` is Linux-only, and a Windows drive letter holds a colon.
+    #[cfg(unix)]
     #[test]
     fn host_directories_are_checked() {
         let dir = tempfile::tempdir().unwrap();
