@@ -111,17 +111,7 @@ fn split_name(name: &str) -> (String, String) {
     (familiar.to_string(), tag)
 }
 
-/// Sizes as docker prints them (decimal units, 3 significant digits).
-pub fn human_size(bytes: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "kB", "MB", "GB", "TB"];
-    let mut v = bytes as f64;
-    let mut u = 0;
-    while v >= 1000.0 && u < UNITS.len() - 1 {
-        v /= 1000.0;
-        u += 1;
-    }
-    if u == 0 { format!("{bytes}B") } else { format!("{v:.1}{}", UNITS[u]) }
-}
+pub use crate::engine::progress::human_size;
 
 /// docker's (go-units') wording for how long ago: "2 weeks", "About an hour".
 fn human_duration(seconds: i64) -> String {

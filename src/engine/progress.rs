@@ -621,9 +621,16 @@ fn transfer_line(digest: &str, current: u64, total: u64, width: usize) -> String
     line.chars().take(room).collect()
 }
 
-/// Bytes as docker shows them (decimal units): `12.3MB`.
-fn human_size(bytes: u64) -> String {
-    crate::cli::images::human_size(bytes)
+/// Bytes as docker shows them (decimal units, 3 significant digits): `12.3MB`.
+pub fn human_size(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "kB", "MB", "GB", "TB"];
+    let mut v = bytes as f64;
+    let mut u = 0;
+    while v >= 1000.0 && u < UNITS.len() - 1 {
+        v /= 1000.0;
+        u += 1;
+    }
+    if u == 0 { format!("{bytes}B") } else { format!("{v:.1}{}", UNITS[u]) }
 }
 
 /// What a terminal would show for one line of output: progress redrawn
