@@ -17,14 +17,22 @@
 #                      the build and print `bench-time NAME SECONDS`
 #                      (exec-heavy, cpu-bound, apt-update); cold only, as a
 #                      warm build runs nothing.
-#   Every case gets the base as --build-arg BASE=<registry>/debian:bookworm-arm64.
+#     multistage       scripts/bench/multistage: a RUN in a first stage, then
+#                      a last stage on another 150 MB base with a RUN (the
+#                      second base reaches the VM after it booted). Not in the
+#                      default set.
+#   Every case gets the base as --build-arg BASE=<registry>/debian:bookworm-arm64;
+#   multistage also BASE2=<registry>/debian-variant:bookworm-arm64, the same
+#   file system plus /variant.txt as one layer of its own (made with
+#   `kiln import`).
 # - Sides (BENCH_TOOLS, default "kiln buildah"): kiln, buildah, and kiln-b,
 #   which is kiln again with the assignments in BENCH_KILN_B_ENV (separated
 #   by ';') added to its environment (e.g. "KILN_LAYER_DISKS=off" or
 #   "KILN_QEMU_CPU=cortex-a76; KILN_GUEST_CMDLINE=init_on_alloc=0 mitigations=off"), to measure one lever on and off
 #   in the same run; BENCH_KILN_B_ARGS adds `kiln build` options (e.g.
-#   "--cpus 1"). kiln-b without either is an A/A run: its
-#   difference to kiln is the noise.
+#   "--cpus 1"), and BENCH_KILN_B names another kiln binary for it (e.g. one
+#   built from the commit before a change). kiln-b without any of them is an
+#   A/A run: its difference to kiln is the noise.
 # - Rounds (BENCH_ROUNDS, default 3): each round builds every case with every
 #   side, cold then warm. The order of the sides turns by one every round
 #   (kiln buildah kiln-b, then buildah kiln-b kiln, ...) so that neither a
@@ -52,7 +60,7 @@
 #
 # Environment: KILN (kiln binary; default: cargo build --release, then
 # target/release/kiln), BENCH_ROUNDS, BENCH_CASES, BENCH_TOOLS,
-# BENCH_KILN_B_ENV, BENCH_KILN_B_ARGS, BENCH_REGISTRY_PORT, KILN_DEBIAN_MIRROR, BENCH_LOG_DIR
+# BENCH_KILN_B_ENV, BENCH_KILN_B_ARGS, BENCH_KILN_B, BENCH_REGISTRY_PORT, KILN_DEBIAN_MIRROR, BENCH_LOG_DIR
 # (keep every build's log, and the summary, there).
 #
 # The machine's load average is printed with the results: other work on the
@@ -68,6 +76,7 @@ else
   cargo build --release --quiet --manifest-path "$root/Cargo.toml" --bin kiln
   kiln="$root/target/release/kiln"
 fi
+kiln_b="${BENCH_KILN_B:-$kiln}"
 tools="${BENCH_TOOLS:-kiln buildah}"
 cases="${BENCH_CASES:-nginx build-essential micro}"
 rounds="${BENCH_ROUNDS:-3}"
@@ -75,6 +84,8 @@ port="${BENCH_REGISTRY_PORT:-5000}"
 platform=linux/arm64
 base_local=kiln.local/debian:bookworm-arm64
 base_remote="127.0.0.1:$port/debian:bookworm-arm64"
+variant_local=kiln.local/debian-variant:bookworm-arm64
+variant_remote="127.0.0.1:$port/debian-variant:bookworm-arm64"
 
 log() { echo "bench-nginx: $*" >&2; }
 die() { log "$*"; exit 1; }
@@ -117,14 +128,21 @@ read -r -a case_list <<< "$cases"
 case_dir() {
   case "$1" in
     nginx) echo "$root/examples/nginx" ;;
-    build-essential | micro) echo "$root/scripts/bench/$1" ;;
+    build-essential | micro | multistage) echo "$root/scripts/bench/$1" ;;
     *) return 1 ;;
   esac
 }
 for c in "${case_list[@]}"; do
-  d="$(case_dir "$c")" || die "unknown case '$c' in BENCH_CASES (nginx, build-essential, micro)"
+  d="$(case_dir "$c")" || die "unknown case '$c' in BENCH_CASES (nginx, build-essential, micro, multistage)"
   [ -r "$d/Dockerfile" ] || die "$d/Dockerfile is missing"
 done
+[ -x "$kiln_b" ] || die "BENCH_KILN_B: $kiln_b is not an executable"
+# The build args of a case.
+case_args() {
+  echo "--build-arg BASE=$base_remote"
+  [ "$1" = multistage ] && echo "--build-arg BASE2=$variant_remote"
+  true
+}
 
 need_pkgs=()
 command -v docker-registry >/dev/null || need_pkgs+=(docker-registry)
@@ -228,6 +246,20 @@ for _ in $(seq 100); do
   sleep 0.1
 done
 "$kiln" push "$base_local" "$base_remote" >&2
+if [[ " $cases " == *" multistage "* ]]; then
+  # The same file system as one layer of another diff_id: the base's layer
+  # tar plus /variant.txt, imported.
+  v="$work/variant"
+  mkdir -p "$v"
+  "$kiln" save --format oci-dir -o "$v/layout" "$base_local" >&2
+  layer="$(ls -S "$v"/layout/blobs/sha256/* | head -n1)"
+  gzip -dc "$layer" > "$v/rootfs.tar"
+  echo variant > "$v/variant.txt"
+  tar -rf "$v/rootfs.tar" -C "$v" variant.txt
+  "$kiln" import --platform "$platform" "$v/rootfs.tar" "$variant_local" >&2
+  "$kiln" push "$variant_local" "$variant_remote" >&2
+  rm -rf "$v"
+fi
 
 # The guest kernels, copied once from the user's cache: every cold kiln
 # state gets hard links to this private copy (cheap, and the user's cache is
@@ -320,7 +352,7 @@ bench_buildah() { # case, round
   buildah_bud() {
     buildah --root "$b/root" --runroot "$b/runroot" --storage-driver vfs \
       bud --platform "$platform" --isolation chroot --layers --tls-verify=false \
-      --build-arg "BASE=$base_remote" -t "bench-$c" "$ctx"
+      $(case_args "$c") -t "bench-$c" "$ctx"
   }
   binfmt_on
   [ "$r" = 1 ] && log "binfmt_misc: $(tr '\n' ' ' < "$binfmt/qemu-aarch64")"
@@ -339,15 +371,15 @@ bench_buildah() { # case, round
 bench_kiln() { # case, side (kiln or kiln-b), round
   local c="$1" side="$2" r="$3" k="$work/kiln-state"
   local ctx; ctx="$(case_dir "$c")"
-  local extra=() args=()
-  [ "$side" = kiln-b ] && extra=(${kiln_b_env[@]+"${kiln_b_env[@]}"}) && args=(${kiln_b_args[@]+"${kiln_b_args[@]}"})
+  local extra=() args=() bin="$kiln"
+  [ "$side" = kiln-b ] && extra=(${kiln_b_env[@]+"${kiln_b_env[@]}"}) && args=(${kiln_b_args[@]+"${kiln_b_args[@]}"}) && bin="$kiln_b"
   rm -rf "$k"
   mkdir -p "$k/cache"
   [ -n "$kernels" ] && cp -al "$kernels" "$k/cache/kernels"
   kiln_build() {
     env ${extra[@]+"${extra[@]}"} KILN_DATA_DIR="$k/data" KILN_CACHE_DIR="$k/cache" \
-      "$kiln" build --progress plain --platform "$platform" -t "bench-$c" \
-      ${args[@]+"${args[@]}"} --build-arg "BASE=$base_remote" "$ctx"
+      "$bin" build --progress plain --platform "$platform" -t "bench-$c" \
+      ${args[@]+"${args[@]}"} $(case_args "$c") "$ctx"
   }
   local cold_log="$work/$c-$side-cold-r$r.log"
   run_timed "$c/$side/cold/$r" "$cold_log" kiln_build
@@ -489,7 +521,7 @@ fi
   if wants buildah; then
     echo "buildah: $(buildah --version 2>/dev/null | head -n1), qemu-user-static $(dpkg-query -W -f '${Version}' qemu-user-static 2>/dev/null || echo '?')"
   fi
-  wants kiln-b && echo "kiln-b: kiln with ${BENCH_KILN_B_ENV:-(no environment)} ${BENCH_KILN_B_ARGS:-(no build options)}"
+  wants kiln-b && echo "kiln-b: $("$kiln_b" --version) with ${BENCH_KILN_B_ENV:-(no environment)} ${BENCH_KILN_B_ARGS:-(no build options)}"
   echo "$platform, base $base_local via registry, $rounds round(s), order turned each round, $(nproc) cores"
   echo "load average: start $load_start, end $load_end"
   for c in "${case_list[@]}"; do

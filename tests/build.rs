@@ -240,6 +240,62 @@ fn layer_disks_fall_back_to_unpacking_with_the_same_image() {
     env.assert_tmp_empty();
 }
 
+/// Layers that reach a running VM after it booted (here: the last stage's
+/// own COPY layers; in real builds also a later stage's base) are written
+/// into the VM's spare layer slots and mounted, not unpacked under
+/// emulation, with the same image as unpacking gives. Damaged images fall
+/// back to unpacking and are made again.
+#[test]
+fn layers_that_come_after_the_boot_are_mounted_through_spare_slots() {
+    let env = Env::with_private_cache();
+    env.import_busybox("arm64", BUSYBOX);
+    env.write("a.txt", "a\n");
+    env.write("b.txt", "b\n");
+    env.write(
+        "Dockerfile",
+        &format!(
+            "FROM {BUSYBOX} AS first\nCOPY a.txt /a.txt\nRUN cat /a.txt > /first.txt\n\
+             FROM {BUSYBOX}\nCOPY b.txt /b.txt\nCOPY --from=first /first.txt /copied.txt\nRUN cat /b.txt /copied.txt > /both.txt\n"
+        ),
+    );
+    let build = |disks: &str| env.build_reproducibly(&[("KILN_LAYER_DISKS", disks)], &["--no-cache"]);
+    // Both RUNs report two layers: busybox and a.txt's at boot, then the
+    // two COPY layers of the last stage.
+    let count = |log: &str, what: &str| log.matches(&format!("layers: {what}")).count();
+
+    let (with_disks, log) = build("on");
+    assert_eq!(count(&log, "2 mounted from disk images, 0 unpacked"), 2, "{log}");
+    let (unpacked, log) = build("off");
+    assert_eq!(count(&log, "0 mounted from disk images, 2 unpacked"), 2, "{log}");
+    assert_eq!(unpacked, with_disks, "both ways give the same image");
+
+    let root = env.path("cache/layer-images");
+    let images: Vec<PathBuf> = std::fs::read_dir(&root)
+        .unwrap()
+        .flat_map(|format| std::fs::read_dir(format.unwrap().path()).unwrap())
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(images.len(), 4, "{images:?}");
+    for image in &images {
+        let file = std::fs::OpenOptions::new().write(true).open(image).unwrap();
+        std::os::unix::fs::FileExt::write_all_at(&file, &[0u8; 8192], 0).unwrap();
+    }
+    // The boot disks fail to mount, and after that the VM uses no slots.
+    let (fallback, log) = build("on");
+    assert_eq!(count(&log, "0 mounted from disk images, 2 unpacked"), 2, "{log}");
+    assert_eq!(fallback, with_disks);
+    // The boot disks are made again; the late images are found damaged
+    // when their turn comes, dropped and unpacked; the next build makes them.
+    let (repaired, log) = build("on");
+    assert_eq!(count(&log, "2 mounted from disk images, 0 unpacked"), 1, "{log}");
+    assert_eq!(count(&log, "0 mounted from disk images, 2 unpacked"), 1, "{log}");
+    assert_eq!(repaired, with_disks);
+    let (again, log) = build("on");
+    assert_eq!(count(&log, "2 mounted from disk images, 0 unpacked"), 2, "{log}");
+    assert_eq!(again, with_disks);
+    env.assert_tmp_empty();
+}
+
 /// The first VM saves a boot snapshot and later VMs restore it. A
 /// restored guest runs with the host's clock, not the snapshot's, and with
 /// randomness of its own (the host's hello reseeds it; the kernel's early

@@ -1,6 +1,6 @@
 //! One guest for a build (or a `kiln run`), and the whole life of a RUN in
-//! it: layers become lower directories on the scratch disk (unpacked once
-//! per VM), the command runs in a fresh overlay, and on success the session
+//! it: layers become lower directories on the scratch disk (EROFS disks
+//! mounted, or else unpacked, once per VM), the command runs in a fresh overlay, and on success the session
 //! freezes the scratch file system, reads the upper directory's manifest
 //! and contents, writes the layer, thaws, and keeps the upper directory as
 //! that layer's lower for the steps that follow. Callers never see a frozen
@@ -15,7 +15,7 @@ use std::time::Instant;
 use kiln_protocol::{EntryKind, ExecRequest, ExitStatus, LayerEntry, RootSpec};
 use oci_spec::image::Descriptor;
 
-use super::layer_images::LayerDisks;
+use super::layer_images::{LayerDisks, LayerImages};
 use super::layer_tar::{write_layer, write_tar, LayerOptions, LayerTarError, NoContent};
 use super::progress::StepLog;
 use super::snapshot::Ext4Contents;
@@ -23,6 +23,7 @@ use crate::oci::layer::{open_layer, Compression};
 use crate::oci::store::{Store, StoreError};
 use crate::platform::Platform;
 use crate::vm::client::{ClientError, Resizes};
+use crate::vm::layer_slots::SpareSlot;
 use crate::vm::{BootFiles, BootFilesError, Vm, VmConfig, VmError};
 
 #[derive(Debug, thiserror::Error)]
@@ -131,14 +132,17 @@ pub struct Session {
     /// diff_id → (serial, host image) of the attached disk holding that
     /// layer's EROFS image, until it is mounted (then it is in `lowers`).
     disks: HashMap<String, (String, PathBuf)>,
+    /// Layer disk slots still empty, for layers no disk held at boot.
+    spare_slots: Vec<SpareSlot>,
     /// Cache volumes unpacked in this VM, by name.
     caches: HashMap<String, LoadedCache>,
     next: usize,
 }
 
 impl Session {
-    /// Boots a VM with `disks` attached; the layers of later steps, and
-    /// any the guest cannot mount, are unpacked in the guest when needed.
+    /// Boots a VM with `disks` attached. Layers of later steps go through
+    /// the VM's spare slots; any left over (no slot left, a machine without
+    /// slots) or that the guest cannot mount are unpacked in the guest.
     pub fn boot(config: &VmConfig, files: &BootFiles, disks: LayerDisks, cancel: &AtomicBool) -> Result<Self, SessionError> {
         let mut config = config.clone();
         let mut by_layer = HashMap::new();
@@ -146,8 +150,9 @@ impl Session {
             by_layer.insert(diff_id, (crate::vm::layer_disk_serial(config.layer_disks.len()), image.clone()));
             config.layer_disks.push(image);
         }
-        let vm = Vm::boot(&config, files, cancel)?;
-        Ok(Session { vm, lowers: HashMap::new(), disks: by_layer, caches: HashMap::new(), next: 0 })
+        let mut vm = Vm::boot(&config, files, cancel)?;
+        let spare_slots = vm.take_spare_slots();
+        Ok(Session { vm, lowers: HashMap::new(), disks: by_layer, spare_slots, caches: HashMap::new(), next: 0 })
     }
 
     /// Runs a command in an overlay over `spec.layers` without keeping its
@@ -198,7 +203,7 @@ impl Session {
                 continue;
             }
             let dir = self.fresh_dir("l");
-            if self.mount_disk(&layer.diff_id, &dir, cancel)? {
+            if self.mount_disk(&layer.diff_id, &dir, cancel)? || self.mount_late_disk(store, layer, &dir, cancel)? {
                 ready.mounted += 1;
             } else {
                 let mut tar = open_layer(store, &layer.descriptor)?;
@@ -228,10 +233,36 @@ impl Session {
             Ok(()) => Ok(true),
             Err(VmError::Agent { error: ClientError::RequestFailed(_), .. }) => {
                 let _ = std::fs::remove_file(&image);
+                // The guest may not mount EROFS at all: the rest of this
+                // VM's layers are unpacked rather than made into images.
+                self.spare_slots.clear();
                 Ok(false)
             }
             Err(e) => Err(e.into()),
         }
+    }
+
+    /// Mounts a layer that no disk held at boot (a later stage's base, a
+    /// COPY's layer) through a spare slot, its image made now if the cache
+    /// has none. False when no slot is left, disks are off, or the image
+    /// cannot be made, written or mounted: the caller unpacks the layer.
+    fn mount_late_disk(&mut self, store: &Store, layer: &LayerRef, dir: &str, cancel: &AtomicBool) -> Result<bool, SessionError> {
+        if self.spare_slots.is_empty() || !LayerImages::enabled() {
+            return Ok(false);
+        }
+        let Ok(image) = LayerImages::new(&crate::dirs::cache_dir()).image(store, layer) else { return Ok(false) };
+        let Some(len) = erofs_image_len(&image) else {
+            // Damaged: made again by the next build that needs it.
+            let _ = std::fs::remove_file(&image);
+            return Ok(false);
+        };
+        // A slot is used once: after a failed write it holds part of an image.
+        let slot = self.spare_slots.remove(0);
+        if slot.fill(&image, len).is_err() {
+            return Ok(false);
+        }
+        self.disks.insert(layer.diff_id.clone(), (slot.serial, image));
+        self.mount_disk(&layer.diff_id, dir, cancel)
     }
 
     /// Makes the cache volume's directory exist in the VM and returns the
@@ -327,6 +358,13 @@ impl Session {
 }
 
 /// A file's size and mtime: whether a cache volume's tar changed.
+/// The length of the EROFS image in `path` (past it the file is a sparse pad).
+fn erofs_image_len(path: &std::path::Path) -> Option<u64> {
+    let mut head = [0u8; 2048];
+    std::fs::File::open(path).ok()?.read_exact(&mut head).ok()?;
+    super::erofs::layout::image_len(&head)
+}
+
 fn host_stamp(path: &std::path::Path) -> Option<(u64, std::time::SystemTime)> {
     let meta = std::fs::metadata(path).ok()?;
     Some((meta.len(), meta.modified().ok()?))

@@ -9,7 +9,8 @@
 //! state and the scratch disk as it was at that moment (restored VMs start
 //! from a sparse copy). The layer disk slots are part of the machine: every
 //! snapshot VM has [`super::LAYER_DISK_SLOTS`] of them, the unused ones
-//! backed by an empty sparse file of the same size as a layer image.
+//! backed by empty sparse files of the run's own, of the same size as a
+//! layer image, which later steps can fill ([`super::layer_slots`]).
 //!
 //! The agent's serial port is a socket QEMU listens on. While the template
 //! boots nobody connects, so the agent's hello blocks in the guest; that is
@@ -21,7 +22,6 @@
 //! saves a new one), so a stale or damaged snapshot costs one boot.
 
 use std::fs;
-use std::io;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
@@ -34,7 +34,7 @@ use super::client::{AgentClient, ClientError};
 use super::qemu::{log_tail, QemuConfig, QemuProcess};
 use super::qmp::{Qmp, QmpError};
 use super::transport::{serial_port_args, Transport, TransportChoice};
-use super::{check_arch, scratch, BootFiles, Vm, VmConfig, VmError, Watcher, CONSOLE_TAIL, LAYER_DISK_SIZE, LAYER_DISK_SLOTS};
+use super::{check_arch, layer_slots, scratch, BootFiles, Vm, VmConfig, VmError, Watcher, CONSOLE_TAIL, LAYER_DISK_SLOTS};
 
 /// Bump when what a snapshot holds or how it is restored changes.
 const FORMAT: &str = "1";
@@ -64,13 +64,13 @@ pub fn eligible(config: &VmConfig, accel: Accel) -> bool {
 pub fn boot(config: &VmConfig, files: &BootFiles, boot_timeout: Duration, cancel: &AtomicBool) -> Result<Vm, VmError> {
     let arch = arch::for_platform(&config.platform)?;
     let root = crate::dirs::cache_dir().join("vm-snapshots");
-    let placeholder = empty_disk(&root).map_err(VmError::RunDir)?;
-    let mut slots = config.layer_disks.clone();
-    slots.resize(LAYER_DISK_SLOTS, placeholder);
-    let key = key(config, files, arch, &slots);
+    // Unused slots were one shared empty file here before they became the
+    // run's own (so that a later step can fill one).
+    let _ = fs::remove_file(root.join("empty-layer-disk.img"));
+    let key = key(config, files, arch);
     let dir = root.join(format!("{}-{key}", arch.key()));
     if dir.join("state").is_file() {
-        match restore(config, files, arch, &slots, &dir, cancel) {
+        match restore(config, files, arch, &dir, cancel) {
             Ok(vm) => return Ok(vm),
             Err(VmError::Interrupted) => return Err(VmError::Interrupted),
             Err(_) => {
@@ -78,7 +78,7 @@ pub fn boot(config: &VmConfig, files: &BootFiles, boot_timeout: Duration, cancel
             }
         }
     }
-    boot_and_save(config, files, arch, &slots, &dir, boot_timeout, cancel)
+    boot_and_save(config, files, arch, &dir, boot_timeout, cancel)
 }
 
 /// The parts of a VM's run directory a snapshot boot uses.
@@ -138,9 +138,9 @@ fn device_args(agent_sock: &Path, qmp_sock: &Path, arch: &dyn GuestArch) -> Vec<
 }
 
 /// The snapshot's name: everything that shapes the saved machine.
-fn key(config: &VmConfig, files: &BootFiles, arch: &dyn GuestArch, slots: &[PathBuf]) -> String {
+fn key(config: &VmConfig, files: &BootFiles, arch: &dyn GuestArch) -> String {
     let canonical = Path::new("/run");
-    let slot_names: Vec<PathBuf> = (0..slots.len()).map(|i| PathBuf::from(format!("/slot{i}"))).collect();
+    let slot_names: Vec<PathBuf> = (0..LAYER_DISK_SLOTS).map(|i| PathBuf::from(format!("/slot{i}"))).collect();
     let extra = device_args(&canonical.join("agent.sock"), &canonical.join("qmp.sock"), arch);
     let (scratch, console) = (canonical.join("scratch.img"), canonical.join("console.log"));
     let args = qemu_config(config, files, arch, &slot_names, &scratch, &console, &extra).args();
@@ -165,15 +165,15 @@ fn restore(
     config: &VmConfig,
     files: &BootFiles,
     arch: &'static dyn GuestArch,
-    slots: &[PathBuf],
     dir: &Path,
     cancel: &AtomicBool,
 ) -> Result<Vm, VmError> {
     let run = Run::new()?;
+    let (slots, spare) = layer_slots::fill_up(&config.layer_disks, run.dir.path()).map_err(VmError::RunDir)?;
     scratch::copy_sparse(&dir.join("scratch.img"), &run.scratch).map_err(VmError::RunDir)?;
     let mut extra = device_args(&run.agent_sock, &run.qmp_sock, arch);
     extra.extend(["-incoming".to_string(), format!("file:{}", dir.join("state").display())]);
-    let qemu_config = qemu_config(config, files, arch, slots, &run.scratch, &run.console, &extra);
+    let qemu_config = qemu_config(config, files, arch, &slots, &run.scratch, &run.console, &extra);
     let started = Instant::now();
     let mut qemu = QemuProcess::spawn(&qemu_config, &run.dir.path().join("qemu.stderr"))?;
     let timeout = Duration::from_secs(20);
@@ -185,7 +185,8 @@ fn restore(
     if let Err(e) = resumed {
         return Err(qmp_failed(e, &run.console));
     }
-    finish(config, run, &mut qemu, started, timeout, cancel).map(|(client, run)| Vm::assemble(client, qemu, run.dir, run.scratch, started, arch))
+    finish(config, run, &mut qemu, started, timeout, cancel)
+        .map(|(client, run)| Vm::assemble(client, qemu, run.dir, run.scratch, spare, started, arch))
 }
 
 /// Boots from scratch with the serial port unconnected, saves the machine
@@ -194,15 +195,15 @@ fn boot_and_save(
     config: &VmConfig,
     files: &BootFiles,
     arch: &'static dyn GuestArch,
-    slots: &[PathBuf],
     dir: &Path,
     boot_timeout: Duration,
     cancel: &AtomicBool,
 ) -> Result<Vm, VmError> {
     let run = Run::new()?;
+    let (slots, spare) = layer_slots::fill_up(&config.layer_disks, run.dir.path()).map_err(VmError::RunDir)?;
     scratch::create(&run.scratch)?;
     let extra = device_args(&run.agent_sock, &run.qmp_sock, arch);
-    let qemu_config = qemu_config(config, files, arch, slots, &run.scratch, &run.console, &extra);
+    let qemu_config = qemu_config(config, files, arch, &slots, &run.scratch, &run.console, &extra);
     let started = Instant::now();
     let mut qemu = QemuProcess::spawn(&qemu_config, &run.dir.path().join("qemu.stderr"))?;
     let deadline = started + boot_timeout;
@@ -234,7 +235,7 @@ fn boot_and_save(
     qmp.execute("cont", None).map_err(|e| qmp_failed(e, &run.console))?;
     let remaining = deadline.saturating_duration_since(Instant::now()).max(Duration::from_secs(5));
     finish(config, run, &mut qemu, started, remaining, cancel)
-        .map(|(client, run)| Vm::assemble(client, qemu, run.dir, run.scratch, started, arch))
+        .map(|(client, run)| Vm::assemble(client, qemu, run.dir, run.scratch, spare, started, arch))
 }
 
 /// A QMP failure as the user sees it, with the guest's last console lines.
@@ -297,17 +298,4 @@ fn finish(
     };
     check_arch(&client, config)?;
     Ok((client, run))
-}
-
-/// An empty sparse file of [`LAYER_DISK_SIZE`] for unused layer slots.
-fn empty_disk(root: &Path) -> io::Result<PathBuf> {
-    let path = root.join("empty-layer-disk.img");
-    if fs::metadata(&path).is_ok_and(|m| m.len() == LAYER_DISK_SIZE) {
-        return Ok(path);
-    }
-    fs::create_dir_all(root)?;
-    let tmp = tempfile::NamedTempFile::new_in(root)?;
-    crate::vm::scratch::set_sparse_len(tmp.as_file(), LAYER_DISK_SIZE)?;
-    tmp.persist(&path).map_err(|e| e.error)?;
-    Ok(path)
 }

@@ -12,6 +12,7 @@ mod boot_snapshot;
 pub mod client;
 pub mod initramfs;
 pub mod kernel;
+pub mod layer_slots;
 pub mod process;
 pub mod qemu;
 #[cfg(target_os = "linux")]
@@ -164,6 +165,8 @@ pub struct Vm {
     arch: &'static dyn GuestArch,
     /// Commands run under the 32-bit personality ([`arch::runs_as_linux32`]).
     linux32: bool,
+    /// Layer disk slots no layer took at boot (boot-snapshot machines only).
+    spare_slots: Vec<layer_slots::SpareSlot>,
 }
 
 impl Vm {
@@ -285,6 +288,7 @@ impl Vm {
             boot_time,
             arch,
             linux32: false,
+            spare_slots: Vec::new(),
         })
     }
 
@@ -295,13 +299,33 @@ impl Vm {
         qemu: QemuProcess,
         run_dir: tempfile::TempDir,
         scratch: PathBuf,
+        spare_slots: Vec<layer_slots::SpareSlot>,
         started: Instant,
         arch: &'static dyn GuestArch,
     ) -> Vm {
         let boot_time = started.elapsed();
         let (transport, accel) = (Transport::Serial, Accel::Tcg);
         let _shares = shares::ShareDaemons::default();
-        Vm { client, qemu, _host_end: None, _shares, run_dir, scratch: Some(scratch), transport, accel, boot_time, arch, linux32: false }
+        Vm {
+            client,
+            qemu,
+            _host_end: None,
+            _shares,
+            run_dir,
+            scratch: Some(scratch),
+            transport,
+            accel,
+            boot_time,
+            arch,
+            linux32: false,
+            spare_slots,
+        }
+    }
+
+    /// The layer disk slots no layer took at boot, for layers that later
+    /// steps need (see [`layer_slots`]); empty for machines without slots.
+    pub fn take_spare_slots(&mut self) -> Vec<layer_slots::SpareSlot> {
+        std::mem::take(&mut self.spare_slots)
     }
 
     pub fn agent_kernel(&self) -> &str {

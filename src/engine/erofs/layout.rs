@@ -67,6 +67,15 @@ impl Superblock {
     }
 }
 
+/// The length of the image that starts with `head` (its first 2 KiB or
+/// more): `blocks` whole blocks, as its superblock says. None when `head`
+/// holds no superblock of this writer's kind.
+pub fn image_len(head: &[u8]) -> Option<u64> {
+    let sb = head.get(SUPER_OFFSET as usize..SUPER_OFFSET as usize + 128)?;
+    let get32 = |at: usize| u32::from_le_bytes(sb[at..at + 4].try_into().expect("4 bytes"));
+    (get32(0) == MAGIC && sb[12] == BLOCK_BITS).then(|| u64::from(get32(36)) * BLOCK)
+}
+
 /// The fields both inode versions carry; `compact` picks the 32-byte one
 /// (no uid/gid above 65535, size below 4 GiB, nlink below 65536, and the
 /// mtime equal to the superblock's build time).
