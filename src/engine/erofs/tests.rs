@@ -39,6 +39,10 @@ fn run(cmd: &mut Command) -> String {
 /// path and the extraction directory.
 fn check(image: Vec<u8>, dir: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
     assert_eq!(image.len() as u64 % BLOCK, 0, "an image is whole blocks");
+    assert_eq!(super::layout::image_len(&image), Some(image.len() as u64), "the superblock gives the image's length");
+    let mut zeroed = image.clone();
+    zeroed[1024..1028].fill(0);
+    assert_eq!(super::layout::image_len(&zeroed), None, "no magic, no length");
     let img = dir.join("image.erofs");
     fs::write(&img, image).unwrap();
     run(tool("fsck.erofs").arg(&img));
