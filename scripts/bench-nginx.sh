@@ -221,8 +221,8 @@ if wants kiln || wants kiln-b; then
     tools="${sides[*]}"
   fi
 fi
-if wants kiln-b && [ ${#kiln_b_env[@]} -eq 0 ] && [ ${#kiln_b_args[@]} -eq 0 ]; then
-  log "BENCH_KILN_B_ENV is empty: kiln-b is plain kiln again (an A/A run, its difference is noise)"
+if wants kiln-b && [ ${#kiln_b_env[@]} -eq 0 ] && [ ${#kiln_b_args[@]} -eq 0 ] && [ "$kiln_b" = "$kiln" ]; then
+  log "BENCH_KILN_B_ENV, BENCH_KILN_B_ARGS and BENCH_KILN_B are empty: kiln-b is plain kiln again (an A/A run, its difference is noise)"
 fi
 
 # The base image: built once by make-debian-base.sh (then loaded from its cache).
