@@ -25,6 +25,7 @@ fn main() {
     let out = PathBuf::from(env::var("OUT_DIR").unwrap()).join("agents.rs");
     std::fs::write(out, code).unwrap();
     erofs_format(&manifest);
+    layer_index_format(&manifest);
     git_commit(&manifest);
 }
 
@@ -70,13 +71,27 @@ fn git_commit(manifest: &std::path::Path) {
 fn erofs_format(manifest: &std::path::Path) {
     let dir = manifest.join("src/engine/erofs");
     println!("cargo:rerun-if-changed={}", dir.display());
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+    let files: Vec<PathBuf> = std::fs::read_dir(&dir)
         .unwrap()
         .map(|e| e.unwrap().path())
         .filter(|p| p.extension().is_some_and(|x| x == "rs") && !p.ends_with("tests.rs"))
         .collect();
+    println!("cargo:rustc-env=KILN_EROFS_FORMAT={}", sources_hash(files));
+}
+
+/// `KILN_LAYER_INDEX_FORMAT`: a hash of the sources that index a layer
+/// (engine::rootfs and the tar reader and entry types it uses), so stored
+/// layer indexes are made again whenever that code changes.
+fn layer_index_format(manifest: &std::path::Path) {
+    let files = ["src/engine/rootfs.rs", "guest-agent/src/tar_read.rs", "guest-agent/src/layer_entry.rs", "guest-agent/src/file_name.rs"]
+        .map(|f| manifest.join(f));
+    println!("cargo:rustc-env=KILN_LAYER_INDEX_FORMAT={}", sources_hash(files.to_vec()));
+}
+
+/// FNV-1a over the files' names and contents, in name order: stable across
+/// Rust releases, unlike std's hasher.
+fn sources_hash(mut files: Vec<PathBuf>) -> String {
     files.sort();
-    // FNV-1a: stable across Rust releases, unlike std's hasher.
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
     for file in files {
         println!("cargo:rerun-if-changed={}", file.display());
@@ -85,5 +100,5 @@ fn erofs_format(manifest: &std::path::Path) {
             hash = (hash ^ u64::from(byte)).wrapping_mul(0x100_0000_01b3);
         }
     }
-    println!("cargo:rustc-env=KILN_EROFS_FORMAT={hash:016x}");
+    format!("{hash:016x}")
 }

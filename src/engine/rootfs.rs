@@ -18,6 +18,9 @@ use std::io::{self, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
 use kiln_protocol::confined_path::{self, resolve_lexically, Tree};
 use kiln_protocol::{file_name, EntryKind, LayerEntry, Xattr};
 use oci_spec::image::Descriptor;
+use serde::{Deserialize, Serialize};
+
+mod layer_index;
 
 use super::layer_tar::ContentSource;
 use super::tar_read::{Kind, TarReader};
@@ -41,13 +44,13 @@ fn path_err(path: &str, message: impl Into<String>) -> RootfsError {
 
 /// Where a regular file's bytes are: a layer (index into `layers`) and the
 /// offset of the content in its uncompressed tar.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 struct Content {
     layer: usize,
     offset: u64,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 struct Node {
     entry: LayerEntry,
     content: Option<Content>,
@@ -111,14 +114,18 @@ impl LayerStack {
     /// Adds a layer on top (a step's new layer) without re-reading the ones below.
     pub fn push(&mut self, store: &Store, layer: &Descriptor) -> Result<(), RootfsError> {
         let index = self.layers.len();
-        let parsed = {
-            let layer_err = |source| RootfsError::Layer { digest: layer.digest().to_string(), source };
-            let compression = compression_of(layer)?;
-            let mut raw = BufReader::with_capacity(1 << 16, store.get_blob(layer)?);
-            let parsed = parse_layer(decompress(&mut raw, compression).map_err(layer_err)?, index)?;
-            // Read to the end so the blob's digest is checked: a corrupt layer is never indexed.
-            io::copy(&mut raw, &mut io::sink()).map_err(layer_err)?;
-            parsed
+        let parsed = match layer_index::load(store, layer, index) {
+            Some(parsed) => parsed,
+            None => {
+                let layer_err = |source| RootfsError::Layer { digest: layer.digest().to_string(), source };
+                let compression = compression_of(layer)?;
+                let mut raw = BufReader::with_capacity(1 << 16, store.get_blob(layer)?);
+                let parsed = parse_layer(decompress(&mut raw, compression).map_err(layer_err)?, index)?;
+                // Read to the end so the blob's digest is checked: a corrupt layer is never indexed.
+                io::copy(&mut raw, &mut io::sink()).map_err(layer_err)?;
+                layer_index::save(store, layer, &parsed);
+                parsed
+            }
         };
         self.apply(parsed)?;
         self.layers.push(layer.clone());
@@ -343,11 +350,13 @@ fn skip(r: &mut dyn Read, n: u64) -> io::Result<()> {
     Ok(())
 }
 
+#[derive(Serialize, Deserialize)]
 enum Item {
     Node(Node),
     Hardlink { entry: LayerEntry, target: String },
 }
 
+#[derive(Serialize, Deserialize)]
 struct ParsedLayer {
     items: Vec<Item>,
     whiteouts: Vec<String>,
@@ -417,6 +426,7 @@ mod tests {
     use crate::engine::layer_tar::tests::{dir, entry, file, MapContents};
     use crate::engine::layer_tar::{write_layer, LayerOptions};
     use crate::oci::digest;
+    use std::fs;
 
     fn store() -> (tempfile::TempDir, Store) {
         let d = tempfile::tempdir().unwrap();
@@ -483,6 +493,37 @@ mod tests {
             sorted.sort_by(|a, b| crate::engine::layer_tar::path_order(a, b));
             sorted
         });
+    }
+
+    /// The second look at a layer reads its stored index instead of the
+    /// blob and sees the same files; a damaged index is indexed again.
+    #[test]
+    fn layers_are_indexed_once_and_read_back_from_their_index() {
+        let (_d, s) = store();
+        let layers = two_layers(&s);
+        let first = LayerStack::open(&s, &layers).unwrap();
+        let index_dir = s.root().join(crate::oci::store::LAYER_INDEX_DIR);
+        let formats: Vec<_> = fs::read_dir(&index_dir).unwrap().map(|e| e.unwrap().path()).collect();
+        assert_eq!(formats.len(), 1, "{formats:?}");
+        let index = |d: &Descriptor| formats[0].join(format!("{}.json", d.digest().digest()));
+        assert!(layers.iter().all(|d| index(d).is_file()), "one index per layer");
+
+        // An index is what the stack is built from: one that lies shows.
+        let mut parsed: serde_json::Value = serde_json::from_slice(&fs::read(index(&layers[1])).unwrap()).unwrap();
+        parsed["whiteouts"] = serde_json::json!([]);
+        fs::write(index(&layers[1]), serde_json::to_vec(&parsed).unwrap()).unwrap();
+        let from_index = LayerStack::open(&s, &layers).unwrap();
+        assert!(from_index.entry("etc/gone").is_some(), "the stored index was used");
+
+        fs::write(index(&layers[1]), b"{not json").unwrap();
+        let again = LayerStack::open(&s, &layers).unwrap();
+        assert_eq!(paths(&again, ""), paths(&first, ""));
+        assert_eq!(again.read_file(&s, "var/cache/new").unwrap().unwrap(), b"new", "contents found from the index");
+        assert!(serde_json::from_slice::<serde_json::Value>(&fs::read(index(&layers[1])).unwrap()).is_ok(), "indexed again");
+
+        // Pruning the blobs removes their indexes.
+        s.prune().unwrap();
+        assert!(layers.iter().all(|d| !index(d).exists()));
     }
 
     #[test]

@@ -83,6 +83,10 @@ pub struct PruneReport {
     pub partial_bytes: u64,
 }
 
+/// Where engine::rootfs keeps what it found in layer blobs (derived data,
+/// removed with its blob by [`Store::prune`]).
+pub const LAYER_INDEX_DIR: &str = "layer-index";
+
 pub struct Store {
     root: PathBuf,
     blobs: PathBuf,
@@ -410,10 +414,18 @@ impl Store {
                 report.bytes += len;
             }
         }
-        // Stamps of blobs that are gone.
+        // Stamps and layer indexes of blobs that are gone.
         for entry in fs::read_dir(&self.verified).into_iter().flatten().flatten() {
             if !self.blobs.join(entry.file_name()).exists() {
                 let _ = fs::remove_file(entry.path());
+            }
+        }
+        for format in fs::read_dir(self.root.join(LAYER_INDEX_DIR)).into_iter().flatten().flatten() {
+            for entry in fs::read_dir(format.path()).into_iter().flatten().flatten() {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                if !name.strip_suffix(".json").is_some_and(|hex| self.blobs.join(hex).exists()) {
+                    let _ = fs::remove_file(entry.path());
+                }
             }
         }
         (report.partial_files, report.partial_bytes) = self.sweep_tmp();

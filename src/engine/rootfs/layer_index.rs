@@ -1,0 +1,78 @@
+//! What indexing a layer blob found (its entries, whiteouts, opaque
+//! directories and where each file's bytes start), kept beside the store so
+//! that a layer is decompressed and parsed once, not on every build that
+//! looks at its files (a COPY's destination, a USER or `--chown` lookup):
+//! a warm build then reads no layer at all.
+//!
+//! An index lives in `<store>/layer-index/<format>/<hex digest>.json`. The
+//! format is a hash of the sources that parse layers (build.rs), so a change
+//! there indexes every layer again, and other formats' directories are
+//! removed. An index is used only while its blob is unchanged since kiln
+//! last knew it intact ([`Store::blob_is_intact`]); one that cannot be read
+//! is dropped and the layer indexed again. Indexes appear by renaming a
+//! finished temp file; `kiln prune` removes those of deleted blobs.
+
+use std::fs;
+use std::io::{BufWriter, Write};
+use std::path::PathBuf;
+
+use oci_spec::image::Descriptor;
+
+use super::{Item, Node, ParsedLayer};
+use crate::oci::store::{Store, LAYER_INDEX_DIR};
+
+/// Which parser made the stored indexes.
+const FORMAT: &str = env!("KILN_LAYER_INDEX_FORMAT");
+
+fn dir(store: &Store) -> PathBuf {
+    store.root().join(LAYER_INDEX_DIR).join(FORMAT)
+}
+
+fn path(store: &Store, layer: &Descriptor) -> PathBuf {
+    dir(store).join(format!("{}.json", layer.digest().digest()))
+}
+
+/// The stored index of `layer`, as the `index`th layer of a stack.
+pub(super) fn load(store: &Store, layer: &Descriptor, index: usize) -> Option<ParsedLayer> {
+    let path = path(store, layer);
+    let bytes = fs::read(&path).ok()?;
+    if !store.blob_is_intact(layer) {
+        return None;
+    }
+    let Ok(mut parsed) = serde_json::from_slice::<ParsedLayer>(&bytes) else {
+        let _ = fs::remove_file(&path);
+        return None;
+    };
+    for item in &mut parsed.items {
+        if let Item::Node(Node { content: Some(content), .. }) = item {
+            content.layer = index;
+        }
+    }
+    Some(parsed)
+}
+
+/// Stores `parsed` as `layer`'s index. Best effort: without it the next
+/// build indexes the layer again.
+pub(super) fn save(store: &Store, layer: &Descriptor, parsed: &ParsedLayer) {
+    let dir = dir(store);
+    if !dir.is_dir() {
+        if let Some(parent) = dir.parent() {
+            for stale in fs::read_dir(parent).into_iter().flatten().flatten() {
+                let _ = fs::remove_dir_all(stale.path());
+            }
+        }
+        if fs::create_dir_all(&dir).is_err() {
+            return;
+        }
+    }
+    let write = || -> std::io::Result<()> {
+        let tmp = tempfile::NamedTempFile::new_in(&dir)?;
+        let mut out = BufWriter::new(tmp);
+        serde_json::to_writer(&mut out, parsed)?;
+        out.flush()?;
+        let tmp = out.into_inner().map_err(|e| e.into_error())?;
+        tmp.persist(path(store, layer)).map_err(|e| e.error)?;
+        Ok(())
+    };
+    let _ = write();
+}
