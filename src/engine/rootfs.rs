@@ -515,6 +515,12 @@ mod tests {
         let from_index = LayerStack::open(&s, &layers).unwrap();
         assert!(from_index.entry("etc/gone").is_some(), "the stored index was used");
 
+        // Paths that escape the root are refused like unreadable indexes.
+        parsed["whiteouts"] = serde_json::json!(["../etc/passwd"]);
+        fs::write(index(&layers[1]), serde_json::to_vec(&parsed).unwrap()).unwrap();
+        let refused = LayerStack::open(&s, &layers).unwrap();
+        assert!(refused.entry("etc/gone").is_none(), "indexed again from the blob");
+
         fs::write(index(&layers[1]), b"{not json").unwrap();
         let again = LayerStack::open(&s, &layers).unwrap();
         assert_eq!(paths(&again, ""), paths(&first, ""));

@@ -39,7 +39,8 @@ pub(super) fn load(store: &Store, layer: &Descriptor, index: usize) -> Option<Pa
     if !store.blob_is_intact(layer) {
         return None;
     }
-    let Ok(mut parsed) = serde_json::from_slice::<ParsedLayer>(&bytes) else {
+    let parsed = serde_json::from_slice::<ParsedLayer>(&bytes).ok().filter(confined);
+    let Some(mut parsed) = parsed else {
         let _ = fs::remove_file(&path);
         return None;
     };
@@ -49,6 +50,18 @@ pub(super) fn load(store: &Store, layer: &Descriptor, index: usize) -> Option<Pa
         }
     }
     Some(parsed)
+}
+
+/// Whether every path in `parsed` is one the indexer could have written
+/// (normalised, no `..`): an index is a file like any other, and paths from
+/// it must not escape the root either.
+fn confined(parsed: &ParsedLayer) -> bool {
+    let normal = |p: &str| super::layer_path(p).is_ok_and(|n| n == p);
+    parsed.whiteouts.iter().chain(&parsed.opaque).all(|p| normal(p))
+        && parsed.items.iter().all(|item| match item {
+            Item::Node(node) => normal(&node.entry.path),
+            Item::Hardlink { entry, target } => normal(&entry.path) && normal(target),
+        })
 }
 
 /// Stores `parsed` as `layer`'s index. Best effort: without it the next
