@@ -90,7 +90,7 @@ variant_remote="127.0.0.1:$port/debian-variant:bookworm-arm64"
 log() { echo "bench-nginx: $*" >&2; }
 die() { log "$*"; exit 1; }
 now() { date +%s.%N; }
-elapsed() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.1f", b - a }'; }
+elapsed() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", b - a }'; }
 ratio() { # a/b to two places, "-" when either is missing
   awk -v a="$1" -v b="$2" 'BEGIN { if (a != "-" && a != "" && b != "-" && b + 0 > 0) printf "%.2f", a / b; else print "-" }'
 }
@@ -477,7 +477,7 @@ wants kiln && wants kiln-b && ratio_pairs+=(kiln-b/kiln)
 ratios() { # case, what: "pair R, pair R"
   local out="" pair
   for pair in ${ratio_pairs[@]+"${ratio_pairs[@]}"}; do
-    out+="${out:+, }$pair $(ratio "$(med "$1" "${pair%/*}" "$2")" "$(med "$1" "${pair#*/}" "$2")")"
+    out+="${out:+, }$pair $(ratio "$(med "$1" "${pair%/*}" "$2" 2)" "$(med "$1" "${pair#*/}" "$2" 2)")"
   done
   echo "${out:--}"
 }
@@ -529,7 +529,7 @@ fi
     for s in "${sides[@]}"; do line+=" $s $(med "$c" "$s" cold)s"; done
     if [ "$c" != micro ]; then
       line+="; warm:"
-      for s in "${sides[@]}"; do line+=" $s $(med "$c" "$s" warm)s"; done
+      for s in "${sides[@]}"; do line+=" $s $(med "$c" "$s" warm 2)s"; done
     fi
     echo "$line"
     [ ${#ratio_pairs[@]} -gt 0 ] && echo "  ratios cold: $(ratios "$c" cold)"
