@@ -1,6 +1,7 @@
 //! One guest for a build (or a `kiln run`), and the whole life of a RUN in
 //! it: layers become lower directories on the scratch disk (EROFS disks
-//! mounted, or else unpacked, once per VM), the command runs in a fresh overlay, and on success the session
+//! mounted, or else unpacked, once per VM), the command runs in a fresh
+//! overlay, and on success the session
 //! freezes the scratch file system, reads the upper directory's manifest
 //! and contents, writes the layer, thaws, and keeps the upper directory as
 //! that layer's lower for the steps that follow. Callers never see a frozen
@@ -357,7 +358,6 @@ impl Session {
     }
 }
 
-/// A file's size and mtime: whether a cache volume's tar changed.
 /// The length of the EROFS image in `path` (past it the file is a sparse pad).
 fn erofs_image_len(path: &std::path::Path) -> Option<u64> {
     let mut head = [0u8; 2048];
@@ -365,6 +365,7 @@ fn erofs_image_len(path: &std::path::Path) -> Option<u64> {
     super::erofs::layout::image_len(&head)
 }
 
+/// A file's size and mtime: whether a cache volume's tar changed.
 fn host_stamp(path: &std::path::Path) -> Option<(u64, std::time::SystemTime)> {
     let meta = std::fs::metadata(path).ok()?;
     Some((meta.len(), meta.modified().ok()?))
