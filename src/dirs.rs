@@ -36,6 +36,23 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Creates `dir`, a directory named for the format of what it holds (a
+/// hash of the code that writes it), and removes its siblings: what other
+/// formats left is never read again.
+pub fn create_format_dir(dir: &Path) -> std::io::Result<()> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    if let (Some(parent), Some(name)) = (dir.parent(), dir.file_name()) {
+        for entry in std::fs::read_dir(parent).into_iter().flatten().flatten() {
+            if entry.file_name() != name {
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        }
+    }
+    std::fs::create_dir_all(dir)
+}
+
 /// A temporary-name prefix that carries this process's id (`<prefix><pid>-`),
 /// so that [`remove_stale`] can tell a dead kiln's leftovers from a live one's.
 pub fn owned_prefix(prefix: &str) -> String {

@@ -134,20 +134,17 @@ impl LayerImages {
         Ok(path)
     }
 
+    /// The length of the EROFS image in the cached file `image` (past it
+    /// the file is a sparse pad); None when its superblock is damaged.
+    pub fn data_len(image: &Path) -> Option<u64> {
+        let mut head = [0u8; 2048];
+        io::Read::read_exact(&mut std::fs::File::open(image).ok()?, &mut head).ok()?;
+        erofs::layout::image_len(&head)
+    }
+
     /// Creates this format's directory, removing other formats' images.
     fn prepare_dir(&self) -> Result<(), LayerImageError> {
-        if self.dir.is_dir() {
-            return Ok(());
-        }
-        let parent = self.dir.parent().expect("format dir has a parent");
-        if let Ok(entries) = std::fs::read_dir(parent) {
-            for entry in entries.flatten() {
-                if entry.file_name() != FORMAT {
-                    let _ = std::fs::remove_dir_all(entry.path());
-                }
-            }
-        }
-        std::fs::create_dir_all(&self.dir).map_err(|source| LayerImageError::Io { path: self.dir.clone(), source })
+        crate::dirs::create_format_dir(&self.dir).map_err(|source| LayerImageError::Io { path: self.dir.clone(), source })
     }
 
     /// Removes the images of blobs `store` no longer has (after a prune).

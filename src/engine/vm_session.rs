@@ -252,7 +252,7 @@ impl Session {
             return Ok(false);
         }
         let Ok(image) = LayerImages::new(&crate::dirs::cache_dir()).image(store, layer) else { return Ok(false) };
-        let Some(len) = erofs_image_len(&image) else {
+        let Some(len) = LayerImages::data_len(&image) else {
             // Damaged: made again by the next build that needs it.
             let _ = std::fs::remove_file(&image);
             return Ok(false);
@@ -356,13 +356,6 @@ impl Session {
         thawed?;
         Ok(value)
     }
-}
-
-/// The length of the EROFS image in `path` (past it the file is a sparse pad).
-fn erofs_image_len(path: &std::path::Path) -> Option<u64> {
-    let mut head = [0u8; 2048];
-    std::fs::File::open(path).ok()?.read_exact(&mut head).ok()?;
-    super::erofs::layout::image_len(&head)
 }
 
 /// A file's size and mtime: whether a cache volume's tar changed.

@@ -13,7 +13,6 @@
 //! finished temp file; `kiln prune` removes those of deleted blobs.
 
 use std::fs;
-use std::io::{BufWriter, Write};
 use std::path::PathBuf;
 
 use oci_spec::image::Descriptor;
@@ -67,25 +66,8 @@ fn confined(parsed: &ParsedLayer) -> bool {
 /// Stores `parsed` as `layer`'s index. Best effort: without it the next
 /// build indexes the layer again.
 pub(super) fn save(store: &Store, layer: &Descriptor, parsed: &ParsedLayer) {
-    let dir = dir(store);
-    if !dir.is_dir() {
-        if let Some(parent) = dir.parent() {
-            for stale in fs::read_dir(parent).into_iter().flatten().flatten() {
-                let _ = fs::remove_dir_all(stale.path());
-            }
-        }
-        if fs::create_dir_all(&dir).is_err() {
-            return;
-        }
+    let Ok(json) = serde_json::to_vec(parsed) else { return };
+    if crate::dirs::create_format_dir(&dir(store)).is_ok() {
+        let _ = crate::dirs::write_atomically(&path(store, layer), &json);
     }
-    let write = || -> std::io::Result<()> {
-        let tmp = tempfile::NamedTempFile::new_in(&dir)?;
-        let mut out = BufWriter::new(tmp);
-        serde_json::to_writer(&mut out, parsed)?;
-        out.flush()?;
-        let tmp = out.into_inner().map_err(|e| e.into_error())?;
-        tmp.persist(path(store, layer)).map_err(|e| e.error)?;
-        Ok(())
-    };
-    let _ = write();
 }
