@@ -197,6 +197,22 @@ fn cache_and_reproducibility() {
     env.assert_tmp_empty();
 }
 
+/// The EROFS images in the env's layer image cache (one writer format).
+fn cached_layer_images(env: &Env) -> Vec<PathBuf> {
+    let root = env.path("cache/layer-images");
+    let formats: Vec<_> = std::fs::read_dir(&root).unwrap().map(|e| e.unwrap().path()).collect();
+    assert_eq!(formats.len(), 1, "one writer format: {formats:?}");
+    std::fs::read_dir(&formats[0]).unwrap().map(|e| e.unwrap().path()).collect()
+}
+
+/// Zeroes the superblock of each image (they are sparse 64 GiB files).
+fn damage_superblocks(images: &[PathBuf]) {
+    for image in images {
+        let file = std::fs::OpenOptions::new().write(true).open(image).unwrap();
+        std::os::unix::fs::FileExt::write_all_at(&file, &[0u8; 8192], 0).unwrap();
+    }
+}
+
 /// Layers reach the guest as EROFS disk images made on the host; when the
 /// guest cannot mount one (here: a damaged cached image) or disks are
 /// switched off, the layer is unpacked in the guest instead, with the same
@@ -208,12 +224,7 @@ fn layer_disks_fall_back_to_unpacking_with_the_same_image() {
     env.write("a.txt", "a\n");
     env.write("Dockerfile", &format!("FROM {BUSYBOX}\nCOPY a.txt /a.txt\nRUN rm /bin/ls && cat /a.txt /a.txt > /aa.txt\n"));
     let build = |disks: &str| env.build_reproducibly(&[("KILN_LAYER_DISKS", disks)], &["--no-cache"]);
-    let images = || -> Vec<PathBuf> {
-        let root = env.path("cache/layer-images");
-        let formats: Vec<_> = std::fs::read_dir(&root).unwrap().map(|e| e.unwrap().path()).collect();
-        assert_eq!(formats.len(), 1, "one writer format: {formats:?}");
-        std::fs::read_dir(&formats[0]).unwrap().map(|e| e.unwrap().path()).collect()
-    };
+    let images = || cached_layer_images(&env);
 
     let (with_disks, log) = build("on");
     assert!(log.contains("making disk images of 2 layers"), "{log}");
@@ -224,11 +235,7 @@ fn layer_disks_fall_back_to_unpacking_with_the_same_image() {
     assert!(log.contains("layers: 0 mounted from disk images, 2 unpacked"), "{log}");
     assert_eq!(unpacked, with_disks, "both ways give the same image");
 
-    for image in images() {
-        // Zero the superblock (the images are sparse 64 GiB files).
-        let file = std::fs::OpenOptions::new().write(true).open(&image).unwrap();
-        std::os::unix::fs::FileExt::write_all_at(&file, &[0u8; 8192], 0).unwrap();
-    }
+    damage_superblocks(&images());
     let (fallback, log) = build("on");
     assert!(log.contains("layers: 0 mounted from disk images, 2 unpacked"), "{log}");
     assert_eq!(fallback, with_disks);
@@ -269,17 +276,9 @@ fn layers_that_come_after_the_boot_are_mounted_through_spare_slots() {
     assert_eq!(count(&log, "0 mounted from disk images, 2 unpacked"), 2, "{log}");
     assert_eq!(unpacked, with_disks, "both ways give the same image");
 
-    let root = env.path("cache/layer-images");
-    let images: Vec<PathBuf> = std::fs::read_dir(&root)
-        .unwrap()
-        .flat_map(|format| std::fs::read_dir(format.unwrap().path()).unwrap())
-        .map(|e| e.unwrap().path())
-        .collect();
+    let images = cached_layer_images(&env);
     assert_eq!(images.len(), 4, "{images:?}");
-    for image in &images {
-        let file = std::fs::OpenOptions::new().write(true).open(image).unwrap();
-        std::os::unix::fs::FileExt::write_all_at(&file, &[0u8; 8192], 0).unwrap();
-    }
+    damage_superblocks(&images);
     // The boot disks fail to mount, and after that the VM uses no slots.
     let (fallback, log) = build("on");
     assert_eq!(count(&log, "0 mounted from disk images, 2 unpacked"), 2, "{log}");
